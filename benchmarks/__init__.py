@@ -1,0 +1,1 @@
+"""On-device benchmark harness, load generator, policy comparison and reports."""

@@ -1,0 +1,1 @@
+"""Workstation side of edgekit: datasets, CNN families, training, conversion and bundles."""

@@ -1,0 +1,1 @@
+"""Device side of edgekit: runtimes, latency tables, selection and the daemon (never TensorFlow)."""

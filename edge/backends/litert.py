@@ -1,0 +1,113 @@
+"""LiteRT backend: ai_edge_litert, or tflite_runtime where that is what the board has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from device_profiles import RuntimeSetting
+from edge.backends.base import Backend, BackendUnavailable, LoadedModel
+from edge.manifest import TensorSpec
+
+
+def _interpreter_module():
+    try:
+        from ai_edge_litert import interpreter as mod  # type: ignore
+
+        return mod, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as mod  # type: ignore
+
+        return mod, "tflite-runtime"
+    except ImportError:
+        raise BackendUnavailable(
+            "LiteRT is not installed: pip install ai-edge-litert (or tflite-runtime on older boards)"
+        ) from None
+
+
+def _spec(detail: dict) -> TensorSpec:
+    shape = tuple(int(s) for s in detail.get("shape_signature", detail["shape"]))
+    scale, zp = detail.get("quantization", (0.0, 0))
+    dt = np.dtype(detail["dtype"]).name
+    quant = scale not in (0, 0.0) and np.dtype(dt).kind in "iu"
+    return TensorSpec(
+        name=str(detail["name"]),
+        shape=(-1,) + shape[1:],
+        dtype=dt,
+        scale=float(scale) if quant else None,
+        zero_point=int(zp) if quant else None,
+    )
+
+
+class LiteRTModel(LoadedModel):
+    def __init__(self, interp, provider: str):
+        self._interp = interp
+        self._in = interp.get_input_details()[0]
+        self._out = interp.get_output_details()[0]
+        self.input_spec = _spec(self._in)
+        self.output_spec = _spec(self._out)
+        self.provider = provider
+        self._batch = int(self._in["shape"][0])
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self._interp.resize_tensor_input(self._in["index"], [n, *self._in["shape"][1:]])
+            self._interp.allocate_tensors()
+            self._in = self._interp.get_input_details()[0]
+            self._out = self._interp.get_output_details()[0]
+            self._batch = n
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype != np.dtype(self.input_spec.dtype):
+            raise ValueError(f"input dtype {batch.dtype} does not match the model's {self.input_spec.dtype}")
+        self._resize(int(batch.shape[0]))
+        self._interp.set_tensor(self._in["index"], np.ascontiguousarray(batch))
+        self._interp.invoke()
+        return self._interp.get_tensor(self._out["index"]).copy()
+
+    def set_input(self, batch: np.ndarray) -> None:
+        self._resize(int(batch.shape[0]))
+        self._interp.set_tensor(self._in["index"], np.ascontiguousarray(batch))
+
+    def invoke_prepared(self) -> None:
+        self._interp.invoke()
+
+    def close(self) -> None:
+        self._interp = None
+
+
+class LiteRTBackend(Backend):
+    name = "litert"
+    format = "tflite"
+
+    def __init__(self):
+        self._mod, self._dist = _interpreter_module()
+
+    def version(self) -> str:
+        try:
+            from importlib.metadata import version
+
+            return f"{self._dist} {version(self._dist)}"
+        except Exception:
+            return self._dist
+
+    def load(self, model: bytes | str | Path, setting: RuntimeSetting) -> LiteRTModel:
+        kw: dict = {"num_threads": int(setting.threads)}
+        if isinstance(model, (bytes, bytearray)):
+            kw["model_content"] = bytes(model)
+        else:
+            kw["model_path"] = str(model)
+        provider = "xnnpack"
+        if not setting.xnnpack:
+            # The builtin resolver without default delegates is the documented way to turn XNNPACK off.
+            kw["experimental_op_resolver_type"] = self._mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            provider = "builtin"
+        try:
+            interp = self._mod.Interpreter(**kw)
+            interp.allocate_tensors()
+        except ValueError as exc:
+            raise ValueError(f"LiteRT could not load the model: {exc}") from None
+        return LiteRTModel(interp, provider)

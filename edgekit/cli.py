@@ -1,0 +1,71 @@
+"""The `edgekit` command: subcommands dispatched lazily so board-side commands never import TensorFlow."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help). The module defines add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "profiles": ("device_profiles.cli", "list the device profiles (built-in and from files)"),
+    "train": ("converters.train", "train the specs of a CNN family on a dataset (workstation)"),
+    "convert": ("converters.convert", "quantize and convert trained models for device profiles (workstation)"),
+    "bundle": ("converters.bundle", "pack what one device profile needs into a folder or tar.gz (workstation)"),
+    "verify": ("edge.bundle", "verify a bundle's checksums and run its canary check (device)"),
+    "bench": ("benchmarks.bench", "benchmark every artifact of a bundle on this device (device)"),
+    "report": ("benchmarks.report", "render latency tables as a Markdown/HTML report with plots"),
+    "select": ("edge.selection", "choose the monotonic (Pareto) subset of a latency table (device)"),
+    "serve": ("edge.server", "run the deadline-aware inference daemon (device)"),
+    "loadgen": ("benchmarks.loadgen", "send a deadline workload to a running daemon"),
+    "evaluate": ("benchmarks.evaluate", "compare serving policies on the same workload"),
+    "demo": ("edgekit.demo", "run the whole pipeline end to end on the embedded default"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (mod, help_) in COMMANDS.items():
+        try:
+            if importlib.util.find_spec(mod) is not None:
+                out[name] = (mod, help_)
+        except ModuleNotFoundError:
+            pass
+    return out
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgekit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, help_) in _available().items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if only is None or only == name:
+            m = importlib.import_module(mod)
+            m.add_arguments(p)
+            p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=cmd)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    mod = importlib.import_module(args._module)
+    try:
+        return int(mod.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Expected user errors carry a message that says what to do; no traceback.
+        print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
