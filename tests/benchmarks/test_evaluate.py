@@ -1,0 +1,219 @@
+"""Policy comparison: the oracle, the table, and `edgekit evaluate` end to end against the real daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import evaluate as ev
+from benchmarks.contention import ContentionSpec
+from benchmarks.loadgen import RequestRecord, load_eval_set
+from benchmarks.workload import make_workload
+from tests.benchmarks._eval_fixtures import make_eval_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def evb(tmp_path_factory):
+    return make_eval_bundle(tmp_path_factory.mktemp("evaluate"))
+
+
+def _rows(evb):
+    table, _ = ev.load_selected(evb.table)
+    return table.rows
+
+
+def test_auto_deadline_spans_the_selected_p95(evb):
+    rows = _rows(evb)
+    spec = ev.auto_deadline(rows)
+    lo, hi = (float(x) for x in spec.split(":")[1:])
+    assert lo == pytest.approx(rows[0].p95_ms, rel=1e-3) and hi == pytest.approx(rows[-1].p95_ms, rel=1e-3)
+
+
+def test_parse_policies():
+    assert ev.parse_policies("adaptive, oracle") == ["adaptive", "oracle"]
+    assert ev.parse_policies("static:a@b,oracle-free") == ["static:a@b", "oracle-free"]
+    with pytest.raises(ValueError, match="unknown policy 'best'"):
+        ev.parse_policies("adaptive,best")
+    with pytest.raises(ValueError, match="twice"):
+        ev.parse_policies("adaptive,adaptive")
+    with pytest.raises(ValueError, match="empty"):
+        ev.parse_policies(" , ")
+
+
+def test_oracle_pass_and_choice(evb):
+    rows = _rows(evb)
+    images, labels, b = load_eval_set(str(evb.bundle))
+    wl = make_workload(len(images), 12, "uniform:0.01:2", seed=0)
+    sched = ev.ContentionSchedule(ContentionSpec.parse("half"), wl.count, max_s=30)
+    op = ev.oracle_pass(b, rows, images, wl, "desktop-cpu", sched)
+    assert op.latency_ms.shape == (12, 3) and np.all(op.latency_ms > 0)
+    assert len(op.intervals) == 1 and op.intervals[0][1] > op.intervals[0][0]  # the hog ran, then stopped
+    assert sched.hog is None
+    # Predictions match running each variant alone.
+    from device_profiles import load_profile
+    from edge.backends import get_backend
+    from edge.manifest import dequantize_output, prepare_input
+
+    setting = load_profile("desktop-cpu").settings[1]
+    for j, r in enumerate(rows):
+        m = get_backend("onnxruntime").load(b.artifact_path(r.artifact_id), setting)
+        x = prepare_input(images[wl.image_indices], m.input_spec)
+        np.testing.assert_array_equal(np.argmax(dequantize_output(m.predict(x), m.output_spec), 1), op.preds[:, j])
+
+    # Synthetic latencies make the choice checkable: variant j takes j+1 ms, overhead 0.5 ms.
+    op.latency_ms[:] = np.arange(1, 4)[None, :]
+    wl2 = make_workload(len(images), 12, "fixed:1", seed=0)
+    object.__setattr__(wl2, "deadlines_ms", np.asarray([1.0, 1.6, 2.5, 3.6, 9.0, 0.1] * 2))
+    recs, wall = ev.oracle_records(op, rows, wl2, labels, overhead_ms=0.5)
+    picks = [rows.index(next(r for r in rows if r.variant == rec.variant)) for rec in recs[:6]]
+    assert picks == [0, 0, 1, 2, 2, 0]
+    assert [rec.deadline_met for rec in recs[:6]] == [False, True, True, True, True, False]
+    assert recs[0].e2e_ms == pytest.approx(1.5) and recs[3].e2e_ms == pytest.approx(3.5)
+    for rec in recs:
+        j = [r.variant for r in rows].index(rec.variant)
+        assert rec.correct == (op.preds[rec.index, j] == labels[rec.image_index])
+    assert wall == pytest.approx(sum(r.e2e_ms for r in recs) / 1000)
+
+
+def test_oracle_waits_for_itself_under_poisson(evb):
+    rows = _rows(evb)
+    n = 3
+    op = ev.OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 30.0], (n, 1)), np.zeros((n, 3), np.int64), [], 0)
+    wl = make_workload(10, n, "fixed:30.5", "poisson:1", seed=0)
+    object.__setattr__(wl, "arrivals_s", np.asarray([0.0, 0.001, 0.002]))
+    recs, _ = ev.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=0.0)
+    assert recs[0].variant == rows[2].variant and recs[0].deadline_met
+    # The second request waits 29 ms for the first: only the fastest fits in the 1.5 ms left.
+    assert recs[1].queue_ms == pytest.approx(29.0) and recs[1].variant == rows[0].variant and recs[1].deadline_met
+
+
+def test_serving_overhead():
+    def rec(e2e, inf, status=200):
+        return RequestRecord(0, 0, 0, 5, 0, 0, e2e, status, inference_ms=inf)
+
+    assert ev.serving_overhead_ms([rec(3, 1), rec(4, 1), rec(10, 1), rec(9, None, 408)]) == pytest.approx(3.0)
+    queued = rec(10, 1)
+    queued.queue_ms = 6.0
+    assert ev.serving_overhead_ms([queued]) == pytest.approx(3.0)
+    assert ev.serving_overhead_ms([rec(9, None, 408)]) is None
+
+
+def test_evaluate_end_to_end(evb, tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "evaluate", str(evb.bundle), "--table", str(evb.table),
+         "--policies", "adaptive,mean-table,most-accurate,fastest,oracle", "--count", "30", "--warmup", "3",
+         "--deadline", "uniform:1:6", "--contention", "half", "--seed", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=400, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    for word in ("policy", "accuracy", "miss rate", "p99 ms", "req/s", "variants used", "adaptive", "oracle"):
+        assert word in text
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["policies"]) == ["adaptive", "mean-table", "most-accurate", "fastest", "oracle"]
+    assert res["complete"] is True
+    assert res["contention"]["window"] == [7, 22]
+    wl = res["workload"]
+    assert wl["count"] == 30 and wl["deadline"] == "uniform:1:6"
+    for name, pol in res["policies"].items():
+        recs = pol["records"]
+        assert len(recs) == 30, name
+        # Same images and deadlines for every policy.
+        assert [r["image_index"] for r in recs] == wl["image_indices"]
+        assert [round(r["deadline_ms"], 3) for r in recs] == [round(d, 3) for d in wl["deadlines_ms"]]
+        s = pol["summary"]
+        assert 0 <= s["accuracy"] <= 1 and 0 <= s["miss_rate"] <= 1 and s["p99_ms"] >= s["p50_ms"] > 0
+        assert len(pol["contention_s"]) == 1, name
+    # Fixed policies use one variant each.
+    v = [r["variant"] for r in res["variants"]]
+    assert set(res["policies"]["fastest"]["summary"]["variants"]) == {v[0]}
+    assert set(res["policies"]["most-accurate"]["summary"]["variants"]) == {v[-1]}
+    o = res["oracle"]
+    assert o["overhead_source"] == "adaptive" and o["overhead_ms"] > 0
+    assert np.asarray(o["latency_ms"]).shape == (30, 3)
+    assert not (out / "results.partial.json").exists()
+    assert "variants used" in (out / "table.txt").read_text()
+    for f in ("report.md", "policies.png", "timeline.png", "daemon-adaptive.log"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    md = (out / "report.md").read_text()
+    assert "| policy |" in md and "![Timeline](timeline.png)" in md and "Oracle" in md
+
+
+def test_evaluate_rejects_bad_input(evb, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "edgekit.cli", "evaluate", *args], capture_output=True,
+                              text=True, timeout=60, cwd=REPO)
+
+    p = cli(str(evb.bundle), "--table", str(evb.table), "--policies", "adaptive,best")
+    assert p.returncode == 2 and "unknown policy 'best'" in p.stderr
+    p = cli(str(evb.bundle), "--table", str(evb.table), "--contention", "lots")
+    assert p.returncode == 2 and "contention" in p.stderr
+    p = cli(str(evb.bundle), "--table", str(tmp_path / "nope.json"), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "not found" in p.stderr
+    p = cli(str(evb.bundle), "--table", str(evb.table), "--deadline", "uniform:5:1", "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "LO (5) is above HI (1)" in p.stderr
+
+
+def test_oracle_daemon_clock_view(evb):
+    rows = _rows(evb)
+    op = ev.OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 3.0], (2, 1)), np.zeros((2, 3), np.int64), [], 0)
+    wl = make_workload(10, 2, "fixed:3.2", seed=0)
+    recs, _ = ev.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=1.0, daemon_overhead_ms=0.1)
+    # Chosen on end-to-end time (2 + 1 <= 3.2); the daemon's clock sees 2.1 ms.
+    assert recs[0].variant == rows[1].variant and recs[0].deadline_met
+    assert recs[0].total_ms == pytest.approx(2.1) and recs[0].server_deadline_met
+
+
+def test_no_tensorflow_in_the_evaluation_modules():
+    code = ("import sys, benchmarks.workload, benchmarks.loadgen, benchmarks.contention, benchmarks.evaluate, "
+            "benchmarks.eval_report; bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_daemon_that_fails_to_start_is_reported(evb, tmp_path):
+    d = ev.Daemon(ev.serve_argv(str(evb.bundle), str(tmp_path / "missing.json"), "adaptive", None, "best-effort", None),
+                  tmp_path / "d.log", start_timeout_s=60)
+    with pytest.raises(RuntimeError, match="exited with status 2") as ei:
+        d.start()
+    assert "missing.json" in str(ei.value)  # the daemon's own error, from its log
+    assert d.proc.poll() is not None
+
+
+def test_sigterm_stops_the_daemon_and_the_hog(evb, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "ev"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli", "evaluate", str(evb.bundle), "--table", str(evb.table),
+         "--policies", "adaptive", "--count", "100000", "--warmup", "0", "--deadline", "fixed:20",
+         "--contention", "full", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (out / "daemon-adaptive.log").exists():
+            time.sleep(0.2)
+        time.sleep(3)  # the daemon is up and the hog is spinning
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "expected the daemon and the hog as children"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        time.sleep(0.5)
+        for pid in children:
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", pid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
