@@ -1,0 +1,490 @@
+"""Offline selection: the monotonic (Pareto) subset of a device's latency table, within model-count and memory limits.
+
+The paper (Chai and Kang, 2021) keeps, out of hundreds of CNNs, the subset whose
+inference time and accuracy both strictly increase, so that at run time "the most
+accurate variant that fits the time left" is a single search in a sorted array.
+This module builds that subset from a measured latency table, in four steps:
+
+1. **Pareto front.**  Rows are sorted by latency at the chosen quantile (``p95`` by
+   default: the daemon predicts tail latency, so the subset is chosen on it too).
+   A row is kept only if it is strictly more accurate than every faster row; of rows
+   with equal latency only the most accurate survives.  Latency and accuracy therefore
+   both strictly increase along the front.  A row's key is its ``variant``
+   (``<artifact_id>@<setting>``), so one artifact run with two runtime settings is two
+   independent candidates.
+
+2. **Epsilon.**  Walking the front from the fastest, a variant is kept only if it adds
+   at least ``epsilon`` accuracy over the last kept one (an epsilon-Pareto front: a
+   variant that is slower but barely more accurate wastes a slot and memory).
+
+3. **Per-variant memory.**  A variant costs ``peak_rss_mb + size_bytes`` (the resident
+   memory its loaded interpreter added while benchmarked, plus the file the daemon
+   keeps mapped).  Variants that alone exceed the memory budget are dropped.
+
+4. **Limits.**  When the front still has more than ``max_models`` variants, or their
+   total memory exceeds ``memory_budget_mb``, we choose the subset that loses the least
+   *expected accuracy over a deadline range*.  Deadlines D are taken uniform over
+   ``[lo, hi]`` (``--deadline-range LO:HI`` describes the real workload; the default is
+   from the fastest front variant's quantile latency to 1.5 x the slowest's: ending at
+   the slowest would give the most accurate variant no deadline at all to win).  For a subset
+   S = s_1 < ... < s_m (sorted by latency l, accuracies a), the daemon answers a
+   deadline d with the most accurate member that fits, so
+
+       E[acc](S) = 1/(hi - lo) * sum_j a_j * |[l_j, l_{j+1}) ∩ [lo, hi]|      (l_{m+1} = +inf)
+
+   and a deadline shorter than l_1 scores 0 (a miss).  Each term depends only on a
+   member and its successor, so the best subset is a longest-path dynamic program
+   over the sorted front.  A state is (j, k): subsets whose most accurate member is j
+   and that have k members; it keeps the Pareto set of (memory used, partial integral)
+   pairs of such subsets (less memory and a larger integral dominate), each with a
+   pointer to its predecessor state.  Transitions come from every faster member i.
+   Memory sums are exact, so the chosen subset never exceeds the budget; when a state
+   would keep more than ``MEMORY_STEPS`` (= M) pairs they are thinned to the best one
+   per memory bucket of budget/M, which can cost optimality but never the budget.
+   With N front variants and K = max models this is O(N^2 * K * M); the memory
+   dimension collapses to one pair per state when the budget does not bind, and K to
+   N when the count does not.  The fastest variant is not forced in, but it almost
+   always wins because deadlines below it score zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from edge.atomic import atomic_write_json, atomic_write_text, read_json
+from edge.table import QUANTILES, TABLE_VERSION, DeviceHeader, LatencyRow, LatencyTable, TableError
+
+MEMORY_STEPS = 1000  # most (memory, value) pairs a DP state keeps before thinning by memory bucket
+DEFAULT_RANGE_STRETCH = 1.5  # default deadline range ends at this x the slowest variant's latency
+METHODS = ("pareto", "epsilon-pareto", "expected-accuracy-dp")
+
+
+def row_memory_mb(row: LatencyRow) -> float:
+    """What a loaded variant costs the board: its measured RSS growth plus its file."""
+    return float(row.peak_rss_mb) + float(row.size_bytes) / (1024.0 * 1024.0)
+
+
+@dataclass(frozen=True)
+class SelectionParams:
+    """How a selected table was chosen (stored under "selection" in its JSON)."""
+
+    quantile: str = "p95"
+    epsilon: float = 0.0
+    max_models: int | None = None
+    memory_budget_mb: float | None = None
+    source_table: str = ""
+    method: str = "pareto"
+    deadline_range_ms: tuple[float, float] | None = None
+    expected_accuracy: float | None = None  # over deadline_range_ms, of the rows kept
+    front_size: int = 0  # variants on the (epsilon-)Pareto front before the limits
+    candidates: int = 0  # rows in the source table
+    dropped: dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> why
+
+    # Mapping-style access too, so callers may treat params as the JSON dict.
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["deadline_range_ms"] = list(self.deadline_range_ms) if self.deadline_range_ms else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, src: str = "<table>") -> "SelectionParams":
+        if not isinstance(d, dict):
+            raise TableError(f"{src}: 'selection' must be an object; re-run 'edgekit select'")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        try:
+            if kw.get("deadline_range_ms") is not None:
+                lo, hi = kw["deadline_range_ms"]
+                kw["deadline_range_ms"] = (float(lo), float(hi))
+            if kw.get("quantile", "p95") not in QUANTILES:
+                raise ValueError(f"unknown quantile {kw.get('quantile')!r}")
+            p = cls(**kw)
+        except (TypeError, ValueError) as exc:
+            raise TableError(f"{src}: 'selection' is malformed ({exc}); re-run 'edgekit select'") from None
+        return p
+
+
+@dataclass(frozen=True)
+class SelectedTable:
+    """A latency table's monotonic subset: rows sorted by latency (and accuracy) ascending."""
+
+    header: DeviceHeader
+    rows: tuple[LatencyRow, ...]
+    params: SelectionParams
+    version: int = TABLE_VERSION
+    kind: str = "selected"
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(r.variant for r in self.rows)
+
+    def row(self, variant: str) -> LatencyRow:
+        for r in self.rows:
+            if r.variant == variant:
+                return r
+        raise TableError(f"unknown variant '{variant}'; available: {list(self.variants)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "version": self.version,
+            "header": dataclasses.asdict(self.header),
+            "selection": self.params.to_dict(),
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+        }
+
+    def as_latency_table(self) -> LatencyTable:
+        return LatencyTable(header=self.header, rows=self.rows, version=self.version, kind="selected")
+
+    def save(self, path: str | Path, csv_too: bool = True) -> Path:
+        path = Path(path)
+        atomic_write_json(path, self.to_dict())
+        if csv_too:
+            atomic_write_text(path.with_suffix(".csv"), self.as_latency_table().to_csv())
+        return path
+
+    @classmethod
+    def from_dict(cls, d: Any, src: str = "<selected table>") -> "SelectedTable":
+        if isinstance(d, dict) and d.get("kind") == "latency":
+            raise TableError(
+                f"{src} is a latency table, not a selected one; run 'edgekit select {src} --out SELECTED.json' first"
+            )
+        base = LatencyTable.from_dict(d, src=src, kind="selected")
+        params = SelectionParams.from_dict(d.get("selection", {}), src=src)
+        rows = base.rows
+        if not rows:
+            raise TableError(f"{src} has no rows; re-run 'edgekit select' with looser limits")
+        q = params.quantile
+        seen: set[str] = set()
+        for prev, cur in zip(rows, rows[1:]):
+            if not (cur.latency(q) > prev.latency(q) and cur.accuracy > prev.accuracy):
+                raise TableError(
+                    f"{src} is not monotonic at '{cur.variant}' (its {q} latency and accuracy must both exceed "
+                    f"'{prev.variant}''s); re-run 'edgekit select'"
+                )
+        for r in rows:
+            if r.variant in seen:
+                raise TableError(f"{src} lists variant '{r.variant}' twice")
+            seen.add(r.variant)
+            lat = r.latency(q)
+            if not (math.isfinite(lat) and lat > 0 and math.isfinite(r.accuracy)):
+                raise TableError(f"{src}: variant '{r.variant}' has a non-positive or non-finite {q} latency or accuracy")
+        return cls(header=base.header, rows=rows, params=params, version=base.version)
+
+    @classmethod
+    def load(cls, path: str | Path, profile: str | None = None) -> "SelectedTable":
+        try:
+            d = read_json(path, what="selected table")
+        except (FileNotFoundError, ValueError) as exc:
+            raise TableError(str(exc)) from None
+        t = cls.from_dict(d, src=str(path))
+        if profile is not None and t.header.profile != profile:
+            raise TableError(
+                f"{path} was selected from a table measured with profile '{t.header.profile}', not '{profile}'; "
+                f"benchmark this device with 'edgekit bench BUNDLE --profile {profile}' and select again"
+            )
+        return t
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def pareto_front(rows: Iterable[LatencyRow], quantile: str = "p95") -> list[LatencyRow]:
+    """Rows whose quantile latency and accuracy both strictly increase (ties: most accurate, then name)."""
+    usable = [
+        r for r in rows
+        if math.isfinite(r.latency(quantile)) and r.latency(quantile) > 0 and math.isfinite(r.accuracy)
+    ]
+    usable.sort(key=lambda r: (r.latency(quantile), -r.accuracy, r.variant))
+    front: list[LatencyRow] = []
+    for r in usable:
+        if not front or (r.accuracy > front[-1].accuracy and r.latency(quantile) > front[-1].latency(quantile)):
+            front.append(r)
+    return front
+
+
+def epsilon_filter(front: Sequence[LatencyRow], epsilon: float) -> list[LatencyRow]:
+    """Keep the fastest, then each variant adding at least ``epsilon`` accuracy over the last kept."""
+    if epsilon <= 0 or not front:
+        return list(front)
+    kept = [front[0]]
+    for r in front[1:]:
+        if r.accuracy - kept[-1].accuracy >= epsilon - 1e-12:
+            kept.append(r)
+    return kept
+
+
+def expected_accuracy(
+    rows: Sequence[LatencyRow], quantile: str, deadline_range: tuple[float, float]
+) -> float:
+    """Mean accuracy over deadlines uniform in ``deadline_range`` when each deadline is answered by the
+    most accurate member of ``rows`` whose quantile latency fits (0 when none fits)."""
+    lo, hi = _norm_range(deadline_range)
+    lat = [r.latency(quantile) for r in rows]
+    order = np.argsort(lat, kind="stable")
+    lat = [lat[i] for i in order]
+    acc = [rows[i].accuracy for i in order]
+    return sum(acc[j] * _seg(lat[j], lat[j + 1] if j + 1 < len(lat) else math.inf, lo, hi) for j in range(len(lat))) / (
+        hi - lo
+    )
+
+
+def default_deadline_range(rows: Sequence[LatencyRow], quantile: str = "p95") -> tuple[float, float]:
+    """From the fastest variant's latency to 1.5 x the slowest's."""
+    lat = [r.latency(quantile) for r in rows]
+    return (min(lat), DEFAULT_RANGE_STRETCH * max(lat))
+
+
+def _norm_range(r: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = float(r[0]), float(r[1])
+    if hi - lo < 1e-9:  # a single deadline: score the accuracy at that point
+        hi = lo + 1e-9
+    return lo, hi
+
+
+def _seg(a: float, b: float, lo: float, hi: float) -> float:
+    """Length of [a, b) ∩ [lo, hi]."""
+    return max(0.0, min(b, hi) - max(a, lo))
+
+
+def _prune(pairs: list[tuple[float, float, int, int]], unit: float) -> list[tuple[float, float, int, int]]:
+    """Keep the (memory, value, ...) pairs no other pair beats on both; thin to one per memory bucket if many."""
+    pairs.sort(key=lambda p: (p[0], -p[1]))
+    out: list[tuple[float, float, int, int]] = []
+    best = -math.inf
+    for p in pairs:
+        if p[1] > best + 1e-15:
+            out.append(p)
+            best = p[1]
+    if len(out) > MEMORY_STEPS and unit > 0:
+        # Within a bucket the last pair has the largest value (values rise with memory here).
+        thinned: dict[int, tuple[float, float, int, int]] = {}
+        for p in out:
+            thinned[int(p[0] / unit)] = p
+        out = [thinned[b] for b in sorted(thinned)]
+    return out
+
+
+def _dp_subset(
+    front: Sequence[LatencyRow],
+    quantile: str,
+    max_models: int | None,
+    memory_budget_mb: float | None,
+    deadline_range: tuple[float, float],
+) -> list[int]:
+    """Indices of the subset of ``front`` (sorted) maximising expected accuracy within the limits."""
+    n = len(front)
+    lo, hi = _norm_range(deadline_range)
+    lat = [r.latency(quantile) for r in front]
+    acc = [r.accuracy for r in front]
+    k_max = n if max_models is None else max(1, min(int(max_models), n))
+    binds = memory_budget_mb is not None and sum(row_memory_mb(r) for r in front) > memory_budget_mb
+    budget = float(memory_budget_mb) * (1 + 1e-9) if binds else math.inf  # 1e-9: float sums like 0.1 + 0.2
+    unit = float(memory_budget_mb) / MEMORY_STEPS if binds else 0.0
+    mem = [row_memory_mb(r) if binds else 0.0 for r in front]
+    # states[j][k]: pairs (memory, partial integral, predecessor j, index of the pair in states[pj][k-1])
+    states: list[list[list[tuple[float, float, int, int]]]] = [[[] for _ in range(k_max)] for _ in range(n)]
+    for j in range(n):
+        if mem[j] > budget:
+            continue
+        states[j][0] = [(mem[j], 0.0, -1, -1)]
+        for k in range(1, k_max):
+            cand: list[tuple[float, float, int, int]] = []
+            for i in range(j):
+                prev = states[i][k - 1]
+                if not prev:
+                    continue
+                gain = acc[i] * _seg(lat[i], lat[j], lo, hi)
+                for t, (m, v, _, _) in enumerate(prev):
+                    mm = m + mem[j]
+                    if mm <= budget:
+                        cand.append((mm, v + gain, i, t))
+            states[j][k] = _prune(cand, unit) if cand else []
+    best_v, best_at = -math.inf, None
+    for j in range(n):
+        tail = acc[j] * _seg(lat[j], math.inf, lo, hi)
+        for k in range(k_max):
+            for t, (m, v, _, _) in enumerate(states[j][k]):
+                # Ties (rare with measured floats) go to the first found: for one last member, fewer members.
+                if v + tail > best_v + 1e-12:
+                    best_v, best_at = v + tail, (j, k, t)
+    if best_at is None:
+        return []
+    chosen = []
+    j, k, t = best_at
+    while j >= 0:
+        chosen.append(j)
+        _, _, pj, pt = states[j][k][t]
+        j, k, t = pj, k - 1, pt
+    return sorted(chosen)
+
+
+def select_subset(
+    table: LatencyTable,
+    quantile: str = "p95",
+    epsilon: float = 0.0,
+    max_models: int | None = None,
+    memory_budget_mb: float | None = None,
+    deadline_range: tuple[float, float] | None = None,
+    source_table: str = "",
+) -> SelectedTable:
+    """The monotonic subset of ``table`` (see the module docstring for the method)."""
+    if quantile not in QUANTILES:
+        raise ValueError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
+    if not (epsilon >= 0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
+    if max_models is not None and max_models < 1:
+        raise ValueError(f"max models must be at least 1, got {max_models}")
+    if memory_budget_mb is not None and not (memory_budget_mb > 0 and math.isfinite(memory_budget_mb)):
+        raise ValueError(f"memory budget must be a positive number of MB, got {memory_budget_mb}")
+    if deadline_range is not None:
+        lo, hi = float(deadline_range[0]), float(deadline_range[1])
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+            raise ValueError(f"deadline range must be LO:HI with 0 <= LO <= HI (ms), got {deadline_range}")
+        deadline_range = (lo, hi)
+    if not table.rows:
+        raise ValueError("the latency table has no rows; benchmark the bundle first with 'edgekit bench'")
+
+    dropped: dict[str, str] = {}
+    front = pareto_front(table.rows, quantile)
+    on_front = {r.variant for r in front}
+    for r in table.rows:
+        if r.variant not in on_front:
+            dropped[r.variant] = "dominated (a faster variant is at least as accurate)"
+    if not front:
+        raise ValueError(f"no row of the table has a positive finite {quantile} latency and a finite accuracy")
+    method = "pareto"
+    eps_front = epsilon_filter(front, epsilon)
+    if len(eps_front) < len(front):
+        method = "epsilon-pareto"
+        kept = {r.variant for r in eps_front}
+        for r in front:
+            if r.variant not in kept:
+                dropped[r.variant] = f"adds less than epsilon={epsilon} accuracy"
+    front_size = len(eps_front)
+    cands = eps_front
+    if memory_budget_mb is not None:
+        fits = [r for r in cands if row_memory_mb(r) <= memory_budget_mb]
+        for r in cands:
+            if row_memory_mb(r) > memory_budget_mb:
+                dropped[r.variant] = f"needs {row_memory_mb(r):.1f} MB alone, over the {memory_budget_mb:g} MB budget"
+        cands = fits
+        if not cands:
+            raise ValueError(
+                f"no variant fits the {memory_budget_mb:g} MB memory budget alone; raise --memory-budget-mb "
+                "or bundle smaller models"
+            )
+    drange = deadline_range or default_deadline_range(cands, quantile)
+    too_many = max_models is not None and len(cands) > max_models
+    too_big = memory_budget_mb is not None and sum(row_memory_mb(r) for r in cands) > memory_budget_mb
+    if too_many or too_big:
+        method = "expected-accuracy-dp"
+        idx = _dp_subset(cands, quantile, max_models, memory_budget_mb, drange)
+        keep = [cands[i] for i in idx]
+        kept = {r.variant for r in keep}
+        why = []
+        if too_many:
+            why.append(f"max {max_models} models")
+        if too_big:
+            why.append(f"{memory_budget_mb:g} MB budget")
+        for r in cands:
+            if r.variant not in kept:
+                dropped[r.variant] = "left out to meet the " + " and ".join(why) + " (least expected-accuracy loss)"
+        cands = keep
+    params = SelectionParams(
+        quantile=quantile,
+        epsilon=float(epsilon),
+        max_models=max_models,
+        memory_budget_mb=None if memory_budget_mb is None else float(memory_budget_mb),
+        source_table=source_table,
+        method=method,
+        deadline_range_ms=(float(drange[0]), float(drange[1])),
+        expected_accuracy=round(expected_accuracy(cands, quantile, drange), 6) if cands else None,
+        front_size=front_size,
+        candidates=len(table.rows),
+        dropped=dropped,
+    )
+    return SelectedTable(header=table.header, rows=tuple(cands), params=params, version=table.version)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parse_range(s: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in s.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO:HI in milliseconds (e.g. 2:40), got {s!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+        raise argparse.ArgumentTypeError(f"deadline range needs 0 <= LO <= HI, got {s!r}")
+    return lo, hi
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("table", metavar="TABLE", help="latency table written by 'edgekit bench'")
+    p.add_argument("--quantile", default="p95", choices=QUANTILES, help="latency the subset is chosen on (default p95)")
+    p.add_argument("--epsilon", type=float, default=0.0, help="drop variants adding less than this accuracy (0..1)")
+    p.add_argument("--max-models", type=int, default=None, metavar="K", help="keep at most K variants")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--memory-budget-mb", type=float, default=None, metavar="M", help="total memory of the kept variants")
+    g.add_argument("--profile", default=None, metavar="P",
+                   help="device profile: use its memory budget and check the table was measured with it")
+    p.add_argument("--deadline-range", type=_parse_range, default=None, metavar="LO:HI",
+                   help="deadlines (ms) the limits optimise for (default: fastest variant to 1.5 x the slowest)")
+    p.add_argument("--out", required=True, metavar="SELECTED.json", help="where to write the selected table")
+
+
+def format_summary(sel: SelectedTable) -> str:
+    q = sel.params.quantile
+    lines = [f"{'variant':<58} {q + '_ms':>9} {'accuracy':>8} {'mem_mb':>7}"]
+    for r in sel.rows:
+        lines.append(f"{r.variant:<58} {r.latency(q):>9.3f} {r.accuracy:>8.4f} {row_memory_mb(r):>7.1f}")
+    p = sel.params
+    lines.append(
+        f"kept {len(sel.rows)} of {p.candidates} rows (front {p.front_size}, method {p.method}); "
+        f"expected accuracy {p.expected_accuracy} over deadlines {p.deadline_range_ms} ms"
+    )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    budget = args.memory_budget_mb
+    profile_name = None
+    if args.profile:
+        from device_profiles import load_profile
+
+        prof = load_profile(args.profile)
+        budget = prof.memory_budget_mb
+        profile_name = prof.name
+    table = LatencyTable.load(args.table, profile=profile_name)
+    sel = select_subset(
+        table,
+        quantile=args.quantile,
+        epsilon=args.epsilon,
+        max_models=args.max_models,
+        memory_budget_mb=budget,
+        deadline_range=args.deadline_range,
+        source_table=str(args.table),
+    )
+    sel.save(args.out)
+    print(format_summary(sel))
+    print(f"wrote {args.out}")
+    sys.stdout.flush()
+    return 0
