@@ -110,4 +110,15 @@ class LiteRTBackend(Backend):
             interp.allocate_tensors()
         except ValueError as exc:
             raise ValueError(f"LiteRT could not load the model: {exc}") from None
+        if provider == "xnnpack" and not _has_delegate_nodes(interp):
+            # XNNPACK took none of the graph's ops: the builtin kernels run it, and the table should say so.
+            provider = "builtin"
         return LiteRTModel(interp, provider)
+
+
+def _has_delegate_nodes(interp) -> bool:
+    """Whether a delegate took over part of the graph (True when the interpreter cannot tell)."""
+    try:
+        return any(op.get("op_name") == "DELEGATE" for op in interp._get_ops_details())
+    except Exception:  # a private API; older tflite-runtime builds lack it
+        return True

@@ -1,0 +1,170 @@
+"""LiteRT backend on real tiny TFLite models (fp32 and int8, built with TensorFlow in the test)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from device_profiles import RuntimeSetting
+from edge.backends import BackendUnavailable, get_backend
+from edge.manifest import dequantize_output, prepare_input
+from tests.benchmarks import _fixtures as fx
+
+ai_edge_litert = pytest.importorskip("ai_edge_litert")
+
+XNN = RuntimeSetting("litert-xnnpack-t1", "litert", threads=1, xnnpack=True)
+NO_XNN = RuntimeSetting("litert-builtin-t1", "litert", threads=1, xnnpack=False)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return fx.data()[2][:16]
+
+
+@pytest.fixture(scope="module")
+def fp32_path():
+    return fx.artifact_file("tiny-a", "tflite", "fp32")
+
+
+@pytest.fixture(scope="module")
+def int8_path():
+    return fx.artifact_file("tiny-a", "tflite", "int8")
+
+
+def test_backend_identity():
+    b = get_backend("litert")
+    assert b.name == "litert" and b.format == "tflite"
+    assert "ai-edge-litert" in b.version() or "tflite-runtime" in b.version()
+    assert get_backend("litert") is b  # cached
+
+
+def test_fp32_specs_and_predict_shapes(fp32_path, images):
+    m = get_backend("litert").load(fp32_path, XNN)
+    try:
+        assert m.input_spec.shape == (-1, 28, 28, 1)
+        assert m.input_spec.dtype == "float32" and not m.input_spec.quantized
+        assert m.output_spec.shape == (-1, 10) and m.output_spec.dtype == "float32"
+        assert m.provider == "xnnpack"
+        x = prepare_input(images, m.input_spec)
+        y5 = m.predict(x[:5])
+        assert y5.shape == (5, 10) and y5.dtype == np.float32
+        y1 = m.predict(x[:1])  # resize down to batch 1
+        assert y1.shape == (1, 10)
+        y16 = m.predict(x)  # and up again
+        assert y16.shape == (16, 10)
+        np.testing.assert_allclose(y16[:5], y5, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(y16[:1], y1, rtol=1e-4, atol=1e-4)
+    finally:
+        m.close()
+
+
+def test_load_from_bytes_equals_path(fp32_path, images):
+    b = get_backend("litert")
+    a = b.load(fp32_path, XNN)
+    c = b.load(fp32_path.read_bytes(), XNN)
+    x = prepare_input(images, a.input_spec)
+    np.testing.assert_array_equal(a.predict(x), c.predict(x))
+    a.close()
+    c.close()
+
+
+def test_int8_quantized_io(int8_path, fp32_path, images):
+    b = get_backend("litert")
+    m = b.load(int8_path, XNN)
+    f = b.load(fp32_path, XNN)
+    try:
+        assert m.input_spec.dtype == "int8" and m.input_spec.quantized
+        assert m.input_spec.scale == pytest.approx(1.0, rel=1e-3) and m.input_spec.zero_point == -128
+        assert m.output_spec.dtype == "int8" and m.output_spec.quantized
+        x = prepare_input(images, m.input_spec)
+        assert x.dtype == np.int8
+        y = m.predict(x)
+        assert y.shape == (16, 10) and y.dtype == np.int8
+        scores = dequantize_output(y, m.output_spec)
+        ref = f.predict(prepare_input(images, f.input_spec))
+        assert np.mean(np.argmax(scores, 1) == np.argmax(ref, 1)) >= 0.8
+        with pytest.raises(ValueError, match="dtype"):
+            m.predict(images.astype(np.float32))
+    finally:
+        m.close()
+        f.close()
+
+
+def test_xnnpack_off_gives_same_result(fp32_path, images):
+    b = get_backend("litert")
+    on = b.load(fp32_path, XNN)
+    off = b.load(fp32_path, NO_XNN)
+    try:
+        assert on.provider == "xnnpack" and off.provider == "builtin"
+        x = prepare_input(images, on.input_spec)
+        np.testing.assert_allclose(off.predict(x), on.predict(x), rtol=1e-4, atol=1e-4)
+    finally:
+        on.close()
+        off.close()
+
+
+def test_threads_and_prepared_invoke(fp32_path, images):
+    m = get_backend("litert").load(fp32_path, RuntimeSetting("t2", "litert", threads=2))
+    x = prepare_input(images, m.input_spec)
+    m.set_input(x[:1])
+    for _ in range(3):
+        m.invoke_prepared()
+    assert m.predict(x[:2]).shape == (2, 10)
+    m.close()
+    m.close()  # closing twice is harmless
+
+
+def test_bad_model_is_a_value_error(tmp_path):
+    b = get_backend("litert")
+    with pytest.raises(ValueError, match="LiteRT could not load"):
+        b.load(b"not a flatbuffer" * 8, XNN)
+    with pytest.raises(ValueError, match="LiteRT could not load"):
+        b.load(tmp_path / "missing.tflite", XNN)
+
+
+def test_unknown_backend_lists_available():
+    with pytest.raises(ValueError, match=r"unknown backend 'nope'; available: \['litert', 'onnxruntime'"):
+        get_backend("nope")
+
+
+def test_falls_back_to_tflite_runtime(monkeypatch, fp32_path, images):
+    from edge.backends import litert
+
+    fake = types.ModuleType("tflite_runtime")
+    fake.interpreter = ai_edge_litert.interpreter
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "tflite_runtime", fake)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", ai_edge_litert.interpreter)
+    b = litert.LiteRTBackend()
+    assert b.version().startswith("tflite-runtime")
+    m = b.load(fp32_path, XNN)
+    assert m.predict(prepare_input(images[:2], m.input_spec)).shape == (2, 10)
+
+
+def test_missing_runtime_is_backend_unavailable(monkeypatch):
+    from edge.backends import litert
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    with pytest.raises(BackendUnavailable, match="pip install ai-edge-litert"):
+        litert.LiteRTBackend()
+
+
+def test_provider_says_builtin_when_xnnpack_took_nothing():
+    from edge.backends.litert import _has_delegate_nodes
+
+    class Interp:
+        def __init__(self, ops):
+            self.ops = ops
+
+        def _get_ops_details(self):
+            if self.ops is None:
+                raise AttributeError("old runtime")
+            return [{"op_name": n} for n in self.ops]
+
+    assert _has_delegate_nodes(Interp(["CONV_2D", "DELEGATE"]))
+    assert not _has_delegate_nodes(Interp(["CONV_2D", "FULLY_CONNECTED"]))
+    assert _has_delegate_nodes(Interp(None))  # cannot tell: trust the setting
