@@ -1,0 +1,260 @@
+"""Tests for `edgekit train`: run-folder contract, resume, refusal of mixed settings, SIGKILL safety."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters import train as tr
+from tests.converters.test_datasets import REAL_FASHION, write_idx_set
+
+TINY_FAMILY = """
+name = "tiny"
+mode = "grid"
+input_size = [28, 28]
+[[space]]
+blocks = 1
+width = [2, 3, 4]
+pool = "max"
+vip = ["none", "last"]
+"""
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside keras.saving
+
+KEYS_TRAIN = {"model_id", "epochs", "wall_s", "test_accuracy", "val_accuracy", "params", "macs", "seed", "finished"}
+KEYS_RUN = {"dataset", "data_dir", "family", "seed", "splits", "input_shape", "class_names"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fm")
+    write_idx_set(d, n_train=300, n_test=60, gz=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("fam") / "tiny.toml"
+    p.write_text(TINY_FAMILY)
+    return p
+
+
+def opts(run_dir: Path, family: Path, data_dir: Path | None, **kw) -> tr.TrainOptions:
+    base = dict(run_dir=run_dir, family=str(family), dataset="fashion_mnist",
+                data_dir=str(data_dir) if data_dir else None, seed=0,
+                schedule=tr.Schedule(mode="quick", epochs=1, patience=1, batch_size=64, learning_rate=2e-3),
+                splits=tr.SplitOptions(val_fraction=0.1, calib_size=20, limit_train=None, limit_test=None),
+                limit=3, progress=False)
+    base.update(kw)
+    return tr.TrainOptions(**base)
+
+
+def _quiet(o: tr.TrainOptions):
+    import io
+
+    buf = io.StringIO()
+    return tr.train_sweep(o, out=buf), buf.getvalue()
+
+
+def check_run_folder(run_dir: Path, n_models: int) -> None:
+    import keras
+
+    from converters.families import ModelSpec, load_keras_model
+
+    run = json.loads((run_dir / "run.json").read_text())
+    assert KEYS_RUN <= set(run)
+    dirs = sorted((run_dir / "models").iterdir())
+    assert len(dirs) == n_models
+    for d in dirs:
+        assert sorted(p.name for p in d.iterdir()) == ["model.keras", "spec.json", "train.json"]
+        rec = json.loads((d / "train.json").read_text())
+        assert KEYS_TRAIN <= set(rec) and rec["finished"] is True and rec["model_id"] == d.name
+        assert 0.0 <= rec["test_accuracy"] <= 1.0 and rec["params"] > 0 and rec["macs"] > 0
+        spec = ModelSpec.from_dict(json.loads((d / "spec.json").read_text()))
+        assert spec.model_id == d.name
+        model = load_keras_model(d / "model.keras")
+        out = keras.ops.convert_to_numpy(model(np.zeros((2, *run["input_shape"]), np.float32)))
+        assert out.shape == (2, len(run["class_names"])) and np.isfinite(out).all()
+    assert not list(run_dir.rglob(".*.tmp")) and not list(run_dir.rglob(f"{tr.MODEL_TMP_PREFIX}*"))
+
+
+def test_sweep_contract_resume_and_half_written(tmp_path, family, data_dir):
+    run_dir = tmp_path / "run"
+    results, text = _quiet(opts(run_dir, family, data_dir))
+    assert [r.status for r in results] == ["trained"] * 3
+    assert "epoch 1/1" in text
+    check_run_folder(run_dir, 3)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["family"] == str(family.resolve()) and run["input_shape"] == [28, 28, 1]
+    assert run["splits"]["calib_size"] == 20
+
+    # The splits a run used can be rebuilt for convert/bundle.
+    from converters.datasets import splits_for_run
+
+    s = splits_for_run(run_dir)
+    assert len(s.x_train) == 270 and len(s.x_val) == 30 and len(s.x_calib) == 20 and len(s.x_test) == 60
+    assert json.loads((run_dir / "models" / results[0].model_id / "train.json").read_text())["train_images"] == 270
+
+    # Rerun: nothing is retrained, files untouched.
+    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.keras")}
+    results2, _ = _quiet(opts(run_dir, family, data_dir))
+    assert [r.status for r in results2] == ["resumed"] * 3
+    assert [r.test_accuracy for r in results2] == [r.test_accuracy for r in results]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.keras")} == mtimes
+
+    # Half-written model (no train.json), a stale temp file, and one more spec: only those are (re)done.
+    victim = run_dir / "models" / results[1].model_id
+    (victim / "train.json").unlink()
+    (victim / ".model.123.tmp.keras").write_bytes(b"partial")
+    (run_dir / ".run.json.abc.tmp").write_text("{")
+    results3, text3 = _quiet(opts(run_dir, family, data_dir, limit=4))
+    assert [r.status for r in results3] == ["resumed", "trained", "resumed", "trained"]
+    assert "removed 1 unfinished model folder" in text3
+    check_run_folder(run_dir, 4)
+
+    # Table lists every model with accuracy, params, MACs, epochs and time, plus totals.
+    table = tr.format_table(results3, 12.0)
+    assert "test acc" in table and "MACs" in table and "train s" in table
+    assert all(r.model_id in table for r in results3)
+    assert "total: 4 models (2 trained now, 2 resumed)" in table
+
+
+def test_refuses_other_settings_unless_forced(tmp_path, family, data_dir):
+    run_dir = tmp_path / "run"
+    _quiet(opts(run_dir, family, data_dir, limit=1))
+    with pytest.raises(ValueError, match=r"(?s)seed: run has 0, this command asks 1.*--force"):
+        _quiet(opts(run_dir, family, data_dir, limit=1, seed=1))
+    other = dataclasses.replace(tr.SplitOptions(), calib_size=20, limit_test=30)
+    with pytest.raises(ValueError, match="splits: run has"):
+        _quiet(opts(run_dir, family, data_dir, limit=1, splits=other))
+    results, _ = _quiet(opts(run_dir, family, data_dir, limit=1, seed=1, force=True))
+    assert [r.status for r in results] == ["trained"]
+    assert json.loads((run_dir / "run.json").read_text())["seed"] == 1
+
+
+def test_same_seed_same_model(tmp_path, family, data_dir):
+    a, _ = _quiet(opts(tmp_path / "a", family, data_dir, limit=1))
+    b, _ = _quiet(opts(tmp_path / "b", family, data_dir, limit=1))
+    assert a[0].test_accuracy == b[0].test_accuracy and a[0].val_accuracy == b[0].val_accuracy
+    from converters.families import load_keras_model
+
+    wa = load_keras_model(tmp_path / "a" / "models" / a[0].model_id / "model.keras").get_weights()
+    wb = load_keras_model(tmp_path / "b" / "models" / b[0].model_id / "model.keras").get_weights()
+    for x, y in zip(wa, wb):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+
+
+def test_run_lock_is_exclusive(tmp_path):
+    with tr.run_lock(tmp_path):
+        with pytest.raises(RuntimeError, match="another `edgekit train`"):
+            with tr.run_lock(tmp_path):
+                pass
+    with tr.run_lock(tmp_path):  # released
+        pass
+
+
+def test_read_finished_rejects_incomplete(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    assert tr.read_finished(d) is None
+    (d / "train.json").write_text('{"model_id": "m", "finis')
+    assert tr.read_finished(d) is None
+    rec = {"model_id": "m", "epochs": 1, "wall_s": 1.0, "test_accuracy": 0.5, "val_accuracy": 0.5,
+           "params": 1, "macs": 1, "seed": 0, "finished": True}
+    (d / "train.json").write_text(json.dumps(rec))
+    assert tr.read_finished(d) is None  # no model.keras / spec.json
+    (d / "model.keras").write_bytes(b"x")
+    (d / "spec.json").write_text("{}")
+    assert tr.read_finished(d, "m") == rec
+    assert tr.read_finished(d, "other") is None
+
+
+def _parse(*argv: str) -> tr.TrainOptions:
+    p = argparse.ArgumentParser()
+    tr.add_arguments(p)
+    return tr.options_from_args(p.parse_args(["RUN", *argv]))
+
+
+def test_cli_options():
+    q = _parse()
+    assert q.schedule == tr.QUICK and q.splits.limit_train == tr.QUICK_SPLITS.limit_train and q.family == "demo"
+    f = _parse("--full", "--epochs", "5", "--batch-size", "32", "--sample", "7", "--seed", "3")
+    assert f.schedule.mode == "full" and f.schedule.epochs == 5 and f.schedule.batch_size == 32
+    assert f.splits.limit_train is None and f.sample == 7 and f.seed == 3 and f.limit is None
+    assert _parse("--all-train").splits.limit_train is None
+    assert _parse("--limit-train", "500", "--limit-test", "100").splits.limit_test == 100
+    with pytest.raises(SystemExit):
+        _parse("--limit", "2", "--sample", "3")
+    with pytest.raises(SystemExit):
+        _parse("--limit", "0")
+
+
+def test_missing_dataset_is_a_clear_cli_error(tmp_path, family, capsys):
+    from edgekit.cli import main
+
+    rc = main(["train", str(tmp_path / "run"), "--family", str(family), "--data-dir", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "edgekit train: error: dataset 'fashion_mnist' not found" in err
+    assert "apt-get install dataset-fashion-mnist" in err and "EDGEKIT_FASHION_MNIST" in err
+
+
+@pytest.mark.skipif(not (REAL_FASHION / "train-images-idx3-ubyte.gz").exists(),
+                    reason="Debian package dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_tiny_sweep(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGEKIT_FASHION_MNIST", raising=False)
+    fam = tmp_path / "flat.toml"
+    fam.write_text(TINY_FAMILY.replace('width = [2, 3, 4]', 'width = 8\nhead = "flatten"'))
+    o = opts(tmp_path / "run", fam, None, limit=1,
+             splits=tr.SplitOptions(calib_size=20, limit_train=1000, limit_test=300))
+    results, _ = _quiet(o)
+    assert results[0].test_accuracy > 0.4  # far above chance (0.1) after one epoch on 900 images
+    check_run_folder(tmp_path / "run", 1)
+
+
+def test_sigkill_mid_sweep_then_resume(tmp_path, family, data_dir):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgekit.cli", "train", str(run_dir), "--family", str(family),
+           "--data-dir", str(data_dir), "--epochs", "1", "--limit", "5", "--calib-size", "20",
+           "--batch-size", "32", "--no-progress"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    killed_in = None
+    deadline = time.monotonic() + 180
+    try:
+        # Kill while a model folder exists without train.json, after at least one model finished.
+        while time.monotonic() < deadline and proc.poll() is None:
+            models = run_dir / "models"
+            if models.is_dir():
+                done = [d for d in models.iterdir() if (d / "train.json").exists()]
+                half = [d for d in models.iterdir() if not (d / "train.json").exists()]
+                if done and half:
+                    proc.send_signal(signal.SIGKILL)
+                    killed_in = half[0].name
+                    break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and killed_in is None:
+            proc.kill()
+        out = proc.communicate(timeout=60)[0].decode(errors="replace")
+    assert killed_in is not None, f"never caught the sweep mid-model; output:\n{out[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=300)
+    out2 = res.stdout.decode(errors="replace")
+    assert res.returncode == 0, out2[-3000:]
+    rows = [ln.split() for ln in out2.splitlines() if ln.rstrip().endswith((" trained", " resumed"))]
+    assert len(rows) == 5 and killed_in in [r[0] for r in rows], out2[-3000:]
+    # The killed model's folder was half-written: the rerun deleted and retrained it (unless the kill
+    # landed in the millisecond after its train.json appeared).
+    assert "removed 1 unfinished model folder" in out2 or dict((r[0], r[-1]) for r in rows)[killed_in] == "resumed"
+    check_run_folder(run_dir, 5)
