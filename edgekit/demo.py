@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo", help="folder for every stage's output (default: ./demo)")
     p.add_argument("--profile", default=None, help="device profile (default: the one matching this machine)")
     p.add_argument("--family", default="demo", help="CNN family (default: the embedded demo family)")
-    p.add_argument("--requests", type=int, default=400, help="requests per policy in the evaluation")
+    p.add_argument("--requests", type=int, default=3000, help="requests per policy in the evaluation")
     p.add_argument("--full", action="store_true", help="longer benchmark runs (2 s per variant instead of 1 s)")
     p.add_argument("--redo", action="append", default=[], metavar="STAGE", help="run STAGE again even if it finished")
 
