@@ -28,9 +28,19 @@ class LoadedModel(abc.ABC):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Run a batch already in ``input_spec.dtype``; returns the raw output tensor."""
 
+    # A backend that implements only ``predict`` gets these; the runtimes override them so
+    # that ``invoke_prepared`` times the invoke alone (no input or output copies).
+    def set_input(self, batch: np.ndarray) -> None:
+        """Set the input for ``invoke_prepared`` (a batch already in ``input_spec.dtype``)."""
+        self._pending = batch
+
     def invoke_prepared(self) -> None:
-        """Run once more on the input last set, for timing loops (default: not supported)."""
-        raise NotImplementedError
+        """Run on the input last set. Timing this call alone measures what the benchmark measures."""
+        self._result = self.predict(self._pending)
+
+    def output(self) -> np.ndarray:
+        """The raw output of the last ``invoke_prepared``."""
+        return self._result
 
     def close(self) -> None:
         pass

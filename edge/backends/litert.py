@@ -75,6 +75,9 @@ class LiteRTModel(LoadedModel):
     def invoke_prepared(self) -> None:
         self._interp.invoke()
 
+    def output(self) -> np.ndarray:
+        return self._interp.get_tensor(self._out["index"]).copy()
+
     def close(self) -> None:
         self._interp = None
 

@@ -35,6 +35,7 @@ class OrtModel(LoadedModel):
         self.output_spec = _spec(self._out)
         self.provider = provider
         self._feed: dict | None = None
+        self._last: np.ndarray | None = None
         self._names = [self._out.name]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -46,7 +47,12 @@ class OrtModel(LoadedModel):
         self._feed = {self._in.name: np.ascontiguousarray(batch)}
 
     def invoke_prepared(self) -> None:
-        self._sess.run(self._names, self._feed)
+        self._last = self._sess.run(self._names, self._feed)[0]
+
+    def output(self) -> np.ndarray:
+        if self._last is None:
+            raise RuntimeError("output() called before invoke_prepared()")
+        return self._last
 
     def close(self) -> None:
         self._sess = None
