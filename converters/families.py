@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 import re
 import tomllib
@@ -452,7 +453,11 @@ def list_families() -> list[str]:
 def load_family(name_or_path: str | Path) -> FamilySpec:
     """A built-in family by name ("default", "demo") or a TOML file path; FamilyError if invalid."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists() or "/" in str(name_or_path):
+    # A bare word is a built-in name even when a folder of that name sits in the cwd
+    # (the demo writes its output to ./demo); anything path-like is a file.
+    builtin = FAMILY_DIR / f"{name_or_path}.toml"
+    looks_like_path = p.suffix == ".toml" or "/" in str(name_or_path) or os.sep in str(name_or_path)
+    if looks_like_path or (p.is_file() and not builtin.is_file()):
         if not p.is_file():
             raise FamilyError(f"{p}: no such family file (built-in families: {list_families()})")
         path = p

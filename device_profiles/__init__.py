@@ -198,7 +198,8 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
     """Load a built-in profile by name, or a user's TOML file by path."""
     s = str(name_or_path)
     path = Path(s)
-    if not (s.endswith(".toml") or os.sep in s or path.exists()):
+    # A bare word is a built-in name even when a file or folder of that name is in the cwd.
+    if not (s.endswith(".toml") or os.sep in s or "/" in s or (path.is_file() and not (HERE / f"{s}.toml").exists())):
         path = HERE / f"{s}.toml"
         if not path.exists():
             raise ProfileError(f"unknown profile '{s}'; available: {builtin_names()} (or pass a path to a .toml file)")

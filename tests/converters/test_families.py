@@ -331,3 +331,10 @@ def test_save_and_load_in_safe_mode(tmp_path):
     assert count_params_macs(again) == count_params_macs(model)
     with pytest.raises(FileNotFoundError):
         load_keras_model(tmp_path / "missing.keras")
+
+
+def test_builtin_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    # `edgekit demo` writes to ./demo; `--family demo` must still mean the built-in family.
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_family("demo").name == "demo"

@@ -83,3 +83,9 @@ def test_profiles_cli_lists_all(capsys):
     out = capsys.readouterr().out
     for name in dp.builtin_names():
         assert name in out
+
+
+def test_builtin_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "rpi4").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert dp.load_profile("rpi4").name == "rpi4"
