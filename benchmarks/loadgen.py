@@ -8,7 +8,6 @@ import ipaddress
 import json
 import os
 import queue
-import socket
 import threading
 import time
 import urllib.parse
@@ -19,6 +18,7 @@ import numpy as np
 
 from benchmarks.workload import MAX_COUNT, Workload, WorkloadError, make_workload
 from edge.atomic import atomic_write_json
+from edge.client import Connection
 
 DEFAULT_COUNT = 200
 DEFAULT_DURATION_S = 120.0
@@ -144,68 +144,15 @@ def parse_response(status: int, body: bytes) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- HTTP
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection, reopened when the daemon closes it."""
-
-    def __init__(self, host: str, port: int, timeout_s: float):
-        self.host, self.port, self.timeout_s = host, port, timeout_s
-        self._conn: http.client.HTTPConnection | None = None
-
-    def _open(self) -> http.client.HTTPConnection:
-        c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-        c.connect()
-        # Small request bodies: don't let Nagle hold them back.
-        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return c
-
-    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
-        for attempt in (0, 1):
-            fresh = self._conn is None
-            if fresh:
-                self._conn = self._open()
-            try:
-                self._conn.request(method, path, body=body, headers=headers)
-                resp = self._conn.getresponse()
-                data = resp.read()
-                if resp.getheader("Connection", "").lower() == "close":
-                    self.close()
-                return resp.status, data
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, http.client.CannotSendRequest):
-                self.close()
-                # A reused connection the daemon already closed: retry once on a new one.
-                if fresh or attempt:
-                    raise
-            except Exception:
-                self.close()
-                raise
-        raise ConnectionError("unreachable")
-
-    def connect(self) -> None:
-        """Open the connection now, so the first timed request does not pay for it."""
-        if self._conn is None:
-            try:
-                self._conn = self._open()
-            except OSError:
-                self._conn = None  # the timed request will retry and record the error
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
-
-
 def wait_ready(url: str, timeout_s: float = 30.0, allow_remote: bool = False) -> None:
     """Poll GET /v2/health/ready until the daemon answers 200 (or raise RuntimeError)."""
     host, port, base = parse_url(url, allow_remote)
     end = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < end:
-        c = _Connection(host, port, 5.0)
+        c = Connection(host, port, 5.0)
         try:
-            status, body = c.request("GET", base + "/v2/health/ready", None, {})
+            status, _, body = c.request("GET", base + "/v2/health/ready")
             if status == 200:
                 return
             last = f"HTTP {status} {body[:100]!r}"
@@ -283,7 +230,7 @@ def summarize(records: list[RequestRecord], wall_s: float) -> dict[str, Any]:
 
 
 def _one(
-    conn: _Connection,
+    conn: Connection,
     path: str,
     headers: dict[str, str],
     enc: RequestEncoder,
@@ -300,7 +247,7 @@ def _one(
     start = sent if scheduled is None else t0 + scheduled
     status, data, err = 0, b"", ""
     try:
-        status, data = conn.request("POST", path, body, headers)
+        status, _, data = conn.request("POST", path, body, headers)
     except (OSError, http.client.HTTPException) as exc:
         err = f"{type(exc).__name__}: {exc}"
     done = time.perf_counter()
@@ -373,7 +320,7 @@ def run_load(
     truncated = False
 
     if workload.closed:
-        conn = _Connection(host, port, timeout_s)
+        conn = Connection(host, port, timeout_s)
         conn.connect()
         t0 = time.perf_counter()
         deadline_t = t0 + duration_s
@@ -400,7 +347,7 @@ def run_load(
     t0 = 0.0  # set once every sender is connected
 
     def sender() -> None:
-        conn = _Connection(host, port, timeout_s)
+        conn = Connection(host, port, timeout_s)
         conn.connect()
         try:
             ready.wait(timeout=timeout_s)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from device_profiles import BACKEND_FORMAT, DeviceProfile, RuntimeSetting, load_profile
-from edge.atomic import read_json, sha256_bytes, sha256_file
+from edge.atomic import atomic_writer, read_json, sha256_bytes, sha256_file
 from edge.bundle import (
     BUNDLE_VERSION,
     CANARY_NAME,
@@ -106,24 +106,12 @@ def _tar_info(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def _write_archive(src: Path, out: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar:
-                files = sorted(p for p in src.rglob("*") if p.is_file())
-                # manifest.json first, so a reader streaming the archive meets it before the artifacts.
-                files.sort(key=lambda p: (p.name != MANIFEST_NAME or p.parent != src, p.relative_to(src).as_posix()))
-                for p in files:
-                    tar.add(p, arcname=p.relative_to(src).as_posix(), recursive=False, filter=_tar_info)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_writer(out) as fh, tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar:
+        files = sorted(p for p in src.rglob("*") if p.is_file())
+        # manifest.json first, so a reader streaming the archive meets it before the artifacts.
+        files.sort(key=lambda p: (p.name != MANIFEST_NAME or p.parent != src, p.relative_to(src).as_posix()))
+        for p in files:
+            tar.add(p, arcname=p.relative_to(src).as_posix(), recursive=False, filter=_tar_info)
 
 
 def _check_out(out: Path) -> None:

@@ -53,6 +53,70 @@ def _f(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection, reopened when the daemon closes it (shared by loadgen)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0):
+        self.host, self.port, self.timeout = host, port, timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _open(self) -> http.client.HTTPConnection:
+        c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        c.connect()
+        # Small request bodies: don't let Nagle hold them back.
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return c
+
+    def connect(self) -> None:
+        """Open the connection now, so the first timed request does not pay for it."""
+        if self._conn is None:
+            try:
+                self._conn = self._open()
+            except OSError:
+                self._conn = None  # the next request opens it again and raises the error
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """(status, lower-cased headers, body); retries once on a new connection if a kept-alive one was closed."""
+        for attempt in (0, 1):
+            fresh = self._conn is None
+            if fresh:
+                self._conn = self._open()
+            try:
+                self._conn.request(method, path, body=body, headers=headers or {})
+                resp = self._conn.getresponse()
+                data = resp.read()
+                rh = {k.lower(): v for k, v in resp.getheaders()}
+                if rh.get("connection", "").lower() == "close":
+                    self.close()
+                return resp.status, rh, data
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    http.client.CannotSendRequest, http.client.BadStatusLine):
+                self.close()
+                # A reused connection the daemon already closed: retry once on a new one.
+                if fresh or attempt:
+                    raise
+            except Exception:
+                self.close()
+                raise
+        raise ConnectionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            finally:
+                self._conn = None
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Client:
     def __init__(self, url: str = "http://127.0.0.1:8000", model: str = "edgekit", token: str | None = None,
                  binary: bool = True, timeout: float = 30.0):
@@ -68,15 +132,9 @@ class Client:
         self.token = token
         self.binary = binary
         self.timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn = Connection(self.host, self.port, timeout)
 
     # ------------------------------------------------------------ transport
-
-    def _connect(self) -> http.client.HTTPConnection:
-        c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        c.connect()
-        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return c
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -84,34 +142,10 @@ class Client:
         hdrs = dict(headers or {})
         if self.token:
             hdrs["Authorization"] = f"Bearer {self.token}"
-        for attempt in (0, 1):
-            fresh = self._conn is None
-            if fresh:
-                self._conn = self._connect()
-            try:
-                self._conn.request(method, self.base + path, body=body, headers=hdrs)
-                resp = self._conn.getresponse()
-                data = resp.read()
-                rh = {k.lower(): v for k, v in resp.getheaders()}
-                if rh.get("connection", "").lower() == "close":
-                    self.close()
-                return resp.status, rh, data
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-                    http.client.CannotSendRequest, http.client.BadStatusLine):
-                self.close()
-                if fresh or attempt:
-                    raise
-            except Exception:
-                self.close()
-                raise
-        raise ConnectionError("unreachable")
+        return self._conn.request(method, self.base + path, body, hdrs)
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        self._conn.close()
 
     def __enter__(self) -> "Client":
         return self

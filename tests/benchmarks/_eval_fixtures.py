@@ -11,51 +11,35 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
-import io
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
-INPUT_SHAPE = (28, 28, 1)
+from tests._bundle_builder import INPUT_SHAPE, BundleWriter, fashion_subset, latency_row
+
 PROFILE = "desktop-cpu"
 SETTING = "ort-cpu-t1"
 # (model id, head, permutation layers)
 VARIANTS = (("ek-pool", "pooled", 0), ("ek-centroid", "centroid", 3), ("ek-ridge", "ridge", 10))
 
 
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+def _learnable_random_data(n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Class k brightens row band k."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 10, n).astype(np.int64)
+        x = rng.integers(0, 120, (n, *INPUT_SHAPE)).astype(np.int64)
+        for i, k in enumerate(y):
+            x[i, 2 * k + 4 : 2 * k + 6] += 120
+        return x.clip(0, 255).astype(np.uint8), y
+
+    return (*make(n_train), *make(n_test))
 
 
 @functools.lru_cache(maxsize=None)
 def data(n_train: int = 4000, n_test: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        xtr = _idx(FASHION / "train-images-idx3-ubyte.gz")[:n_train, ..., None]
-        ytr = _idx(FASHION / "train-labels-idx1-ubyte.gz")[:n_train].astype(np.int64)
-        xte = _idx(FASHION / "t10k-images-idx3-ubyte.gz")[:n_test, ..., None]
-        yte = _idx(FASHION / "t10k-labels-idx1-ubyte.gz")[:n_test].astype(np.int64)
-        return np.ascontiguousarray(xtr), ytr, np.ascontiguousarray(xte), yte
-    except OSError:
-        # Learnable random data: class k brightens row band k.
-        rng = np.random.default_rng(0)
-        def make(n):
-            y = rng.integers(0, 10, n).astype(np.int64)
-            x = rng.integers(0, 120, (n, *INPUT_SHAPE)).astype(np.int64)
-            for i, k in enumerate(y):
-                x[i, 2 * k + 4 : 2 * k + 6] += 120
-            return x.clip(0, 255).astype(np.uint8), y
-        xtr, ytr = make(n_train)
-        xte, yte = make(n_test)
-        return xtr, ytr, xte, yte
+    return fashion_subset(n_train, n_test, fallback=_learnable_random_data)
 
 
 def _head(kind: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,85 +110,23 @@ class EvalBundle:
     variants: tuple[str, ...]  # in latency order
 
 
-def _timings(model, image: np.ndarray, runs: int) -> np.ndarray:
-    from edge.manifest import prepare_input
-
-    x = prepare_input(image, model.input_spec)
-    for _ in range(5):
-        model.predict(x)
-    out = np.empty(runs)
-    for i in range(runs):
-        s = time.perf_counter()
-        model.predict(x)
-        out[i] = (time.perf_counter() - s) * 1000.0
-    return out
-
-
 def make_eval_bundle(root: str | Path, n_eval: int = 120, runs: int = 60) -> EvalBundle:
     """Write ROOT/bundle (CONTRACTS layout) and ROOT/selected.json (kind 'selected')."""
     from device_profiles import load_profile
-    from edge.atomic import atomic_write_bytes, sha256_file
-    from edge.backends import get_backend
-    from edge.bundle import run_scores
-    from edge.manifest import ArtifactRecord, Manifest, artifact_id, dequantize_output, prepare_input
     from edge.selection import SelectedTable, SelectionParams
-    from edge.table import DeviceHeader, LatencyRow
+    from edge.table import DeviceHeader
 
     root = Path(root)
-    bdir = root / "bundle"
-    (bdir / "artifacts").mkdir(parents=True, exist_ok=True)
     xtr, ytr, xte, yte = data()
-    images, labels = xte[:n_eval], yte[:n_eval]
+    writer = BundleWriter(root / "bundle", xte[:n_eval], yte[:n_eval], PROFILE)
     setting = next(s for s in load_profile(PROFILE).settings if s.name == SETTING)
-    backend = get_backend(setting.backend)
-    manifest = Manifest(dataset="fashion_mnist", labels=CLASS_NAMES)
-    scores: dict[str, np.ndarray] = {}
     rows = []
     for seed, (mid, head, layers) in enumerate(VARIANTS):
         w, b = _head(head, xtr, ytr)
-        aid = artifact_id(mid, "onnx", "fp32")
-        rel = f"artifacts/{aid}.onnx"
-        atomic_write_bytes(bdir / rel, _onnx_model(w, b, layers, seed))
-        m = backend.load(bdir / rel, setting)
-        try:
-            pred = np.argmax(dequantize_output(m.predict(prepare_input(images, m.input_spec)), m.output_spec), 1)
-            acc = float(np.mean(pred == labels))
-            scores[f"scores/{aid}"] = run_scores(m, images[:8])
-            t = _timings(m, images[:1], runs)
-            in_spec, out_spec = m.input_spec, m.output_spec
-        finally:
-            m.close()
-        size = (bdir / rel).stat().st_size
-        manifest = manifest.with_artifact(ArtifactRecord(
-            artifact_id=aid, model_id=mid, format="onnx", precision="fp32", path=rel,
-            sha256=sha256_file(bdir / rel), size_bytes=size, input=in_spec, output=out_spec,
-            host_accuracy=acc, eval_count=n_eval, status="ok",
-        ))
-        q = lambda p: float(np.percentile(t, p))
-        rows.append(LatencyRow(
-            variant=f"{aid}@{SETTING}", artifact_id=aid, model_id=mid, format="onnx", precision="fp32",
-            setting=SETTING, backend=setting.backend, provider="CPUExecutionProvider", threads=1,
-            accuracy=acc, eval_count=n_eval, samples=runs, mean_ms=float(t.mean()), std_ms=float(t.std()),
-            min_ms=float(t.min()), p50_ms=q(50), p90_ms=q(90), p95_ms=q(95), p99_ms=q(99), max_ms=float(t.max()),
-            load_ms=1.0, first_inference_ms=float(t[0]), preprocess_ms=0.01, peak_rss_mb=1.0, size_bytes=size,
-        ))
-
-    def npz(path: Path, **arrays) -> str:
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue())
-        return sha256_file(path)
-
-    files = {
-        "eval.npz": npz(bdir / "eval.npz", images=images, labels=labels),
-        "canary.npz": npz(bdir / "canary.npz", images=images[:8], labels=labels[:8], **scores),
-    }
-    extra = {
-        "bundle_version": 1, "profile": PROFILE,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": files, "input_shape": list(INPUT_SHAPE), "class_names": list(CLASS_NAMES),
-    }
-    dataclasses.replace(manifest, extra=extra).save(bdir / "manifest.json")
+        added = writer.add(mid, "onnx", "fp32", _onnx_model(w, b, layers, seed), setting, timing_runs=runs)
+        rec = added.record
+        rows.append(latency_row(rec, setting, "CPUExecutionProvider", added.timings_ms, rec.host_accuracy, n_eval))
+    manifest = writer.finish()
 
     # The selected table needs latency and accuracy strictly rising together; the layers make
     # latency rise, and the heads are ordered by accuracy, but keep the check explicit.
@@ -212,9 +134,10 @@ def make_eval_bundle(root: str | Path, n_eval: int = 120, runs: int = 60) -> Eva
     for prev, cur in zip(rows, rows[1:]):
         if not (cur.accuracy > prev.accuracy and cur.p95_ms > prev.p95_ms):
             raise AssertionError(f"fixture variants are not monotonic: {[(r.variant, r.accuracy, r.p95_ms) for r in rows]}")
-    header = DeviceHeader(profile=PROFILE, cpu_model="test", cores=2, date=extra["created"], bundle=str(bdir))
+    header = DeviceHeader(profile=PROFILE, cpu_model="test", cores=2, date=manifest.extra["created"],
+                          bundle=str(writer.root))
     sel = SelectedTable(header=header, rows=tuple(rows),
                         params=SelectionParams(quantile="p95", source_table="(test fixture)", method="pareto",
                                                front_size=len(rows), candidates=len(rows)))
     table = sel.save(root / "selected.json")
-    return EvalBundle(bdir, table, tuple(r.variant for r in rows))
+    return EvalBundle(writer.root, table, tuple(r.variant for r in rows))

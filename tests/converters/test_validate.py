@@ -9,17 +9,7 @@ from converters import validate
 from converters.formats.onnx import export_onnx
 from converters.formats.tflite import export_tflite
 from edge.manifest import ArtifactRecord, TensorSpec
-from tests.converters.formats import fashion_subset, keras_logits, perturbed_copy, tiny_model
-
-
-@pytest.fixture(scope="module")
-def data():
-    return fashion_subset()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
+from tests.converters.formats import keras_logits, perturbed_copy
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ needs a monotonic table.  Built once per machine and cached in the temp folder.
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import os
 import queue
@@ -30,12 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
+from tests._bundle_builder import (
+    INPUT_SHAPE,
+    BundleWriter,
+    fashion_split,
+    keras_cnn,
+    latency_row,
+    time_predict,
+    to_tflite,
+)
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 FIXTURE_VERSION = 3
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
-INPUT_SHAPE = (28, 28, 1)
 PROFILE_NAME = "edge-test"
 # model id -> (format, precision, assigned accuracy)
 MODELS = {
@@ -43,6 +49,7 @@ MODELS = {
     "medium": ("tflite", "int8", 0.80),
     "large": ("tflite", "fp32", 0.88),
 }
+LAYERS = {"small": ("c4", "p4"), "medium": ("c16", "c32", "p2"), "large": ("c64", "c64", "c96", "p2")}
 PROFILE_TOML = f"""
 name = "{PROFILE_NAME}"
 description = "edgekit daemon tests: LiteRT with and without XNNPACK on this host"
@@ -68,149 +75,45 @@ xnnpack = false
 """
 
 
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def sample_images(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Real Fashion-MNIST test images if installed, else deterministic noise."""
     try:
-        x = _idx(FASHION / "t10k-images-idx3-ubyte.gz")[:n, ..., None]
-        y = _idx(FASHION / "t10k-labels-idx1-ubyte.gz")[:n].astype(np.int64)
-        return np.ascontiguousarray(x), y
+        return fashion_split("t10k", n)
     except OSError:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (n, *INPUT_SHAPE), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64)
 
 
-def _keras_model(model_id: str):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input(INPUT_SHAPE, dtype="float32")
-    x = keras.layers.Rescaling(1 / 255.0)(inp)
-    if model_id == "small":
-        x = keras.layers.Conv2D(4, 3, activation="relu")(x)
-        x = keras.layers.MaxPooling2D(4)(x)
-    elif model_id == "medium":
-        x = keras.layers.Conv2D(16, 3, activation="relu")(x)
-        x = keras.layers.Conv2D(32, 3, activation="relu")(x)
-        x = keras.layers.MaxPooling2D(2)(x)
-    else:
-        x = keras.layers.Conv2D(64, 3, activation="relu")(x)
-        x = keras.layers.Conv2D(64, 3, activation="relu")(x)
-        x = keras.layers.Conv2D(96, 3, activation="relu")(x)
-        x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Flatten()(x)
-    out = keras.layers.Dense(10)(x)
-    return keras.Model(inp, out)
-
-
-def _tflite(model, precision: str, calib: np.ndarray) -> bytes:
-    import tensorflow as tf
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    if precision == "int8":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-
-        def rep():
-            for i in range(min(32, len(calib))):
-                yield [calib[i : i + 1].astype(np.float32)]
-
-        conv.representative_dataset = rep
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
-    return conv.convert()
-
-
-def _measure(model, image: np.ndarray, runs: int) -> np.ndarray:
-    from edge.manifest import prepare_input
-
-    x = prepare_input(image, model.input_spec)
-    for _ in range(5):
-        model.predict(x)
-    out = np.empty(runs)
-    for i in range(runs):
-        t = time.perf_counter()
-        model.predict(x)
-        out[i] = (time.perf_counter() - t) * 1000.0
-    return out
-
-
 def _build(root: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from device_profiles import load_profile
-    from edge.atomic import atomic_write_bytes, sha256_bytes, sha256_file
     from edge.backends import get_backend
-    from edge.bundle import run_scores
-    from edge.manifest import ArtifactRecord, Manifest, artifact_id
-    from edge.table import DeviceHeader, LatencyRow, LatencyTable
+    from edge.selection import select_subset
+    from edge.table import DeviceHeader, LatencyTable
 
     bundle = root / "bundle"
-    (bundle / "artifacts").mkdir(parents=True)
     (root / "profile.toml").write_text(PROFILE_TOML)
     profile = load_profile(root / "profile.toml")
     images, labels = sample_images(64)
-    np.savez(bundle / "eval.npz", images=images, labels=labels)
-    canary_imgs, canary_labels = images[:8], labels[:8]
-    backend = get_backend("litert")
-    xnn = profile.settings[0]
-    records = []
-    scores = {}
+    writer = BundleWriter(bundle, images, labels, PROFILE_NAME)
     for mid, (fmt, prec, _) in MODELS.items():
-        km = _keras_model(mid)
-        data = _tflite(km, prec, images)
-        aid = artifact_id(mid, fmt, prec)
-        rel = f"artifacts/{aid}.tflite"
-        atomic_write_bytes(bundle / rel, data)
-        m = backend.load(bundle / rel, xnn)
-        scores[aid] = run_scores(m, canary_imgs)
-        records.append(ArtifactRecord(
-            artifact_id=aid, model_id=mid, format=fmt, precision=prec, path=rel, sha256=sha256_bytes(data),
-            size_bytes=len(data), input=m.input_spec, output=m.output_spec, params=int(km.count_params()),
-            status="ok",
-        ))
-        m.close()
-    np.savez(bundle / "canary.npz", images=canary_imgs, labels=canary_labels,
-             **{f"scores/{k}": v for k, v in scores.items()})
-    manifest = Manifest(
-        dataset="fashion_mnist", labels=CLASS_NAMES, artifacts=tuple(records),
-        extra={
-            "bundle_version": 1, "profile": PROFILE_NAME,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "files": {"eval.npz": sha256_file(bundle / "eval.npz"), "canary.npz": sha256_file(bundle / "canary.npz")},
-            "input_shape": list(INPUT_SHAPE), "class_names": list(CLASS_NAMES),
-        },
-    )
-    manifest.save(bundle / "manifest.json")
-
-    from edge.selection import select_subset
+        km = keras_cnn(LAYERS[mid])
+        writer.add(mid, fmt, prec, to_tflite(km, prec, calib=images[:32]), profile.settings[0], host_accuracy=False,
+                   params=int(km.count_params()))
+    records = writer.records
+    writer.finish(sort_by_id=False)
 
     # Timing noise on a busy machine can reorder the tiny models; measure again until the
     # selected table has one variant per model (the tests rely on three).
+    backend = get_backend("litert")
     for _attempt in range(4):
         rows = []
         for rec in records:
-            acc = MODELS[rec.model_id][2]
             for s in profile.settings:
-                m = backend.load(bundle / rec.path, s)
-                t = _measure(m, images[:1], runs=60 if rec.model_id == "large" else 200)
-                rows.append(LatencyRow(
-                    variant=f"{rec.artifact_id}@{s.name}", artifact_id=rec.artifact_id, model_id=rec.model_id,
-                    format=rec.format, precision=rec.precision, setting=s.name, backend=s.backend,
-                    provider=m.provider, threads=s.threads, accuracy=acc, eval_count=len(images), samples=len(t),
-                    mean_ms=float(t.mean()), std_ms=float(t.std()), min_ms=float(t.min()),
-                    p50_ms=float(np.percentile(t, 50)), p90_ms=float(np.percentile(t, 90)),
-                    p95_ms=float(np.percentile(t, 95)), p99_ms=float(np.percentile(t, 99)), max_ms=float(t.max()),
-                    load_ms=1.0, first_inference_ms=float(t[0]), preprocess_ms=0.01, peak_rss_mb=1.0,
-                    size_bytes=rec.size_bytes, params=rec.params,
-                ))
-                m.close()
+                with backend.load(bundle / rec.path, s) as m:
+                    t = time_predict(m, images[:1], runs=60 if rec.model_id == "large" else 200)
+                    rows.append(latency_row(rec, s, m.provider, t, accuracy=MODELS[rec.model_id][2],
+                                            eval_count=len(images)))
         header = DeviceHeader(profile=PROFILE_NAME, cores=os.cpu_count() or 0, bundle=str(bundle),
                               date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               settings={"note": "edgekit test fixture: measured latencies, assigned accuracies"})

@@ -456,10 +456,14 @@ def test_adaptive_moves_to_faster_variants_when_the_board_slows(fx):
     dl = max(40.0, 2 * p95)  # the table says the slow variant fits
     with start_daemon("--inject-delay-ms", str(dl)) as d:
         seen = []
-        for _ in range(12):
+        # How many requests the filter needs depends on the fixture's measured p50/p95 gap;
+        # bound the wait by count, not by a guess at the convergence speed.
+        for _ in range(60):
             s, _, doc = jcall(d, "POST", INFER, infer_doc(deadline=dl))
             assert s == 200
             seen.append((doc["parameters"]["variant"], doc["parameters"]["slowdown"]))
+            if len(seen) >= 3 and seen[-1][0] != big:
+                break
         assert seen[0][0] == big  # the table says it fits
         assert seen[-1][1] > 2 and seen[-1][0] != big, seen
 

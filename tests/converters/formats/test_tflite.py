@@ -21,22 +21,12 @@ from device_profiles import RuntimeSetting
 from edge.atomic import sha256_file
 from edge.backends import get_backend
 from edge.manifest import TensorSpec, dequantize_output, prepare_input
-from tests.converters.formats import fashion_subset, keras_logits, tiny_model
+from tests.converters.formats import keras_logits
 
 SETTING = RuntimeSetting(name="test", backend="litert", threads=1)
 # Minimum top-1 agreement with Keras and maximum |logit difference| per precision.
 AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "dynamic": 0.97, "int8": 0.95}
 MAX_DIFF = {"fp32": 1e-3, "fp16": 0.05, "dynamic": 1.0, "int8": 2.0}
-
-
-@pytest.fixture(scope="module")
-def data():
-    return fashion_subset()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
 
 
 @pytest.fixture(scope="module")
