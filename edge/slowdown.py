@@ -84,13 +84,17 @@ class EwmaSlowdown(SlowdownFilter):
 
 
 class KalmanSlowdown(SlowdownFilter):
-    """Scalar Kalman filter: the factor is a random walk (variance ``q`` per inference) observed
-    through noisy ratios (variance ``r``). Its gain is high while uncertain and settles near
-    sqrt(q/r), so it reacts within a few inferences to a step change yet averages out jitter."""
+    """Scalar Kalman filter on the log of the factor: log-factor is a random walk (variance
+    ``q`` per inference) observed through noisy log-ratios (variance ``r``).
+
+    Working in log space makes the noise relative (a 2x slower board also jitters ~2x more)
+    and keeps the gain independent of the level, so a jump to 40x is tracked in as few
+    inferences as a jump to 1.5x, and the way back down as fast. The gain is high while
+    uncertain and settles near sqrt(q/r): a few inferences to follow a step, jitter averaged out."""
 
     name = "kalman"
 
-    def __init__(self, q: float = 2e-3, r: float = 2e-2, initial: float = 1.0, p0: float = 0.1):
+    def __init__(self, q: float = 2e-3, r: float = 3e-2, initial: float = 1.0, p0: float = 0.1):
         if q <= 0 or r <= 0:
             raise ValueError(f"Kalman variances must be > 0, got q={q}, r={r}")
         super().__init__(initial)
@@ -102,11 +106,10 @@ class KalmanSlowdown(SlowdownFilter):
 
     def _step(self, ratio: float) -> float:
         p = self.p + self.q
-        # Measurement noise grows with the level: a 2x slower board also jitters ~2x more.
-        r = self.r * max(self.factor, 1.0) ** 2
-        k = p / (p + r)
+        k = p / (p + self.r)
         self.p = (1.0 - k) * p
-        return self.factor + k * (ratio - self.factor)
+        x = math.log(self.factor)
+        return math.exp(x + k * (math.log(ratio) - x))
 
     def describe(self) -> dict:
         d = super().describe()
