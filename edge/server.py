@@ -971,17 +971,15 @@ def run(args: argparse.Namespace) -> int:
     daemon.scheduler.start()
     host, port = httpd.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
-    wake = threading.Event()
-    term = threading.Event()
-    hup = threading.Event()
+    # Signal handlers only flip flags: taking a lock there (Event.set) can deadlock against
+    # the main thread holding the same lock when the signal lands.
+    flags = {"term": False, "hup": False}
 
     def on_stop(signum, frame):
-        term.set()
-        wake.set()
+        flags["term"] = True
 
     def on_hup(signum, frame):
-        hup.set()
-        wake.set()
+        flags["hup"] = True
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -992,11 +990,10 @@ def run(args: argparse.Namespace) -> int:
     server_thread.start()
     print(f"listening on http://{shown}:{port}", flush=True)
     try:
-        while not term.is_set():
-            wake.wait()
-            wake.clear()
-            if hup.is_set() and not term.is_set():
-                hup.clear()
+        while not flags["term"]:
+            time.sleep(0.05)
+            if flags["hup"] and not flags["term"]:
+                flags["hup"] = False
                 daemon.reload()  # SIGHUP: re-read the table file; a bad one keeps the current table
     finally:
         _log("shutting down: no new requests; finishing queued work")
