@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_TRAIN_MODULES = {"tensorflow", "keras", "tf2onnx", "onnx", "onnxconverter_common", "onnxruntime_extensions", "sympy"}
+
+
 def _available() -> dict[str, tuple[str, str]]:
     out = {}
     for name, (mod, help_) in COMMANDS.items():
@@ -47,10 +50,23 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _missing(command: str, exc: ImportError) -> str:
+    name = (exc.name or str(exc)).split(".")[0]
+    if name in _TRAIN_MODULES:
+        return (f"edgekit {command}: error: {name} is not installed; '{command}' runs on the workstation and "
+                f"needs the train extra: pip install -e \".[runtime,train]\" (or bash scripts/setup.sh)")
+    return (f"edgekit {command}: error: {name} is not installed; install the runtime extra: "
+            f"pip install -e \".[runtime]\" (or bash scripts/setup.sh runtime)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(only=cmd)
+    try:
+        parser = build_parser(only=cmd)
+    except ImportError as exc:
+        print(_missing(cmd or "", exc), file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -61,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except ImportError as exc:
+        # A workstation command on a board (runtime extra only), or a runtime that is missing.
+        print(_missing(args.command, exc), file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Expected user errors carry a message that says what to do; no traceback.
         print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)

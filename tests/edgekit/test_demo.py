@@ -32,3 +32,24 @@ def test_demo_refuses_a_folder_of_another_profile(tmp_path, capsys):
 def test_cli_without_command_prints_help(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_missing_dependency_gives_an_install_hint(monkeypatch, capsys):
+    import sys
+    import types
+
+    mod = types.ModuleType("edgekit_fake_cmd")
+    mod.add_arguments = lambda p: None
+
+    def run(args):
+        raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+    mod.run = run
+    monkeypatch.setitem(sys.modules, "edgekit_fake_cmd", mod)
+    import edgekit.cli as cli
+
+    monkeypatch.setitem(cli.COMMANDS, "fake", ("edgekit_fake_cmd", "a command that needs TensorFlow"))
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: object())
+    assert cli.main(["fake"]) == 2
+    err = capsys.readouterr().err
+    assert "tensorflow is not installed" in err and "train extra" in err
