@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence, TypeVar
 
@@ -25,6 +26,10 @@ class LatencyStats:
     p95_ms: float
     p99_ms: float
     max_ms: float
+
+    def timings(self) -> dict[str, float]:
+        """The *_ms fields, named as LatencyRow names them."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k.endswith("_ms")}
 
 
 def summarize_ns(samples_ns: Sequence[int] | np.ndarray) -> LatencyStats:

@@ -78,17 +78,11 @@ GENERIC_ENV = "EDGEKIT_DATA_DIR"
 NO_DOWNLOAD_ENV = "EDGEKIT_NO_DOWNLOAD"
 
 
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """A whole dataset: uint8 images (N, H, W, C), int64 labels (N,) and class names."""
+class _ShapeInfo:
+    """input_shape and num_classes, derived from x_train and class_names."""
 
-    name: str
     x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
     class_names: tuple[str, ...]
-    source: str = ""
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -100,7 +94,20 @@ class Dataset:
 
 
 @dataclass(frozen=True, eq=False)
-class Splits:
+class Dataset(_ShapeInfo):
+    """A whole dataset: uint8 images (N, H, W, C), int64 labels (N,) and class names."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Splits(_ShapeInfo):
     """Train / validation / calibration / test parts of a dataset; the *_idx arrays index the original sets."""
 
     x_train: np.ndarray
@@ -115,14 +122,6 @@ class Splits:
     val_idx: np.ndarray  # into Dataset.x_train
     calib_idx: np.ndarray  # into Dataset.x_train, a subset of train_idx
     test_idx: np.ndarray  # into Dataset.x_test
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(d) for d in self.x_train.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 # ---------------------------------------------------------------------------------------------- IDX
