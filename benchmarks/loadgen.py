@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import ipaddress
-import json
 import os
 import queue
 import threading
@@ -19,6 +18,7 @@ import numpy as np
 from benchmarks.workload import MAX_COUNT, Workload, WorkloadError, make_workload
 from edge.atomic import atomic_write_json
 from edge.client import Connection
+from edge.protocol import RequestEncoder, summarize_infer_response
 
 DEFAULT_COUNT = 200
 DEFAULT_DURATION_S = 120.0
@@ -102,43 +102,8 @@ def _num(v: Any) -> float | None:
     return float(v)
 
 
-def parse_response(status: int, body: bytes) -> dict[str, Any]:
-    """The fields a record needs from a v2 infer answer (or a 4xx/5xx error body)."""
-    out: dict[str, Any] = {"pred": -1, "params": {}, "error": ""}
-    try:
-        doc = json.loads(body.decode("utf-8")) if body else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        out["error"] = f"HTTP {status}: answer is not JSON: {body[:120]!r}"
-        return out
-    if not isinstance(doc, dict):
-        out["error"] = f"HTTP {status}: answer is not a JSON object"
-        return out
-    params = doc.get("parameters") or {}
-    out["params"] = params if isinstance(params, dict) else {}
-    if status != 200:
-        out["error"] = str(doc.get("error", f"HTTP {status}"))
-        return out
-    pred = -1
-    logits = None
-    for o in doc.get("outputs") or []:
-        if not isinstance(o, dict):
-            continue
-        if o.get("name") == "class" and o.get("data"):
-            try:
-                pred = int(np.asarray(o["data"]).reshape(-1)[0])
-            except (TypeError, ValueError):
-                pass
-        elif o.get("name") == "logits" and o.get("data"):
-            logits = o["data"]
-    if pred < 0 and logits is not None:
-        try:
-            pred = int(np.argmax(np.asarray(logits, dtype=np.float64).reshape(-1)))
-        except (TypeError, ValueError):
-            pass
-    if pred < 0:
-        out["error"] = "answer has neither a 'class' nor a 'logits' output"
-    out["pred"] = pred
-    return out
+# The v2 codec lives in edge.protocol; RequestEncoder and parse_response stay importable from here.
+parse_response = summarize_infer_response
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -162,26 +127,6 @@ def wait_ready(url: str, timeout_s: float = 30.0, allow_remote: bool = False) ->
             c.close()
         time.sleep(0.1)
     raise RuntimeError(f"daemon at {url} is not ready after {timeout_s:g} s ({last}); is 'edgekit serve' running?")
-
-
-class RequestEncoder:
-    """Builds v2 JSON infer bodies; each image is serialised once, before the timed run."""
-
-    def __init__(self, images: np.ndarray, indices: np.ndarray):
-        if images.dtype != np.uint8:
-            raise ValueError(f"eval images must be uint8 pixels, got {images.dtype}")
-        self.shape = [1, *(int(s) for s in images.shape[1:])]
-        self._data: dict[int, bytes] = {}
-        for i in np.unique(indices):
-            flat = images[int(i)].reshape(-1).tolist()
-            self._data[int(i)] = json.dumps(flat, separators=(",", ":")).encode()
-        self._head = (
-            b'{"inputs":[{"name":"input","shape":' + json.dumps(self.shape).encode() + b',"datatype":"UINT8","data":'
-        )
-
-    def body(self, image_index: int, deadline_ms: float, req_id: int) -> bytes:
-        tail = ('}],"parameters":{"deadline_ms":%s},"id":"%d"}' % (repr(float(deadline_ms)), req_id)).encode()
-        return self._head + self._data[int(image_index)] + tail
 
 
 # ----------------------------------------------------------------------------- the run
@@ -242,12 +187,13 @@ def _one(
 ) -> RequestRecord:
     img = int(wl.image_indices[i])
     deadline = float(wl.deadlines_ms[i])
-    body = enc.body(img, deadline, i)
+    body, content = enc.request(img, deadline, i)
+    hdrs = {**headers, **content}
     sent = time.perf_counter()
     start = sent if scheduled is None else t0 + scheduled
-    status, data, err = 0, b"", ""
+    status, rh, data, err = 0, {}, b"", ""
     try:
-        status, _, data = conn.request("POST", path, body, headers)
+        status, rh, data = conn.request("POST", path, body, hdrs)
     except (OSError, http.client.HTTPException) as exc:
         err = f"{type(exc).__name__}: {exc}"
     done = time.perf_counter()
@@ -264,7 +210,7 @@ def _one(
         error=err,
     )
     if status:
-        parsed = parse_response(status, data)
+        parsed = summarize_infer_response(status, data, rh)
         p = parsed["params"]
         rec.pred = parsed["pred"]
         rec.error = parsed["error"]
@@ -293,6 +239,7 @@ def run_load(
     timeout_s: float = 30.0,
     on_request: Callable[[int], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    binary: bool = False,
 ) -> LoadResult:
     """Send ``workload`` to the daemon at ``url``; stop issuing after ``duration_s`` seconds.
 
@@ -301,6 +248,7 @@ def run_load(
     end-to-end latency counts from the scheduled arrival (as LoadGen's Server scenario does),
     so a late client or a full daemon queue shows up in the latency, not hidden.
     ``on_request(i)`` runs just before request ``i`` is issued (used to switch contention).
+    ``binary`` sends the images with the binary tensor data extension instead of JSON.
     """
     host, port, base = parse_url(url, allow_remote)
     if not 0 < duration_s <= MAX_DURATION_S:
@@ -310,10 +258,10 @@ def run_load(
             f"the workload was drawn for {workload.n_images} eval images but the set has {images.shape[0]}"
         )
     path = f"{base}/v2/models/{urllib.parse.quote(model, safe='')}/infer"
-    headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
+    headers = {"Connection": "keep-alive"}  # the encoder adds the content headers
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    enc = RequestEncoder(images, workload.image_indices)
+    enc = RequestEncoder(images, workload.image_indices, binary=binary)
     labels = np.asarray(labels)
     n = workload.count
     records: list[RequestRecord] = []
@@ -460,6 +408,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=16, help="concurrent connections for Poisson arrivals (default 16)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback daemon URL")
+    p.add_argument("--binary", action="store_true",
+                   help="send images with the binary tensor data extension instead of JSON")
     p.add_argument("--out", default=None, help="write every request and the summary to this JSON file")
 
 
@@ -479,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
         args.url, images, labels, wl,
         model=args.model, token=args.token, duration_s=args.duration,
         allow_remote=args.allow_remote, workers=args.workers, timeout_s=args.timeout,
+        binary=getattr(args, "binary", False),
     )
     s = res.summary()
     if res.truncated:

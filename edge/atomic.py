@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -71,6 +72,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_fd(fd: int, chunk: int = 1 << 20) -> str:
+    """sha256 of what is left to read from ``fd`` (the fd stays open)."""
+    h = hashlib.sha256()
+    while True:
+        block = os.read(fd, chunk)
+        if not block:
+            break
+        h.update(block)
+    return h.hexdigest()
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Read JSON with an error that names the file and says what to do."""
     path = Path(path)
@@ -78,13 +90,124 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
+    return _loads(text, f"{what} {path}")
+
+
+def _loads(text: str, label: str) -> Any:
+    """``json.loads`` whose every failure is a ValueError naming ``label`` (never the content)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(
-            f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+            f"{label} is not valid JSON ({exc.msg} at line {exc.lineno}); "
             "it may be truncated by an interrupted run: regenerate it"
         ) from None
+    except RecursionError:
+        raise ValueError(f"{label} nests JSON arrays or objects too deeply to be read; regenerate it") from None
+    except ValueError:  # an integer of thousands of digits (sys.get_int_max_str_digits)
+        raise ValueError(f"{label} holds a number too long to read; regenerate it") from None
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode is, in words ("a regular file", "a FIFO (named pipe)", ...)."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+def _not_regular(path: Path, mode: int, what: str, hint: str) -> ValueError:
+    return ValueError(f"{what} {path} is {file_kind(mode)}, not a regular file; {hint or 'pass the path of a regular file'}")
+
+
+def open_regular(path: str | os.PathLike, what: str = "file", hint: str = "") -> int:
+    """A read-only fd on ``path`` if it is a regular file (following links); never blocks on a FIFO.
+
+    FileNotFoundError if it is missing; ValueError saying what it is instead (a FIFO, a device,
+    a directory, a socket) or why it cannot be opened. The caller closes the fd.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError as exc:  # a socket (ENXIO), no permission, a loop of links...
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode, what, hint) from None
+        raise ValueError(f"{what} {path} cannot be opened ({exc.strerror}); check its permissions") from None
+    except ValueError:  # a NUL byte in the path
+        raise ValueError(f"{what} path {path!r} is not a valid path; {hint or 'pass the path of a regular file'}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        raise ValueError(f"{what} {path} cannot be read ({exc.strerror}); regenerate or re-copy it") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(path, mode, what, hint)
+    return fd
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        block = os.read(fd, min(left, 1 << 20))
+        if not block:
+            break
+        chunks.append(block)
+        left -= len(block)
+    return b"".join(chunks)
+
+
+def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "file", hint: str = "") -> bytes:
+    """The content of regular file ``path``, refused (ValueError) past ``max_bytes``; see ``open_regular``."""
+    path = Path(path)
+    too_big = ValueError(f"{what} {path} is larger than the {max_bytes} byte cap; {hint or 'pass a smaller file'}")
+    fd = open_regular(path, what, hint)
+    try:
+        if os.fstat(fd).st_size > max_bytes:
+            raise too_big
+        data = _read_at_most(fd, max_bytes + 1)  # the file may grow after fstat
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be read ({exc.strerror}); regenerate or re-copy it") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise too_big
+    return data
+
+
+def read_json_bounded(
+    path: str | os.PathLike, max_bytes: int, what: str = "file", hint: str = "", max_items: int | None = None
+) -> Any:
+    """Like ``read_json``, for a regular file of at most ``max_bytes`` holding at most ``max_items`` JSON values.
+
+    Every failure is FileNotFoundError or ValueError naming the file, never quoting its content.
+    ``max_items`` bounds the memory the parsed value takes (its commas and brackets are counted).
+    """
+    path = Path(path)
+    data = read_regular_bytes(path, max_bytes, what, hint)
+    label = f"{what} {path}"
+    if max_items is not None and data.count(b",") + data.count(b"[") + data.count(b"{") > max_items:
+        raise ValueError(f"{label} holds more than {max_items} JSON values; {hint or 'pass a smaller file'}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{label} is not UTF-8 text (bad byte at offset {exc.start}); regenerate it") from None
+    return _loads(text, label)
 
 
 def clean_stale_temps(folder: str | os.PathLike) -> int:

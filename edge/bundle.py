@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from edge.atomic import atomic_write_json, sha256_file
+from edge.atomic import atomic_write_json, file_kind, sha256_fd, sha256_file
 from edge.manifest import ArtifactRecord, Manifest, ManifestError, TensorSpec, dequantize_output, prepare_input
 
 BUNDLE_VERSION = 1
@@ -265,6 +265,17 @@ class Bundle:
     def artifact_path(self, artifact_id: str) -> Path:
         return _inside(self.root, self.artifact(artifact_id).path, f"artifact {artifact_id} path")
 
+    def verified_artifact_path(self, artifact_id: str) -> Path:
+        """The artifact's path after checking, now, its size and sha256 against the manifest.
+
+        Call it right before loading a variant (also on a reload): a file changed since the bundle
+        was opened is refused with a BundleError naming it, not loaded.
+        """
+        rec = self.artifact(artifact_id)
+        path = self.artifact_path(artifact_id)
+        check_listed_file(path, str(PurePosixPath(rec.path)), rec.sha256, rec.size_bytes, self.source)
+        return path
+
     def _npz(self, name: str) -> dict[str, np.ndarray]:
         path = _inside(self.root, name, "file")
         try:
@@ -337,23 +348,51 @@ def _listed_files(manifest: Manifest, source: Path) -> dict[str, tuple[str, int 
     return listed
 
 
+def _open_listed(path: Path, rel: str, source: Path) -> int:
+    """A read-only fd on the listed file ``path``; never blocks on a FIFO put in its place."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BundleError(f"bundle {source}: missing file {rel}; the copy is incomplete: re-copy the bundle") from None
+    except OSError as exc:
+        raise BundleError(f"bundle {source}: file {rel} cannot be opened ({exc.strerror}); re-copy the bundle") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        raise BundleError(f"bundle {source}: file {rel} cannot be read ({exc.strerror}); re-copy the bundle") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise BundleError(f"bundle {source}: file {rel} is {file_kind(mode)}, not a regular file; re-copy the bundle")
+    return fd
+
+
+def check_listed_file(path: Path, rel: str, sha: str, size: int | None, source: Path) -> None:
+    """Raise BundleError unless ``path`` (``rel`` in the bundle) is a regular file of ``size`` bytes and sha256 ``sha``."""
+    fd = _open_listed(path, rel, source)
+    try:
+        got_size = os.fstat(fd).st_size
+        if size is not None and got_size != size:
+            raise BundleError(
+                f"bundle {source}: file {rel} is corrupt ({got_size} bytes, manifest says {size}); re-copy the bundle"
+            )
+        got = sha256_fd(fd)
+    except OSError as exc:
+        raise BundleError(f"bundle {source}: file {rel} cannot be read ({exc.strerror}); re-copy the bundle") from None
+    finally:
+        os.close(fd)
+    if got != sha:
+        raise BundleError(
+            f"bundle {source}: file {rel} is corrupt (sha256 {got[:12]}..., manifest says {sha[:12]}...); re-copy the bundle"
+        )
+
+
 def verify_folder(root: Path, manifest: Manifest, source: Path | None = None) -> tuple[str, ...]:
     """Raise BundleError naming the first missing/corrupt/escaping file; return the unlisted extras."""
     source = source or root
     listed = _listed_files(manifest, source)
     for rel, (sha, size) in sorted(listed.items()):
-        p = _inside(root, rel, "listed file")
-        if not p.is_file():
-            raise BundleError(f"bundle {source}: missing file {rel}; the copy is incomplete: re-copy the bundle")
-        if size is not None and p.stat().st_size != size:
-            raise BundleError(
-                f"bundle {source}: file {rel} is corrupt ({p.stat().st_size} bytes, manifest says {size}); re-copy the bundle"
-            )
-        got = sha256_file(p)
-        if got != sha:
-            raise BundleError(
-                f"bundle {source}: file {rel} is corrupt (sha256 {got[:12]}..., manifest says {sha[:12]}...); re-copy the bundle"
-            )
+        check_listed_file(_inside(root, rel, "listed file"), rel, sha, size, source)
     root_res = root.resolve()
     extras: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):

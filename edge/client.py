@@ -11,46 +11,22 @@ import http.client
 import json
 import socket
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from edge.protocol import (  # re-exported: edge.client is where callers have always found them
+    Classification,
+    ClientError,
+    decode_infer_response,
+    encode_infer_request,
+    output_arrays,
+    split_binary,
+)
 
-class ClientError(RuntimeError):
-    """The daemon answered with an error other than a deadline rejection (408) or a full queue (503)."""
+__all__ = ["Classification", "Client", "ClientError", "Connection", "decode_response", "output_arrays", "split_binary"]
 
-    def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Classification:
-    """The answer to one request. ``status`` 200: answered; 408: rejected (deadline cannot be met);
-    503: queue full. ``label`` is -1 and ``scores`` empty unless answered."""
-
-    label: int
-    scores: np.ndarray = field(repr=False)
-    variant: str | None
-    deadline_met: bool
-    predicted_ms: float | None
-    queue_ms: float | None
-    inference_ms: float | None
-    total_ms: float | None
-    status: int = 200
-    slowdown: float | None = None
-    policy: str = ""
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200
-
-
-def _f(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+decode_response = decode_infer_response  # the old name
 
 
 class Connection:
@@ -184,29 +160,7 @@ class Client:
 
     def encode(self, image: np.ndarray, deadline_ms: float, request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
         """The request body and headers ``classify`` sends (exposed for load generators)."""
-        img = np.asarray(image)
-        if img.ndim == 3:
-            img = img[None]
-        if img.ndim != 4 or img.shape[0] != 1:
-            raise ValueError(f"expected one image (H, W, C) or (1, H, W, C), got shape {img.shape}")
-        if img.dtype == np.uint8:
-            dt, arr = "UINT8", img
-        else:
-            dt, arr = "FP32", img.astype("<f4")
-        head: dict[str, Any] = {
-            "inputs": [{"name": "input", "shape": list(arr.shape), "datatype": dt}],
-            "parameters": {"deadline_ms": float(deadline_ms)},
-        }
-        if request_id is not None:
-            head["id"] = request_id
-        if self.binary:
-            raw = np.ascontiguousarray(arr).tobytes()
-            head["inputs"][0]["parameters"] = {"binary_data_size": len(raw)}
-            head["parameters"]["binary_data_output"] = True
-            js = json.dumps(head, separators=(",", ":")).encode()
-            return js + raw, {"Inference-Header-Content-Length": str(len(js)), "Content-Type": "application/octet-stream"}
-        head["inputs"][0]["data"] = arr.reshape(-1).tolist()
-        return json.dumps(head, separators=(",", ":")).encode(), {"Content-Type": "application/json"}
+        return encode_infer_request(image, deadline_ms, request_id, self.binary)
 
     def classify(self, image: np.ndarray, deadline_ms: float, request_id: str | None = None) -> Classification:
         """Classify one uint8 (or 0..255 float) image with a relative deadline in ms."""
@@ -214,64 +168,4 @@ class Client:
         status, rh, data = self.request(
             "POST", f"/v2/models/{urllib.parse.quote(self.model, safe='')}/infer", body, headers
         )
-        return decode_response(status, rh, data)
-
-
-def split_binary(headers: dict[str, str], data: bytes) -> tuple[dict, bytes]:
-    """(JSON header, the binary part) of a response that may use the binary tensor extension."""
-    n = headers.get("inference-header-content-length")
-    if n is None:
-        return json.loads(data) if data else {}, b""
-    k = int(n)
-    return json.loads(data[:k]), data[k:]
-
-
-def output_arrays(doc: dict, blob: bytes) -> dict[str, np.ndarray]:
-    """Output tensors by name, JSON or binary (in the order the outputs are listed)."""
-    dtypes = {"FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "UINT8": "<u1", "FP16": "<f2", "FP64": "<f8"}
-    out: dict[str, np.ndarray] = {}
-    off = 0
-    for o in doc.get("outputs", []):
-        dt = np.dtype(dtypes.get(o.get("datatype"), "<f4"))
-        shape = tuple(o.get("shape", (-1,)))
-        size = (o.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            arr = np.frombuffer(blob, dtype=dt, count=int(size) // dt.itemsize, offset=off)
-            off += int(size)
-        else:
-            arr = np.asarray(o.get("data", []), dtype=dt)
-        out[o["name"]] = arr.reshape(shape) if arr.size == int(np.prod(shape)) else arr
-    return out
-
-
-def decode_response(status: int, headers: dict[str, str], data: bytes) -> Classification:
-    try:
-        doc, blob = split_binary(headers, data)
-    except (ValueError, json.JSONDecodeError):
-        raise ClientError(status, f"answer is not JSON: {data[:100]!r}") from None
-    if not isinstance(doc, dict):
-        raise ClientError(status, "answer is not a JSON object")
-    p = doc.get("parameters") or {}
-    if status in (408, 503):
-        return Classification(
-            label=-1, scores=np.zeros(0, np.float32), variant=p.get("variant"), deadline_met=False,
-            predicted_ms=_f(p.get("predicted_ms")), queue_ms=_f(p.get("queue_ms")),
-            inference_ms=_f(p.get("inference_ms")), total_ms=_f(p.get("total_ms")), status=status,
-            slowdown=_f(p.get("slowdown")), policy=str(p.get("policy", "") or ""), error=str(doc.get("error", "")),
-        )
-    if status != 200:
-        raise ClientError(status, str(doc.get("error", "")))
-    outs = output_arrays(doc, blob)
-    scores = outs.get("logits", np.zeros((1, 0), np.float32)).reshape(-1).astype(np.float32)
-    if "class" in outs:
-        label = int(outs["class"].reshape(-1)[0])
-    elif scores.size:
-        label = int(np.argmax(scores))
-    else:
-        label = -1
-    return Classification(
-        label=label, scores=scores, variant=p.get("variant"), deadline_met=bool(p.get("deadline_met", False)),
-        predicted_ms=_f(p.get("predicted_ms")), queue_ms=_f(p.get("queue_ms")),
-        inference_ms=_f(p.get("inference_ms")), total_ms=_f(p.get("total_ms")), status=200,
-        slowdown=_f(p.get("slowdown")), policy=str(p.get("policy", "") or ""),
-    )
+        return decode_infer_response(status, rh, data)

@@ -59,8 +59,20 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from edge.atomic import atomic_write_json, atomic_write_text, read_json
-from edge.table import QUANTILES, TABLE_VERSION, DeviceHeader, LatencyRow, LatencyTable, TableError
+from edge.atomic import atomic_write_json, atomic_write_text
+from edge.table import (
+    QUANTILES,
+    REGENERATE,
+    TABLE_VERSION,
+    DeviceHeader,
+    LatencyRow,
+    LatencyTable,
+    TableError,
+    assert_checkable,
+    checked_fields,
+    read_table_json,
+    row_label,
+)
 
 MEMORY_STEPS = 1000  # most (memory, value) pairs a DP state keeps before thinning by memory bucket
 DEFAULT_RANGE_STRETCH = 1.5  # default deadline range ends at this x the slowest variant's latency
@@ -105,20 +117,12 @@ class SelectionParams:
 
     @classmethod
     def from_dict(cls, d: Any, src: str = "<table>") -> "SelectionParams":
-        if not isinstance(d, dict):
-            raise TableError(f"{src}: 'selection' must be an object; re-run 'edgekit select'")
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        try:
-            if kw.get("deadline_range_ms") is not None:
-                lo, hi = kw["deadline_range_ms"]
-                kw["deadline_range_ms"] = (float(lo), float(hi))
-            if kw.get("quantile", "p95") not in QUANTILES:
-                raise ValueError(f"unknown quantile {kw.get('quantile')!r}")
-            p = cls(**kw)
-        except (TypeError, ValueError) as exc:
-            raise TableError(f"{src}: 'selection' is malformed ({exc}); re-run 'edgekit select'") from None
-        return p
+        """Every key checked against its field type (unknown keys refused, missing ones take defaults)."""
+        where, hint = f"{src} is malformed: 'selection'", REGENERATE["selected"]
+        kw = checked_fields(cls, d, where, hint)
+        if kw.get("quantile", "p95") not in QUANTILES:
+            raise TableError(f"{where}: key 'quantile' must be one of {list(QUANTILES)}; {hint}")
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -166,41 +170,44 @@ class SelectedTable:
             raise TableError(
                 f"{src} is a latency table, not a selected one; run 'edgekit select {src} --out SELECTED.json' first"
             )
-        base = LatencyTable.from_dict(d, src=src, kind="selected")
+        base = LatencyTable.from_dict(d, src=src, kind="selected", allow_nan=False)
         params = SelectionParams.from_dict(d.get("selection", {}), src=src)
         rows = base.rows
         if not rows:
             raise TableError(f"{src} has no rows; re-run 'edgekit select' with looser limits")
         q = params.quantile
         seen: set[str] = set()
-        for prev, cur in zip(rows, rows[1:]):
+        for i, (prev, cur) in enumerate(zip(rows, rows[1:])):
             if not (cur.latency(q) > prev.latency(q) and cur.accuracy > prev.accuracy):
                 raise TableError(
-                    f"{src} is not monotonic at '{cur.variant}' (its {q} latency and accuracy must both exceed "
-                    f"'{prev.variant}''s); re-run 'edgekit select'"
+                    f"{src} is not monotonic at {row_label(i + 1, cur.variant)}: its {q} latency and accuracy must "
+                    f"both exceed those of {row_label(i, prev.variant)}; re-run 'edgekit select'"
                 )
-        for r in rows:
+        for i, r in enumerate(rows):
             if r.variant in seen:
-                raise TableError(f"{src} lists variant '{r.variant}' twice")
+                raise TableError(f"{src} lists the variant of {row_label(i, r.variant)} twice; re-run 'edgekit select'")
             seen.add(r.variant)
             lat = r.latency(q)
             if not (math.isfinite(lat) and lat > 0 and math.isfinite(r.accuracy)):
-                raise TableError(f"{src}: variant '{r.variant}' has a non-positive or non-finite {q} latency or accuracy")
+                raise TableError(
+                    f"{src}: {row_label(i, r.variant)} has a non-positive or non-finite {q} latency or accuracy; "
+                    "re-run 'edgekit select'"
+                )
         return cls(header=base.header, rows=rows, params=params, version=base.version)
 
     @classmethod
     def load(cls, path: str | Path, profile: str | None = None) -> "SelectedTable":
-        try:
-            d = read_json(path, what="selected table")
-        except (FileNotFoundError, ValueError) as exc:
-            raise TableError(str(exc)) from None
-        t = cls.from_dict(d, src=str(path))
+        """Load a selected table (a regular file of at most MAX_TABLE_BYTES); any problem is a TableError."""
+        t = cls.from_dict(read_table_json(path, "selected"), src=str(path))
         if profile is not None and t.header.profile != profile:
             raise TableError(
                 f"{path} was selected from a table measured with profile '{t.header.profile}', not '{profile}'; "
                 f"benchmark this device with 'edgekit bench BUNDLE --profile {profile}' and select again"
             )
         return t
+
+
+assert_checkable(SelectionParams)
 
 
 # ----------------------------------------------------------------------------- selection

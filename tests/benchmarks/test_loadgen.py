@@ -198,3 +198,47 @@ def test_unreachable_daemon_is_recorded_not_raised():
     assert all("Connection" in r.error or "refused" in r.error.lower() for r in res.records)
     with pytest.raises(RuntimeError, match="not ready"):
         loadgen.wait_ready("http://127.0.0.1:9", timeout_s=0.3)
+
+
+class _CodecStub(_Stub):
+    """Answers with edge.protocol, as the daemon does: class = pixel sum mod 10."""
+
+    def do_POST(self):
+        from edge.protocol import ProtocolError, encode_error, encode_infer_response, parse_infer_request
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        try:
+            req = parse_infer_request(body, self.headers.get("Inference-Header-Content-Length"), (4, 4, 1), None)
+        except ProtocolError as e:
+            data, headers, code = encode_error(e.message), {"Content-Type": "application/json"}, e.status
+        else:
+            label = int(req.image.astype(np.int64).sum()) % 10
+            scores = np.eye(10, dtype=np.float32)[label][None]
+            data, headers = encode_infer_response(label, scores, req.outputs, "edgekit", req.request_id,
+                                                  {"variant": "stub@x", "deadline_met": True})
+            code = 200
+        self.send_response(code)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_json_and_binary_requests_through_the_codec(binary):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _CodecStub)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        rng = np.random.default_rng(1)
+        images = rng.integers(0, 256, (8, 4, 4, 1), dtype=np.uint8)
+        labels = np.asarray([int(im.astype(np.int64).sum()) % 10 for im in images])
+        wl = make_workload(8, 12, "fixed:50", seed=0)
+        res = loadgen.run_load(url, images, labels, wl, duration_s=30, binary=binary)
+        assert [r.status for r in res.records] == [200] * 12, [r.error for r in res.records]
+        assert all(r.correct and r.variant == "stub@x" and r.server_deadline_met for r in res.records)
+    finally:
+        srv.shutdown()
+        srv.server_close()

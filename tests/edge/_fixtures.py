@@ -178,7 +178,7 @@ class DaemonProc:
     """`edgekit serve` as a real subprocess on an ephemeral loopback port."""
 
     def __init__(self, bundle: Path, table: Path, *args: str, profile: Path | None = None,
-                 env: dict[str, str] | None = None, start_timeout: float = 90.0):
+                 env: dict[str, str] | None = None, start_timeout: float = 90.0, nofile: int | None = None):
         argv = [PYTHON, "-m", "edgekit.cli", "serve", str(bundle), "--table", str(table), "--port", "0"]
         if profile is not None:
             argv += ["--profile", str(profile)]
@@ -187,8 +187,14 @@ class DaemonProc:
         e.pop("EDGEKIT_TOKEN", None)
         e.update(env or {})
         self.argv = argv
+        def limit_fds() -> None:  # as a board's default 'ulimit -n' would
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(argv, cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=e)
+                                     stderr=subprocess.PIPE, text=True, env=e,
+                                     preexec_fn=limit_fds if nofile else None)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._lines: queue.Queue = queue.Queue()
@@ -248,6 +254,7 @@ class DaemonProc:
 
 
 def start_daemon(*args: str, bundle: Path | None = None, table: Path | None = None,
-                 env: dict[str, str] | None = None) -> DaemonProc:
+                 env: dict[str, str] | None = None, nofile: int | None = None) -> DaemonProc:
     fx = edge_fixture()
-    return DaemonProc(bundle or fx.bundle, table or fx.selected_table, *args, profile=fx.profile, env=env)
+    return DaemonProc(bundle or fx.bundle, table or fx.selected_table, *args, profile=fx.profile, env=env,
+                      nofile=nofile)

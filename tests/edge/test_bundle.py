@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -419,3 +420,33 @@ def test_verify_cli_failures(folder, capsys):
 def test_edge_bundle_has_no_tensorflow():
     src = Path(eb.__file__).read_text()
     assert "tensorflow" not in src and "keras" not in src
+
+
+# --------------------------------------------------------------------------- verify at load time
+
+
+def test_verified_artifact_path_checks_the_file_now(folder):
+    b = open_bundle(folder)
+    path = folder / "artifacts" / f"{TFLITE_INT8}.tflite"
+    assert b.verified_artifact_path(TFLITE_INT8) == path == b.artifact_path(TFLITE_INT8)
+    _flip(path)  # after the bundle was opened and verified
+    with pytest.raises(BundleError, match=rf"file artifacts/{TFLITE_INT8}\.tflite is corrupt \(sha256 .*manifest says .*re-copy"):
+        b.verified_artifact_path(TFLITE_INT8)
+    assert b.verified_artifact_path(ONNX_FP32) == folder / "artifacts" / f"{ONNX_FP32}.onnx"  # others still load
+
+
+def test_verified_artifact_path_missing_truncated_or_replaced(folder):
+    b = open_bundle(folder)
+    onnx = folder / "artifacts" / f"{ONNX_FP32}.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-10])
+    with pytest.raises(BundleError, match=rf"{ONNX_FP32}\.onnx is corrupt \(\d+ bytes, manifest says"):
+        b.verified_artifact_path(ONNX_FP32)
+    tfl = folder / "artifacts" / f"{TFLITE_FP32}.tflite"
+    tfl.unlink()
+    with pytest.raises(BundleError, match=rf"missing file artifacts/{TFLITE_FP32}\.tflite"):
+        b.verified_artifact_path(TFLITE_FP32)
+    os.mkfifo(tfl)  # a FIFO in its place must not block the check
+    with pytest.raises(BundleError, match="is a FIFO \\(named pipe\\), not a regular file"):
+        b.verified_artifact_path(TFLITE_FP32)
+    with pytest.raises(BundleError, match="unknown artifact 'nope'"):
+        b.verified_artifact_path("nope")

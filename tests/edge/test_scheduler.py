@@ -1,4 +1,4 @@
-"""Tests for edge.scheduler with stand-in models: EDF order, bounded queue, reject, drain, swap, workers."""
+"""Tests for edge.scheduler with stand-in models: EDF admission, bounded queue, reject, drain, swap, slots."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ import pytest
 
 from edge.backends.base import LoadedModel
 from edge.manifest import TensorSpec
-from edge.scheduler import InferenceRequest, QueueFull, Scheduler, ServingState, ShuttingDown
+from edge.manifest import prepare_input
+from edge.scheduler import (
+    DONE,
+    QUEUED,
+    RUN,
+    InferenceRequest,
+    InputPreparer,
+    QueueFull,
+    Scheduler,
+    ServingState,
+    ShuttingDown,
+)
 from edge.selector import Selector
 from edge.slowdown import NoSlowdown
 from tests.edge.test_selection import row
@@ -40,9 +51,9 @@ class FakeModel(LoadedModel):
 ROWS = [row("fast", 1.0, 0.6), row("slow", 50.0, 0.9)]
 
 
-def make(models_per_worker, miss="best-effort", policy="adaptive", queue_size=64, rows=ROWS):
+def make(models_per_slot, miss="best-effort", policy="adaptive", queue_size=64, rows=ROWS):
     sel = Selector(rows, miss=miss, policy=policy, slowdown=NoSlowdown())
-    state = ServingState(sel, tuple(models_per_worker))
+    state = ServingState(sel, tuple(models_per_slot))
     s = Scheduler(state, queue_size=queue_size)
     s.overhead_ms = 0.0
     return s
@@ -52,130 +63,189 @@ def img(v: float = 0.0):
     return np.full((1, 2, 2, 1), v, np.uint8)
 
 
+def serve(s: Scheduler, req: InferenceRequest):
+    """What an in-process caller does: wait for a slot in EDF order, run, give the slot back."""
+    if s.acquire(req) == DONE:
+        return req.result
+    try:
+        return s.run(req)
+    finally:
+        s.release(req)
+
+
+def serve_async(s: Scheduler, req: InferenceRequest, out: list):
+    t = threading.Thread(target=lambda: out.append((req, serve(s, req))))
+    t.start()
+    return t
+
+
 def test_runs_and_reports():
     fast, slow = FakeModel(), FakeModel()
     s = make([{ROWS[0].variant: fast, ROWS[1].variant: slow}])
-    s.start()
-    r = s.submit(InferenceRequest(img(), deadline_ms=1000))
-    res = r.wait(5)
+    res = serve(s, InferenceRequest(img(), deadline_ms=1000))
     assert res.outcome == "ok" and res.variant == ROWS[1].variant and res.label == 1
     assert res.deadline_met and res.inference_ms >= 0 and res.queue_ms >= 0 and res.total_ms >= res.inference_ms
     assert res.scores.shape == (1, 3) and res.dispatch_seq == 0
-    r = s.submit(InferenceRequest(img(), deadline_ms=10))
-    assert r.wait(5).variant == ROWS[0].variant
-    s.close()
+    assert serve(s, InferenceRequest(img(), deadline_ms=10)).variant == ROWS[0].variant
+    assert s.busy == 0 and s.depth == 0
 
 
-def test_edf_order_while_the_worker_is_busy():
+def test_an_idle_scheduler_runs_in_the_callers_thread():
+    m = FakeModel()
+    s = make([{ROWS[0].variant: m, ROWS[1].variant: m}])
+    req = InferenceRequest(img(), deadline_ms=1000)
+    assert s.submit(req) == RUN and req.slot == 0
+    s.run(req)
+    s.release(req)
+    assert m.calls[0][0] == threading.get_ident()
+
+
+def test_edf_order_while_the_slot_is_busy():
     gate = threading.Event()
     m = FakeModel(gate=gate)
     s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], policy="fastest")
-    s.start()
-    first = s.submit(InferenceRequest(img(0), deadline_ms=10_000))
-    time.sleep(0.05)  # the worker holds `first` at the gate
-    reqs = [s.submit(InferenceRequest(img(v), deadline_ms=dl)) for v, dl in [(1, 5000), (2, 1000), (3, 3000), (4, 2000)]]
+    out: list = []
+    threads = [serve_async(s, InferenceRequest(img(0), deadline_ms=10_000), out)]
+    time.sleep(0.05)  # the first holds the slot at the gate
+    for v, dl in [(1, 5000), (2, 1000), (3, 3000), (4, 2000)]:
+        threads.append(serve_async(s, InferenceRequest(img(v), deadline_ms=dl), out))
+        time.sleep(0.02)
     assert s.depth == 4
     gate.set()
-    for r in [first, *reqs]:
-        assert r.wait(5).outcome == "ok"
-    order = [v for _, v in m.calls]
-    assert order == [0, 2, 4, 3, 1]
-    assert [r.result.dispatch_seq for r in reqs] == [4, 1, 3, 2]
-    s.close()
+    for t in threads:
+        t.join(5)
+    assert all(res.outcome == "ok" for _, res in out)
+    assert [v for _, v in m.calls] == [0, 2, 4, 3, 1]
+    assert sorted(res.dispatch_seq for _, res in out) == [0, 1, 2, 3, 4]
+
+
+def test_daemon_style_submit_take_and_on_free():
+    m = FakeModel()
+    s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], policy="fastest")
+    freed: list[int] = []
+    s.on_free = lambda: freed.append(1)
+    first = InferenceRequest(img(0), deadline_ms=10_000)
+    assert s.submit(first) == RUN
+    late, early = InferenceRequest(img(1), deadline_ms=5000), InferenceRequest(img(2), deadline_ms=100)
+    assert s.submit(late) == QUEUED and s.submit(early) == QUEUED
+    assert s.take() is None  # the only slot is held
+    s.run(first)
+    s.release(first)
+    assert freed == [1]  # requests wait: the loop is told, and picks the next itself
+    nxt = s.take()
+    assert nxt is early and nxt.slot == 0
+    s.run(nxt)
+    s.release(nxt)
+    assert s.take() is late
 
 
 def test_queue_full_and_time_in_queue_counts():
     gate = threading.Event()
     m = FakeModel(gate=gate)
     s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], queue_size=2)
-    s.start()
-    s.submit(InferenceRequest(img(), deadline_ms=10_000))
+    out: list = []
+    threads = [serve_async(s, InferenceRequest(img(), deadline_ms=10_000), out)]
     time.sleep(0.05)
-    waiting = [s.submit(InferenceRequest(img(), deadline_ms=10_000)) for _ in range(2)]
+    threads += [serve_async(s, InferenceRequest(img(), deadline_ms=10_000), out) for _ in range(2)]
+    time.sleep(0.05)
     with pytest.raises(QueueFull, match=r"queue full \(2 waiting\)"):
         s.submit(InferenceRequest(img(), deadline_ms=10_000))
     time.sleep(0.1)
     gate.set()
-    for r in waiting:
-        assert r.wait(5).queue_ms >= 100
-    s.close()
+    for t in threads:
+        t.join(5)
+    assert sorted(res.queue_ms >= 100 for _, res in out) == [False, True, True]
 
 
 def test_reject_on_arrival_and_at_dequeue():
     gate = threading.Event()
     m = FakeModel(gate=gate)
     s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], miss="reject")
-    s.start()
     # Nothing can make 0.5 ms when the fastest takes 1 ms: answered at once, never queued.
-    r = s.submit(InferenceRequest(img(), deadline_ms=0.5))
-    assert r.done.is_set() and r.result.outcome == "rejected"
+    r = InferenceRequest(img(), deadline_ms=0.5)
+    assert s.submit(r) == DONE and r.result.outcome == "rejected"
     assert "deadline cannot be met" in r.result.message and r.result.dispatch_seq == -1
-    # Admitted with 60 ms, but it waits behind a busy worker until only ~0 ms remain.
-    s.submit(InferenceRequest(img(), deadline_ms=10_000))
+    # Admitted with 60 ms, but it waits behind a busy slot until only ~0 ms remain.
+    out: list = []
+    threads = [serve_async(s, InferenceRequest(img(), deadline_ms=10_000), out)]
     time.sleep(0.05)
-    late = s.submit(InferenceRequest(img(), deadline_ms=60))
+    late = InferenceRequest(img(), deadline_ms=60)
+    threads.append(serve_async(s, late, out))
     time.sleep(0.1)
     gate.set()
-    res = late.wait(5)
+    for t in threads:
+        t.join(5)
+    res = dict((id(q), r) for q, r in out)[id(late)]
     assert res.outcome == "rejected" and res.queue_ms >= 60 and not res.deadline_met
-    s.close()
+    assert s.busy == 0
 
 
 def test_best_effort_runs_the_fastest_and_flags_the_miss():
     m = FakeModel(ms=5)
     s = make([{ROWS[0].variant: m, ROWS[1].variant: FakeModel()}])
-    s.start()
-    res = s.submit(InferenceRequest(img(), deadline_ms=0.5)).wait(5)
+    res = serve(s, InferenceRequest(img(), deadline_ms=0.5))
     assert res.outcome == "ok" and res.variant == ROWS[0].variant and not res.deadline_met
-    s.close()
 
 
 def test_close_drains_the_queue_and_refuses_new_work():
     m = FakeModel(ms=20)
     s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], policy="fastest")
-    s.start()
-    reqs = [s.submit(InferenceRequest(img(), deadline_ms=10_000)) for _ in range(5)]
+    out: list = []
+    threads = [serve_async(s, InferenceRequest(img(), deadline_ms=10_000), out) for _ in range(5)]
+    time.sleep(0.03)
     s.close(drain=True, timeout=10)
-    assert all(r.result is not None and r.result.outcome == "ok" for r in reqs)
+    for t in threads:
+        t.join(5)
+    assert len(out) == 5 and all(res.outcome == "ok" for _, res in out)
     with pytest.raises(ShuttingDown):
         s.submit(InferenceRequest(img(), deadline_ms=10_000))
+
+
+def test_close_without_drain_answers_the_waiting_at_once():
+    gate = threading.Event()
+    m = FakeModel(gate=gate)
+    s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], policy="fastest")
+    out: list = []
+    threads = [serve_async(s, InferenceRequest(img(), deadline_ms=10_000), out) for _ in range(3)]
+    time.sleep(0.05)
+    assert s.close(drain=False) == 2
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert sorted(res.outcome for _, res in out) == ["error", "error", "ok"]
 
 
 def test_swap_serves_new_requests_with_the_new_state():
     a, b = FakeModel(), FakeModel()
     s = make([{ROWS[0].variant: a, ROWS[1].variant: a}], policy="fastest")
-    s.start()
-    s.submit(InferenceRequest(img(), deadline_ms=1000)).wait(5)
+    serve(s, InferenceRequest(img(), deadline_ms=1000))
     new_rows = [row("other", 1.0, 0.7)]
-    s.swap(ServingState(Selector(new_rows, policy="fastest", slowdown=NoSlowdown()), ({new_rows[0].variant: b},), generation=1))
-    res = s.submit(InferenceRequest(img(), deadline_ms=1000)).wait(5)
+    s.swap(ServingState(Selector(new_rows, policy="fastest", slowdown=NoSlowdown()), ({new_rows[0].variant: b},),
+                        generation=1))
+    res = serve(s, InferenceRequest(img(), deadline_ms=1000))
     assert res.variant == "other@litert-xnnpack-t1" and len(b.calls) == 1
-    s.close()
 
 
-def test_each_worker_uses_its_own_copies():
+def test_each_slot_uses_its_own_copies():
     copies = [FakeModel(ms=10) for _ in range(2)]
     s = make([{ROWS[0].variant: c, ROWS[1].variant: c} for c in copies], policy="fastest")
     assert s.workers == 2
-    s.start()
-    reqs = [s.submit(InferenceRequest(img(), deadline_ms=10_000)) for _ in range(8)]
-    for r in reqs:
-        r.wait(5)
-    for c in copies:
-        assert c.calls, "both workers took work"
-        assert len({t for t, _ in c.calls}) == 1, "a copy is only ever run by one thread"
-    assert {t for t, _ in copies[0].calls}.isdisjoint({t for t, _ in copies[1].calls})
-    s.close()
+    out: list = []
+    threads = [serve_async(s, InferenceRequest(img(), deadline_ms=10_000), out) for _ in range(8)]
+    for t in threads:
+        t.join(5)
+    assert len(out) == 8
+    assert copies[0].calls and copies[1].calls, "both slots took work"
+    assert len(copies[0].calls) + len(copies[1].calls) == 8
+    assert s.busy == 0
 
 
-def test_a_failing_model_answers_with_an_error_and_the_worker_survives():
+def test_a_failing_model_answers_with_an_error_and_the_slot_is_given_back():
     bad, good = FakeModel(fail=True), FakeModel()
     s = make([{ROWS[0].variant: good, ROWS[1].variant: bad}])
-    s.start()
-    res = s.submit(InferenceRequest(img(), deadline_ms=1000)).wait(5)
+    res = serve(s, InferenceRequest(img(), deadline_ms=1000))
     assert res.outcome == "error" and "boom" in res.message
-    assert s.submit(InferenceRequest(img(), deadline_ms=5)).wait(5).outcome == "ok"
-    s.close()
+    assert serve(s, InferenceRequest(img(), deadline_ms=5)).outcome == "ok"
 
 
 def test_overhead_estimate_is_bounded():
@@ -188,3 +258,12 @@ def test_overhead_estimate_is_bounded():
     assert s.overhead_ms == pytest.approx(0.3, rel=0.01)
     with pytest.raises(ValueError):
         Scheduler(s.state, queue_size=0)
+
+
+@pytest.mark.parametrize("dtype,scale,zp", [("int8", 0.5, -3), ("uint8", 1.7, 10), ("int8", 0.01, 0), ("float32", None, None)])
+def test_input_preparer_matches_prepare_input(dtype, scale, zp):
+    spec = TensorSpec("x", (-1, 16, 16, 1), dtype, scale, zp)
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    got = InputPreparer(spec)(x)
+    want = prepare_input(x, spec)
+    assert got.dtype == want.dtype and np.array_equal(got, want)

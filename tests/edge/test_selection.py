@@ -239,3 +239,113 @@ def test_default_range_gives_the_most_accurate_variant_deadlines_to_win():
     sel = select_subset(table(*rows), max_models=2)
     assert [r.artifact_id for r in sel.rows] == ["medium", "large"]
     assert sel.params.deadline_range_ms == pytest.approx((0.006, 13.5))
+
+
+# --------------------------------------------------------------------------- reload safety: only TableError, no echo
+
+SECRET = "s3cr3t-TOKEN-4f9a1c"
+
+
+def _selected_dict() -> dict:
+    return select_subset(table(row("a", 1, 0.5), row("b", 2, 0.6)), source_table="t.json").to_dict()
+
+
+def _load(tmp_path, d) -> SelectedTable:
+    p = tmp_path / "sel.json"
+    p.write_text(json.dumps(d))
+    return SelectedTable.load(p)
+
+
+@pytest.mark.parametrize(
+    "where, key, value, message",
+    [
+        ("row", "accuracy", math.nan, r"row 0 \('a@litert-xnnpack-t1'\): key 'accuracy' must be a finite number \(got NaN\)"),
+        ("row", "p99_ms", -math.inf, "key 'p99_ms' must be a finite number"),
+        ("row", "accuracy", "0.5", "key 'accuracy' must be a number"),
+        ("selection", "quantile", SECRET, r"'selection': key 'quantile' must be one of \["),
+        ("selection", "quantile", 95, "key 'quantile' must be a string"),
+        ("selection", "epsilon", None, "key 'epsilon' must be a number"),
+        ("selection", "max_models", 2.5, "key 'max_models' must be an integer"),
+        ("selection", "deadline_range_ms", [1, SECRET], "key 'deadline_range_ms' must be an array of two finite numbers"),
+        ("selection", "deadline_range_ms", [1], "key 'deadline_range_ms' must be an array of two finite numbers"),
+        ("selection", "dropped", {"v": 1}, "key 'dropped' must be an object whose values are strings"),
+        ("selection", "bogus", 1, "'selection' has an unknown key 'bogus'"),
+        ("top", "selection", [SECRET], r"'selection' must be a JSON object \(got an array\)"),
+    ],
+)
+def test_selected_table_wrong_types(tmp_path, where, key, value, message):
+    d = _selected_dict()
+    target = {"row": d["rows"][0], "selection": d["selection"], "top": d}[where]
+    target[key] = value
+    with pytest.raises(TableError, match=message) as err:
+        _load(tmp_path, d)
+    assert "sel.json" in str(err.value) and "re-run 'edgekit select'" in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+def test_selection_keys_may_be_missing(tmp_path):
+    d = _selected_dict()
+    d["selection"] = {"quantile": "p95"}
+    assert _load(tmp_path, d).params.epsilon == 0.0
+    del d["selection"]
+    assert _load(tmp_path, d).params.quantile == "p95"
+
+
+# JSON values of every type, the secret among the strings.
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**80), 2**80), st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", SECRET, "p95", "x" * 300]),
+)
+_json_value = st.recursive(_json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                           max_leaves=6)
+
+
+def _paths(d: dict) -> list[tuple]:
+    """Every key path of a selected table's dict (top level, header, selection, first row)."""
+    out: list[tuple] = [(k,) for k in d]
+    out += [("header", k) for k in d["header"]] + [("selection", k) for k in d["selection"]]
+    out += [("rows", 0, k) for k in d["rows"][0]] + [("rows", 0), ("rows", 1)]
+    return out
+
+
+_PATHS = _paths(_selected_dict())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_PATHS), _json_value)
+def test_any_mutation_gives_a_table_or_a_table_error(path, value):
+    d = _selected_dict()
+    obj = d
+    for k in path[:-1]:
+        obj = obj[k]
+    obj[path[-1]] = value
+    try:
+        # Through the JSON text, as a reload reads it (NaN and Infinity written as JSON allows).
+        sel = SelectedTable.from_dict(json.loads(json.dumps(d)), src="sel.json")
+    except TableError as exc:
+        msg = str(exc)
+        assert msg.startswith("sel.json") and SECRET not in msg
+        assert "edgekit" in msg  # says what to do
+        return
+    for r in sel.rows:  # what loads is usable by the daemon
+        assert isinstance(r.variant, str) and isinstance(r.threads, int)
+        assert all(math.isfinite(r.latency(q)) for q in ("mean", "p50", "p90", "p95", "p99", "max"))
+        assert math.isfinite(r.accuracy) and not isinstance(r.accuracy, bool)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json_value)
+def test_any_json_document_gives_a_table_error(value):
+    with pytest.raises(TableError) as err:
+        SelectedTable.from_dict(json.loads(json.dumps(value)), src="sel.json")
+    assert SECRET not in str(err.value)
+
+
+def test_long_or_odd_variant_names_are_not_echoed(tmp_path):
+    d = _selected_dict()
+    d["rows"].reverse()  # not monotonic
+    d["rows"][0]["variant"] = "x" * 300
+    d["rows"][1]["variant"] = "line\nbreak\x1b[31m"
+    with pytest.raises(TableError, match=r"not monotonic at row 1: its p95 latency .* those of row 0; re-run") as err:
+        _load(tmp_path, d)
+    assert "xxx" not in str(err.value) and "\x1b" not in str(err.value)
