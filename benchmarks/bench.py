@@ -41,7 +41,7 @@ from device_profiles import DeviceProfile, RuntimeSetting, host_profile_name, lo
 from edge.atomic import atomic_write_bytes, sha256_file
 from edge.backends import LoadedModel, get_backend
 from edge.manifest import ArtifactRecord, dequantize_output, prepare_input
-from edge.table import DeviceHeader, LatencyRow, LatencyTable, TableError
+from edge.table import DeviceHeader, LatencyRow, LatencyTable, TableError, encode_correct
 
 DEFAULT_MIN_RUNS = 100
 DEFAULT_MIN_SECONDS = 2.0
@@ -194,10 +194,11 @@ def predict_scores(model: LoadedModel, x: np.ndarray, rec: ArtifactRecord, batch
 
 def accuracy_of(
     load: Callable[[], LoadedModel], model: LoadedModel, x: np.ndarray, y: np.ndarray, rec: ArtifactRecord, batch_size: int
-) -> tuple[float, int]:
-    """Top-1 accuracy, batched; a model that cannot take a larger batch is reloaded and run one by one."""
+) -> tuple[float, int, str]:
+    """(top-1 accuracy, images, per-image correctness as ``edge.table.encode_correct`` writes it),
+    batched; a model that cannot take a larger batch is reloaded and run one by one."""
     if len(x) == 0:
-        return float("nan"), 0
+        return float("nan"), 0, ""
     try:
         scores = predict_scores(model, x, rec, batch_size)
     except Exception:
@@ -210,7 +211,8 @@ def accuracy_of(
             model.close()
     if scores.ndim != 2 or scores.shape[0] != len(y):
         raise ValueError(f"{rec.artifact_id}: output shape {scores.shape} is not (N, classes)")
-    return float(np.mean(np.argmax(scores, axis=1) == y)), int(len(y))
+    right = np.argmax(scores, axis=1) == y
+    return float(np.mean(right)), int(len(y)), encode_correct(right)
 
 
 # --------------------------------------------------------------------------- one row
@@ -299,7 +301,7 @@ def measure(
         samples_ns = timed_loop(model, inputs, opts.min_runs, opts.min_seconds, opts.max_seconds, start=opts.warmup + 1)
         peak_mb = rss.added_mb()
         provider = model.provider
-        acc, n_eval = accuracy_of(load, model, x_eval, labels, rec, opts.batch_size)
+        acc, n_eval, correct = accuracy_of(load, model, x_eval, labels, rec, opts.batch_size)
     finally:
         model.close()
         del model
@@ -325,6 +327,7 @@ def measure(
         size_bytes=int(rec.size_bytes or path.stat().st_size),
         params=int(rec.params),
         macs=int(rec.macs),
+        correct=correct,
     )
     return row, samples_ns.astype(np.float64) / 1e6
 
@@ -570,7 +573,8 @@ def bench_bundle(
         else:
             todo.append((rec, setting))
 
-    images, labels = bundle.eval_set(limit=opts.eval_limit)
+    # Accuracy on the "select" half only: the "serve" half stays unseen by selection (edge.bundle.EVAL_PARTS).
+    images, labels = bundle.eval_set(limit=opts.eval_limit, part="select")
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
     if len(images) == 0:

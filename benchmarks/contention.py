@@ -1,54 +1,91 @@
-"""A bounded CPU hog: a separate process that spins one core for a stated time, then stops by itself.
+"""Bounded contention for a policy comparison: CPU hogs on the daemon's cores, a CPU-bandwidth
+throttle on the daemon (the kernel's CPU quota, a stand-in for thermal throttling), or
+memory-bandwidth load.
 
-It simulates a board slowing down (another process, a throttled core) during a policy
-comparison. The hog is bounded three ways: it exits after its duration, it exits when
-its parent dies, and the parent kills it on stop(), on exit and on context-manager exit.
+Each kind stops by itself: a hog or memory process exits after its duration or when its
+parent dies, and the parent kills it on stop(), on exit and on context-manager exit; the
+throttle's cgroup is removed on stop() and at exit, and the daemon moved back first.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 MAX_HOG_S = 3600.0
+KINDS = ("cpu", "quota", "membw")
+QUOTA_PERIOD_US = 1000  # the kernel's smallest CFS period: throttling at a 1 ms grain, like a slow clock
+MEMBW_BYTES = 64 << 20  # per copy: far beyond any cache
+
+
+class ContentionError(RuntimeError):
+    """This machine cannot apply the asked contention (no cgroup cpu controller, not root...)."""
 
 
 @dataclass(frozen=True)
 class ContentionSpec:
-    """Which part of a run is under contention: ``none``, ``half`` (the middle half) or a SHARE
-    in (0, 1] (the middle SHARE of the requests). ``load`` is the busy fraction of one core."""
+    """Which part of a run is under contention, and what kind.
+
+    ``none``; ``half`` / ``full`` / a SHARE in (0, 1] (a CPU hog on each of the daemon's cores
+    for the middle SHARE of the requests); or ``KIND`` / ``KIND:half`` / ``KIND:SHARE`` with
+    KIND one of ``cpu``, ``quota`` (the daemon gets ``quota`` of one core's time, at a 1 ms
+    grain) or ``membw`` (memory-bandwidth load on the other cores). A KIND alone means half."""
 
     share: float = 0.0
     load: float = 1.0
+    kind: str = "cpu"
+    quota: float = 0.4
 
     @classmethod
-    def parse(cls, spec: str) -> "ContentionSpec":
+    def parse(cls, spec: str, quota: float = 0.4) -> "ContentionSpec":
         s = str(spec).strip().lower()
+        if not 0.01 <= quota <= 1.0:
+            raise ValueError(f"contention quota must be in [0.01, 1] of one core, got {quota}")
         if s in ("none", "0", ""):
-            return cls(0.0)
+            return cls(0.0, quota=quota)
+        kind, _, rest = s.partition(":")
+        if kind in KINDS:
+            s = rest or "half"
+        else:
+            kind = "cpu"
         if s == "half":
-            return cls(0.5)
+            return cls(0.5, kind=kind, quota=quota)
         if s == "full":
-            return cls(1.0)
+            return cls(1.0, kind=kind, quota=quota)
         try:
             share = float(s)
         except ValueError:
-            raise ValueError(f"unknown contention '{spec}'; use none, half, full or a share of the run in (0, 1]") from None
+            raise ValueError(f"unknown contention '{spec}'; use none, half, full, a share of the run in (0, 1], "
+                             f"or KIND[:SHARE] with KIND one of {list(KINDS)}") from None
         if not 0.0 < share <= 1.0:
             raise ValueError(f"contention share must be in (0, 1], got {spec}")
-        return cls(share)
+        return cls(share, kind=kind, quota=quota)
 
     @property
     def active(self) -> bool:
         return self.share > 0.0
 
     def describe(self) -> str:
-        return "none" if not self.active else ("half" if self.share == 0.5 else f"{self.share:g}")
+        if not self.active:
+            return "none"
+        share = "half" if self.share == 0.5 else ("full" if self.share == 1.0 else f"{self.share:g}")
+        extra = f" ({self.quota:g} of a core)" if self.kind == "quota" else ""
+        return f"{self.kind}:{share}{extra}"
+
+    def what(self) -> str:
+        """What the contention does, in words."""
+        return {
+            "cpu": "one busy process on each of the daemon's cores",
+            "quota": f"the daemon throttled to {self.quota:g} of one core (CPU quota, {QUOTA_PERIOD_US} us period)",
+            "membw": "memory-bandwidth load (large copies) on the other cores",
+        }[self.kind]
 
     def window(self, count: int) -> tuple[int, int]:
         """[start, stop) request indices under contention: the middle ``share`` of ``count``."""
@@ -81,10 +118,33 @@ def _spin(duration_s: float, load: float, parent: int) -> None:
             time.sleep(period * (1.0 - load))
 
 
-class CpuHog:
-    """Start with ``start()``; it stops by itself after ``duration_s`` or on ``stop()``/exit."""
+def _copy(duration_s: float, parent: int) -> None:
+    """Stream large copies for ``duration_s``: memory bandwidth, not cache, is what it uses."""
+    import numpy as np
 
-    def __init__(self, duration_s: float, load: float = 1.0, cpu: int | None = None):
+    src = np.ones(MEMBW_BYTES // 8)
+    dst = np.empty_like(src)
+    end = time.monotonic() + duration_s
+    next_parent_check = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            return
+        if now >= next_parent_check:
+            if os.getppid() != parent:
+                return
+            next_parent_check = now + 0.2
+        np.copyto(dst, src)
+        src, dst = dst, src
+
+
+class CpuHog:
+    """Start with ``start()``; it stops by itself after ``duration_s`` or on ``stop()``/exit.
+    With ``memory`` it streams large copies instead of spinning (memory-bandwidth load)."""
+
+    memory = False
+
+    def __init__(self, duration_s: float, load: float = 1.0, cpu: int | None = None, memory: bool = False):
         if not 0 < duration_s <= MAX_HOG_S:
             raise ValueError(f"CPU hog duration must be in (0, {MAX_HOG_S:g}] s, got {duration_s}")
         if not 0 < load <= 1.0:
@@ -92,6 +152,7 @@ class CpuHog:
         self.duration_s = float(duration_s)
         self.load = float(load)
         self.cpu = cpu
+        self.memory = memory
         self._proc: subprocess.Popen | None = None
         self.started_at: float | None = None
         self.stopped_at: float | None = None
@@ -119,6 +180,8 @@ class CpuHog:
         ]
         if self.cpu is not None:
             cmd += ["--cpu", str(int(self.cpu))]
+        if self.memory:
+            cmd.append("--memory")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         self.started_at = time.monotonic()
         self.stopped_at = None
@@ -159,12 +222,129 @@ class CpuHog:
         self.stop()
 
 
+class CpuQuota:
+    """The kernel's CPU quota on one process: it gets ``fraction`` of one core's time in every
+    1 ms period, the rest of the period it waits (cgroup v1 ``cpu`` or cgroup v2 ``cpu.max``)."""
+
+    def __init__(self, pid: int, fraction: float, period_us: int = QUOTA_PERIOD_US):
+        if not 0.01 <= fraction <= 1.0:
+            raise ValueError(f"CPU quota must be in [0.01, 1] of one core, got {fraction}")
+        self.pid, self.fraction, self.period_us = int(pid), float(fraction), int(period_us)
+        self.group: Path | None = None
+        self.home: Path | None = None
+        self.v2 = False
+
+    @staticmethod
+    def _controller() -> tuple[Path, bool]:
+        """(root of the cpu hierarchy, is cgroup v2)."""
+        with open("/proc/self/mounts") as fh:
+            mounts = [line.split() for line in fh]
+        for _, where, fstype, opts, *_ in mounts:
+            if fstype == "cgroup" and "cpu" in opts.split(","):
+                return Path(where), False
+        for _, where, fstype, *_ in mounts:
+            if fstype == "cgroup2" and "cpu" in (Path(where) / "cgroup.controllers").read_text().split():
+                return Path(where), True
+        raise ContentionError("no cgroup 'cpu' controller is mounted, so the CPU quota cannot be set; "
+                              "use --contention cpu or membw, or mount it (mount -t cgroup -o cpu none /sys/fs/cgroup/cpu)")
+
+    def _current(self, root: Path) -> Path:
+        with open(f"/proc/{self.pid}/cgroup") as fh:
+            for line in fh:
+                _, ctrls, path = line.rstrip("\n").split(":", 2)
+                if (self.v2 and ctrls == "") or (not self.v2 and "cpu" in ctrls.split(",")):
+                    return root / path.lstrip("/")
+        return root
+
+    def start(self) -> "CpuQuota":
+        root, self.v2 = self._controller()
+        self.home = self._current(root)
+        group = root / f"edgekit-throttle-{os.getpid()}-{self.pid}"
+        quota = max(1000, int(round(self.fraction * self.period_us)))  # the kernel's floor is 1 ms of quota
+        period = self.period_us if quota == int(round(self.fraction * self.period_us)) else \
+            int(round(quota / self.fraction))
+        try:
+            group.mkdir(exist_ok=True)
+            self.group = group
+            if self.v2:
+                (group / "cpu.max").write_text(f"{quota} {period}")
+            else:
+                (group / "cpu.cfs_period_us").write_text(str(period))
+                (group / "cpu.cfs_quota_us").write_text(str(quota))
+            (group / "cgroup.procs").write_text(str(self.pid))
+        except OSError as exc:
+            self.stop()
+            why = "run it as root" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else exc.strerror
+            raise ContentionError(f"the kernel refused the CPU quota under {root} ({exc.strerror}); {why}, "
+                                  "or use --contention cpu or membw") from None
+        atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        group, self.group = self.group, None
+        if group is None:
+            return
+        try:
+            if self.home is not None and Path(f"/proc/{self.pid}").exists():
+                (self.home / "cgroup.procs").write_text(str(self.pid))
+        except OSError:
+            pass
+        for _ in range(50):  # the group empties once the process has moved
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.01)
+        try:
+            atexit.unregister(self.stop)
+        except Exception:
+            pass
+
+    def __enter__(self) -> "CpuQuota":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Contention:
+    """One contention episode of ``spec.kind`` against a process on ``cpus``: start() and stop()."""
+
+    def __init__(self, spec: ContentionSpec, pid: int, cpus: set[int] | None, other_cpus: set[int] | None,
+                 duration_s: float):
+        self.spec, self.pid, self.cpus, self.other = spec, pid, cpus, other_cpus
+        self.duration_s = duration_s
+        self.parts: list = []
+
+    def start(self) -> "Contention":
+        k = self.spec.kind
+        try:
+            if k == "cpu":
+                for c in sorted(self.cpus) if self.cpus else [None]:
+                    self.parts.append(CpuHog(self.duration_s, load=self.spec.load, cpu=c).start())
+            elif k == "quota":
+                self.parts.append(CpuQuota(self.pid, self.spec.quota).start())
+            elif k == "membw":
+                for c in sorted(self.other) if self.other else [None]:
+                    self.parts.append(CpuHog(self.duration_s, cpu=c, memory=True).start())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for p in self.parts:
+            p.stop()
+        self.parts = []
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.contention", description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, required=True, help="seconds to spin, then exit")
     ap.add_argument("--load", type=float, default=1.0, help="busy share of one core, (0, 1]")
     ap.add_argument("--parent", type=int, default=None, help="exit when this process is no longer the parent")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core (Linux)")
+    ap.add_argument("--memory", action="store_true", help="stream large copies (memory bandwidth) instead of spinning")
     a = ap.parse_args(argv)
     duration = min(max(a.duration, 0.0), MAX_HOG_S)
     load = min(max(a.load, 0.01), 1.0)
@@ -173,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(0, {a.cpu})
         except OSError:
             pass
-    _spin(duration, load, a.parent if a.parent is not None else os.getppid())
+    parent = a.parent if a.parent is not None else os.getppid()
+    if a.memory:
+        _copy(duration, parent)
+    else:
+        _spin(duration, load, parent)
     return 0
 
 

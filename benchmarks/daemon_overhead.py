@@ -47,13 +47,10 @@ BLOCK = 100
 
 def _cores() -> tuple[set[int] | None, set[int] | None]:
     """(server cores, client cores), or (None, None) on one core."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        return None, None
-    if len(cpus) < 2:
-        return None, None
-    return {cpus[0]}, set(cpus[1:])
+    from benchmarks.placement import place
+
+    p = place()
+    return (None, None) if p.server is None else (set(p.server), set(p.client or ()))
 
 
 def _start(argv: list[str], cpus: set[int] | None, timeout_s: float = 120.0) -> tuple[subprocess.Popen, str]:

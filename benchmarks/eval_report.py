@@ -12,6 +12,8 @@ from edge.atomic import atomic_write_bytes, atomic_write_text
 POLICY_COLORS = {
     "adaptive": "#1f77b4",
     "mean-table": "#ff7f0e",
+    "quantile-table": "#8c564b",
+    "best-static": "#e377c2",
     "most-accurate": "#d62728",
     "fastest": "#7f7f7f",
     "oracle": "#2ca02c",
@@ -44,7 +46,7 @@ def plot_policies(results: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     names = list(results["policies"])
     acc = [100 * (results["policies"][n]["summary"]["accuracy"] or 0.0) for n in names]
-    miss = [100 * (results["policies"][n]["summary"]["miss_rate"] or 0.0) for n in names]
+    miss = [100 * (results["policies"][n]["summary"]["server_miss_rate"] or 0.0) for n in names]
     colors = [_color(n, k) for k, n in enumerate(names)]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(names) * 2), 4.2))
     x = np.arange(len(names))
@@ -54,7 +56,7 @@ def plot_policies(results: dict[str, Any], path: Path) -> Path:
     lo = max(0.0, min(acc) - 10) if acc else 0.0
     a1.set_ylim(lo, min(100.0, max(acc) + 3) if acc else 100.0)
     a2.bar(x, miss, color=colors)
-    a2.set_title("deadline-miss rate (end to end)")
+    a2.set_title("deadline-miss rate (daemon clock)")
     a2.set_ylim(0, max(1.0, max(miss) * 1.15) if miss else 1.0)
     a2.set_ylabel("%")
     for ax, vals in ((a1, acc), (a2, miss)):
@@ -95,7 +97,7 @@ def plot_timeline(results: dict[str, Any], path: Path) -> Path:
         for ax in (a, b):
             if window[1] > window[0]:
                 ax.axvspan(window[0], window[1] - 1, color="#f4c7c3", alpha=0.45, lw=0,
-                           label="CPU hog" if ax is a and k == 0 else None)
+                           label="contention" if ax is a and k == 0 else None)
         if idx.size:
             # Keep the deadlines readable: latencies far above them are drawn as ^ on the top edge.
             finite = e2e[np.isfinite(e2e)]
@@ -147,19 +149,26 @@ def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         f"- host: {h.get('cpu_model', '')} ({h.get('cores', '?')} cores, {h.get('machine', '')}, {h.get('os', '')})",
         f"- bundle: `{results['bundle']}`, selected table: `{results['table']}`, profile: {results.get('profile')}",
         f"- workload: {w['count']} requests per policy, deadlines `{w['deadline']}` ms"
-        + (" (auto: between the fastest and slowest selected p95)" if results.get("deadline_spec") == "auto" else "")
+        + (" (auto: from floor + the fastest p95 to floor + 1.1 x the slowest p95)"
+           if results.get("deadline_spec") == "auto" else "")
         + f", arrivals `{w['arrival']}`, seed {w['seed']}, {results.get('warmup', 0)} unmeasured warm-up requests",
         f"- contention: {c['spec']}"
-        + (f" (a CPU hog spinning one core while requests {c['window'][0]}..{c['window'][1] - 1} were issued)"
-           if c["window"][1] > c["window"][0] else ""),
+        + (f" ({c.get('what', '')} while requests {c['window'][0]}..{c['window'][1] - 1} were issued; achieved "
+           f"slowdown {c['achieved_slowdown']}x)" if c["window"][1] > c["window"][0] else ""),
         "",
         "## Results",
         "",
         comparison_table(results, markdown=True),
         "",
-        "Accuracy is top-1 on the bundle's eval labels over all requests (an unanswered or rejected request "
-        "counts as wrong). A miss is a request not answered within its deadline as the load generator measured "
-        "it, end to end over HTTP; the daemon's own clock (from when it read the request) is shown beside it.",
+        "Accuracy is top-1 on the bundle's serving images over all requests (an unanswered or rejected request "
+        "counts as wrong). A miss is a request not answered within its deadline on the daemon's clock (from when "
+        "its first bytes reached the daemon's socket to the answer written), which is what deadline_ms means; "
+        "end to end (as the load generator measured it over HTTP) is beside it. Goodput is the answers that were "
+        "correct and on time per second.",
+        "",
+        "```",
+        __import__("benchmarks.evaluate", fromlist=["context_lines"]).context_lines(results).strip(),
+        "```",
         "",
     ]
     for key, title in (("policies", "Accuracy and miss rate per policy"), ("timeline", "Timeline")):
@@ -171,7 +180,7 @@ def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         lines += ["## Oracle", "", o["method"], "",
                   f"Serving overhead added: {o['overhead_ms']:.3f} ms end to end, "
                   f"{o.get('daemon_overhead_ms', o['overhead_ms']):.3f} ms on the daemon's clock "
-                  f"(medians from the {o['overhead_source'] or 'no'} run).", ""]
+                  f"(from the {o['overhead_source'] or 'no'} run).", ""]
     trunc = [n for n, p in results["policies"].items() if p.get("truncated")]
     if trunc:
         lines += [f"Stopped early by the duration limit: {', '.join(trunc)}.", ""]

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.contention import CpuHog, ContentionSpec
+from benchmarks.contention import Contention, ContentionError, ContentionSpec
+from benchmarks.placement import Placement, place
 from benchmarks.loadgen import (
     DEFAULT_DURATION_S,
     MAX_DURATION_S,
@@ -40,26 +41,27 @@ from benchmarks.workload import MAX_COUNT, Workload, WorkloadError, make_workloa
 from edge.atomic import atomic_write_json, atomic_write_text
 from edge.table import QUANTILES, LatencyRow, LatencyTable
 
-POLICIES = ("adaptive", "mean-table", "most-accurate", "fastest", "oracle")
-DAEMON_POLICY = re.compile(r"^(adaptive|mean-table|quantile-table|most-accurate|fastest|oracle-free|static:.+)$")
+POLICIES = ("adaptive", "mean-table", "quantile-table", "most-accurate", "best-static", "oracle")
+DAEMON_POLICY = re.compile(r"^(adaptive|mean-table|quantile-table|most-accurate|fastest|oracle-free|best-static|static:.+)$")
+BEST_STATIC_MAX_MISS = 0.02  # the paper's non-adaptive baseline: the most accurate CNN that misses at most this
+PROBE_COUNT = 300  # requests in the serving-floor probe
 LISTEN_RE = re.compile(r"listening on (http://\S+)")
 DEFAULT_COUNT = 300
 WARMUP_SEED_OFFSET = 7919  # warm-up requests come from a different stream than the measured ones
 
 ORACLE_METHOD = (
-    "In-process pass: for each request, in workload order and under the same contention window, "
-    "every selected variant runs on that request's image back to back (order rotated per request), "
-    "timing the runtime's predict call, the same span the daemon reports as inference_ms. The "
-    "oracle's end-to-end latency is that time plus the serving overhead measured in the adaptive "
-    "run (median of end-to-end minus the daemon's queue_ms and inference_ms: HTTP, JSON, input "
-    "preparation, hand-off to the worker). Chosen over replaying the workload through the daemon once per variant "
-    "(static:<variant>) because that measures each variant at a different moment of the run, so on "
-    "a given request the variants would see different contention phases; back to back, they all see "
-    "the same one. With Poisson arrivals the oracle also waits for its own earlier requests (a "
-    "single-server FIFO queue simulated from the measured times). It picks the most accurate variant "
-    "by table accuracy whose latency meets the deadline, else the fastest on that request (a miss). "
-    "The overhead is charged as a constant (its median), so rare hiccups of the HTTP path that hit the "
-    "daemon policies do not hit the oracle: its miss rate is a lower bound, not a replay."
+    "In-process pass on the daemon's cores: for each request, in workload order and under the same contention "
+    "window, every selected variant runs on that request's image back to back (order rotated per request), "
+    "timing the runtime's predict call, the same span the daemon reports as inference_ms. The oracle's latency "
+    "is that time plus the serving floor measured by the probe before the comparison (p50 over the fastest "
+    "variant's requests of the daemon's total minus inference; end to end: of the client's latency minus "
+    "inference). Chosen over replaying the workload through the daemon once per variant (static:<variant>) "
+    "because that measures each variant at a different moment of the run, so on a given request the variants "
+    "would see different contention phases; back to back, they all see the same one. With Poisson arrivals the "
+    "oracle also waits for its own earlier requests (a single-server FIFO queue simulated from the measured "
+    "times). It picks the most accurate variant by table accuracy whose latency meets the deadline, else the "
+    "fastest on that request (a miss). The floor is charged as a constant (its median), so rare hiccups of the "
+    "HTTP path that hit the daemon policies do not hit the oracle: its miss rate is a lower bound, not a replay."
 )
 
 
@@ -74,10 +76,11 @@ def load_selected(path: str | Path) -> tuple[LatencyTable, dict[str, Any]]:
     return t.as_latency_table(), t.params.to_dict()
 
 
-def auto_deadline(rows: tuple[LatencyRow, ...]) -> str:
-    """Uniform between the fastest and the slowest selected variants' p95."""
+def auto_deadline(rows: tuple[LatencyRow, ...], floor_ms: float = 0.0) -> str:
+    """Uniform between floor + the fastest variant's p95 and floor + 1.1 x the slowest's: every
+    deadline leaves room for the measured serving floor, and the range spans the whole front."""
     p95 = [r.p95_ms for r in rows]
-    lo, hi = min(p95), max(p95)
+    lo, hi = floor_ms + min(p95), floor_ms + 1.1 * max(p95)
     return f"uniform:{lo:.4g}:{hi:.4g}" if hi > lo else f"fixed:{lo:.4g}"
 
 
@@ -88,7 +91,7 @@ def parse_policies(text: str) -> list[str]:
     for p in pols:
         if p != "oracle" and not DAEMON_POLICY.match(p):
             raise ValueError(
-                f"unknown policy '{p}'; available: {', '.join(POLICIES)}, quantile-table (oracle-free), static:<variant>"
+                f"unknown policy '{p}'; available: {', '.join(POLICIES)}, fastest, oracle-free, static:<variant>"
             )
     if len(set(pols)) != len(pols):
         raise ValueError(f"--policies lists a policy twice: {text}")
@@ -99,19 +102,26 @@ def parse_policies(text: str) -> list[str]:
 
 
 class ContentionSchedule:
-    """Starts the CPU hog when request ``start`` is issued and stops it at request ``stop``.
+    """Starts the contention when request ``start`` is issued and stops it at request ``stop``.
 
     Keyed by request index, not wall time, so every policy (and the oracle pass) is under
     contention for exactly the same requests even though their runs take different times.
+    ``target`` names the process it acts on (the daemon, or this process for the oracle pass)
+    and the cores it runs on.
     """
 
-    def __init__(self, spec: ContentionSpec, count: int, max_s: float):
+    def __init__(self, spec: ContentionSpec, count: int, max_s: float, placement: Placement | None = None):
         self.spec = spec
         self.start, self.stop = spec.window(count)
         self.max_s = max_s
-        self.hog: CpuHog | None = None
+        self.placement = placement or Placement(None, None)
+        self.pid = os.getpid()
+        self.active: Contention | None = None
         self.t0 = time.perf_counter()
         self.intervals: list[list[float]] = []  # [on_s, off_s] from t0
+
+    def target(self, pid: int) -> None:
+        self.pid = pid
 
     def reset(self) -> None:
         self.halt()
@@ -121,21 +131,39 @@ class ContentionSchedule:
     def __call__(self, i: int) -> None:
         if not self.spec.active:
             return
-        if i == self.start and self.hog is None:
-            self.hog = CpuHog(self.max_s, load=self.spec.load).start()
+        if i == self.start and self.active is None:
+            p = self.placement
+            self.active = Contention(self.spec, self.pid, None if p.server is None else set(p.server),
+                                     None if p.client is None else set(p.client), self.max_s).start()
             self.intervals.append([time.perf_counter() - self.t0, float("nan")])
         elif i == self.stop:
             self.halt()
 
     def halt(self) -> None:
-        if self.hog is not None:
-            self.hog.stop()
-            self.hog = None
+        if self.active is not None:
+            self.active.stop()
+            self.active = None
             if self.intervals and not np.isfinite(self.intervals[-1][1]):
                 self.intervals[-1][1] = time.perf_counter() - self.t0
 
     def record(self) -> list[list[float]]:
         return [[round(a, 4), round(b, 4)] for a, b in self.intervals]
+
+
+def achieved_slowdown(records: list[RequestRecord], rows: tuple[LatencyRow, ...], window: tuple[int, int]) -> dict:
+    """How much the contention slowed the served model: the median of observed inference time /
+    the variant's table p50 inside the window, over the same median outside it."""
+    p50 = {r.variant: r.p50_ms for r in rows}
+    inside, outside = [], []
+    a, z = window
+    for r in records:
+        if r.status != 200 or r.inference_ms is None or r.variant not in p50:
+            continue
+        (inside if a <= r.index < z else outside).append(r.inference_ms / p50[r.variant])
+    if not inside or not outside:
+        return {"slowdown": None, "inside_ratio": None, "outside_ratio": None}
+    mi, mo = float(np.median(inside)), float(np.median(outside))
+    return {"slowdown": round(mi / mo, 3), "inside_ratio": round(mi, 3), "outside_ratio": round(mo, 3)}
 
 
 # ----------------------------------------------------------------------------- the daemon
@@ -144,8 +172,9 @@ class ContentionSchedule:
 class Daemon:
     """`edgekit serve` as a subprocess on an ephemeral loopback port; stopped with SIGTERM."""
 
-    def __init__(self, argv: list[str], log_path: Path, start_timeout_s: float = 180.0):
+    def __init__(self, argv: list[str], log_path: Path, start_timeout_s: float = 180.0, preexec=None):
         self.argv = argv
+        self.preexec = preexec
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
@@ -159,7 +188,7 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
-            env=env, text=True, bufsize=1,
+            env=env, text=True, bufsize=1, preexec_fn=self.preexec,
         )
         lines: queue.Queue = queue.Queue()
         log = self._log
@@ -417,14 +446,16 @@ def _ms(v: float | None) -> str:
 
 def comparison_table(results: dict[str, Any], markdown: bool = False) -> str:
     labels = results["variant_labels"]
-    head = ["policy", "accuracy", "miss rate", "miss (daemon clock)", "p50 ms", "p99 ms", "req/s", "variants used"]
+    head = ["policy", "accuracy", "miss (daemon clock)", "miss (end to end)", "goodput/s", "p50 ms", "p99 ms",
+            "req/s", "variants used"]
     body = []
     for name, pol in results["policies"].items():
         s = pol["summary"]
         used = " ".join(f"{labels.get(v, v)}:{c}" for v, c in sorted(s["variants"].items(), key=lambda kv: labels.get(kv[0], kv[0])))
+        gp = s.get("goodput_rps")
         body.append([
-            name, _pct(s["accuracy"]), _pct(s["miss_rate"]), _pct(s["server_miss_rate"]),
-            _ms(s["p50_ms"]), _ms(s["p99_ms"]),
+            name, _pct(s["accuracy"]), _pct(s["server_miss_rate"]), _pct(s["miss_rate"]),
+            "-" if gp is None else f"{gp:.1f}", _ms(s["p50_ms"]), _ms(s["p99_ms"]),
             "-" if s["throughput_rps"] is None else f"{s['throughput_rps']:.1f}", used or "-",
         ])
     if markdown:
@@ -481,6 +512,60 @@ def _progress(label: str) -> Callable[[int, int], None]:
     return cb
 
 
+def probe_serving(bundle: str, table: str, variant: str, profile: str | None, miss: str, images: np.ndarray,
+                  labels: np.ndarray, placement: Placement, log: Path, start_timeout_s: float,
+                  token: str | None, count: int = PROBE_COUNT) -> dict[str, float]:
+    """Serve ``count`` closed-loop requests with ``static:variant`` and no deadline pressure, with the
+    same client as the comparison. Returns the serving floor on the daemon's clock (p50 of total minus
+    inference), the same on the end-to-end clock, and the closed-loop throughput (requests/s)."""
+    wl = make_workload(images.shape[0], count, "fixed:60000", "closed", 104729)
+    d = Daemon(serve_argv(bundle, table, f"static:{variant}", profile, miss, None), log, start_timeout_s,
+               placement.pin_server())
+    try:
+        url = d.start()
+        wait_ready(url, timeout_s=30.0)
+        run_load(url, images, labels, wl.head(min(50, count)), token=token, binary=True)
+        res = run_load(url, images, labels, wl, token=token, binary=True)
+    finally:
+        d.stop()
+    ok = [r for r in res.records if r.status == 200 and r.inference_ms is not None and r.total_ms is not None]
+    if len(ok) < count // 2:
+        raise RuntimeError(f"the serving probe with {variant} got {len(ok)} answers out of {count}; see {log}")
+    return {
+        "floor_ms": round(float(np.median([r.total_ms - r.inference_ms for r in ok])), 4),
+        "e2e_overhead_ms": round(float(np.median([r.e2e_ms - r.inference_ms for r in ok])), 4),
+        "inference_p50_ms": round(float(np.median([r.inference_ms for r in ok])), 4),
+        "throughput_rps": round(len(ok) / res.wall_s, 1),
+    }
+
+
+def static_miss_rates(op: "OraclePass", workload: Workload, overhead_ms: float) -> np.ndarray:
+    """Each variant's miss rate had it served every request alone (the oracle pass's measured times,
+    the serving overhead added, a single-server queue simulated for Poisson arrivals)."""
+    n, k = op.latency_ms.shape
+    miss = np.zeros(k)
+    arrivals = workload.arrivals_s
+    for j in range(k):
+        lat = op.latency_ms[:, j]
+        if arrivals is None:
+            miss[j] = float(np.mean(overhead_ms + lat > workload.deadlines_ms))
+            continue
+        free_at, missed = 0.0, 0
+        for i in range(n):
+            a = float(arrivals[i])
+            wait = max(0.0, free_at - a) * 1000.0
+            missed += wait + overhead_ms + lat[i] > workload.deadlines_ms[i]
+            free_at = a + (wait + lat[i]) / 1000.0
+        miss[j] = missed / n
+    return miss
+
+
+def best_static(rows: tuple[LatencyRow, ...], miss: np.ndarray, max_miss: float = BEST_STATIC_MAX_MISS) -> int:
+    """The most accurate variant (table accuracy) whose miss rate is at most ``max_miss``; else the fastest."""
+    ok = [j for j in range(len(rows)) if miss[j] <= max_miss]
+    return max(ok, key=lambda j: rows[j].accuracy) if ok else 0
+
+
 def evaluate(
     bundle: str,
     table: str,
@@ -492,6 +577,7 @@ def evaluate(
     deadline: str = "auto",
     arrival: str = "closed",
     contention: str = "none",
+    quota: float = 0.4,
     seed: int = 0,
     duration_s: float = DEFAULT_DURATION_S,
     warmup: int = 20,
@@ -511,41 +597,40 @@ def evaluate(
         raise ValueError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds per policy, got {duration_s:g}")
     if not 0 <= warmup <= 1000:
         raise ValueError(f"--warmup must be in [0, 1000], got {warmup}")
-    cspec = ContentionSpec.parse(contention)
+    cspec = ContentionSpec.parse(contention, quota=quota)
+    overload = None
+    if arrival.startswith("overload"):
+        _, _, f = arrival.partition(":")
+        try:
+            overload = float(f) if f else 1.2
+        except ValueError:
+            raise ValueError(f"bad --arrival {arrival!r}: use overload[:FACTOR], e.g. overload:1.2") from None
+        if not 0.1 <= overload <= 10:
+            raise ValueError(f"--arrival overload factor must be in [0.1, 10], got {overload:g}")
     sel, selection = load_selected(table)
     rows = sel.rows
     images, labels, b = load_eval_set(bundle)
     # The daemon resolves its own profile (the bundle's unless told); the oracle pass needs the
     # runtime settings the table was measured with.
     prof = profile or sel.header.profile or b.profile
-    dspec = auto_deadline(rows) if deadline == "auto" else deadline
-    try:
-        wl = make_workload(images.shape[0], count, dspec, arrival, seed)
-        warm = make_workload(images.shape[0], max(1, warmup), dspec, "closed", seed + WARMUP_SEED_OFFSET) if warmup else None
-    except WorkloadError as exc:
-        raise ValueError(str(exc)) from None
+    token = os.environ.get("EDGEKIT_TOKEN")  # the daemon requires it when set in its environment
+    placement = place()
+    restore = placement.pin_self("client")
+    say(f"evaluate: {placement.describe()}")
     labels_short = variant_labels(rows)
-    say(f"evaluate: {len(rows)} selected variants, {wl.count} requests per policy, deadlines {wl.deadline} ms, "
-        f"arrivals {wl.arrival}, contention {cspec.describe()}, seed {seed}")
-    if cspec.active:
-        a, z = cspec.window(wl.count)
-        say(f"evaluate: a CPU hog spins one core while requests {a}..{z - 1} are issued (same for every policy)")
-
     results: dict[str, Any] = {
         "kind": "policy-comparison",
-        "version": 1,
+        "version": 2,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": _host(),
+        "placement": placement.to_dict(),
         "bundle": str(bundle),
         "table": str(table),
         "profile": prof,
         "selection": selection,
         "deadline_spec": deadline,
-        "workload": wl.to_dict(),
         "warmup": warmup,
         "duration_limit_s": duration_s,
-        "contention": {"spec": cspec.describe(), "share": cspec.share, "load": cspec.load,
-                       "window": list(cspec.window(wl.count))},
         "variants": [
             {"label": labels_short[r.variant], "variant": r.variant, "accuracy": r.accuracy,
              "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "p99_ms": r.p99_ms, "mean_ms": r.mean_ms}
@@ -555,60 +640,126 @@ def evaluate(
         "complete": False,
         "policies": {},
     }
-    runs: dict[str, LoadResult] = {}
-    token = os.environ.get("EDGEKIT_TOKEN")  # the daemon requires it when set in its environment
-    schedule = ContentionSchedule(cspec, wl.count, max_s=min(MAX_DURATION_S, duration_s + 60))
+    schedule: ContentionSchedule | None = None
     try:
+        # --- the serving floor, measured with the same client and the fastest variant
+        probe = None
+        if deadline == "auto" or "oracle" in policies or "best-static" in policies or overload:
+            say(f"evaluate: probing the serving floor with the fastest variant ({PROBE_COUNT} requests)")
+            probe = probe_serving(bundle, table, rows[0].variant, profile, miss, images, labels, placement,
+                                  out / "daemon-probe-fastest.log", start_timeout_s, token)
+            say(f"evaluate: serving floor {probe['floor_ms']:.3f} ms on the daemon's clock "
+                f"({probe['e2e_overhead_ms']:.3f} ms end to end)")
+            results["probe"] = {"fastest": probe}
+        dspec = auto_deadline(rows, probe["floor_ms"] if probe else 0.0) if deadline == "auto" else deadline
+        if overload:
+            cap = probe_serving(bundle, table, rows[-1].variant, profile, miss, images, labels, placement,
+                                out / "daemon-probe-most-accurate.log", start_timeout_s, token)
+            results["probe"]["most_accurate"] = cap
+            rate = overload * cap["throughput_rps"]
+            arrival = f"poisson:{rate:.1f}"
+            say(f"evaluate: overload: the most accurate variant serves {cap['throughput_rps']:.0f} requests/s "
+                f"closed loop; open-loop Poisson arrivals at {overload:g}x = {rate:.0f}/s")
+            results["overload"] = {"factor": overload, "capacity_rps": cap["throughput_rps"], "rate_rps": round(rate, 1)}
+        try:
+            wl = make_workload(images.shape[0], count, dspec, arrival, seed)
+            warm = make_workload(images.shape[0], max(1, warmup), dspec, "closed", seed + WARMUP_SEED_OFFSET) \
+                if warmup else None
+        except WorkloadError as exc:
+            raise ValueError(str(exc)) from None
+        results["workload"] = wl.to_dict()
+        results["contention"] = {"spec": cspec.describe(), "kind": cspec.kind, "what": cspec.what(),
+                                 "share": cspec.share, "load": cspec.load, "quota": cspec.quota,
+                                 "window": list(cspec.window(wl.count))}
+        say(f"evaluate: {len(rows)} selected variants, {wl.count} requests per policy, deadlines {wl.deadline} ms, "
+            f"arrivals {wl.arrival}, contention {cspec.describe()}, seed {seed}")
+        if cspec.active:
+            a, z = cspec.window(wl.count)
+            say(f"evaluate: contention while requests {a}..{z - 1} are issued (same for every policy): {cspec.what()}")
+        schedule = ContentionSchedule(cspec, wl.count, max_s=min(MAX_DURATION_S, duration_s + 60), placement=placement)
+
+        # --- the oracle pass (and from it the best static CNN), on the daemon's cores
+        op = None
+        if "oracle" in policies or "best-static" in policies:
+            assert probe is not None
+            say(f"evaluate: oracle: timing all {len(rows)} variants on every request")
+            placement.pin_self("server")
+            schedule.target(os.getpid())
+            try:
+                op = oracle_pass(b, rows, images, wl, prof, schedule, progress=None if quiet else _progress("oracle pass"))
+            finally:
+                placement.pin_self("client")
+            served = np.mean(op.preds == labels[wl.image_indices][:, None], axis=0)
+            results["held_out"] = {
+                "note": "table accuracy: the benchmark's 'select' half of the eval set; served: this workload's "
+                        "images, drawn from the disjoint 'serve' half",
+                "variants": {labels_short[r.variant]: {"table": round(r.accuracy, 4), "served": round(float(a), 4),
+                                                       "gap": round(float(a) - r.accuracy, 4)}
+                             for r, a in zip(rows, served)},
+            }
+            miss_rates = static_miss_rates(op, wl, probe["floor_ms"])
+            pick = best_static(rows, miss_rates)
+            results["best_static"] = {
+                "variant": rows[pick].variant, "label": labels_short[rows[pick].variant],
+                "max_miss": BEST_STATIC_MAX_MISS,
+                "predicted_miss_rates": {labels_short[r.variant]: round(float(m), 4) for r, m in zip(rows, miss_rates)},
+            }
+            say(f"evaluate: best static CNN (most accurate with at most {BEST_STATIC_MAX_MISS:.0%} misses in the "
+                f"oracle pass): {labels_short[rows[pick].variant]} {rows[pick].variant}")
+
+        # --- every daemon policy, the same requests
+        runs: dict[str, LoadResult] = {}
         for pol in policies:
             if pol == "oracle":
                 continue
+            served = pol
+            if pol == "best-static":
+                served = f"static:{results['best_static']['variant']}"
             say(f"evaluate: policy {pol}: starting the daemon")
-            d = Daemon(serve_argv(bundle, table, pol, profile, miss, quantile),
-                       out / f"daemon-{pol.replace(':', '_').replace('/', '_')}.log", start_timeout_s)
+            d = Daemon(serve_argv(bundle, table, served, profile, miss, quantile),
+                       out / f"daemon-{pol.replace(':', '_').replace('/', '_')}.log", start_timeout_s,
+                       placement.pin_server())
             try:
                 url = d.start()
                 wait_ready(url, timeout_s=30.0)
                 if warm is not None:
-                    run_load(url, images, labels, warm, token=token, duration_s=min(duration_s, 60.0))
+                    run_load(url, images, labels, warm, token=token, duration_s=min(duration_s, 60.0), binary=True)
                 schedule.reset()
+                assert d.proc is not None
+                schedule.target(d.proc.pid)
                 res = run_load(url, images, labels, wl, token=token, duration_s=duration_s, on_request=schedule,
-                               progress=None if quiet else _progress(pol))
+                               progress=None if quiet else _progress(pol), binary=True)
             finally:
                 schedule.halt()
                 d.stop()
             runs[pol] = res
             s = res.summary()
+            s["slowdown"] = achieved_slowdown(res.records, rows, cspec.window(wl.count)) if cspec.active else None
             results["policies"][pol] = {
                 "summary": s, "truncated": res.truncated, "contention_s": schedule.record(),
                 "daemon_log": d.log_path.name, "records": [r.to_dict() for r in res.records],
+                "served_as": served,
             }
+            if s["slowdown"] and s["slowdown"]["slowdown"] is not None:
+                say(f"evaluate: policy {pol}: contention slowed served inferences {s['slowdown']['slowdown']:.2f}x "
+                    f"(median observed/table {s['slowdown']['inside_ratio']:.2f} inside the window, "
+                    f"{s['slowdown']['outside_ratio']:.2f} outside)")
             if res.truncated:
                 say(f"evaluate: policy {pol}: stopped by --duration {duration_s:g} s after {len(res.records)} requests")
             # A partial file beside the final one, so an interrupted run leaves its finished policies.
             atomic_write_json(out / "results.partial.json", results)
 
-        if "oracle" in policies:
-            src = "adaptive" if "adaptive" in runs else next(iter(runs), None)
-            overhead = serving_overhead_ms(runs[src].records) if src else None
-            d_overhead = serving_overhead_ms(runs[src].records, clock="daemon") if src else None
-            if overhead is None:
-                say("evaluate: oracle: no daemon run to measure the serving overhead from; assuming 0 ms")
-                overhead, src = 0.0, None
-            if d_overhead is None:
-                d_overhead = overhead
-            say(f"evaluate: oracle: timing all {len(rows)} variants on every request "
-                f"(serving overhead {overhead:.3f} ms from the {src or 'no'} run)")
-            op = oracle_pass(b, rows, images, wl, prof, schedule, progress=None if quiet else _progress("oracle pass"))
-            recs, wall = oracle_records(op, rows, wl, labels, overhead, d_overhead)
+        if "oracle" in policies and op is not None and probe is not None:
+            recs, wall = oracle_records(op, rows, wl, labels, probe["e2e_overhead_ms"], probe["floor_ms"])
             results["policies"]["oracle"] = {
                 "summary": summarize(recs, wall), "truncated": False, "contention_s": op.intervals,
                 "records": [r.to_dict() for r in recs],
             }
             results["oracle"] = {
                 "method": ORACLE_METHOD,
-                "overhead_ms": round(overhead, 4),
-                "daemon_overhead_ms": round(d_overhead, 4),
-                "overhead_source": src,
+                "overhead_ms": probe["e2e_overhead_ms"],
+                "daemon_overhead_ms": probe["floor_ms"],
+                "overhead_source": "probe",
                 "pass_wall_s": round(op.wall_s, 3),
                 "variants": op.variants,
                 "latency_ms": np.round(op.latency_ms, 4).tolist(),
@@ -618,8 +769,14 @@ def evaluate(
                     for j, v in enumerate(op.variants)
                 },
             }
+        slow = [p["summary"]["slowdown"]["slowdown"] for p in results["policies"].values()
+                if p["summary"].get("slowdown") and p["summary"]["slowdown"]["slowdown"] is not None]
+        results["contention"]["achieved_slowdown"] = round(float(np.median(slow)), 3) if slow else None
     finally:
-        schedule.halt()
+        if schedule is not None:
+            schedule.halt()
+        if restore is not None:
+            os.sched_setaffinity(0, restore)
 
     results["complete"] = True
     if plots:
@@ -627,11 +784,46 @@ def evaluate(
 
         write_report(results, out)
     atomic_write_text(out / "table.txt", comparison_table(results) + "\n\nvariants (by table latency):\n"
-                      + variant_legend(results) + "\n")
+                      + variant_legend(results) + "\n" + context_lines(results))
     # results.json last: its presence means the comparison finished.
     atomic_write_json(out / "results.json", results)
     (out / "results.partial.json").unlink(missing_ok=True)
     return results
+
+
+def context_lines(results: dict[str, Any]) -> str:
+    """What the table was measured under: placement, floor, deadlines, contention and its effect."""
+    lines = []
+    pl = results.get("placement") or {}
+    if pl.get("server_cpus") is not None:
+        lines.append(f"placement: daemon on cpu {pl['server_cpus']}, load generator on cpu {pl['client_cpus']}")
+    pr = (results.get("probe") or {}).get("fastest")
+    if pr:
+        lines.append(f"serving floor (fastest variant, daemon clock, p50): {pr['floor_ms']:.3f} ms; "
+                     f"end to end {pr['e2e_overhead_ms']:.3f} ms")
+    wl = results.get("workload") or {}
+    if wl:
+        lines.append(f"deadlines: {wl.get('deadline')} ms; arrivals: {wl.get('arrival')}")
+    ov = results.get("overload")
+    if ov:
+        lines.append(f"overload: {ov['factor']:g}x the most accurate variant's capacity ({ov['capacity_rps']:.0f}/s) "
+                     f"= {ov['rate_rps']:.0f} requests/s")
+    c = results.get("contention") or {}
+    if c.get("share"):
+        sd = c.get("achieved_slowdown")
+        lines.append(f"contention: {c['spec']}: {c['what']}; achieved slowdown of served inferences "
+                     f"(median observed/table inside vs outside the window): "
+                     f"{'-' if sd is None else f'{sd:.2f}x'}")
+    ho = results.get("held_out")
+    if ho:
+        gaps = [v["gap"] for v in ho["variants"].values()]
+        lines.append("served minus table accuracy per variant (held-out images): "
+                     + ", ".join(f"{k} {v['gap'] * 100:+.2f}" for k, v in ho["variants"].items())
+                     + f" points (mean {np.mean(gaps) * 100:+.2f})")
+    bs = results.get("best_static")
+    if bs:
+        lines.append(f"best static CNN: {bs['label']} ({bs['variant']})")
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -649,10 +841,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S,
                    help=f"cap on each policy's run in seconds (default {DEFAULT_DURATION_S:g})")
     p.add_argument("--deadline", default="auto",
-                   help="auto (uniform between the fastest and slowest selected p95) | fixed:MS | uniform:LO:HI | trace:FILE")
-    p.add_argument("--arrival", default="closed", help="closed | poisson:RATE (requests/s)")
+                   help="auto (probe the serving floor, then uniform between floor + fastest p95 and floor + 1.1 x "
+                        "slowest p95) | fixed:MS | uniform:LO:HI | trace:FILE")
+    p.add_argument("--arrival", default="closed",
+                   help="closed | poisson:RATE (requests/s) | overload[:FACTOR] (Poisson at FACTOR, default 1.2, "
+                        "x the measured capacity of the most accurate variant)")
     p.add_argument("--contention", default="none",
-                   help="none | half (a CPU hog on one core for the middle half of the requests) | full | SHARE in (0,1]")
+                   help="none | KIND[:SHARE] with KIND cpu (a busy process on each of the daemon's cores), quota "
+                        "(the daemon throttled by the kernel's CPU quota) or membw (memory-bandwidth load); SHARE "
+                        "half (default), full or a number in (0,1]: the middle part of the requests under contention")
+    p.add_argument("--quota", type=float, default=0.4,
+                   help="with --contention quota: the share of one core the daemon gets (default 0.4)")
     p.add_argument("--seed", type=int, default=0, help="workload seed (same for every policy)")
     p.add_argument("--warmup", type=int, default=20, help="unmeasured requests sent to each daemon first (default 20)")
     p.add_argument("--miss", default="best-effort", choices=("best-effort", "reject"), help="daemon's miss policy")
@@ -669,13 +868,14 @@ def _terminate(signum, frame) -> None:
 
 def run(args: argparse.Namespace) -> int:
     policies = parse_policies(args.policies)
-    ContentionSpec.parse(args.contention)
+    ContentionSpec.parse(args.contention, quota=args.quota)
     old = signal.signal(signal.SIGTERM, _terminate)
     try:
         results = evaluate(
             args.bundle, args.table, args.out,
             policies=policies, profile=args.profile, count=args.count, deadline=args.deadline,
-            arrival=args.arrival, contention=args.contention, seed=args.seed, duration_s=args.duration,
+            arrival=args.arrival, contention=args.contention, quota=args.quota, seed=args.seed,
+            duration_s=args.duration,
             warmup=args.warmup, miss=args.miss, quantile=args.quantile, plots=not args.no_plots,
         )
     finally:

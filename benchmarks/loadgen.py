@@ -169,6 +169,10 @@ def summarize(records: list[RequestRecord], wall_s: float) -> dict[str, Any]:
         "p99_ms": q(99),
         "mean_ms": None if e2e.size == 0 else round(float(e2e.mean()), 3),
         "throughput_rps": None if wall_s <= 0 else round(len(ok) / wall_s, 2),
+        # Answers that are correct and on time, per second (on the daemon's clock where it said).
+        "goodput_rps": None if wall_s <= 0 else round(sum(
+            1 for r in ok if r.correct and (r.server_deadline_met if r.server_deadline_met is not None
+                                            else r.deadline_met)) / wall_s, 2),
         "wall_s": round(wall_s, 3),
         "variants": dict(sorted(variants.items(), key=lambda kv: -kv[1])),
     }
@@ -353,12 +357,13 @@ def run_load(
 # ----------------------------------------------------------------------------- bundle eval set
 
 
-def load_eval_set(bundle: str) -> tuple[np.ndarray, np.ndarray, Any]:
-    """(images uint8 NHWC, labels int64, Bundle) from the bundle's evaluation set."""
+def load_eval_set(bundle: str, part: str | None = "serve") -> tuple[np.ndarray, np.ndarray, Any]:
+    """(images uint8 NHWC, labels int64, Bundle) from the bundle's evaluation set: by default its
+    ``serve`` half, disjoint from the ``select`` half the benchmark measured accuracy on."""
     from edge.bundle import open_bundle
 
     b = open_bundle(bundle)
-    images, labels = b.eval_set()
+    images, labels = b.eval_set(part=part)
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
     if images.shape[0] == 0:

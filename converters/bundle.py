@@ -151,7 +151,7 @@ def build_bundle(
     run_dir: str | os.PathLike,
     profile: str | DeviceProfile,
     out: str | os.PathLike,
-    eval_size: int = 2000,
+    eval_size: int = 10000,
     canary_size: int = 8,
     force: bool = False,
     splits: Any = None,
@@ -302,7 +302,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run folder with manifest.json (from 'edgekit convert')")
     p.add_argument("--profile", required=True, help="device profile name or path to a .toml file")
     p.add_argument("--out", required=True, help="output folder, or a file ending in .tar.gz/.tgz")
-    p.add_argument("--eval-size", type=int, default=2000, help="test images in eval.npz (default 2000)")
+    p.add_argument("--eval-size", type=int, default=10000, help="test images in eval.npz (default 10000: every Fashion-MNIST test image; halves choose the front and serve the comparison)")
     p.add_argument("--canary-size", type=int, default=8, help="test images in canary.npz (default 8)")
     p.add_argument("--force", action="store_true", help="also bundle artifacts that validation rejected")
 

@@ -25,6 +25,9 @@ from edge.manifest import ArtifactRecord, Manifest, ManifestError, TensorSpec, d
 BUNDLE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 EVAL_NAME = "eval.npz"
+# Two disjoint halves of the evaluation set, interleaved so each has every class in proportion:
+# the benchmark's accuracy (which chooses the front) comes from one, a policy comparison serves the other.
+EVAL_PARTS = {"select": slice(0, None, 2), "serve": slice(1, None, 2)}
 CANARY_NAME = "canary.npz"
 SCORES_PREFIX = "scores/"
 # Written into an extraction cache folder (never into a bundle) to tell which archive it came from.
@@ -286,10 +289,19 @@ class Bundle:
         except (ValueError, OSError, EOFError, zlib.error) as exc:
             raise BundleError(f"bundle {self.source}: {name} is unreadable ({exc}); re-copy the bundle") from None
 
-    def eval_set(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(images uint8 (N,H,W,C), labels int64 (N,)), the first ``limit`` if given."""
+    def eval_set(self, limit: int | None = None, part: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 (N,H,W,C), labels int64 (N,)), the first ``limit`` if given.
+
+        ``part`` picks one of two disjoint halves (see ``EVAL_PARTS``): ``select`` is what the
+        benchmark measures accuracy on (and so what chooses the front), ``serve`` is what a policy
+        comparison sends as requests, so served accuracy is not measured on the images that chose."""
         z = self._npz(EVAL_NAME)
         images, labels = _images_labels(z, EVAL_NAME, self.source)
+        if part is not None:
+            if part not in EVAL_PARTS:
+                raise ValueError(f"unknown evaluation part '{part}'; available: {list(EVAL_PARTS)}")
+            sl = EVAL_PARTS[part]
+            images, labels = images[sl], labels[sl]
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
         return images, labels

@@ -215,11 +215,13 @@ class Scheduler:
 
     # ------------------------------------------------------------------ admission
 
-    def submit(self, req: InferenceRequest, wait: bool = False) -> str:
+    def submit(self, req: InferenceRequest, wait: bool = False, defer: bool = False) -> str:
         """Admit ``req``: RUN (it holds a free slot now), QUEUED, or DONE (rejected at once).
 
         Raises QueueFull when the heap is full and ShuttingDown after ``close``. With
-        ``wait`` a queued request gets an event that ``release`` sets (see ``acquire``)."""
+        ``wait`` a queued request gets an event that ``release`` sets (see ``acquire``).
+        With ``defer`` it is queued even when a slot is free: an event loop that reads
+        several requests in one pass queues them all, then ``take``s in deadline order."""
         sel = self.state.selector
         if sel.reject_on_miss:
             now = time.perf_counter()
@@ -230,7 +232,7 @@ class Scheduler:
         with self._lock:
             if self._closing:
                 raise ShuttingDown("the daemon is shutting down; retry against its replacement")
-            if self._free and not self._heap:
+            if self._free and not self._heap and not defer:
                 req.slot = self._free.pop()
                 req.result = None
                 return RUN

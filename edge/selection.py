@@ -17,6 +17,17 @@ This module builds that subset from a measured latency table, in four steps:
    at least ``epsilon`` accuracy over the last kept one (an epsilon-Pareto front: a
    variant that is slower but barely more accurate wastes a slot and memory).
 
+2b. **Resolvable steps.**  Accuracy measured on a few thousand images resolves about a
+   point, while neighbours on a front often differ by a fraction of one (the same net
+   at dynamic range and at int8).  Each kept step must therefore pass a one-sided paired
+   test (McNemar) against the last kept variant on the images both were measured on
+   (the benchmark records which images each variant got right): with b images only the
+   new one gets right and c only the old one, the step stays when
+   (b - c) / sqrt(b + c) >= z at ``significance`` (0.05: z = 1.645).  A variant whose
+   gain the selection images cannot resolve is dropped.  The benchmark measures on one
+   half of the bundle's evaluation images and a policy comparison serves the other half,
+   so the accuracy served is not measured on the images that chose the front.
+
 3. **Per-variant memory.**  A variant costs ``peak_rss_mb + size_bytes`` (the resident
    memory its loaded interpreter added while benchmarked, plus the file the daemon
    keeps mapped).  Variants that alone exceed the memory budget are dropped.
@@ -96,6 +107,7 @@ class SelectionParams:
     method: str = "pareto"
     deadline_range_ms: tuple[float, float] | None = None
     expected_accuracy: float | None = None  # over deadline_range_ms, of the rows kept
+    significance: float = 0.05  # one-sided level of the paired test each step must pass (0: no test)
     front_size: int = 0  # variants on the (epsilon-)Pareto front before the limits
     candidates: int = 0  # rows in the source table
     dropped: dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> why
@@ -238,6 +250,44 @@ def epsilon_filter(front: Sequence[LatencyRow], epsilon: float) -> list[LatencyR
     return kept
 
 
+def paired_gain_z(better: LatencyRow, base: LatencyRow) -> float | None:
+    """McNemar's statistic for "``better`` is more accurate than ``base`` on the same images":
+    (b - c) / sqrt(b + c), b = images only ``better`` gets right, c = images only ``base`` gets right.
+    None when either row lacks its per-image record or they were measured on different counts."""
+    from edge.table import decode_correct
+
+    if better.eval_count != base.eval_count:
+        return None
+    x, y = decode_correct(better.correct, better.eval_count), decode_correct(base.correct, base.eval_count)
+    if x is None or y is None:
+        return None
+    b, c = int(np.sum(x & ~y)), int(np.sum(~x & y))
+    if b + c == 0:
+        return 0.0
+    return (b - c) / math.sqrt(b + c)
+
+
+def significance_filter(front: Sequence[LatencyRow], level: float) -> tuple[list[LatencyRow], dict[str, str]]:
+    """Keep the fastest, then each variant whose accuracy gain over the last kept one passes a one-sided
+    paired (McNemar) test at ``level`` on the images the benchmark measured both on. A step the selection
+    images cannot resolve is dropped: its measured gain could be noise, and a policy would pay its extra
+    latency for nothing. Rows without per-image records are kept (the test cannot run)."""
+    if level <= 0 or not front:
+        return list(front), {}
+    from statistics import NormalDist
+
+    z_crit = NormalDist().inv_cdf(1.0 - level)
+    kept, why = [front[0]], {}
+    for r in front[1:]:
+        z = paired_gain_z(r, kept[-1])
+        if z is None or z >= z_crit:
+            kept.append(r)
+        else:
+            why[r.variant] = (f"its accuracy gain over {kept[-1].variant} is not significant on the selection images "
+                              f"(paired z {z:.2f} < {z_crit:.2f}, one-sided level {level:g})")
+    return kept, why
+
+
 def expected_accuracy(
     rows: Sequence[LatencyRow], quantile: str, deadline_range: tuple[float, float]
 ) -> float:
@@ -351,6 +401,7 @@ def select_subset(
     memory_budget_mb: float | None = None,
     deadline_range: tuple[float, float] | None = None,
     source_table: str = "",
+    significance: float = 0.05,
 ) -> SelectedTable:
     """The monotonic subset of ``table`` (see the module docstring for the method)."""
     if quantile not in QUANTILES:
@@ -385,6 +436,13 @@ def select_subset(
         for r in front:
             if r.variant not in kept:
                 dropped[r.variant] = f"adds less than epsilon={epsilon} accuracy"
+    if not 0 <= significance < 0.5:
+        raise ValueError(f"significance must be in [0, 0.5), got {significance}")
+    sig_front, why = significance_filter(eps_front, significance)
+    if len(sig_front) < len(eps_front):
+        method = "paired-pareto" if method == "pareto" else method + "+paired"
+        dropped.update(why)
+        eps_front = sig_front
     front_size = len(eps_front)
     cands = eps_front
     if memory_budget_mb is not None:
@@ -418,6 +476,7 @@ def select_subset(
     params = SelectionParams(
         quantile=quantile,
         epsilon=float(epsilon),
+        significance=float(significance),
         max_models=max_models,
         memory_budget_mb=None if memory_budget_mb is None else float(memory_budget_mb),
         source_table=source_table,
@@ -448,6 +507,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("table", metavar="TABLE", help="latency table written by 'edgekit bench'")
     p.add_argument("--quantile", default="p95", choices=QUANTILES, help="latency the subset is chosen on (default p95)")
     p.add_argument("--epsilon", type=float, default=0.0, help="drop variants adding less than this accuracy (0..1)")
+    p.add_argument("--significance", type=float, default=0.05,
+                   help="keep a step only if its accuracy gain passes a one-sided paired test at this level on the "
+                        "benchmark's images (default 0.05; 0 keeps every Pareto step)")
     p.add_argument("--max-models", type=int, default=None, metavar="K", help="keep at most K variants")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--memory-budget-mb", type=float, default=None, metavar="M", help="total memory of the kept variants")
@@ -489,6 +551,7 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_mb=budget,
         deadline_range=args.deadline_range,
         source_table=str(args.table),
+        significance=args.significance,
     )
     sel.save(args.out)
     print(format_summary(sel))

@@ -42,7 +42,7 @@ from edge.protocol import (
     parse_infer_request,
 )
 from edge.runtime import AdaptiveClassifier, RuntimeOptions
-from edge.scheduler import DONE, RUN, InferenceRequest, QueueFull, ShuttingDown
+from edge.scheduler import DONE, InferenceRequest, QueueFull, ShuttingDown
 from edge.selector import MISS_POLICIES, Policy
 from edge.slowdown import FILTERS
 from edge.table import QUANTILES, TableError
@@ -285,7 +285,7 @@ class Daemon:
         ireq = InferenceRequest(parsed.image, parsed.deadline_ms, req.arrival, parsed.request_id or "",
                                 context=(conn, req, parsed))
         try:
-            how = self.sched.submit(ireq)
+            how = self.sched.submit(ireq, defer=True)
         except QueueFull as exc:
             self.metrics.count("queue_full")
             raise ProtocolError(503, str(exc), headers={"Retry-After": "1"}) from None
@@ -294,9 +294,10 @@ class Daemon:
             raise ProtocolError(503, str(exc), headers={"Retry-After": "1"}) from None
         if how == DONE:
             self._answer(ireq)
-        elif how == RUN:
-            self._serve(ireq)
-        # QUEUED: ``_dispatch`` runs it when a slot frees, in deadline order.
+        else:
+            # Queued even when a slot is free: the loop finishes reading this pass's requests
+            # first (one hop, same thread), then ``_dispatch`` runs the earliest deadline.
+            self._schedule_dispatch(1)
 
     def _serve(self, ireq: InferenceRequest) -> None:
         if self.pool is None:
@@ -324,9 +325,15 @@ class Daemon:
         # A slot freed while requests wait. Pick the next one only after the loop has read
         # what arrived during the inference (two hops: one poll of the sockets in between,
         # on uvloop and on asyncio alike), so that EDF sees every request that is here.
+        self._schedule_dispatch(2)
+
+    def _schedule_dispatch(self, hops: int) -> None:
         if not self._dispatch_pending:
             self._dispatch_pending = True
-            self.loop.call_soon(self.loop.call_soon, self._dispatch)
+            if hops == 1:
+                self.loop.call_soon(self._dispatch)
+            else:
+                self.loop.call_soon(self.loop.call_soon, self._dispatch)
 
     def _dispatch(self) -> None:
         self._dispatch_pending = False

@@ -77,6 +77,9 @@ class LatencyRow:
     size_bytes: int
     params: int = 0
     macs: int = 0
+    # Which of the eval_count images it got right: base64 of numpy.packbits (for the paired test
+    # that decides whether a more accurate variant is really more accurate); "" when not recorded.
+    correct: str = ""
 
     def latency(self, quantile: str) -> float:
         if quantile not in QUANTILES:
@@ -85,6 +88,34 @@ class LatencyRow:
 
 
 _ROW_FIELDS = [f.name for f in dataclasses.fields(LatencyRow)]
+_CSV_FIELDS = [f for f in _ROW_FIELDS if f != "correct"]  # a bitmask is no spreadsheet column
+
+
+def encode_correct(correct: "np.ndarray") -> str:
+    """Per-image correctness (bool array) as base64 of its packed bits."""
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii")
+
+
+def decode_correct(text: str, n: int) -> "np.ndarray | None":
+    """The bool array ``encode_correct`` wrote (``n`` images), or None when absent or malformed."""
+    import base64
+    import binascii
+
+    import numpy as np
+
+    if not text or n <= 0:
+        return None
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+    if len(raw) != (n + 7) // 8:
+        return None
+    return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool)
 
 
 @dataclass(frozen=True)
@@ -121,7 +152,7 @@ class LatencyTable:
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=_ROW_FIELDS)
+        w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in self.rows:
             w.writerow(dataclasses.asdict(r))

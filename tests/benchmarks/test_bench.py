@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.table import decode_correct
+
 from benchmarks import bench, harness_overhead, repeatability
 from benchmarks.bench import BenchOptions, bench_bundle, load_samples, samples_path, timed_loop
 from benchmarks.stats import summarize_ns
@@ -63,9 +65,12 @@ def test_rows_have_sane_statistics(measured, bundle):
         assert r.samples >= FAST.min_runs
         assert 0 < r.min_ms <= r.p50_ms <= r.p90_ms <= r.p95_ms <= r.p99_ms <= r.max_ms
         assert r.min_ms <= r.mean_ms <= r.max_ms and r.std_ms >= 0
-        assert 0.0 <= r.accuracy <= 1.0 and r.eval_count == 64
-        # Same runtime, same machine, same images as the host check in the fixture.
-        assert abs(r.accuracy - rec.host_accuracy) <= 2 / 64
+        # Accuracy on the "select" half of the 64 eval images, with the per-image record that says so.
+        assert 0.0 <= r.accuracy <= 1.0 and r.eval_count == 32
+        right = decode_correct(r.correct, r.eval_count)
+        assert right is not None and right.mean() == pytest.approx(r.accuracy)
+        # Same runtime, same machine: the host check on all 64 images agrees within what 32 can resolve.
+        assert abs(r.accuracy - rec.host_accuracy) <= 0.25
         assert r.load_ms > 0 and r.first_inference_ms > 0 and r.preprocess_ms > 0
         assert r.peak_rss_mb >= 0
         assert (r.params, r.macs, r.size_bytes) == (rec.params, rec.macs, rec.size_bytes)
@@ -219,7 +224,7 @@ def test_real_pipeline_bundles(real_run, tmp_path):
                                                          else {"fp32", "fp16", "int8"})
         for r in res.table.rows:
             assert r.provider == provider and r.samples >= FAST.min_runs and 0 <= r.accuracy <= 1
-            assert r.p50_ms <= r.p99_ms <= r.max_ms and r.eval_count == 40
+            assert r.p50_ms <= r.p99_ms <= r.max_ms and r.eval_count == 20
 
 
 # --------------------------------------------------------------------------- CLI

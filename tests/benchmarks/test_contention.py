@@ -61,3 +61,63 @@ def test_contention_spec_and_window():
     for bad in ("2", "-0.5", "lots"):
         with pytest.raises(ValueError, match="contention"):
             ContentionSpec.parse(bad)
+
+
+def test_contention_kinds_parse():
+    assert ContentionSpec.parse("quota").kind == "quota" and ContentionSpec.parse("quota").share == 0.5
+    s = ContentionSpec.parse("membw:0.3")
+    assert s.kind == "membw" and s.share == 0.3 and s.describe() == "membw:0.3"
+    assert ContentionSpec.parse("cpu:full").window(10) == (0, 10)
+    assert ContentionSpec.parse("half").kind == "cpu"
+    with pytest.raises(ValueError, match="quota"):
+        ContentionSpec.parse("quota", quota=0)
+
+
+def _busy_child():
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time\nt = time.monotonic() + 20\nwhile time.monotonic() < t: pass"])
+
+
+def _cpu_share(pid: int, seconds: float = 0.6) -> float:
+    import os
+    import time
+
+    def ticks():
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    a, t = ticks(), time.monotonic()
+    time.sleep(seconds)
+    return (ticks() - a) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t)
+
+
+def test_cpu_quota_throttles_a_process_and_is_removed():
+    from benchmarks.contention import ContentionError, CpuQuota
+
+    child = _busy_child()
+    try:
+        try:
+            q = CpuQuota(child.pid, 0.2).start()
+        except ContentionError as exc:  # no cgroup cpu controller or not root: the message says so
+            assert "quota" in str(exc)
+            pytest.skip(str(exc))
+        group = q.group
+        share = _cpu_share(child.pid)
+        q.stop()
+        assert share < 0.45, share  # ~0.2 of a core (generous: ticks are coarse)
+        assert group is not None and not group.exists()
+        assert _cpu_share(child.pid) > share
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_memory_bandwidth_hog_runs_and_stops():
+    with CpuHog(5, memory=True) as hog:
+        import time
+
+        time.sleep(0.5)
+        assert hog.running()
+    assert not hog.running()

@@ -29,11 +29,35 @@ def _rows(evb):
     return table.rows
 
 
-def test_auto_deadline_spans_the_selected_p95(evb):
+def test_auto_deadline_starts_at_the_serving_floor(evb):
     rows = _rows(evb)
-    spec = ev.auto_deadline(rows)
-    lo, hi = (float(x) for x in spec.split(":")[1:])
-    assert lo == pytest.approx(rows[0].p95_ms, rel=1e-3) and hi == pytest.approx(rows[-1].p95_ms, rel=1e-3)
+    lo, hi = (float(x) for x in ev.auto_deadline(rows, floor_ms=0.25).split(":")[1:])
+    assert lo == pytest.approx(0.25 + rows[0].p95_ms, rel=1e-3)
+    assert hi == pytest.approx(0.25 + 1.1 * rows[-1].p95_ms, rel=1e-3)
+
+
+def test_best_static_is_the_most_accurate_variant_that_rarely_misses(evb):
+    rows = _rows(evb)
+    n = 100
+    op = ev.OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 3.0], (n, 1)), np.zeros((n, 3), np.int64), [], 0)
+    wl = make_workload(10, n, "fixed:2.6", seed=0)
+    miss = ev.static_miss_rates(op, wl, overhead_ms=0.5)
+    assert list(miss) == [0.0, 0.0, 1.0]
+    assert ev.best_static(rows, miss) == 1
+    assert ev.best_static(rows, np.asarray([0.5, 0.5, 0.5])) == 0  # nothing qualifies: the fastest
+
+
+def test_achieved_slowdown_compares_inside_and_outside_the_window(evb):
+    rows = _rows(evb)
+    v = rows[0]
+
+    def rec(i, inf):
+        return RequestRecord(i, 0, 0, 5, 0, 0, 1.0, 200, variant=v.variant, inference_ms=inf)
+
+    recs = [rec(i, v.p50_ms * (3.0 if 10 <= i < 20 else 1.0)) for i in range(30)]
+    s = ev.achieved_slowdown(recs, rows, (10, 20))
+    assert s["slowdown"] == pytest.approx(3.0) and s["outside_ratio"] == pytest.approx(1.0)
+    assert ev.achieved_slowdown(recs, rows, (0, 0))["slowdown"] is None
 
 
 def test_parse_policies():
@@ -55,7 +79,7 @@ def test_oracle_pass_and_choice(evb):
     op = ev.oracle_pass(b, rows, images, wl, "desktop-cpu", sched)
     assert op.latency_ms.shape == (12, 3) and np.all(op.latency_ms > 0)
     assert len(op.intervals) == 1 and op.intervals[0][1] > op.intervals[0][0]  # the hog ran, then stopped
-    assert sched.hog is None
+    assert sched.active is None
     # Predictions match running each variant alone.
     from device_profiles import load_profile
     from edge.backends import get_backend
@@ -109,16 +133,23 @@ def test_evaluate_end_to_end(evb, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.run(
         [sys.executable, "-m", "edgekit.cli", "evaluate", str(evb.bundle), "--table", str(evb.table),
-         "--policies", "adaptive,mean-table,most-accurate,fastest,oracle", "--count", "30", "--warmup", "3",
+         "--policies", "adaptive,mean-table,quantile-table,most-accurate,best-static,fastest,oracle",
+         "--count", "30", "--warmup", "3",
          "--deadline", "uniform:1:6", "--contention", "half", "--seed", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=400, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     text = proc.stdout
-    for word in ("policy", "accuracy", "miss rate", "p99 ms", "req/s", "variants used", "adaptive", "oracle"):
-        assert word in text
+    for word in ("policy", "accuracy", "miss (daemon clock)", "goodput/s", "p99 ms", "req/s", "variants used",
+                 "adaptive", "oracle", "serving floor", "achieved slowdown", "placement"):
+        assert word in text, word
     res = json.loads((out / "results.json").read_text())
-    assert list(res["policies"]) == ["adaptive", "mean-table", "most-accurate", "fastest", "oracle"]
+    assert list(res["policies"]) == ["adaptive", "mean-table", "quantile-table", "most-accurate", "best-static",
+                                     "fastest", "oracle"]
+    assert res["policies"]["best-static"]["served_as"] == "static:" + res["best_static"]["variant"]
+    assert res["probe"]["fastest"]["floor_ms"] > 0
+    assert res["placement"]["server_cpus"] != res["placement"]["client_cpus"] or res["placement"]["server_cpus"] is None
+    assert res["contention"]["kind"] == "cpu"
     assert res["complete"] is True
     assert res["contention"]["window"] == [7, 22]
     wl = res["workload"]
@@ -137,7 +168,7 @@ def test_evaluate_end_to_end(evb, tmp_path):
     assert set(res["policies"]["fastest"]["summary"]["variants"]) == {v[0]}
     assert set(res["policies"]["most-accurate"]["summary"]["variants"]) == {v[-1]}
     o = res["oracle"]
-    assert o["overhead_source"] == "adaptive" and o["overhead_ms"] > 0
+    assert o["overhead_source"] == "probe" and o["overhead_ms"] > 0
     assert np.asarray(o["latency_ms"]).shape == (30, 3)
     assert not (out / "results.partial.json").exists()
     assert "variants used" in (out / "table.txt").read_text()

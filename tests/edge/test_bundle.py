@@ -450,3 +450,20 @@ def test_verified_artifact_path_missing_truncated_or_replaced(folder):
         b.verified_artifact_path(TFLITE_FP32)
     with pytest.raises(BundleError, match="unknown artifact 'nope'"):
         b.verified_artifact_path("nope")
+
+
+def test_eval_parts_are_disjoint_halves(tmp_path):
+    import numpy as np
+
+    from edge.bundle import open_bundle
+    from tests.edge._fixtures import edge_fixture
+
+    b = open_bundle(edge_fixture().bundle)
+    all_x, all_y = b.eval_set()
+    sx, sy = b.eval_set(part="select")
+    vx, vy = b.eval_set(part="serve")
+    assert len(sx) + len(vx) == len(all_x) and abs(len(sx) - len(vx)) <= 1
+    assert np.array_equal(np.concatenate([sy, vy]).sort(), np.sort(all_y).sort())
+    assert np.array_equal(sx, all_x[0::2]) and np.array_equal(vx, all_x[1::2])
+    with pytest.raises(ValueError, match="unknown evaluation part"):
+        b.eval_set(part="train")

@@ -349,3 +349,55 @@ def test_long_or_odd_variant_names_are_not_echoed(tmp_path):
     with pytest.raises(TableError, match=r"not monotonic at row 1: its p95 latency .* those of row 0; re-run") as err:
         _load(tmp_path, d)
     assert "xxx" not in str(err.value) and "\x1b" not in str(err.value)
+
+
+def _with_correct(r: LatencyRow, right: np.ndarray) -> LatencyRow:
+    import dataclasses
+
+    from edge.table import encode_correct
+
+    return dataclasses.replace(r, correct=encode_correct(right), eval_count=len(right), accuracy=float(right.mean()))
+
+
+def test_a_step_the_selection_images_cannot_resolve_is_dropped():
+    import numpy as np
+
+    from edge.selection import paired_gain_z, select_subset
+
+    n = 1000
+    base = np.zeros(n, bool)
+    base[:850] = True
+    # "noise": 6 more right and 4 fewer: +0.2 points, z = 2/sqrt(10) = 0.63 -> dropped
+    noise = base.copy()
+    noise[850:856] = True
+    noise[:4] = False
+    # "real": 60 more right, 10 fewer: +5 points, z = 50/sqrt(70) = 5.98 -> kept
+    real = base.copy()
+    real[850:910] = True
+    real[:10] = False
+    a = _with_correct(row("a", 1.0, 0), base)
+    b = _with_correct(row("b", 2.0, 0), noise)
+    c = _with_correct(row("c", 3.0, 0), real)
+    assert paired_gain_z(b, a) == pytest.approx(2 / np.sqrt(10))
+    sel = select_subset(table(a, b, c))
+    assert sel.variants == (a.variant, c.variant)
+    assert "not significant" in sel.params.dropped[b.variant] and sel.params.method == "paired-pareto"
+    assert select_subset(table(a, b, c), significance=0).variants == (a.variant, b.variant, c.variant)
+    # Without per-image records the test cannot run and every Pareto step stays.
+    plain = select_subset(table(row("a", 1.0, 0.85), row("b", 2.0, 0.852), row("c", 3.0, 0.9)))
+    assert len(plain.rows) == 3
+
+
+def test_the_correct_mask_survives_a_table_round_trip(tmp_path):
+    import numpy as np
+
+    from edge.table import decode_correct
+
+    right = np.random.default_rng(0).random(333) < 0.8
+    r = _with_correct(row("a", 1.0, 0), right)
+    t = table(r)
+    t.save(tmp_path / "t.json")
+    back = LatencyTable.load(tmp_path / "t.json").rows[0]
+    assert np.array_equal(decode_correct(back.correct, back.eval_count), right)
+    assert "correct" not in (tmp_path / "t.csv").read_text().splitlines()[0]
+    assert decode_correct("not base64!", 10) is None and decode_correct(back.correct, 5000) is None
