@@ -27,10 +27,27 @@ A family file (``converters/families/<name>.toml`` or any path) looks like::
 Every space key takes a value or a list of values (a list is one grid axis); an integer axis may be
 written ``{min = 4, max = 32, step = 4}``. A space key may also be set once at the top level as the
 default for every space.
+
+Ensembles of trained members (optional, any number)::
+
+    [[ensemble]]
+    members = ["c1-f8-k3-max-d0-vip0-ps0", "c2-f8.16-k3-max-d0-vip00-ps0"]   # model ids of this family
+
+    [[ensemble]]
+    top = 3                    # the 3 members of highest *validation* accuracy ...
+    # members = [..]           # ... among these ids (default: among the specs the sweep trains)
+    # name = "top3"            # optional word put into the ensemble's id
+
+An ensemble is one Keras model whose output is the mean of its members' softmax probabilities;
+``edgekit train`` builds it (no training) after its members, as ``models/<ensemble id>/``, and it
+converts and benchmarks like any other model. Its id is ``ens<K>-[<name>-]<hash8>`` where the hash
+covers the sorted member ids (see EnsembleSpec). ``python -m converters.families FAMILY`` lists ids.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import itertools
 import json
 import math
@@ -38,9 +55,10 @@ import os
 import random
 import re
 import tomllib
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 HERE = Path(__file__).resolve().parent
 FAMILY_DIR = HERE / "families"
@@ -159,6 +177,9 @@ class ModelSpec:
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
         if not isinstance(d, dict):
             raise FamilyError(f"model spec must be a JSON object, got {type(d).__name__}")
+        if d.get("kind") == ENSEMBLE_KIND:
+            raise FamilyError("this is an ensemble spec (kind 'ensemble'); read it with families.load_spec() "
+                              "or EnsembleSpec.from_dict()")
         known = {f.name for f in fields(cls)}
         extra = set(d) - known - {"model_id"}
         if extra:
@@ -244,6 +265,23 @@ class ModelSpec:
         return plan
 
 
+def load_spec(path: str | Path) -> "ModelSpec | EnsembleSpec":
+    """Read any ``spec.json`` of a run: a ModelSpec, or an EnsembleSpec (``"kind": "ensemble"``)."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise FamilyError(f"{p}: no such spec file") from None
+    except json.JSONDecodeError as exc:
+        raise FamilyError(f"{p}: not valid JSON ({exc})") from None
+    try:
+        if isinstance(d, dict) and d.get("kind") == ENSEMBLE_KIND:
+            return EnsembleSpec.from_dict(d)
+        return ModelSpec.from_dict(d)
+    except FamilyError as exc:
+        raise FamilyError(f"{p}: {exc}") from None
+
+
 def psconv_macs(h: int, w: int, cin: int, cout: int, strides: int = 1, implementation: str = "shifted") -> int:
     """MACs of one PSConv2D on an h x w input, as the given implementation executes them."""
     oh, ow = math.ceil(h / strides), math.ceil(w / strides)
@@ -320,10 +358,177 @@ def _shape_problems(spec: ModelSpec, h: int, w: int) -> Iterable[tuple[str, str]
 
 
 # ---------------------------------------------------------------------------------------------
+# Ensembles
+# ---------------------------------------------------------------------------------------------
+
+ENSEMBLE_KIND = "ensemble"
+ENSEMBLE_PREFIX = "ens"  # ModelSpec ids start with "c<blocks>", so the two never collide
+ENSEMBLE_COMBINE = "mean_softmax"
+_ENSEMBLE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_ENSEMBLE_KEYS = ("members", "top", "name")
+
+
+def _check_members(members: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(members, (list, tuple)) or not all(isinstance(m, str) and m for m in members):
+        raise FamilyError(f"{where}: must be a list of model id strings, got {members!r}")
+    seen: set[str] = set()
+    for m in members:
+        if m in seen:
+            raise FamilyError(f"{where}: {m!r} is listed twice; list each member once")
+        seen.add(m)
+    return tuple(members)
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An ensemble of trained members of one family: the mean of their softmax probabilities.
+
+    ``members`` are kept sorted (the mean does not depend on the order), so one set of members has
+    one id: ``ens<K>-[<name>-]<first 8 hex of sha1 of the sorted ids joined by newlines>``.
+    """
+
+    members: tuple[str, ...]
+    name: str = ""
+    combine: str = ENSEMBLE_COMBINE
+
+    def __post_init__(self):
+        members = _check_members(self.members, "members")
+        if len(members) < 2:
+            raise FamilyError(f"members: an ensemble needs at least 2 members, got {len(members)} ({list(members)})")
+        if any(m.startswith(ENSEMBLE_PREFIX) for m in members):
+            raise FamilyError(f"members: ensembles of ensembles are not supported, got {list(members)}")
+        object.__setattr__(self, "members", tuple(sorted(members)))
+        if not isinstance(self.name, str) or (self.name and not _ENSEMBLE_NAME_RE.fullmatch(self.name)):
+            raise FamilyError(f"name: must be 1-40 letters, digits, '_' or '-', got {self.name!r}")
+        _choice("combine", self.combine, (ENSEMBLE_COMBINE,))
+
+    @property
+    def k(self) -> int:
+        return len(self.members)
+
+    @property
+    def model_id(self) -> str:
+        digest = hashlib.sha1("\n".join(self.members).encode()).hexdigest()[:8]
+        return f"{ENSEMBLE_PREFIX}{self.k}-" + (f"{self.name}-" if self.name else "") + digest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "kind": ENSEMBLE_KIND, "members": list(self.members), "name": self.name,
+                "combine": self.combine}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EnsembleSpec":
+        if not isinstance(d, dict) or d.get("kind") != ENSEMBLE_KIND:
+            raise FamilyError(f"not an ensemble spec (no \"kind\": \"{ENSEMBLE_KIND}\"): {d!r}")
+        extra = set(d) - {"model_id", "kind", "members", "name", "combine"}
+        if extra:
+            raise FamilyError(f"{sorted(extra)[0]}: unknown ensemble spec key")
+        if "members" not in d:
+            raise FamilyError("members: missing from the ensemble spec")
+        spec = cls(members=_check_members(d["members"], "members"), name=d.get("name", ""),
+                   combine=d.get("combine", ENSEMBLE_COMBINE))
+        if "model_id" in d and d["model_id"] != spec.model_id:
+            raise FamilyError(
+                f"model_id: {d['model_id']!r} does not match the ensemble's members (they give {spec.model_id!r})"
+            )
+        return spec
+
+
+class EnsembleNotReady(Exception):
+    """An [[ensemble]] whose members are not all trained yet (in this run folder); the reason says which."""
+
+
+@dataclass(frozen=True)
+class EnsembleDecl:
+    """One ``[[ensemble]]`` table of a family file, before its members are known to be trained."""
+
+    index: int
+    members: tuple[str, ...] = ()  # explicit members, or the pool ``top`` picks from
+    top: int | None = None  # pick the ``top`` members of highest validation accuracy
+    name: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"ensemble[{self.index}]"
+
+    def describe(self) -> str:
+        if self.top is None:
+            return f"{self.where} ({len(self.members)} members)"
+        pool = f"of {len(self.members)} listed members" if self.members else "of the trained specs"
+        return f"{self.where} (top {self.top} {pool})"
+
+    def resolve(self, val_accuracy: Mapping[str, float], selected: Sequence[str] = ()) -> EnsembleSpec:
+        """The EnsembleSpec, given the validation accuracy of every finished member.
+
+        Explicit members must all be finished. ``top = K`` picks the K best by validation accuracy
+        (ties: smaller model id) among ``members`` (all finished) or, without members, among the
+        ``selected`` ids that are finished. Raises EnsembleNotReady when members are missing.
+        """
+        pool = list(self.members) if self.members else [m for m in selected if m in val_accuracy]
+        missing = [m for m in pool if m not in val_accuracy]
+        if missing:
+            raise EnsembleNotReady(
+                f"{self.describe()} skipped: member(s) not trained in this run yet: {missing}; train them "
+                "(run without --limit/--sample, or with a selection that includes them) and rerun to build it")
+        if self.top is not None:
+            if len(pool) < self.top:
+                raise EnsembleNotReady(
+                    f"{self.describe()} skipped: only {len(pool)} trained member(s) to choose {self.top} from")
+            pool = sorted(pool, key=lambda m: (-float(val_accuracy[m]), m))[: self.top]
+        return EnsembleSpec(members=tuple(pool), name=self.name)
+
+
+def _parse_ensembles(raw: Any, model_ids: Sequence[str], family: str, listing: str = "") -> tuple[EnsembleDecl, ...]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(e, dict) for e in raw):
+        raise FamilyError("ensemble: must be one or more [[ensemble]] tables (members = [..] and/or top = K)")
+    known = set(model_ids)
+    decls: list[EnsembleDecl] = []
+    explicit: dict[tuple[str, ...], int] = {}
+    for i, e in enumerate(raw):
+        where = f"ensemble[{i}]"
+        unknown = set(e) - set(_ENSEMBLE_KEYS)
+        if unknown:
+            raise FamilyError(f"{where}.{sorted(unknown)[0]}: unknown key; known ensemble keys: {list(_ENSEMBLE_KEYS)}")
+        if "members" not in e and "top" not in e:
+            raise FamilyError(f"{where}: give members = [\"<model id>\", ...] (ids of this family's specs), "
+                              "top = K (the K most accurate trained specs), or both")
+        members = _check_members(e.get("members", []), f"{where}.members") if "members" in e else ()
+        if "members" in e and not members:
+            raise FamilyError(f"{where}.members: empty; list at least 2 model ids of family {family!r}")
+        for m in members:
+            if m not in known:
+                close = difflib.get_close_matches(m, model_ids, n=3, cutoff=0.6)
+                hint = f"; did you mean {close}?" if close else ""
+                raise FamilyError(
+                    f"{where}.members: {m!r} is not a model id of family {family!r}{hint} "
+                    f"(list the family's ids with: {listing or 'python -m converters.families FAMILY'})")
+        top = e.get("top")
+        if "top" in e:
+            if not _is_int(top) or top < 2:
+                raise FamilyError(f"{where}.top: must be an integer >= 2 (members to average), got {top!r}")
+            if members and top > len(members):
+                raise FamilyError(f"{where}.top: {top} is more than the {len(members)} listed members")
+            if top > len(model_ids):
+                raise FamilyError(f"{where}.top: {top} is more than the family's {len(model_ids)} specs")
+        elif len(members) < 2:
+            raise FamilyError(f"{where}.members: an ensemble needs at least 2 members, got {list(members)}")
+        name = e.get("name", "")
+        if not isinstance(name, str) or not _ENSEMBLE_NAME_RE.fullmatch(name or "x"):
+            raise FamilyError(f"{where}.name: must be 1-40 letters, digits, '_' or '-', got {name!r}")
+        if top is None or top == len(members):
+            key = tuple(sorted(members))
+            if key in explicit:
+                raise FamilyError(f"{where}: same members as ensemble[{explicit[key]}]; remove one of them")
+            explicit[key] = i
+        decls.append(EnsembleDecl(index=i, members=members, top=top, name=name))
+    return tuple(decls)
+
+
+# ---------------------------------------------------------------------------------------------
 # Family files
 # ---------------------------------------------------------------------------------------------
 
-_TOP_ONLY = {"name", "description", "mode", "count", "seed", "input_size", "preprocess", "mean", "std", "space"}
+_TOP_ONLY = {"name", "description", "mode", "count", "seed", "input_size", "preprocess", "mean", "std", "space",
+             "ensemble"}
 # space key -> kind of each value on the axis
 _SPACE_KEYS = {
     "blocks": "int",
@@ -380,6 +585,7 @@ class FamilySpec:
     std: tuple[float, ...]
     spaces: tuple[_Space, ...] = field(repr=False)
     source: str = ""
+    ensembles: tuple[EnsembleDecl, ...] = field(default=(), repr=False)
 
     def expand(self, limit: int | None = None, sample: int | None = None, seed: int = 0) -> list[ModelSpec]:
         """The family's specs in file order (grid) or draw order (random), without duplicates.
@@ -538,6 +744,12 @@ def parse_family(data: dict[str, Any], source: str = "<dict>", default_name: str
     )
     if mode == "random" and sum(sp.size for sp in spaces) < count:
         raise FamilyError(f"count: {count} specs asked for but the space holds only {sum(sp.size for sp in spaces)}")
+    if "ensemble" in data:
+        ids = [s.model_id for s in fam.expand()]
+        src = Path(source)
+        builtin = src.suffix == ".toml" and src.resolve() == (FAMILY_DIR / src.name).resolve()
+        listing = f"python -m converters.families {src.stem if builtin else source}" if src.suffix == ".toml" else ""
+        fam = dataclasses.replace(fam, ensembles=_parse_ensembles(data["ensemble"], ids, name, listing))
     return fam
 
 
@@ -714,6 +926,48 @@ def build_model(
     return keras.Model(inp, out, name=name or _keras_name(spec.model_id))
 
 
+def _outputs_probabilities(model) -> bool:
+    """True when the model's last layer already ends in a softmax (the families' heads output logits)."""
+    import keras
+
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    act = getattr(last, "activation", None)
+    return act is not None and getattr(act, "__name__", "") == "softmax"
+
+
+def build_ensemble(members: Sequence, name: str | None = None):
+    """One functional keras.Model: input -> every member -> softmax (if it outputs logits) -> mean.
+
+    The members (built or loaded keras.Models, distinct names) run as nested models on the same
+    float32 raw-pixel input; the output has their (N, classes) float32 shape and holds the mean
+    probabilities, so its argmax is the ensemble's class. The input is named "input" like a member's.
+    """
+    import keras
+
+    members = list(members)
+    if len(members) < 2:
+        raise FamilyError(f"an ensemble needs at least 2 members, got {len(members)}")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise FamilyError(f"ensemble members need distinct Keras model names, got {names}")
+    in_shapes = {tuple(m.inputs[0].shape[1:]) for m in members}
+    out_shapes = {tuple(m.outputs[0].shape[1:]) for m in members}
+    if len(in_shapes) != 1 or len(out_shapes) != 1 or any(len(m.inputs) != 1 or len(m.outputs) != 1 for m in members):
+        raise FamilyError(f"ensemble members must share one input and one output shape, got inputs {sorted(in_shapes)} "
+                          f"and outputs {sorted(out_shapes)}")
+    inp = keras.Input(shape=next(iter(in_shapes)), dtype="float32", name="input")
+    probs = []
+    for i, m in enumerate(members):
+        y = m(inp)
+        if not _outputs_probabilities(m):
+            y = keras.layers.Softmax(name=f"softmax_{i}")(y)
+        probs.append(y)
+    out = keras.layers.Average(name="mean_probs")(probs)
+    return keras.Model(inp, out, name=name or "ensemble")
+
+
 def _keras_name(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", model_id)
 
@@ -776,3 +1030,26 @@ def load_keras_model(path: str | Path, compile: bool = False):
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such Keras model file")
     return keras.saving.load_model(str(p), custom_objects=custom_objects(), compile=compile, safe_mode=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m converters.families [FAMILY]``: the family's model ids and MACs, and its ensembles."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m converters.families", description=main.__doc__)
+    ap.add_argument("family", nargs="?", default="demo", help="built-in family name or .toml path (default: demo)")
+    args = ap.parse_args(argv)
+    fam = load_family(args.family)
+    shape = (*fam.input_size, 1)
+    for spec in fam.expand():
+        print(f"{spec.model_id}  {spec.estimate_macs(shape):>12,d} MACs")
+    for e in fam.ensembles:
+        if e.top is None:
+            print(f"{EnsembleSpec(e.members, e.name).model_id}  ensemble of {list(e.members)}")
+        else:
+            print(f"{e.describe()}: id set when its members are trained")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -87,7 +87,7 @@ class ModelResult:
     """One row of the sweep's final table."""
 
     model_id: str
-    status: str  # "trained" or "resumed" (finished by an earlier run)
+    status: str  # "trained", "built" (an ensemble, built now) or "resumed" (finished by an earlier run)
     test_accuracy: float
     val_accuracy: float
     params: int
@@ -322,6 +322,120 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
     return record
 
 
+def member_sha256(models_dir: Path, members) -> dict[str, str]:
+    """sha256 of each member's model.keras: an ensemble is rebuilt when one of them changes."""
+    from edge.atomic import sha256_file
+
+    return {m: sha256_file(models_dir / m / MODEL_FILE) for m in members}
+
+
+def ensemble_finished(model_dir: Path, ens, models_dir: Path) -> dict[str, Any] | None:
+    """The ensemble's train.json if it is finished and was built from the members' current model.keras."""
+    rec = read_finished(model_dir, ens.model_id)
+    if rec is None or rec.get("members") != list(ens.members):
+        return None
+    try:
+        if rec.get("member_sha256") != member_sha256(models_dir, ens.members):
+            return None
+    except FileNotFoundError:
+        return None
+    return rec
+
+
+def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: int, write=print) -> dict[str, Any]:
+    """Build an ensemble of finished members into models/<id>/ (spec.json, model.keras, train.json last).
+
+    No training: the members' model.keras are loaded, wrapped into one model averaging their softmax,
+    and evaluated like a trained model (same validation and test splits, compiled accuracy metric).
+    """
+    import keras
+
+    from converters import families
+
+    model_dir = models_dir / ens.model_id
+    t0 = time.perf_counter()
+    # A rebuild (members changed) first marks the folder unfinished: never new files under an old train.json.
+    (model_dir / TRAIN_FILE).unlink(missing_ok=True)
+    members_rec = {}
+    for m in ens.members:
+        rec = read_finished(models_dir / m, m)
+        if rec is None:
+            raise RuntimeError(f"ensemble {ens.model_id}: member {m} is not finished in {models_dir}")
+        members_rec[m] = rec
+    shas = member_sha256(models_dir, ens.members)
+    keras.backend.clear_session()
+    members = [families.load_keras_model(models_dir / m / MODEL_FILE) for m in ens.members]
+    model = families.build_ensemble(members, name=families._keras_name(ens.model_id))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False), metrics=["accuracy"])
+    val_ds = _tf_dataset(splits.x_val, splits.y_val, 512, shuffle_seed=None)
+    val_acc = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
+    test_ds = _tf_dataset(splits.x_test, splits.y_test, 512, shuffle_seed=None)
+    test_acc = float(model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"])
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(model_dir / SPEC_FILE, ens.to_dict())
+    _save_model_atomically(model, model_dir)
+    probe = splits.x_test[:8].astype(np.float32)
+    reloaded = families.load_keras_model(model_dir / MODEL_FILE)
+    outs = [keras.ops.convert_to_numpy(m(probe, training=False)) for m in (model, reloaded)]
+    diff = float(np.max(np.abs(outs[0] - outs[1])))
+    if not np.isfinite(diff) or diff > 1e-5:
+        raise RuntimeError(f"{model_dir / MODEL_FILE} reloads with different outputs (max diff {diff:g})")
+
+    record = {
+        "model_id": ens.model_id,
+        "kind": "ensemble",
+        "members": list(ens.members),
+        "member_sha256": shas,
+        "member_test_accuracy": {m: float(r["test_accuracy"]) for m, r in members_rec.items()},
+        "epochs": 0,
+        "best_epoch": 0,
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "test_accuracy": test_acc,
+        "val_accuracy": val_acc,
+        "params": int(sum(int(r["params"]) for r in members_rec.values())),
+        "macs": int(sum(int(r["macs"]) for r in members_rec.values())),
+        "seed": seed,
+        "train_images": int(len(splits.x_train)),
+        "test_images": int(len(splits.x_test)),
+        "schedule": dataclasses.asdict(schedule),
+        "finished": True,
+    }
+    atomic_write_json(model_dir / TRAIN_FILE, record)
+    keras.backend.clear_session()
+    return record
+
+
+def resolve_ensembles(family, models_dir: Path, selected: list[str], write) -> list:
+    """The family's [[ensemble]] declarations whose members are finished, as EnsembleSpecs (no duplicates)."""
+    from converters.families import EnsembleNotReady
+
+    if not family.ensembles:
+        return []
+    wanted = set(selected)
+    for decl in family.ensembles:
+        wanted.update(decl.members)
+    val_acc = {}
+    for m in sorted(wanted):
+        rec = read_finished(models_dir / m, m)
+        if rec is not None:
+            val_acc[m] = float(rec["val_accuracy"])
+    out, seen = [], {}
+    for decl in family.ensembles:
+        try:
+            ens = decl.resolve(val_acc, selected)
+        except EnsembleNotReady as exc:
+            write(f"note: {exc}")
+            continue
+        if ens.members in seen:
+            first = seen[ens.members]
+            write(f"note: {decl.where} has the same members as ensemble[{first[0]}] ({first[1]}); built once")
+            continue
+        seen[ens.members] = (decl.index, ens.model_id)
+        out.append(ens)
+    return out
+
+
 def training_cost(spec, input_shape, num_classes: int) -> float:
     """Relative training time of a spec, for the ETA (fit on the demo family: ~6 s + ~7 s per MMAC on 2 cores)."""
     try:
@@ -339,7 +453,11 @@ def _result(rec: dict[str, Any], status: str) -> ModelResult:
 
 
 def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResult]:
-    """Train every selected spec not yet finished in ``opts.run_dir``; returns one result per selected spec."""
+    """Train every selected spec not yet finished in ``opts.run_dir``; returns one result per selected spec.
+
+    Then builds the family's [[ensemble]]s whose members are finished (skipping those already built from
+    the members' current model.keras) and appends one result per ensemble.
+    """
     from converters import families
     from converters.datasets import load_dataset, make_splits
 
@@ -386,7 +504,9 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
         print(f"edgekit train: {len(specs)} spec(s) of family {opts.family!r} on {opts.dataset} "
               f"({len(splits.x_train)} train / {len(splits.x_val)} val / {len(splits.x_test)} test images, "
               f"{opts.schedule.mode}: <= {opts.schedule.epochs} epochs, batch {opts.schedule.batch_size}); "
-              f"{len(specs) - len(todo)} already finished, {len(todo)} to train", file=out, flush=True)
+              f"{len(specs) - len(todo)} already finished, {len(todo)} to train"
+              + (f"; then {len(family.ensembles)} [[ensemble]] declaration(s)" if family.ensembles else ""),
+              file=out, flush=True)
 
         if todo:
             import_tensorflow_quietly()
@@ -409,7 +529,22 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
                 bar.update(cost)
         finally:
             bar.close()
-    return [results[s.model_id] for s in specs]
+
+        # Ensembles last: they need their members' model.keras (and, for top = K, their accuracy).
+        say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
+        ensembles = resolve_ensembles(family, models_dir, [s.model_id for s in specs], say)
+        for ens in ensembles:
+            rec = ensemble_finished(models_dir / ens.model_id, ens, models_dir)
+            if rec is not None:
+                results[ens.model_id] = _result(rec, "resumed")
+                continue
+            import_tensorflow_quietly()
+            rec = build_ensemble_one(ens, splits, models_dir, opts.schedule, opts.seed, write=say)
+            results[ens.model_id] = _result(rec, "built")
+            best = max(rec["member_test_accuracy"].values())
+            say(f"done {ens.model_id} (ensemble of {len(ens.members)}): test acc {rec['test_accuracy']:.4f} "
+                f"(best member {best:.4f}), {rec['wall_s']:.1f}s")
+    return [results[s.model_id] for s in specs] + [results[e.model_id] for e in ensembles]
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -432,11 +567,14 @@ def format_table(results: list[ModelResult], wall_s: float) -> str:
         return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
 
     lines = [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-    trained = [r for r in results if r.status == "trained"]
+    trained = [r for r in results if r.status in ("trained", "built")]
+    built = sum(1 for r in results if r.status == "built")
     if results:
         best = max(results, key=lambda r: r.test_accuracy)
         lines.append(
-            f"total: {len(results)} models ({len(trained)} trained now, {len(results) - len(trained)} resumed), "
+            f"total: {len(results)} models ({len(trained) - built} trained now, "
+            + (f"{built} ensemble(s) built now, " if built else "")
+            + f"{len(results) - len(trained)} resumed), "
             f"train time {sum(r.wall_s for r in trained):.1f}s now / {sum(r.wall_s for r in results):.1f}s all, "
             f"wall {wall_s:.1f}s; params {_si(sum(r.params for r in results))}, "
             f"MACs {_si(sum(r.macs for r in results))}; best {best.model_id} {best.test_accuracy:.4f}")

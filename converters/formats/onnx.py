@@ -95,7 +95,11 @@ def _quantize_int8(fp32_path: Path, work: Path, calib_images, calib_batch: int) 
     try:
         with quiet() as cap:
             # Shape inference + graph fusion first: quantizing the optimised graph gives better QDQ placement.
-            quant_pre_process(str(fp32_path), str(pre))
+            # auto_merge: where two branches whose batch dims read differently meet in one op (an ensemble of
+            # a ViP member, whose Resize gives floor(1.0*batch), and a plain one, batch), merge the symbols
+            # instead of failing ("Incomplete symbolic shape inference", which also drops a
+            # sym_shape_infer_temp.onnx in the cwd). Graphs without such a conflict come out byte-identical.
+            quant_pre_process(str(fp32_path), str(pre), auto_merge=True)
             quantize_static(
                 str(pre),
                 str(out),
