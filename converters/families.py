@@ -365,7 +365,21 @@ ENSEMBLE_KIND = "ensemble"
 ENSEMBLE_PREFIX = "ens"  # ModelSpec ids start with "c<blocks>", so the two never collide
 ENSEMBLE_COMBINE = "mean_softmax"
 _ENSEMBLE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
-_ENSEMBLE_KEYS = ("members", "top", "name")
+_ENSEMBLE_KEYS = ("members", "top", "name", "views")
+# Test-time views each member also sees: the image itself and its 1-pixel translations (label
+# preserving on Fashion-MNIST), built from padding and cropping so any runtime runs them.
+ENSEMBLE_VIEWS = ("id", "left", "right", "up", "down")
+
+
+def _check_views(views: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(views, (list, tuple)) or not views or not all(isinstance(v, str) for v in views):
+        raise FamilyError(f"{where}: must be a non-empty list of views from {list(ENSEMBLE_VIEWS)}, got {views!r}")
+    for v in views:
+        if v not in ENSEMBLE_VIEWS:
+            raise FamilyError(f"{where}: unknown view {v!r}; available: {list(ENSEMBLE_VIEWS)}")
+    if len(set(views)) != len(views):
+        raise FamilyError(f"{where}: a view is listed twice: {list(views)}")
+    return tuple(views)
 
 
 def _check_members(members: Any, where: str) -> tuple[str, ...]:
@@ -390,6 +404,7 @@ class EnsembleSpec:
     members: tuple[str, ...]
     name: str = ""
     combine: str = ENSEMBLE_COMBINE
+    views: tuple[str, ...] = ("id",)  # every member runs on each view; all outputs are averaged
 
     def __post_init__(self):
         members = _check_members(self.members, "members")
@@ -401,6 +416,7 @@ class EnsembleSpec:
         if not isinstance(self.name, str) or (self.name and not _ENSEMBLE_NAME_RE.fullmatch(self.name)):
             raise FamilyError(f"name: must be 1-40 letters, digits, '_' or '-', got {self.name!r}")
         _choice("combine", self.combine, (ENSEMBLE_COMBINE,))
+        object.__setattr__(self, "views", _check_views(list(self.views), "views"))
 
     @property
     def k(self) -> int:
@@ -408,24 +424,26 @@ class EnsembleSpec:
 
     @property
     def model_id(self) -> str:
-        digest = hashlib.sha1("\n".join(self.members).encode()).hexdigest()[:8]
-        return f"{ENSEMBLE_PREFIX}{self.k}-" + (f"{self.name}-" if self.name else "") + digest
+        key = "\n".join(self.members) + ("" if self.views == ("id",) else "\nviews:" + ",".join(self.views))
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        v = "" if self.views == ("id",) else f"x{len(self.views)}"
+        return f"{ENSEMBLE_PREFIX}{self.k}{v}-" + (f"{self.name}-" if self.name else "") + digest
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "kind": ENSEMBLE_KIND, "members": list(self.members), "name": self.name,
-                "combine": self.combine}
+                "combine": self.combine, "views": list(self.views)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EnsembleSpec":
         if not isinstance(d, dict) or d.get("kind") != ENSEMBLE_KIND:
             raise FamilyError(f"not an ensemble spec (no \"kind\": \"{ENSEMBLE_KIND}\"): {d!r}")
-        extra = set(d) - {"model_id", "kind", "members", "name", "combine"}
+        extra = set(d) - {"model_id", "kind", "members", "name", "combine", "views"}
         if extra:
             raise FamilyError(f"{sorted(extra)[0]}: unknown ensemble spec key")
         if "members" not in d:
             raise FamilyError("members: missing from the ensemble spec")
         spec = cls(members=_check_members(d["members"], "members"), name=d.get("name", ""),
-                   combine=d.get("combine", ENSEMBLE_COMBINE))
+                   combine=d.get("combine", ENSEMBLE_COMBINE), views=_check_views(d.get("views", ["id"]), "views"))
         if "model_id" in d and d["model_id"] != spec.model_id:
             raise FamilyError(
                 f"model_id: {d['model_id']!r} does not match the ensemble's members (they give {spec.model_id!r})"
@@ -445,6 +463,7 @@ class EnsembleDecl:
     members: tuple[str, ...] = ()  # explicit members, or the pool ``top`` picks from
     top: int | None = None  # pick the ``top`` members of highest validation accuracy
     name: str = ""
+    views: tuple[str, ...] = ("id",)
 
     @property
     def where(self) -> str:
@@ -474,7 +493,7 @@ class EnsembleDecl:
                 raise EnsembleNotReady(
                     f"{self.describe()} skipped: only {len(pool)} trained member(s) to choose {self.top} from")
             pool = sorted(pool, key=lambda m: (-float(val_accuracy[m]), m))[: self.top]
-        return EnsembleSpec(members=tuple(pool), name=self.name)
+        return EnsembleSpec(members=tuple(pool), name=self.name, views=self.views)
 
 
 def _parse_ensembles(raw: Any, model_ids: Sequence[str], family: str, listing: str = "") -> tuple[EnsembleDecl, ...]:
@@ -514,12 +533,13 @@ def _parse_ensembles(raw: Any, model_ids: Sequence[str], family: str, listing: s
         name = e.get("name", "")
         if not isinstance(name, str) or not _ENSEMBLE_NAME_RE.fullmatch(name or "x"):
             raise FamilyError(f"{where}.name: must be 1-40 letters, digits, '_' or '-', got {name!r}")
+        views = _check_views(e["views"], f"{where}.views") if "views" in e else ("id",)
         if top is None or top == len(members):
-            key = tuple(sorted(members))
+            key = tuple(sorted(members)) + views
             if key in explicit:
                 raise FamilyError(f"{where}: same members as ensemble[{explicit[key]}]; remove one of them")
             explicit[key] = i
-        decls.append(EnsembleDecl(index=i, members=members, top=top, name=name))
+        decls.append(EnsembleDecl(index=i, members=members, top=top, name=name, views=views))
     return tuple(decls)
 
 
@@ -937,8 +957,27 @@ def _outputs_probabilities(model) -> bool:
     return act is not None and getattr(act, "__name__", "") == "softmax"
 
 
-def build_ensemble(members: Sequence, name: str | None = None):
+def _view(x, view: str, i: int):
+    """``x`` (N, H, W, C) seen as ``view``: itself, or moved one pixel (zero filled) by padding and cropping."""
+    import keras
+
+    pad, crop = {
+        "left": (((0, 0), (0, 1)), ((0, 0), (1, 0))),
+        "right": (((0, 0), (1, 0)), ((0, 0), (0, 1))),
+        "up": (((0, 1), (0, 0)), ((1, 0), (0, 0))),
+        "down": (((1, 0), (0, 0)), ((0, 1), (0, 0))),
+    }.get(view, (None, None))
+    if pad is None:
+        return x
+    x = keras.layers.ZeroPadding2D(pad, name=f"view_{view}_pad_{i}")(x)
+    return keras.layers.Cropping2D(crop, name=f"view_{view}_crop_{i}")(x)
+
+
+def build_ensemble(members: Sequence, name: str | None = None, views: Sequence[str] = ("id",)):
     """One functional keras.Model: input -> every member -> softmax (if it outputs logits) -> mean.
+
+    With ``views`` every member also runs on each view of the input (1-pixel translations) and
+    all the probabilities are averaged: test-time augmentation, more cost for more accuracy.
 
     The members (built or loaded keras.Models, distinct names) run as nested models on the same
     float32 raw-pixel input; the output has their (N, classes) float32 shape and holds the mean
@@ -959,11 +998,14 @@ def build_ensemble(members: Sequence, name: str | None = None):
                           f"and outputs {sorted(out_shapes)}")
     inp = keras.Input(shape=next(iter(in_shapes)), dtype="float32", name="input")
     probs = []
-    for i, m in enumerate(members):
-        y = m(inp)
-        if not _outputs_probabilities(m):
-            y = keras.layers.Softmax(name=f"softmax_{i}")(y)
-        probs.append(y)
+    views = _check_views(list(views), "views")
+    for vi, view in enumerate(views):
+        x = _view(inp, view, vi)
+        for i, m in enumerate(members):
+            y = m(x)
+            if not _outputs_probabilities(m):
+                y = keras.layers.Softmax(name=f"softmax_{i}" if vi == 0 else f"softmax_{i}_{view}")(y)
+            probs.append(y)
     out = keras.layers.Average(name="mean_probs")(probs)
     return keras.Model(inp, out, name=name or "ensemble")
 

@@ -365,7 +365,7 @@ def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: 
     shas = member_sha256(models_dir, ens.members)
     keras.backend.clear_session()
     members = [families.load_keras_model(models_dir / m / MODEL_FILE) for m in ens.members]
-    model = families.build_ensemble(members, name=families._keras_name(ens.model_id))
+    model = families.build_ensemble(members, name=families._keras_name(ens.model_id), views=ens.views)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False), metrics=["accuracy"])
     val_ds = _tf_dataset(splits.x_val, splits.y_val, 512, shuffle_seed=None)
     val_acc = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
@@ -394,7 +394,8 @@ def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: 
         "test_accuracy": test_acc,
         "val_accuracy": val_acc,
         "params": int(sum(int(r["params"]) for r in members_rec.values())),
-        "macs": int(sum(int(r["macs"]) for r in members_rec.values())),
+        "macs": int(sum(int(r["macs"]) for r in members_rec.values())) * len(ens.views),
+        "views": list(ens.views),
         "seed": seed,
         "train_images": int(len(splits.x_train)),
         "test_images": int(len(splits.x_test)),
@@ -427,11 +428,13 @@ def resolve_ensembles(family, models_dir: Path, selected: list[str], write) -> l
         except EnsembleNotReady as exc:
             write(f"note: {exc}")
             continue
-        if ens.members in seen:
-            first = seen[ens.members]
-            write(f"note: {decl.where} has the same members as ensemble[{first[0]}] ({first[1]}); built once")
+        key = (ens.members, ens.views)
+        if key in seen:
+            first = seen[key]
+            write(f"note: {decl.where} has the same members and views as ensemble[{first[0]}] ({first[1]}); "
+                  "built once")
             continue
-        seen[ens.members] = (decl.index, ens.model_id)
+        seen[key] = (decl.index, ens.model_id)
         out.append(ens)
     return out
 

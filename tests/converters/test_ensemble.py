@@ -53,9 +53,10 @@ members = ["{CUSTOM}", "{PLAIN}"]
 [[ensemble]]
 top = 2
 name = "best2"
+views = ["id", "left"]
 """
 
-ID_RE = re.compile(r"^ens\d+-([A-Za-z0-9_-]+-)?[0-9a-f]{8}$")
+ID_RE = re.compile(r"^ens\d+(x\d+)?-([A-Za-z0-9_-]+-)?[0-9a-f]{8}$")
 
 
 def _fam(body: str = "", head: str = FAMILY) -> dict:
@@ -72,8 +73,8 @@ def test_family_ensembles_parse():
     assert [s.model_id for s in fam.expand()] == [PLAIN, WIDE, CUSTOM]
     explicit, top = fam.ensembles
     assert explicit == EnsembleDecl(index=0, members=(CUSTOM, PLAIN), top=None, name="")
-    assert top == EnsembleDecl(index=1, members=(), top=2, name="best2")
-    assert [(e.top, e.name) for e in load_family("demo").ensembles] == [(2, "top2"), (3, "top3"), (5, "top5"), (8, "top8")]
+    assert top == EnsembleDecl(index=1, members=(), top=2, name="best2", views=("id", "left"))
+    assert [(e.top, len(e.views)) for e in load_family("demo").ensembles] == [(2, 1), (3, 1), (5, 1), (5, 3), (5, 5)]
 
 
 @pytest.mark.parametrize("body, message", [
@@ -85,7 +86,7 @@ def test_family_ensembles_parse():
     ('[[ensemble]]\nmembers = []\n', r"ensemble\[2\]\.members: empty"),
     ("[[ensemble]]\nname = 'x'\n", r"ensemble\[2\]: give members = \[.*top = K"),
     (f'[[ensemble]]\nmembers = ["{PLAIN}", "{WIDE}"]\nweights = [1, 2]\n',
-     r"ensemble\[2\]\.weights: unknown key; known ensemble keys: \['members', 'top', 'name'\]"),
+     r"ensemble\[2\]\.weights: unknown key; known ensemble keys: \['members', 'top', 'name', 'views'\]"),
     (f'[[ensemble]]\nmembers = "{PLAIN}"\n', r"members: must be a list of model id strings"),
     ("[[ensemble]]\ntop = 1\n", r"ensemble\[2\]\.top: must be an integer >= 2"),
     ("[[ensemble]]\ntop = 4\n", r"top: 4 is more than the family's 3 specs"),
@@ -181,6 +182,45 @@ def test_build_ensemble_averages_softmax_and_reloads_with_custom_layers(tmp_path
         build_ensemble([members[0], members[0]])
 
 
+def _shift(x: np.ndarray, view: str) -> np.ndarray:
+    """The image moved one pixel (zero filled): what the ensemble's view shows its members."""
+    y = np.zeros_like(x)
+    if view == "left":
+        y[:, :, :-1] = x[:, :, 1:]
+    elif view == "right":
+        y[:, :, 1:] = x[:, :, :-1]
+    elif view == "up":
+        y[:, :-1] = x[:, 1:]
+    elif view == "down":
+        y[:, 1:] = x[:, :-1]
+    else:
+        y = x
+    return y
+
+
+def test_views_average_every_member_on_every_shifted_image(tmp_path):
+    import keras
+
+    from converters.families import ENSEMBLE_VIEWS, build_ensemble, build_model, load_keras_model
+
+    keras.utils.set_random_seed(1)
+    fam = parse_family(_fam())
+    members = [build_model(s, name=n) for s, n in zip(fam.expand()[:2], ("m0", "m1"))]
+    ens = build_ensemble(members, name="ensv", views=ENSEMBLE_VIEWS)
+    x = np.random.default_rng(1).integers(0, 256, (4, 28, 28, 1)).astype(np.float32)
+    want = np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(m(_shift(x, v))))
+                    for v in ENSEMBLE_VIEWS for m in members], axis=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ens(x)), want, rtol=0, atol=1e-6)
+    ens.save(tmp_path / "v.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(load_keras_model(tmp_path / "v.keras")(x)), want, atol=1e-6)
+    a = EnsembleSpec((PLAIN, WIDE))
+    b = EnsembleSpec((PLAIN, WIDE), views=("id", "left"))
+    assert a.model_id != b.model_id and b.model_id.startswith("ens2x2-")
+    assert EnsembleSpec.from_dict(b.to_dict()) == b
+    with pytest.raises(FamilyError, match="unknown view 'flip'"):
+        EnsembleSpec((PLAIN, WIDE), views=("id", "flip"))
+
+
 # --- edgekit train + convert on a real tiny run ---------------------------------------------------
 
 
@@ -222,12 +262,12 @@ def test_sweep_builds_ensembles_after_members(setup):
     by_id = {r.model_id: r for r in results}
     explicit = EnsembleSpec(members=(PLAIN, CUSTOM))
     val = {m: _rec(run_dir, m)["val_accuracy"] for m in (PLAIN, WIDE, CUSTOM)}
-    best2 = EnsembleSpec(members=sorted(val, key=lambda m: (-val[m], m))[:2], name="best2")
-    same = best2.members == explicit.members  # then the top-2 table is built once, as the explicit one
+    best2 = EnsembleSpec(members=sorted(val, key=lambda m: (-val[m], m))[:2], name="best2", views=("id", "left"))
+    same = False  # best2 sees two views, so it is never the explicit ensemble
     ens_ids = [explicit.model_id] + ([] if same else [best2.model_id])
     assert [r.model_id for r in results] == [PLAIN, WIDE, CUSTOM, *ens_ids]
     assert [r.status for r in results] == ["trained"] * 3 + ["built"] * len(ens_ids)
-    assert ("has the same members as ensemble[0]" in out) == same
+    assert ("has the same members and views as ensemble[0]" in out) == same
     for eid in ens_ids:
         d = run_dir / "models" / eid
         assert sorted(p.name for p in d.iterdir()) == ["model.keras", "spec.json", "train.json"]
@@ -237,7 +277,7 @@ def test_sweep_builds_ensembles_after_members(setup):
         assert rec["finished"] is True and rec["kind"] == "ensemble" and rec["members"] == list(spec.members)
         assert rec["epochs"] == 0 and rec["wall_s"] > 0 and by_id[eid].epochs == 0
         assert rec["params"] == sum(_rec(run_dir, m)["params"] for m in spec.members)
-        assert rec["macs"] == sum(_rec(run_dir, m)["macs"] for m in spec.members)
+        assert rec["macs"] == sum(_rec(run_dir, m)["macs"] for m in spec.members) * len(spec.views)
         assert 0.0 <= rec["test_accuracy"] <= 1.0 and rec["test_accuracy"] == by_id[eid].test_accuracy
         assert f"done {eid} (ensemble of 2): test acc" in out
     table = tr.format_table(results, 1.0)
