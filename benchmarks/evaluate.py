@@ -150,20 +150,32 @@ class ContentionSchedule:
         return [[round(a, 4), round(b, 4)] for a, b in self.intervals]
 
 
-def achieved_slowdown(records: list[RequestRecord], rows: tuple[LatencyRow, ...], window: tuple[int, int]) -> dict:
-    """How much the contention slowed the served model: the median of observed inference time /
-    the variant's table p50 inside the window, over the same median outside it."""
+def achieved_slowdown(records: list[RequestRecord], rows: tuple[LatencyRow, ...], window: tuple[int, int],
+                      min_samples: int = 20) -> dict:
+    """How much the contention slowed the served model: per variant, the median of observed inference
+    time / table p50 inside the window over the same median outside it, combined over the variants
+    served often enough on both sides (geometric mean weighted by the requests inside). Per variant,
+    because a policy that moves to other variants under contention changes the mix, and microsecond
+    variants run further from their table than millisecond ones even at rest."""
     p50 = {r.variant: r.p50_ms for r in rows}
-    inside, outside = [], []
     a, z = window
+    ins: dict[str, list[float]] = {}
+    outs: dict[str, list[float]] = {}
     for r in records:
         if r.status != 200 or r.inference_ms is None or r.variant not in p50:
             continue
-        (inside if a <= r.index < z else outside).append(r.inference_ms / p50[r.variant])
-    if not inside or not outside:
-        return {"slowdown": None, "inside_ratio": None, "outside_ratio": None}
-    mi, mo = float(np.median(inside)), float(np.median(outside))
-    return {"slowdown": round(mi / mo, 3), "inside_ratio": round(mi, 3), "outside_ratio": round(mo, 3)}
+        (ins if a <= r.index < z else outs).setdefault(r.variant, []).append(r.inference_ms / p50[r.variant])
+    per = {v: (float(np.median(ins[v])), float(np.median(outs[v])), len(ins[v]))
+           for v in ins if v in outs and len(ins[v]) >= min_samples and len(outs[v]) >= min_samples}
+    if not per:
+        return {"slowdown": None, "inside_ratio": None, "outside_ratio": None, "variants": {}}
+    w = np.asarray([n for _, _, n in per.values()], dtype=np.float64)
+    logs = np.asarray([np.log(i / o) for i, o, _ in per.values()])
+    mi = float(np.exp(np.average(np.log([i for i, _, _ in per.values()]), weights=w)))
+    mo = float(np.exp(np.average(np.log([o for _, o, _ in per.values()]), weights=w)))
+    return {"slowdown": round(float(np.exp(np.average(logs, weights=w))), 3), "inside_ratio": round(mi, 3),
+            "outside_ratio": round(mo, 3),
+            "variants": {v: round(i / o, 3) for v, (i, o, _) in per.items()}}
 
 
 # ----------------------------------------------------------------------------- the daemon

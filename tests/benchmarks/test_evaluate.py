@@ -54,10 +54,15 @@ def test_achieved_slowdown_compares_inside_and_outside_the_window(evb):
     def rec(i, inf):
         return RequestRecord(i, 0, 0, 5, 0, 0, 1.0, 200, variant=v.variant, inference_ms=inf)
 
-    recs = [rec(i, v.p50_ms * (3.0 if 10 <= i < 20 else 1.0)) for i in range(30)]
-    s = ev.achieved_slowdown(recs, rows, (10, 20))
+    recs = [rec(i, v.p50_ms * (3.0 if 20 <= i < 40 else 1.0)) for i in range(60)]
+    s = ev.achieved_slowdown(recs, rows, (20, 40))
     assert s["slowdown"] == pytest.approx(3.0) and s["outside_ratio"] == pytest.approx(1.0)
     assert ev.achieved_slowdown(recs, rows, (0, 0))["slowdown"] is None
+    # A policy that moves to another variant under contention does not fake a slowdown.
+    w = rows[1]
+    mixed = [rec(i, v.p50_ms) for i in range(30)] + [
+        RequestRecord(30 + i, 0, 0, 5, 0, 0, 1.0, 200, variant=w.variant, inference_ms=w.p50_ms * 5) for i in range(30)]
+    assert ev.achieved_slowdown(mixed, rows, (30, 60))["slowdown"] is None  # no variant on both sides
 
 
 def test_parse_policies():
