@@ -148,12 +148,7 @@ def _q(xs, p: float) -> float:
 def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = None, variant: str | None = None,
                   requests: int = 2000, say=print) -> dict:
     from device_profiles import load_profile
-    from edge.backends import get_backend
     from edge.bundle import open_bundle
-    from edge.client import Client
-    from edge.protocol import encode_infer_request
-    from edge.runtime import AdaptiveClassifier
-    from edge.scheduler import InputPreparer
     from edge.selection import SelectedTable
 
     bundle = open_bundle(bundle_path, verify=True)
@@ -164,8 +159,23 @@ def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = 
     if setting is None:
         raise ValueError(f"profile {profile.name} has no runtime setting '{row.setting}'")
     server_cpus, client_cpus = _cores()
+    restore = os.sched_getaffinity(0) if client_cpus else None
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
+    try:
+        return _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say)
+    finally:
+        if restore:
+            os.sched_setaffinity(0, restore)
+
+
+def _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say) -> dict:
+    from edge.backends import get_backend
+    from edge.protocol import encode_infer_request
+    from edge.runtime import AdaptiveClassifier
+    from edge.scheduler import InputPreparer
+
+    client_cpus = None if server_cpus is None else set(os.sched_getaffinity(0))
     images, _ = bundle.eval_set(limit=64)
     model = get_backend(setting.backend).load(bundle.artifact_path(row.artifact_id), setting)
     prep = InputPreparer(model.input_spec)

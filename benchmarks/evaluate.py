@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.contention import Contention, ContentionError, ContentionSpec
+from benchmarks.contention import Contention, ContentionSpec
 from benchmarks.placement import Placement, place
 from benchmarks.loadgen import (
     DEFAULT_DURATION_S,

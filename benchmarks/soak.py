@@ -42,19 +42,30 @@ def _proc_stats(pid: int) -> dict:
 
 
 def run(bundle: str, table: str, profile: str | None, seconds: float, clients: int, idle: int, say=print) -> dict:
-    from benchmarks.daemon_overhead import _cores, _start, _stop
-    from edge.client import Connection
-    from edge.protocol import encode_infer_request
-    from edge.selection import SelectedTable
+    from benchmarks.daemon_overhead import _cores
     from edge.bundle import open_bundle
+    from edge.selection import SelectedTable
 
     b = open_bundle(bundle, verify=True)
     images, _ = b.eval_set(limit=32)
     sel = SelectedTable.load(table)
     hi = 3 * max(r.p95_ms for r in sel.rows)
     server_cpus, client_cpus = _cores()
+    restore = os.sched_getaffinity(0) if client_cpus else None
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
+    try:
+        return _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, server_cpus)
+    finally:
+        if restore:
+            os.sched_setaffinity(0, restore)
+
+
+def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, server_cpus) -> dict:
+    from benchmarks.daemon_overhead import _start, _stop
+    from edge.client import Connection
+    from edge.protocol import encode_infer_request
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = idle + clients + 256
     if soft < want:

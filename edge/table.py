@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from edge.atomic import atomic_write_json, atomic_write_text, read_json_bounded
 
 TABLE_VERSION = 1
@@ -91,21 +93,17 @@ _ROW_FIELDS = [f.name for f in dataclasses.fields(LatencyRow)]
 _CSV_FIELDS = [f for f in _ROW_FIELDS if f != "correct"]  # a bitmask is no spreadsheet column
 
 
-def encode_correct(correct: "np.ndarray") -> str:
+def encode_correct(correct: np.ndarray) -> str:
     """Per-image correctness (bool array) as base64 of its packed bits."""
     import base64
-
-    import numpy as np
 
     return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii")
 
 
-def decode_correct(text: str, n: int) -> "np.ndarray | None":
+def decode_correct(text: str, n: int) -> np.ndarray | None:
     """The bool array ``encode_correct`` wrote (``n`` images), or None when absent or malformed."""
     import base64
     import binascii
-
-    import numpy as np
 
     if not text or n <= 0:
         return None

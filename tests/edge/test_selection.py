@@ -351,7 +351,7 @@ def test_long_or_odd_variant_names_are_not_echoed(tmp_path):
     assert "xxx" not in str(err.value) and "\x1b" not in str(err.value)
 
 
-def _with_correct(r: LatencyRow, right: np.ndarray) -> LatencyRow:
+def _with_correct(r: LatencyRow, right) -> LatencyRow:
     import dataclasses
 
     from edge.table import encode_correct
