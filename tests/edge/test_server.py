@@ -751,3 +751,22 @@ def test_reload_while_a_reload_runs_is_refused_with_409_or_served(fx):
         for t in ts:
             t.join(30)
         assert set(out.values()) <= {200, 409} and 200 in out.values()
+
+
+def test_the_standard_triton_v2_client_works(srv, fx):
+    """NVIDIA's tritonclient (what most v2 users have) against the daemon: health, metadata, and
+    inference with binary and JSON tensors, the deadline as a request parameter."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    c = httpclient.InferenceServerClient(url=f"{srv.host}:{srv.port}")
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("edgekit")
+    assert c.get_model_metadata("edgekit")["inputs"][0]["shape"] == [-1, H, W, C]
+    want, img = host_scores(fx, fx.variants[-1], 0)
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", [1, H, W, C], "UINT8")
+        inp.set_data_from_numpy(img[None].astype(np.uint8), binary_data=binary)
+        outs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("class", "logits")]
+        r = c.infer("edgekit", [inp], outputs=outs, parameters={"deadline_ms": 10_000.0})
+        assert r.get_response()["parameters"]["variant"] == fx.variants[-1]
+        np.testing.assert_allclose(r.as_numpy("logits")[0], want, atol=1e-3)
+        assert int(r.as_numpy("class")[0]) == int(np.argmax(want))
+    c.close()
