@@ -96,21 +96,27 @@ class ContentionSpec:
         return (start, start + n)
 
 
-def _spin(duration_s: float, load: float, parent: int) -> None:
-    """Busy-loop for ``duration_s`` (``load`` share of each 10 ms period busy), then return."""
+def _ticks(duration_s: float, parent: int):
+    """Yield until ``duration_s`` has passed or ``parent`` is gone (an orphaned hog would distort
+    whatever runs next); each step is one unit of the hog's work."""
     end = time.monotonic() + duration_s
-    period = 0.010
-    x = 0
     next_parent_check = 0.0
     while True:
         now = time.monotonic()
         if now >= end:
             return
         if now >= next_parent_check:
-            # An orphaned hog would distort whatever runs next: leave when the parent is gone.
             if os.getppid() != parent:
                 return
             next_parent_check = now + 0.2
+        yield now, end
+
+
+def _spin(duration_s: float, load: float, parent: int) -> None:
+    """Busy-loop for ``duration_s`` (``load`` share of each 10 ms period busy), then return."""
+    period = 0.010
+    x = 0
+    for now, end in _ticks(duration_s, parent):
         busy_until = min(end, now + period * load)
         while time.monotonic() < busy_until:
             x = (x * 1103515245 + 12345) & 0x7FFFFFFF
@@ -124,16 +130,7 @@ def _copy(duration_s: float, parent: int) -> None:
 
     src = np.ones(MEMBW_BYTES // 8)
     dst = np.empty_like(src)
-    end = time.monotonic() + duration_s
-    next_parent_check = 0.0
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            return
-        if now >= next_parent_check:
-            if os.getppid() != parent:
-                return
-            next_parent_check = now + 0.2
+    for _ in _ticks(duration_s, parent):
         np.copyto(dst, src)
         src, dst = dst, src
 

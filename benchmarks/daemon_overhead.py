@@ -45,14 +45,6 @@ LISTEN_RE = re.compile(r"listening on (http://\S+)")
 BLOCK = 100
 
 
-def _cores() -> tuple[set[int] | None, set[int] | None]:
-    """(server cores, client cores), or (None, None) on one core."""
-    from benchmarks.placement import place
-
-    p = place()
-    return (None, None) if p.server is None else (set(p.server), set(p.client or ()))
-
-
 def _start(argv: list[str], cpus: set[int] | None, timeout_s: float = 120.0) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
@@ -158,15 +150,11 @@ def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = 
     setting = next((s for s in profile.settings if s.name == row.setting), None)
     if setting is None:
         raise ValueError(f"profile {profile.name} has no runtime setting '{row.setting}'")
-    server_cpus, client_cpus = _cores()
-    restore = os.sched_getaffinity(0) if client_cpus else None
-    if client_cpus:
-        os.sched_setaffinity(0, client_cpus)
-    try:
+    from benchmarks.placement import client_side, place
+
+    with client_side(place()) as p:
+        server_cpus = None if p.server is None else set(p.server)
         return _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say)
-    finally:
-        if restore:
-            os.sched_setaffinity(0, restore)
 
 
 def _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say) -> dict:

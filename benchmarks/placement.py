@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -47,3 +48,14 @@ def place() -> Placement:
         return Placement(None, None)
     k = max(1, len(cpus) // 2)
     return Placement(frozenset(cpus[:k]), frozenset(cpus[k:]))
+
+
+@contextlib.contextmanager
+def client_side(p: Placement):
+    """Run this process on the client cores for the block (when placed), then restore its affinity."""
+    restore = p.pin_self("client")
+    try:
+        yield p
+    finally:
+        if restore is not None:
+            os.sched_setaffinity(0, restore)

@@ -42,7 +42,7 @@ def _proc_stats(pid: int) -> dict:
 
 
 def run(bundle: str, table: str, profile: str | None, seconds: float, clients: int, idle: int, say=print) -> dict:
-    from benchmarks.daemon_overhead import _cores
+    from benchmarks.placement import client_side, place
     from edge.bundle import open_bundle
     from edge.selection import SelectedTable
 
@@ -50,15 +50,9 @@ def run(bundle: str, table: str, profile: str | None, seconds: float, clients: i
     images, _ = b.eval_set(limit=32)
     sel = SelectedTable.load(table)
     hi = 3 * max(r.p95_ms for r in sel.rows)
-    server_cpus, client_cpus = _cores()
-    restore = os.sched_getaffinity(0) if client_cpus else None
-    if client_cpus:
-        os.sched_setaffinity(0, client_cpus)
-    try:
+    with client_side(place()) as p:
+        server_cpus = None if p.server is None else set(p.server)
         return _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, server_cpus)
-    finally:
-        if restore:
-            os.sched_setaffinity(0, restore)
 
 
 def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, server_cpus) -> dict:
