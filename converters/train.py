@@ -257,6 +257,22 @@ def _save_model_atomically(model, model_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _save_and_check(model, model_dir: Path, splits, tolerance: float) -> None:
+    """Save ``model`` atomically; the saved file must load in safe mode and give the same outputs,
+    or the run is not usable downstream."""
+    import keras
+
+    from converters import families
+
+    _save_model_atomically(model, model_dir)
+    probe = splits.x_test[:8].astype(np.float32)
+    reloaded = families.load_keras_model(model_dir / MODEL_FILE)
+    outs = [keras.ops.convert_to_numpy(m(probe, training=False)) for m in (model, reloaded)]
+    diff = float(np.max(np.abs(outs[0] - outs[1])))
+    if not np.isfinite(diff) or diff > tolerance:
+        raise RuntimeError(f"{model_dir / MODEL_FILE} reloads with different outputs (max diff {diff:g})")
+
+
 def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, write=print) -> dict[str, Any]:
     """Train one spec into ``model_dir`` (spec.json, model.keras, then train.json last); returns train.json."""
     import warnings
@@ -291,15 +307,7 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
     val_acc = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
     test_ds = _tf_dataset(splits.x_test, splits.y_test, 512, shuffle_seed=None)
     test_acc = float(model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"])
-    _save_model_atomically(model, model_dir)
-
-    # The saved file must load in safe mode and give the same logits, or the run is not usable downstream.
-    probe = splits.x_test[:8].astype(np.float32)
-    reloaded = families.load_keras_model(model_dir / MODEL_FILE)
-    logits = [keras.ops.convert_to_numpy(m(probe, training=False)) for m in (model, reloaded)]
-    diff = float(np.max(np.abs(logits[0] - logits[1])))
-    if not np.isfinite(diff) or diff > 1e-3:
-        raise RuntimeError(f"{model_dir / MODEL_FILE} reloads with different outputs (max diff {diff:g})")
+    _save_and_check(model, model_dir, splits, tolerance=1e-3)
 
     record = {
         "model_id": model_id,
@@ -374,13 +382,7 @@ def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: 
 
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(model_dir / SPEC_FILE, ens.to_dict())
-    _save_model_atomically(model, model_dir)
-    probe = splits.x_test[:8].astype(np.float32)
-    reloaded = families.load_keras_model(model_dir / MODEL_FILE)
-    outs = [keras.ops.convert_to_numpy(m(probe, training=False)) for m in (model, reloaded)]
-    diff = float(np.max(np.abs(outs[0] - outs[1])))
-    if not np.isfinite(diff) or diff > 1e-5:
-        raise RuntimeError(f"{model_dir / MODEL_FILE} reloads with different outputs (max diff {diff:g})")
+    _save_and_check(model, model_dir, splits, tolerance=1e-5)
 
     record = {
         "model_id": ens.model_id,
