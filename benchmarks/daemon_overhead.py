@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -41,37 +39,18 @@ GOAL_INSIDE_RATIO = 1.5  # daemon inside overhead / reference's, p50 and p99
 GOAL_E2E_RATIO = 1.3  # daemon end to end / reference's
 GOAL_CLASSIFY_SHARE = 0.25  # classify() overhead over bare / reference inside overhead (p50)
 GOAL_DECISION_US = 5.0
-LISTEN_RE = re.compile(r"listening on (http://\S+)")
 BLOCK = 100
 
 
-def _start(argv: list[str], cpus: set[int] | None, timeout_s: float = 120.0) -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, preexec_fn=pre)
-    err: list[str] = []
-    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
-    end = time.monotonic() + timeout_s
-    assert proc.stdout is not None
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        m = LISTEN_RE.search(line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[misc]
-            return proc, m.group(1)
-    proc.kill()
-    raise RuntimeError(f"{argv[2]} did not start:\n" + "".join(err)[-3000:])
+def _launch(argv: list[str], cpus: set[int] | None, log_dir: str, name: str):
+    """Start a server with the project's launcher, pinned to ``cpus``; returns (Daemon, url)."""
+    from pathlib import Path
 
+    from benchmarks.daemon_proc import Daemon
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    d = Daemon(argv, Path(log_dir) / f"{name}.log", start_timeout_s=120.0,
+               preexec=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    return d, d.start()
 
 
 def decision_time_us(rows, n: int = 200_000) -> dict[str, float]:
@@ -178,8 +157,15 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
     placement = (f"servers on cpu {sorted(server_cpus)}, client on cpu {sorted(client_cpus)}" if server_cpus
                  else "one core: servers and client share it")
     say(f"daemon_overhead: variant {row.variant}, {requests} requests per path, loopback, one at a time; {placement}")
-    dproc, durl = _start(daemon_argv, server_cpus)
-    rproc, rurl = _start(ref_argv, server_cpus)
+    import tempfile
+
+    logs = tempfile.mkdtemp(prefix="edgekit-overhead-")
+    dproc, durl = _launch(daemon_argv, server_cpus, logs, "daemon")
+    try:
+        rproc, rurl = _launch(ref_argv, server_cpus, logs, "reference")
+    except BaseException:
+        dproc.stop()
+        raise
     out: dict = {"variant": row.variant, "requests": requests, "placement": placement}
     try:
         host, port = durl.split("//")[1].rsplit(":", 1)
@@ -251,8 +237,8 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
             c.close()
         out["stamp"] = _stamp_phase(host, int(port), images, min(requests, 1000))
     finally:
-        _stop(dproc)
-        _stop(rproc)
+        dproc.stop()
+        rproc.stop()
         clf.close(drain=False)
     for name, s in samples.items():
         out[name] = {f"{m}_{q}": _q(v, p) for m, v in s.items() if v for q, p in (("p50", 50), ("p99", 99))}

@@ -56,7 +56,9 @@ def run(bundle: str, table: str, profile: str | None, seconds: float, clients: i
 
 
 def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, server_cpus) -> dict:
-    from benchmarks.daemon_overhead import _start, _stop
+    import tempfile
+
+    from benchmarks.daemon_overhead import _launch
     from edge.client import Connection
     from edge.protocol import encode_infer_request
 
@@ -71,10 +73,12 @@ def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, serve
         argv += ["--profile", profile]
     # The daemon gets enough descriptors for the idle connections (a board's default 1024 would
     # make it shed them instead, which tests/edge/test_transport.py covers).
-    proc, url = _start(["prlimit", f"--nofile={idle + clients + 512}", "--", *argv], server_cpus)
+    proc, url = _launch(["prlimit", f"--nofile={idle + clients + 512}", "--", *argv], server_cpus,
+                        tempfile.mkdtemp(prefix="edgekit-soak-"), "daemon")
     host, port = url.split("//")[1].rsplit(":", 1)
     port_i = int(port)
-    pid = proc.pid  # prlimit sets the limit and execs the daemon in its own process
+    assert proc.proc is not None
+    pid = proc.proc.pid  # prlimit sets the limit and execs the daemon in its own process
     idle_socks = []
     for _ in range(idle):
         idle_socks.append(socket.create_connection((host, port_i), timeout=10))
@@ -143,7 +147,7 @@ def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, serve
         end = _proc_stats(pid)
         for s in idle_socks:
             s.close()
-        _stop(proc)
+        proc.stop()
     total = sum(counts.values())
     bad = {k: v for k, v in counts.items() if k not in ALLOWED}
     growth = (end["rss_mb"] - first["rss_mb"]) / first["rss_mb"] if first else float("nan")

@@ -198,12 +198,7 @@ class ModelSpec:
     def load(cls, path: str | Path) -> "ModelSpec":
         """Read a ``spec.json`` written from ``to_dict()``."""
         p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise FamilyError(f"{p}: no such spec file") from None
-        except json.JSONDecodeError as exc:
-            raise FamilyError(f"{p}: not valid JSON ({exc})") from None
+        d = _read_spec_json(p)
         try:
             return cls.from_dict(d)
         except FamilyError as exc:
@@ -265,15 +260,19 @@ class ModelSpec:
         return plan
 
 
-def load_spec(path: str | Path) -> "ModelSpec | EnsembleSpec":
-    """Read any ``spec.json`` of a run: a ModelSpec, or an EnsembleSpec (``"kind": "ensemble"``)."""
-    p = Path(path)
+def _read_spec_json(p: Path) -> Any:
     try:
-        d = json.loads(p.read_text())
+        return json.loads(p.read_text())
     except FileNotFoundError:
         raise FamilyError(f"{p}: no such spec file") from None
     except json.JSONDecodeError as exc:
         raise FamilyError(f"{p}: not valid JSON ({exc})") from None
+
+
+def load_spec(path: str | Path) -> "ModelSpec | EnsembleSpec":
+    """Read any ``spec.json`` of a run: a ModelSpec, or an EnsembleSpec (``"kind": "ensemble"``)."""
+    p = Path(path)
+    d = _read_spec_json(p)
     try:
         if isinstance(d, dict) and d.get("kind") == ENSEMBLE_KIND:
             return EnsembleSpec.from_dict(d)

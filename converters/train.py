@@ -257,6 +257,12 @@ def _save_model_atomically(model, model_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _run_fields(seed: int, splits, schedule: Schedule) -> dict[str, Any]:
+    """What every train.json records about the run it came from; ``finished`` is written last."""
+    return {"seed": seed, "train_images": int(len(splits.x_train)), "test_images": int(len(splits.x_test)),
+            "schedule": dataclasses.asdict(schedule), "finished": True}
+
+
 def _save_and_check(model, model_dir: Path, splits, tolerance: float) -> None:
     """Save ``model`` atomically; the saved file must load in safe mode and give the same outputs,
     or the run is not usable downstream."""
@@ -318,12 +324,8 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
         "val_accuracy": val_acc,
         "params": int(params),
         "macs": int(macs),
-        "seed": seed,
         "model_seed": mseed,
-        "train_images": int(len(splits.x_train)),
-        "test_images": int(len(splits.x_test)),
-        "schedule": dataclasses.asdict(schedule),
-        "finished": True,
+        **_run_fields(seed, splits, schedule),
     }
     atomic_write_json(model_dir / TRAIN_FILE, record)
     keras.backend.clear_session()
@@ -398,11 +400,7 @@ def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: 
         "params": int(sum(int(r["params"]) for r in members_rec.values())),
         "macs": int(sum(int(r["macs"]) for r in members_rec.values())) * len(ens.views),
         "views": list(ens.views),
-        "seed": seed,
-        "train_images": int(len(splits.x_train)),
-        "test_images": int(len(splits.x_test)),
-        "schedule": dataclasses.asdict(schedule),
-        "finished": True,
+        **_run_fields(seed, splits, schedule),
     }
     atomic_write_json(model_dir / TRAIN_FILE, record)
     keras.backend.clear_session()

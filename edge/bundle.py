@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from edge.atomic import atomic_write_json, file_kind, sha256_fd, sha256_file
+from edge.atomic import atomic_write_json, open_regular, sha256_fd, sha256_file
 from edge.manifest import ArtifactRecord, Manifest, ManifestError, TensorSpec, dequantize_output, prepare_input
 
 BUNDLE_VERSION = 1
@@ -363,20 +363,11 @@ def _listed_files(manifest: Manifest, source: Path) -> dict[str, tuple[str, int 
 def _open_listed(path: Path, rel: str, source: Path) -> int:
     """A read-only fd on the listed file ``path``; never blocks on a FIFO put in its place."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return open_regular(path, what=f"bundle {source}: file", hint="re-copy the bundle")
     except FileNotFoundError:
         raise BundleError(f"bundle {source}: missing file {rel}; the copy is incomplete: re-copy the bundle") from None
-    except OSError as exc:
-        raise BundleError(f"bundle {source}: file {rel} cannot be opened ({exc.strerror}); re-copy the bundle") from None
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError as exc:
-        os.close(fd)
-        raise BundleError(f"bundle {source}: file {rel} cannot be read ({exc.strerror}); re-copy the bundle") from None
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise BundleError(f"bundle {source}: file {rel} is {file_kind(mode)}, not a regular file; re-copy the bundle")
-    return fd
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def check_listed_file(path: Path, rel: str, sha: str, size: int | None, source: Path) -> None:

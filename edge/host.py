@@ -63,8 +63,9 @@ class ModelHost:
         self.info[row.variant] = info
         return info
 
-    def load_variant(self, row) -> VariantInfo:
-        """Load ``row``'s variant once per slot; check its sha256 and run the canary on the first copy."""
+    def load_variant(self, row, verify: bool = True) -> VariantInfo:
+        """Load ``row``'s variant once per slot; check its sha256 (unless the caller has just verified
+        the whole bundle) and run the canary on the first copy."""
         from edge.backends import BackendUnavailable, get_backend
         from edge.bundle import BundleError, check_canary
 
@@ -73,7 +74,7 @@ class ModelHost:
             return self.info[v]
         try:
             setting = self._setting(row)
-            path = self.bundle.verified_artifact_path(row.artifact_id)
+            path = (self.bundle.verified_artifact_path if verify else self.bundle.artifact_path)(row.artifact_id)
             backend = get_backend(setting.backend)
             first = backend.load(path, setting)
         except (BackendUnavailable, BundleError, ValueError, OSError) as exc:
@@ -114,11 +115,12 @@ class ModelHost:
             if v not in variants:
                 del self.loaded[v]
 
-    def state_for(self, table, selector_args: dict, slowdown, table_path: str, generation: int) -> ServingState:
+    def state_for(self, table, selector_args: dict, slowdown, table_path: str, generation: int,
+                  verify: bool = True) -> ServingState:
         """Load what ``table`` needs and build a serving state; ValueError if no variant is usable."""
         rows = []
         for row in table.rows:
-            info = self.load_variant(row)
+            info = self.load_variant(row, verify)
             if info.ready:
                 rows.append(row)
             else:

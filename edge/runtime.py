@@ -74,10 +74,12 @@ class AdaptiveClassifier:
     """
 
     def __init__(self, bundle, table, profile, table_path: str = "", options: RuntimeOptions | None = None,
-                 log: Callable[[str], Any] | None = None):
+                 log: Callable[[str], Any] | None = None, bundle_verified: bool = False, t0: float | None = None):
+        """``bundle_verified``: every file's sha256 was checked when the bundle was opened, so the
+        first load need not hash the served artifacts again (a reload always does)."""
         self.options = opts = options or RuntimeOptions()
         self.log = log or (lambda msg: None)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if t0 is None else t0
         self.bundle = bundle
         self.profile = profile
         self.table = table
@@ -88,7 +90,8 @@ class AdaptiveClassifier:
         self.policy = opts.policy
         self._selector_args = dict(policy=opts.policy, miss=opts.miss)
         self._check_static(table)
-        state = self.host.state_for(table, self._selector_args_for(table), self.filter, self.table_path, 0)
+        state = self.host.state_for(table, self._selector_args_for(table), self.filter, self.table_path, 0,
+                                    verify=not bundle_verified)
         self.input_hwc = tuple(self.host.input_hwc or ())
         self.classes = int(self.host.classes or 0)
         self.labels = tuple(bundle.class_names)
@@ -114,13 +117,14 @@ class AdaptiveClassifier:
             options = RuntimeOptions(**kw)
         elif kw:
             raise TypeError("pass either options or keyword options, not both")
+        t0 = time.perf_counter()
         b = open_bundle(bundle, verify=True)
         name = profile or b.profile
         if not name:
             raise ValueError("the bundle names no device profile; pass profile=")
         prof = load_profile(name)
         t = SelectedTable.load(table, profile=prof.name)
-        return cls(b, t, prof, table_path=str(table), options=options, log=log)
+        return cls(b, t, prof, table_path=str(table), options=options, log=log, bundle_verified=True, t0=t0)
 
     def _selector_args_for(self, table) -> dict:
         return dict(self._selector_args, quantile=self.options.quantile or table.params.quantile)

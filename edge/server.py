@@ -154,7 +154,6 @@ class Daemon:
         self._reloading = False
         self._reload_again = False
         self.started = time.time()
-        self.stopping = False
 
     # ------------------------------------------------------------ transport hooks
 
@@ -277,7 +276,7 @@ class Daemon:
     # ------------------------------------------------------------ inference
 
     def _infer(self, conn: Connection, req: Request) -> None:
-        if self.server.draining or self.stopping:
+        if self.server.draining:
             self.metrics.count("shutting_down")
             raise ProtocolError(503, "the daemon is shutting down; retry later", headers={"Retry-After": "1"})
         parsed = parse_infer_request(req.body, req.headers.get("inference-header-content-length"),
@@ -422,7 +421,7 @@ class Daemon:
                 self._json(conn, req, 200, {"reloaded": True, "message": res.message, "variants": list(res.variants)})
             else:
                 self._error(conn, req, 400, res.message, body={"reloaded": False})
-        if self._reload_again and not self.stopping:
+        if self._reload_again and not self.server.draining:
             self._reload_again = False
             self.start_reload()
 
@@ -573,9 +572,8 @@ def run(args: argparse.Namespace) -> int:
             return
         _log("shutting down: no new requests; finishing queued work")
         stop_at.append(time.perf_counter())
-        daemon.stopping = True
         daemon.server.begin_drain()
-        clf.scheduler._closing = True  # new work gets 503; queued and running work finishes
+        clf.scheduler.close(drain=True, timeout=0)  # new work gets 503; queued and running work finishes
         # Backstop: whatever happens on the loop, the process ends within the drain timeout.
         t = threading.Timer(cfg.drain_timeout_s + 1.0, lambda: os._exit(3))
         t.daemon = True

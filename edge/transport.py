@@ -146,9 +146,9 @@ def encode_head(status: int, length: int, headers: dict[str, str] | None, close:
 class Connection:
     """One client connection: reads with ``recvmsg``, parses, answers in order."""
 
-    __slots__ = ("server", "sock", "fd", "parser", "peer", "reading", "closed", "busy", "pipeline", "out",
+    __slots__ = ("server", "sock", "fd", "parser", "reading", "closed", "busy", "pipeline", "out",
                  "writing_since", "last_active", "req_start", "req_read_at", "headers_done_at", "close_after",
-                 "_url", "_headers", "_hbytes", "_body", "_body_len", "_keep", "want_close", "_stamp", "_stamp_read",
+                 "_url", "_headers", "_hbytes", "_body", "_keep", "_stamp", "_stamp_read",
                  "linger_until", "linger_left")
 
     def __init__(self, server: "Server", sock: socket.socket):
@@ -162,12 +162,11 @@ class Connection:
         self.pipeline: collections.deque[Request] = collections.deque()
         self.out = bytearray()
         self.writing_since = 0.0
-        self.last_active = time.monotonic()
+        self.last_active = time.perf_counter()
         self.req_start: float | None = None  # kernel arrival of the request being read
         self.req_read_at = 0.0
         self.headers_done_at: float | None = None
         self.close_after = False  # close once the pending output is written
-        self.want_close = False
         self._stamp = self._stamp_read = 0.0  # arrival and read time of the bytes being parsed
         self.linger_until = 0.0  # refused: drop input until then, so the client reads our answer, not a reset
         self.linger_left = 0
@@ -180,7 +179,6 @@ class Connection:
         self._headers: dict[str, str] = {}
         self._hbytes = 0
         self._body: list[bytes] = []
-        self._body_len = 0
         self._keep = True
 
     def on_message_begin(self) -> None:
@@ -207,9 +205,10 @@ class Connection:
         p = self.parser
         h = self._headers
         self.headers_done_at = time.perf_counter()
-        if p.get_http_version() != "1.1" and p.get_http_version() != "1.0":
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
             raise HttpError(505, "only HTTP/1.1 and HTTP/1.0 are served")
-        if p.get_http_version() == "1.1" and "host" not in h:
+        if version == "1.1" and "host" not in h:
             raise HttpError(400, "HTTP/1.1 requests need a Host header")
         if "transfer-encoding" in h:
             raise HttpError(411, "chunked transfer encoding is not supported; send a Content-Length")
@@ -231,7 +230,6 @@ class Connection:
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
-        self._body_len += len(body)
 
     def on_message_complete(self) -> None:
         p = self.parser
@@ -286,7 +284,7 @@ class Connection:
             level, kind, payload = anc[0]
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TS.size:
                 sec, nsec = _TS.unpack_from(payload)
-                k = (sec * 1_000_000_000 + nsec - _realtime_offset_ns()) / 1e9
+                k = (sec * 1_000_000_000 + nsec - self.server.realtime_offset_ns) / 1e9
                 # A stamp from the future or from long ago is a clock step, not an arrival.
                 if now - 60.0 < k <= now:
                     arrival = k
@@ -348,7 +346,7 @@ class Connection:
         if self.closed:
             self.busy = False
             return
-        close = close or self.want_close or (req is not None and not req.keep_alive) or self.server.draining
+        close = close or (req is not None and not req.keep_alive) or self.server.draining
         if req is not None and req.head_only:
             data = encode_head(status, len(body), headers, close)
         else:
@@ -476,6 +474,9 @@ class Server:
         self.max_connections = min(limits.max_connections, fd_cap)
         self._sweeper: asyncio.TimerHandle | None = None
         self._accept_paused = False
+        # CLOCK_REALTIME - CLOCK_MONOTONIC, to turn kernel receive stamps into perf_counter time;
+        # refreshed by the sweep, not per read (NTP slews it by well under a microsecond a second).
+        self.realtime_offset_ns = _realtime_offset_ns()
 
     def listen(self, host: str, port: int, backlog: int = 1024) -> tuple[str, int]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -564,6 +565,7 @@ class Server:
         self.conns.discard(conn)
 
     def _sweep(self) -> None:
+        self.realtime_offset_ns = _realtime_offset_ns()
         now = time.perf_counter()
         for c in list(self.conns):
             exp = c.expired(now)
