@@ -137,7 +137,6 @@ class Scheduler:
         state: ServingState,
         queue_size: int = 64,
         workers: int | None = None,
-        on_inference: Callable[[str, float], Any] | None = None,
         inject_delay_ms: float = 0.0,
         on_free: Callable[[], Any] | None = None,
     ):
@@ -156,7 +155,6 @@ class Scheduler:
         self._dispatch = 0
         self._closing = False
         self.overhead_ms = OVERHEAD_INITIAL_MS
-        self.on_inference = on_inference
         self.on_free = on_free
         self.inject_delay_ms = float(inject_delay_ms)
         self._prep: dict[int, InputPreparer] = {}
@@ -348,8 +346,6 @@ class Scheduler:
         inf_ms = (t1 - t0) * 1000.0 + self.inject_delay_ms
         factor = sel.observe(d.index, inf_ms)
         scores = dequantize_output(raw, model.output_spec)
-        if self.on_inference is not None:
-            self.on_inference(d.variant, inf_ms)
         total = (time.perf_counter() - req.arrival) * 1000.0 + self.inject_delay_ms
         return InferenceResult(
             "ok",
