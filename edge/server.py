@@ -585,19 +585,23 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(signal, "SIGHUP"):
         # SIGHUP: re-read the table file; a bad one keeps the current table serving
         loop.add_signal_handler(signal.SIGHUP, lambda: daemon.start_reload())
-    # Only now say "listening": a supervisor may signal as soon as it reads that line, and a
-    # SIGHUP before its handler is installed would end the process.
-    tf_loaded = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
-    print(f"loaded {len(sel)} variants x {clf.workers} slot(s) in {clf.load_s:.2f} s; "
-          f"policy {sel.policy}, miss {sel.miss}, quantile {sel.quantile}", flush=True)
-    print(f"resident memory with variants loaded: {_rss_mb():.1f} MB", flush=True)
-    print(f"tensorflow in sys.modules: {'YES (unexpected)' if tf_loaded else 'no'}", flush=True)
-    print(f"transport: {loop_name(loop)} + httptools, inference "
-          f"{'inline on the event loop' if daemon.pool is None else f'on {clf.workers} threads'}, "
-          f"at most {daemon.server.max_connections} connections", flush=True)
-    print(f"ready {_since_process_start():.2f} s after process start", flush=True)
-    shown = f"[{host}]" if ":" in str(host) else host
-    print(f"listening on http://{shown}:{port}", flush=True)
+    def announce() -> None:
+        # Said from inside the running loop: uvloop wires its signal handlers up when the loop
+        # starts, so a supervisor that signals as soon as it reads "listening on" (SIGHUP to
+        # reload, SIGTERM to stop) must not read it before then, or the signal is lost.
+        tf_loaded = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
+        print(f"loaded {len(sel)} variants x {clf.workers} slot(s) in {clf.load_s:.2f} s; "
+              f"policy {sel.policy}, miss {sel.miss}, quantile {sel.quantile}", flush=True)
+        print(f"resident memory with variants loaded: {_rss_mb():.1f} MB", flush=True)
+        print(f"tensorflow in sys.modules: {'YES (unexpected)' if tf_loaded else 'no'}", flush=True)
+        print(f"transport: {loop_name(loop)} + httptools, inference "
+              f"{'inline on the event loop' if daemon.pool is None else f'on {clf.workers} threads'}, "
+              f"at most {daemon.server.max_connections} connections", flush=True)
+        print(f"ready {_since_process_start():.2f} s after process start", flush=True)
+        shown = f"[{host}]" if ":" in str(host) else host
+        print(f"listening on http://{shown}:{port}", flush=True)
+
+    loop.call_soon(announce)
     try:
         loop.run_forever()
     finally:
