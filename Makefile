@@ -1,8 +1,8 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
-.PHONY: setup demo test board
+.PHONY: setup demo test board board-check
 
 setup:
-	bash scripts/setup.sh runtime,train,dev
+	bash scripts/setup.sh runtime,train,dev,cluster
 
 demo: setup
 	.venv/bin/edgekit demo
@@ -13,3 +13,8 @@ test: setup
 # What a board installs: the runtime extra only, no TensorFlow.
 board:
 	bash scripts/setup.sh runtime
+
+# Prove the board install on aarch64 in an emulated Debian arm64 root (root, network, ~10 min
+# the first time, a few minutes when the root is cached). Timings there are QEMU's, not a board's.
+board-check: setup
+	.venv/bin/python scripts/board_check.py

@@ -395,7 +395,7 @@ def _host() -> dict[str, Any]:
     info: dict[str, Any] = {"machine": platform.machine(), "os": platform.platform(), "cores": os.cpu_count() or 1,
                             "python": platform.python_version()}
     try:
-        from benchmarks.sysinfo import cpu_model
+        from benchmarks.sysinfo import device_name as cpu_model
 
         info["cpu_model"] = cpu_model()
     except Exception:

@@ -32,6 +32,28 @@ def cpu_model() -> str:
     return name or platform.processor() or platform.machine() or "unknown"
 
 
+EMULATION_ENV = "EDGEKIT_EMULATION"
+
+
+def emulation() -> str:
+    """What emulates this machine, '' on real hardware.
+
+    The board check sets ``EDGEKIT_EMULATION`` inside its QEMU root. Without it, an ARM Python
+    that reads an x86 /proc/cpuinfo is QEMU user mode too (it shows the host's file)."""
+    label = os.environ.get(EMULATION_ENV, "").strip()
+    if label:
+        return label
+    if platform.machine() in ("aarch64", "arm64", "armv7l") and "vendor_id" in _read("/proc/cpuinfo"):
+        return "QEMU user mode on an x86 host (its /proc/cpuinfo is the host's)"
+    return ""
+
+
+def device_name() -> str:
+    """The CPU name a table is labelled with; under emulation it says so, so it is never read as a board's."""
+    emu = emulation()
+    return f"EMULATED aarch64: {emu} (not board timings)" if emu else cpu_model()
+
+
 def cores() -> int:
     return os.cpu_count() or 1
 
@@ -109,7 +131,7 @@ def now_iso() -> str:
 def device_info() -> dict[str, Any]:
     """Everything the header records about the machine (no runtime versions)."""
     return {
-        "cpu_model": cpu_model(),
+        "cpu_model": device_name(),
         "cores": cores(),
         "governor": governor(),
         "os": os_name(),
@@ -119,6 +141,7 @@ def device_info() -> dict[str, Any]:
             "usable_cores": usable_cores(),
             "cpu_max_mhz": cpu_max_mhz(),
             "memory_total_mb": memory_total_mb(),
+            "emulation": emulation(),
         },
     }
 

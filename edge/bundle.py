@@ -41,7 +41,16 @@ MAX_MEMBERS = 100_000
 # Relative canary tolerance per precision, times max(1, max |host score|). fp32 differs between
 # runtimes/CPUs only by summation order; fp16 may run in half precision on the device (XNNPACK on
 # ARMv8.2, TensorRT); quantized kernels round differently on different CPUs.
-CANARY_REL_TOL = {"fp32": 1e-3, "fp16": 3e-2, "dynamic": 5e-2, "int8": 5e-2}
+#
+# int8 is set from a measurement (`make board-check` with `--run demo/run`, numbers in
+# tests/edge/data/canary_drift_aarch64.json): all 140 artifacts of the demo's rpi4 and
+# jetson-orin-nano bundles scored on x86-64 and on aarch64 (QEMU, cortex-a72). LiteRT int8 moved
+# by 0; ONNX Runtime int8 by up to 0.18 in logits of magnitude ~20, i.e. 0.0081 in this unit
+# (the ensembles' probabilities: 2 steps of 1/255). The tolerance is 4x that worst drift, rounded
+# up: 0.04. The margin covers other aarch64 kernels (a Pi 5's dot-product ones) that QEMU's
+# Cortex-A72 does not pick. One flipped weight moves a tiny trained CNN's scores by ~0.2 in
+# this unit (tests/edge/test_bundle.py), 5x the tolerance. fp32/fp16/dynamic measured below 2e-5.
+CANARY_REL_TOL = {"fp32": 1e-3, "fp16": 3e-2, "dynamic": 5e-2, "int8": 4e-2}
 # For a quantized output, a few quantization steps of difference is normal whatever the scale.
 CANARY_QUANT_STEPS = 3
 

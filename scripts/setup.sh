@@ -6,6 +6,29 @@ cd "$(dirname "$0")/.."
 extras="${1:-runtime,train,dev}"
 py="${PYTHON:-python3}"
 
+# The runtime extra needs wheels of ai-edge-litert and onnxruntime, which exist only for these.
+case ",$extras," in
+  *,runtime,*)
+    os_name="$(uname -s)"; machine="$(uname -m)"
+    case "$os_name/$machine" in
+      Linux/x86_64|Linux/aarch64|Linux/arm64|Darwin/arm64|Darwin/x86_64) ;;
+      *)
+        cat >&2 <<MSG
+setup: edgekit's device side cannot be installed on $os_name/$machine: ai-edge-litert and
+       onnxruntime publish no wheels for it (there are none for 32-bit ARM, armv7l/armv6l).
+       Supported boards and systems:
+         - Raspberry Pi 4 / 5 with the 64-bit Raspberry Pi OS (Bookworm, arm64) or Debian/Ubuntu arm64;
+         - NVIDIA Jetson with JetPack (Ubuntu, aarch64);
+         - x86-64 Linux desktops and servers; macOS (arm64, x86-64) for development.
+       On a Raspberry Pi running the 32-bit OS, reinstall it with the 64-bit image
+       (Raspberry Pi Imager: "Raspberry Pi OS (64-bit)"); 'uname -m' then prints aarch64.
+MSG
+        exit 2
+        ;;
+    esac
+    ;;
+esac
+
 if ! "$py" -c 'import sys; assert sys.version_info >= (3, 10)' 2>/dev/null; then
   echo "setup: edgekit needs Python 3.10 or newer (3.11 recommended); set PYTHON=/path/to/python3.11" >&2
   exit 1
@@ -18,7 +41,14 @@ stamp=".venv/.edgekit-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing edgekit[$extras] (first time takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  log=".venv/edgekit-pip-install.log"
+  if ! .venv/bin/python -m pip install -q -e ".[$extras]" >"$log" 2>&1; then
+    echo "setup: pip could not install edgekit[$extras] on $(uname -s)/$(uname -m) with $(.venv/bin/python --version)." >&2
+    grep -E "^ERROR|No matching distribution|Could not find a version" "$log" | head -5 | sed 's/^/       /' >&2 || true
+    echo "       The full pip output is in $log. Check the network (or PIP_INDEX_URL), and that this" >&2
+    echo "       platform has wheels for every package of the extra (see README, 'Boards')." >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 

@@ -467,3 +467,62 @@ def test_eval_parts_are_disjoint_halves(tmp_path):
     assert np.array_equal(sx, all_x[0::2]) and np.array_equal(vx, all_x[1::2])
     with pytest.raises(ValueError, match="unknown evaluation part"):
         b.eval_set(part="train")
+
+
+# --------------------------------------------------------------------------- canary tolerance across CPUs
+
+# The board check's measurement (scripts/board_check.py --run demo/run; benchmarks/canary_drift.py):
+# every artifact of the demo's rpi4 and jetson-orin-nano bundles scored on the same images on this
+# x86-64 host and on aarch64 (QEMU, ai-edge-litert 2.3.0, onnxruntime 1.32.0).
+DRIFT_FILE = Path(__file__).parent / "data" / "canary_drift_aarch64.json"
+
+
+def _flip_largest_weight(model_bytes: bytes) -> bytes:
+    """Negate the largest-magnitude int8 weight of the first convolution: one flipped weight."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model_bytes)
+    it.allocate_tensors()
+    conv = [d for d in it.get_tensor_details()
+            if d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["shape"][0] > 1 and "conv" in d["name"].lower()]
+    assert conv, "no int8 convolution kernel in the model"
+    w = it.get_tensor(conv[0]["index"]).copy()
+    raw = w.tobytes()
+    at = model_bytes.find(raw)
+    assert at >= 0 and model_bytes.find(raw, at + 1) < 0, "the kernel's bytes are not unique in the file"
+    i = int(np.argmax(np.abs(w.astype(np.int16))))
+    flipped = w.reshape(-1).copy()
+    flipped[i] = -max(int(flipped[i]), -127)
+    buf = bytearray(model_bytes)
+    buf[at : at + len(raw)] = flipped.tobytes()
+    return bytes(buf)
+
+
+def test_measured_aarch64_drift_passes_the_canary():
+    measured = json.loads(DRIFT_FILE.read_text())
+    rows = [r for p in measured["profiles"].values() for r in p["artifacts"]]
+    assert any(r["precision"] == "int8" for r in rows) and len(rows) >= 20
+    for r in rows:
+        host = np.full((1, 10), r["max_abs_score"], np.float32)
+        spec = TensorSpec("y", (-1, 10), "int8", scale=r["output_scale"], zero_point=0) if r.get("output_scale") else None
+        tol = eb.canary_tolerance(r["precision"], host, spec)
+        assert r["max_abs_diff"] <= tol, f"{r['artifact_id']}: measured drift {r['max_abs_diff']} > tolerance {tol}"
+
+
+def test_one_flipped_int8_weight_fails_the_canary(folder, tmp_path):
+    from edge.backends import get_backend
+    from device_profiles import load_profile
+
+    b = open_bundle(folder)
+    rec = b.artifact(TFLITE_INT8)
+    setting = load_profile("desktop-cpu").settings_for("tflite")[0]
+    bad = tmp_path / "flipped.tflite"
+    bad.write_bytes(_flip_largest_weight(b.artifact_path(TFLITE_INT8).read_bytes()))
+    with get_backend(setting.backend).load(bad, setting) as lm:
+        r = check_canary(b, TFLITE_INT8, lm)
+    assert not r.ok, r.message
+    assert "canary FAILED" in r.message and r.max_abs_diff > 2 * r.tolerance
+    # The same artifact unflipped passes.
+    with get_backend(setting.backend).load(b.artifact_path(TFLITE_INT8), setting) as lm:
+        assert check_canary(b, TFLITE_INT8, lm).ok
+    assert rec.precision == "int8"
