@@ -12,13 +12,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 import numpy as np
 
+from converters import ray_sweep
+from converters.progress import progress_bar
+from converters.ray_sweep import RayOptions
 from device_profiles import FORMATS, PRECISIONS, BuildTarget, load_profile
-from edge.atomic import clean_stale_temps, read_json, sha256_file
+from edge.atomic import atomic_write_bytes, clean_stale_temps, read_json, sha256_bytes, sha256_file
 from edge.manifest import ArtifactRecord, Manifest, ManifestError, artifact_id
+
+if TYPE_CHECKING:
+    from converters.formats import ExportResult
+    from converters.validate import Validation
 
 DEFAULT_MAX_DROP = 2.0
 LOCK_FILE = ".convert.lock"
@@ -148,12 +155,14 @@ def convert_run(
     batch_size: int = 256,
     out: TextIO | None = None,
     progress: bool = True,
+    ray: RayOptions | None = None,
 ) -> ConvertResult:
     """Build every artifact the profiles need for every finished model, validate it, record it.
 
     The manifest is saved after every artifact, so an interrupted convert resumes where it
     stopped; an artifact whose file and source model.keras are unchanged is skipped (its
-    status is re-judged against ``max_drop`` from the recorded numbers).
+    status is re-judged against ``max_drop`` from the recorded numbers). With ``ray``, each
+    model to convert is a Ray task (converters.ray_sweep) and this process writes what it returns.
     """
     from converters.formats import check_target
 
@@ -163,6 +172,8 @@ def convert_run(
         raise ValueError("name at least one device profile with --profile (see 'edgekit profiles')")
     if limit_test is not None and limit_test <= 0:
         raise ValueError(f"--limit-test must be > 0, got {limit_test}")
+    if ray is not None:
+        ray_sweep.preflight(ray)
     meta = read_json(run_dir / "run.json", what="run file (written by 'edgekit train')")
     targets = targets_for(profiles)
     for t in targets:
@@ -172,130 +183,274 @@ def convert_run(
         raise ValueError(f"no finished models in {run_dir / 'models'} (no train.json yet); run 'edgekit train' first")
 
     with _convert_lock(run_dir):
-        return _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force, batch_size, out, progress)
+        return _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force, batch_size, out, progress,
+                               ray)
 
 
-def _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force, batch_size, out, progress) -> ConvertResult:
+# What converting one model's artifacts produces, in order: made in this process or in a Ray task, and
+# applied to the run folder and manifest by this process (_Recorder.apply).
+
+
+@dataclass(frozen=True)
+class _Note:
+    """A line to print: a WARN, or the FAIL of a model that does not load."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class _Started:
+    artifact_id: str
+
+
+@dataclass(frozen=True)
+class _Built:
+    target: BuildTarget
+    rel: str  # the artifact's path in the run folder
+    result: ExportResult
+    validation: Validation
+    seconds: float
+    data: bytes | None = None  # the artifact's bytes when a Ray task built it (in its own temporary folder)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    target: BuildTarget
+    rel: str
+    seconds: float
+    error: str
+    line: str = ""  # the FAIL line to print; "" when a _Note said it for the whole model
+
+
+def _rel(model_id: str, t: BuildTarget) -> tuple[str, str]:
+    from converters.formats import extension
+
+    aid = artifact_id(model_id, t.format, t.precision)
+    return aid, f"artifacts/{aid}.{extension(t.format)}"
+
+
+def _build_model(md: ModelDir, keras_path: Path, todo: list[BuildTarget], out_root: Path, x_eval, y_eval, x_calib,
+                 limit_test: int | None, max_drop: float, batch_size: int) -> Iterator[Any]:
+    """Convert and validate one model's ``todo`` artifacts under ``out_root``; yields what happens, in order."""
     from converters import validate
-    from converters.formats import export_model, extension
+    from converters.formats import export_model
 
+    try:
+        model = _load_keras(keras_path)
+        reference = validate.keras_outputs(model, x_eval, batch_size=batch_size)
+    except Exception as exc:  # Keras raises many types for a bad file; one model must not stop the rest
+        msg = " ".join(f"cannot load {md.keras_path}: {exc}".split())
+        yield _Note(f"FAIL  {md.model_id}: {msg[:500]}")
+        for t in todo:
+            yield _Failed(t, _rel(md.model_id, t)[1], 0.0, msg)
+        return
+    warnings: list[str] = []
+    _check_reload(md, reference, y_eval, limit_test, warnings.append)
+    yield from (_Note(w) for w in warnings)
+
+    for t in todo:
+        aid, rel = _rel(md.model_id, t)
+        yield _Started(aid)
+        t0 = time.perf_counter()
+        try:
+            res = export_model(model, out_root / rel, t.format, t.precision, calib_images=x_calib)
+            v = validate.validate_artifact(
+                res.path, t.format, x_eval, y_eval, reference, max_drop=max_drop, batch_size=batch_size
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            msg = " ".join(str(exc).split())
+            yield _Failed(t, rel, time.perf_counter() - t0, msg, line=f"FAIL  {aid}: {msg[:500]}")
+            continue
+        yield _Built(t, rel, res, v, time.perf_counter() - t0)
+    del model
+    _release_keras()
+
+
+class _Recorder:
+    """This process's side of a convert: the run folder's artifacts, manifest.json, outcomes, lines and bar."""
+
+    def __init__(self, run_dir: Path, manifest: Manifest, bar, out: TextIO):
+        self.run_dir, self.manifest, self.bar, self.out = run_dir, manifest, bar, out
+        self.path = run_dir / "manifest.json"
+        self.outcomes: list[Outcome] = []
+
+    def say(self, msg: str) -> None:
+        self.bar.write(msg, file=self.out)
+
+    def save(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        manifest.save(self.path)
+
+    def plan(self, md: ModelDir, source_sha: str, targets: list[BuildTarget], force: bool,
+             max_drop: float) -> list[BuildTarget]:
+        """Record the model's unchanged artifacts as skipped (re-judged); returns the targets to build."""
+        from converters import validate
+
+        todo: list[BuildTarget] = []
+        for t in targets:
+            aid = artifact_id(md.model_id, t.format, t.precision)
+            rec = self.manifest.by_id().get(aid)
+            if not force and is_unchanged(rec, self.run_dir, source_sha):
+                assert rec is not None
+                rejudged = validate.rejudge(rec, max_drop)
+                if rejudged != rec:
+                    self.save(self.manifest.with_artifact(rejudged))
+                self.say(f"skip  {aid} (unchanged)")
+                self.outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "skip"))
+                self.bar.update(1)
+            else:
+                todo.append(t)
+        return todo
+
+    def apply(self, ev: Any, md: ModelDir, source_sha: str) -> None:
+        from converters import validate
+
+        if isinstance(ev, _Note):
+            self.say(ev.text)
+        elif isinstance(ev, _Started):
+            self.bar.set_postfix_str(ev.artifact_id, refresh=True)
+        elif isinstance(ev, _Built) and ev.data is not None and sha256_bytes(ev.data) != ev.result.sha256:
+            msg = "the bytes its Ray task returned do not match the sha256 the task computed; rerun to rebuild it"
+            aid = _rel(md.model_id, ev.target)[0]
+            self.apply(_Failed(ev.target, ev.rel, ev.seconds, msg, line=f"FAIL  {aid}: {msg}"), md, source_sha)
+        elif isinstance(ev, _Built):
+            t, res, v = ev.target, ev.result, ev.validation
+            aid = artifact_id(md.model_id, t.format, t.precision)
+            if ev.data is not None:
+                atomic_write_bytes(self.run_dir / ev.rel, ev.data)
+            rec = ArtifactRecord(
+                artifact_id=aid,
+                model_id=md.model_id,
+                format=t.format,
+                precision=t.precision,
+                path=ev.rel,
+                sha256=res.sha256,
+                size_bytes=res.size_bytes,
+                input=res.input,
+                output=res.output,
+                source_sha256=source_sha,
+                params=int(md.train.get("params", 0) or 0),
+                macs=int(md.train.get("macs", 0) or 0),
+            )
+            rec = validate.apply_validation(rec, v)
+            self.save(self.manifest.with_artifact(rec))
+            note = f"  ({v.reason})" if v.status != "ok" else ""
+            self.say(
+                f"built {aid}: {res.size_bytes / 1024:.1f} KB, convert {res.seconds:.1f}s, total {ev.seconds:.1f}s, "
+                f"accuracy {100 * v.accuracy:.2f}%, {v.status}{note}"
+            )
+            self.outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "built", ev.seconds))
+            self.bar.update(1)
+        elif isinstance(ev, _Failed):
+            t = ev.target
+            aid = artifact_id(md.model_id, t.format, t.precision)
+            # A stale record must not survive a failed rebuild: it would ship an old artifact.
+            if aid in self.manifest.by_id():
+                self.save(_without(self.manifest, aid))
+            (self.run_dir / ev.rel).unlink(missing_ok=True)
+            if ev.line:
+                self.say(ev.line)
+            self.outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "failed", ev.seconds, ev.error))
+            self.bar.update(1)
+        else:  # pragma: no cover - a new event type without its case here
+            raise TypeError(f"unknown convert event {ev!r}")
+
+
+def _eval_set(run_dir: Path, limit_test: int | None, rec: _Recorder):
+    """The run's test images and labels (first ``limit_test``) and its calibration images."""
+    from converters.datasets import splits_for_run
+
+    splits = splits_for_run(run_dir)
+    x_eval, y_eval = splits.x_test, splits.y_test
+    if limit_test is not None:
+        x_eval, y_eval = x_eval[:limit_test], y_eval[:limit_test]
+    if not rec.manifest.labels:
+        rec.manifest = dataclasses.replace(rec.manifest, labels=tuple(splits.class_names))
+    return x_eval, y_eval, splits.x_calib
+
+
+def _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force, batch_size, out, progress,
+                    ray=None) -> ConvertResult:
     art_dir = run_dir / "artifacts"
     art_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(art_dir)
-    manifest_path = run_dir / "manifest.json"
     manifest = _open_manifest(run_dir, str(meta.get("dataset", "")), tuple(str(c) for c in meta.get("class_names", ())))
 
-    bar = _progress(len(models) * len(targets), enabled=progress)
-    outcomes: list[Outcome] = []
-    splits = None
-    x_eval = y_eval = None
-
-    def say(msg: str) -> None:
-        bar.write(msg, file=out)
-
+    bar = progress_bar(len(models) * len(targets), enabled=progress)
+    rec = _Recorder(run_dir, manifest, bar, out)
     try:
-        for md in models:
-            source_sha = sha256_file(md.keras_path)
-            todo: list[BuildTarget] = []
-            for t in targets:
-                aid = artifact_id(md.model_id, t.format, t.precision)
-                rec = manifest.by_id().get(aid)
-                if not force and is_unchanged(rec, run_dir, source_sha):
-                    assert rec is not None
-                    rejudged = validate.rejudge(rec, max_drop)
-                    if rejudged != rec:
-                        manifest = manifest.with_artifact(rejudged)
-                        manifest.save(manifest_path)
-                    say(f"skip  {aid} (unchanged)")
-                    outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "skip"))
-                    bar.update(1)
-                else:
-                    todo.append(t)
-            if not todo:
-                continue
-
-            if splits is None:
-                from converters.datasets import splits_for_run
-
-                splits = splits_for_run(run_dir)
-                x_eval, y_eval = splits.x_test, splits.y_test
-                if limit_test is not None:
-                    x_eval, y_eval = x_eval[:limit_test], y_eval[:limit_test]
-                if not manifest.labels:
-                    manifest = dataclasses.replace(manifest, labels=tuple(splits.class_names))
-            try:
-                model = _load_keras(md.keras_path)
-                reference = validate.keras_outputs(model, x_eval, batch_size=batch_size)
-            except Exception as exc:  # Keras raises many types for a bad file; one model must not stop the rest
-                msg = " ".join(f"cannot load {md.keras_path}: {exc}".split())
-                say(f"FAIL  {md.model_id}: {msg[:500]}")
-                for t in todo:
-                    aid = artifact_id(md.model_id, t.format, t.precision)
-                    if aid in manifest.by_id():
-                        manifest = _without(manifest, aid)
-                        manifest.save(manifest_path)
-                    (run_dir / f"artifacts/{aid}.{extension(t.format)}").unlink(missing_ok=True)
-                    outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "failed", 0.0, msg))
-                    bar.update(1)
-                continue
-            _check_reload(md, reference, y_eval, limit_test, say)
-
-            for t in todo:
-                aid = artifact_id(md.model_id, t.format, t.precision)
-                rel = f"artifacts/{aid}.{extension(t.format)}"
-                bar.set_postfix_str(aid, refresh=True)
-                t0 = time.perf_counter()
-                try:
-                    res = export_model(model, run_dir / rel, t.format, t.precision, calib_images=splits.x_calib)
-                    v = validate.validate_artifact(
-                        res.path, t.format, x_eval, y_eval, reference, max_drop=max_drop, batch_size=batch_size
-                    )
-                except (RuntimeError, ValueError, OSError) as exc:
-                    # A stale record must not survive a failed rebuild: it would ship an old artifact.
-                    if aid in manifest.by_id():
-                        manifest = _without(manifest, aid)
-                        manifest.save(manifest_path)
-                    (run_dir / rel).unlink(missing_ok=True)
-                    msg = " ".join(str(exc).split())
-                    say(f"FAIL  {aid}: {msg[:500]}")
-                    outcomes.append(
-                        Outcome(aid, md.model_id, t.format, t.precision, "failed", time.perf_counter() - t0, msg)
-                    )
-                    bar.update(1)
+        if ray is not None:
+            _convert_on_ray(rec, models, targets, max_drop, limit_test, force, batch_size, ray)
+        else:
+            evalset = None
+            for md in models:
+                source_sha = sha256_file(md.keras_path)
+                todo = rec.plan(md, source_sha, targets, force, max_drop)
+                if not todo:
                     continue
-                rec = ArtifactRecord(
-                    artifact_id=aid,
-                    model_id=md.model_id,
-                    format=t.format,
-                    precision=t.precision,
-                    path=rel,
-                    sha256=res.sha256,
-                    size_bytes=res.size_bytes,
-                    input=res.input,
-                    output=res.output,
-                    source_sha256=source_sha,
-                    params=int(md.train.get("params", 0) or 0),
-                    macs=int(md.train.get("macs", 0) or 0),
-                )
-                rec = validate.apply_validation(rec, v)
-                manifest = manifest.with_artifact(rec)
-                manifest.save(manifest_path)
-                dt = time.perf_counter() - t0
-                note = f"  ({v.reason})" if v.status != "ok" else ""
-                say(
-                    f"built {aid}: {res.size_bytes / 1024:.1f} KB, convert {res.seconds:.1f}s, total {dt:.1f}s, "
-                    f"accuracy {100 * v.accuracy:.2f}%, {v.status}{note}"
-                )
-                outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "built", dt))
-                bar.update(1)
-            del model
-            _release_keras()
+                if evalset is None:
+                    evalset = _eval_set(run_dir, limit_test, rec)
+                for ev in _build_model(md, md.keras_path, todo, run_dir, *evalset, limit_test, max_drop, batch_size):
+                    rec.apply(ev, md, source_sha)
     finally:
         bar.close()
     # Skips are reported as they are found; the table reads better in model, then target order.
     rank = {(m.model_id, t.format, t.precision): (i, j) for i, m in enumerate(models) for j, t in enumerate(targets)}
-    outcomes.sort(key=lambda o: rank[(o.model_id, o.format, o.precision)])
-    return ConvertResult(manifest=manifest, outcomes=tuple(outcomes))
+    outcomes = sorted(rec.outcomes, key=lambda o: rank[(o.model_id, o.format, o.precision)])
+    return ConvertResult(manifest=rec.manifest, outcomes=tuple(outcomes))
+
+
+def convert_task(md: ModelDir, keras_bytes: bytes, todo: list[BuildTarget], evalset, limit_test: int | None,
+                 max_drop: float, batch_size: int, ray: RayOptions) -> list[Any]:
+    """A Ray task: convert and validate one model's ``todo`` artifacts in a temporary folder of its worker.
+
+    Gets the model as bytes and returns its events, each built artifact's bytes included, for the driver
+    to apply (``_Recorder.apply``); the worker never opens the run folder.
+    """
+    ray_sweep.init_worker(ray)
+    events: list[Any] = []
+    with ray_sweep.task_folder() as root:
+        keras_path = root / "model.keras"
+        keras_path.write_bytes(keras_bytes)
+        for ev in _build_model(md, keras_path, todo, root, *evalset, limit_test, max_drop, batch_size):
+            if isinstance(ev, _Built):
+                ev = dataclasses.replace(ev, data=(root / ev.rel).read_bytes(),
+                                         result=dataclasses.replace(ev.result, path=Path(ev.rel)))
+            events.append(ev)
+        ray_sweep.crash_point(md.model_id)
+    return events
+
+
+def _convert_on_ray(rec: _Recorder, models, targets, max_drop, limit_test, force, batch_size,
+                    opts: RayOptions) -> None:
+    """One Ray task per model with artifacts to build; this process applies what each returns as it finishes."""
+    import ray
+
+    plans = {}
+    for md in models:
+        data = md.keras_path.read_bytes()  # sent to the task: the sha256 recorded is that of the bytes converted
+        source_sha = sha256_bytes(data)
+        todo = rec.plan(md, source_sha, targets, force, max_drop)
+        if todo:
+            plans[md.model_id] = (md, source_sha, data, todo)
+    if not plans:
+        return
+    evalset = _eval_set(rec.run_dir, limit_test, rec)
+    with ray_sweep.ray_session(opts, say=rec.say) as session:
+        rec.say(f"ray: {session.where}; {opts.describe()}; results come back to this process, which writes them "
+                f"into {rec.run_dir}")
+        evalset_ref = ray.put(evalset)
+        calls = [(mid, (md, data, todo, evalset_ref, limit_test, max_drop, batch_size, opts))
+                 for mid, (md, _, data, todo) in plans.items()]
+        for res in ray_sweep.run_tasks(convert_task, calls, opts):
+            md, source_sha, _, todo = plans[res.key]
+            if res.ok:
+                for ev in res.value:
+                    rec.apply(ev, md, source_sha)
+                continue
+            rec.apply(_Note(f"FAIL  {md.model_id}: {res.error} (a rerun retries it)"), md, source_sha)
+            for t in todo:
+                rec.apply(_Failed(t, _rel(md.model_id, t)[1], 0.0, res.error or ""), md, source_sha)
 
 
 def _check_reload(md: ModelDir, reference: np.ndarray, labels: np.ndarray, limit_test: int | None, say) -> None:
@@ -325,51 +480,6 @@ def _release_keras() -> None:
     except Exception:  # pragma: no cover - only frees memory
         pass
     gc.collect()
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
-        pass
-
-    def write(self, msg: str, file: TextIO | None = None) -> None:
-        print(msg, file=file or sys.stdout, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return _Bar(tqdm, total)
-
-
-class _Bar:
-    """A tqdm bar on stderr; messages go above it to ``file`` (stdout) without breaking it."""
-
-    def __init__(self, tqdm_cls, total: int):
-        self._cls = tqdm_cls
-        self._bar = tqdm_cls(total=total, unit="artifact", desc="convert", file=sys.stderr, dynamic_ncols=True, leave=False)
-
-    def update(self, n: int = 1) -> None:
-        self._bar.update(n)
-
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
-        self._bar.set_postfix_str(s, refresh=refresh)
-
-    def write(self, msg: str, file: TextIO | None = None) -> None:
-        self._cls.write(msg, file=file or sys.stdout)
-        (file or sys.stdout).flush()
-
-    def close(self) -> None:
-        self._bar.close()
 
 
 # ------------------------------------------------------------------------------------- report
@@ -469,15 +579,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild artifacts even when unchanged")
     parser.add_argument("--batch-size", type=int, default=256, help="validation batch size (default 256)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray_sweep.add_arguments(parser, what="model (all of its artifacts)")
 
 
 def run(args) -> int:
-    try:  # TensorFlow's start-up notices would bury the progress lines
-        from converters.train import import_tensorflow_quietly
+    ray = ray_sweep.options_from_args(args)
+    if ray is None:  # on Ray, TensorFlow runs in the tasks only
+        try:  # TensorFlow's start-up notices would bury the progress lines
+            from converters.train import import_tensorflow_quietly
 
-        import_tensorflow_quietly()
-    except ImportError:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            import_tensorflow_quietly()
+        except ImportError:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = convert_run(
         Path(args.run),
         list(args.profile),
@@ -486,6 +599,7 @@ def run(args) -> int:
         force=args.force,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        ray=ray,
     )
     print()
     print(format_table(result))

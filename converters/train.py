@@ -18,7 +18,9 @@ from typing import Any, Iterator, TextIO
 
 import numpy as np
 
-from edge.atomic import atomic_write_json, clean_stale_temps
+from converters import ray_sweep
+from converters.ray_sweep import RayOptions
+from edge.atomic import atomic_write_bytes, atomic_write_json, clean_stale_temps
 
 RUN_FILE = "run.json"
 TRAIN_FILE = "train.json"
@@ -80,6 +82,7 @@ class TrainOptions:
     sample: int | None = None
     force: bool = False
     progress: bool = True
+    ray: RayOptions | None = None  # train each spec as a task on Ray (converters.ray_sweep); None: here, in turn
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,14 @@ class ModelResult:
     """One row of the sweep's final table."""
 
     model_id: str
-    status: str  # "trained", "built" (an ensemble, built now) or "resumed" (finished by an earlier run)
+    status: str  # "trained", "built" (an ensemble, built now), "resumed" (finished by an earlier run) or "failed"
     test_accuracy: float
     val_accuracy: float
     params: int
     macs: int
     epochs: int
     wall_s: float
+    error: str = ""  # why it failed (a Ray task only); nothing of it is in the run folder, a rerun retries it
 
 
 # ---------------------------------------------------------------------------------------------- run.json
@@ -455,6 +459,96 @@ def _result(rec: dict[str, Any], status: str) -> ModelResult:
                        macs=int(rec["macs"]), epochs=int(rec["epochs"]), wall_s=float(rec["wall_s"]))
 
 
+def _failed(model_id: str, error: str) -> ModelResult:
+    nan = float("nan")
+    return ModelResult(model_id=model_id, status="failed", test_accuracy=nan, val_accuracy=nan, params=0, macs=0,
+                       epochs=0, wall_s=0.0, error=error)
+
+
+def _train_here(todo, splits, models_dir: Path, opts: TrainOptions, results: dict, out: TextIO) -> None:
+    """Train ``todo`` one after the other in this process."""
+    from tqdm.auto import tqdm
+
+    # The bar advances by estimated cost, not model count: the ETA then holds when big models come last.
+    costs = [training_cost(spec, splits.input_shape, splits.num_classes) for spec in todo]
+    bar = tqdm(total=sum(costs), disable=not opts.progress or not todo, file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+    try:
+        for i, (spec, cost) in enumerate(zip(todo, costs)):
+            bar.set_description_str(f"{i}/{len(todo)} models", refresh=False)
+            bar.set_postfix_str(spec.model_id, refresh=True)
+            rec = train_one(spec, splits, models_dir / spec.model_id, opts.schedule, opts.seed,
+                            write=lambda s: bar.write(s, file=out))
+            results[spec.model_id] = _result(rec, "trained")
+            bar.write(f"done {spec.model_id}: test acc {rec['test_accuracy']:.4f}, {rec['epochs']} epochs, "
+                      f"{rec['wall_s']:.1f}s", file=out)
+            bar.set_description_str(f"{i + 1}/{len(todo)} models", refresh=False)
+            bar.update(cost)
+    finally:
+        bar.close()
+
+
+MODEL_FILES = (SPEC_FILE, MODEL_FILE, TRAIN_FILE)  # the order a model folder is written in: train.json last
+
+
+def train_task(spec, splits, schedule: Schedule, seed: int, ray: RayOptions) -> dict[str, Any]:
+    """A Ray task: train one spec in a temporary folder of its worker (never the run folder).
+
+    Returns train.json's record, the epoch lines, and the model folder's files as bytes for the driver to
+    write (``write_model_files``).
+    """
+    ray_sweep.init_worker(ray)
+    lines: list[str] = []
+    with ray_sweep.task_folder() as tmp:
+        model_dir = tmp / spec.model_id
+        rec = train_one(spec, splits, model_dir, schedule, seed, write=lines.append)
+        ray_sweep.crash_point(spec.model_id)
+        files = {name: (model_dir / name).read_bytes() for name in MODEL_FILES}
+    return {"record": rec, "lines": lines, "files": files}
+
+
+def write_model_files(model_dir: Path, files: dict[str, bytes]) -> None:
+    """Write a model folder's files returned by a task: each atomically, train.json last, as train_one does."""
+    if model_dir.exists():  # not finished when the sweep started (or it would not be trained): start clean
+        shutil.rmtree(model_dir)
+    for name in MODEL_FILES:
+        atomic_write_bytes(model_dir / name, files[name])
+
+
+def _train_on_ray(todo, splits, models_dir: Path, opts: TrainOptions, results: dict, out: TextIO) -> None:
+    """Train ``todo`` as Ray tasks; the driver (this process) writes each finished model into the run folder."""
+    import ray
+
+    from converters.progress import progress_bar
+
+    say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
+    assert opts.ray is not None
+    with ray_sweep.ray_session(opts.ray, say=say) as session:
+        say(f"ray: {session.where}; {opts.ray.describe()}; results come back to this process, "
+            f"which writes them into {opts.run_dir}")
+        splits_ref = ray.put(splits)  # once into the object store; workers map it without a copy per task
+        calls = [(spec.model_id, (spec, splits_ref, opts.schedule, opts.seed, opts.ray)) for spec in todo]
+        bar = progress_bar(len(todo), enabled=opts.progress, unit="model", desc="train")
+        try:
+            for res in ray_sweep.run_tasks(train_task, calls, opts.ray):
+                bar.set_postfix_str(res.key, refresh=False)
+                if not res.ok:
+                    results[res.key] = _failed(res.key, res.error or "")
+                    bar.write(f"FAIL {res.key}: {res.error} (nothing written; a rerun retries it)", file=out)
+                    bar.update(1)
+                    continue
+                rec = res.value["record"]
+                write_model_files(models_dir / res.key, res.value["files"])
+                results[res.key] = _result(rec, "trained")
+                for line in res.value["lines"]:
+                    bar.write(line, file=out)
+                bar.write(f"done {res.key}: test acc {rec['test_accuracy']:.4f}, {rec['epochs']} epochs, "
+                          f"{rec['wall_s']:.1f}s", file=out)
+                bar.update(1)
+        finally:
+            bar.close()
+
+
 def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResult]:
     """Train every selected spec not yet finished in ``opts.run_dir``; returns one result per selected spec.
 
@@ -469,6 +563,8 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
     if not 0.0 < opts.splits.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be between 0 and 1 (early stopping needs a validation split), "
                          f"got {opts.splits.val_fraction}")
+    if opts.ray is not None:
+        ray_sweep.preflight(opts.ray)  # Ray installed, the cluster answers: before any work starts
     family = families.load_family(opts.family)
     specs = family.expand(limit=opts.limit, sample=opts.sample, seed=opts.seed)
     if not specs:
@@ -511,31 +607,23 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
               + (f"; then {len(family.ensembles)} [[ensemble]] declaration(s)" if family.ensembles else ""),
               file=out, flush=True)
 
-        if todo:
-            import_tensorflow_quietly()
-        from tqdm.auto import tqdm
-
-        # The bar advances by estimated cost, not model count: the ETA then holds when big models come last.
-        costs = [training_cost(spec, splits.input_shape, splits.num_classes) for spec in todo]
-        bar = tqdm(total=sum(costs), disable=not opts.progress or not todo, file=sys.stderr, dynamic_ncols=True,
-                   bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
-        try:
-            for i, (spec, cost) in enumerate(zip(todo, costs)):
-                bar.set_description_str(f"{i}/{len(todo)} models", refresh=False)
-                bar.set_postfix_str(spec.model_id, refresh=True)
-                rec = train_one(spec, splits, models_dir / spec.model_id, opts.schedule, opts.seed,
-                                write=lambda s: bar.write(s, file=out))
-                results[spec.model_id] = _result(rec, "trained")
-                bar.write(f"done {spec.model_id}: test acc {rec['test_accuracy']:.4f}, {rec['epochs']} epochs, "
-                          f"{rec['wall_s']:.1f}s", file=out)
-                bar.set_description_str(f"{i + 1}/{len(todo)} models", refresh=False)
-                bar.update(cost)
-        finally:
-            bar.close()
+        if todo and opts.ray is not None:
+            _train_on_ray(todo, splits, models_dir, opts, results, out)
+        else:
+            if todo:
+                import_tensorflow_quietly()
+            _train_here(todo, splits, models_dir, opts, results, out)
 
         # Ensembles last: they need their members' model.keras (and, for top = K, their accuracy).
         say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
-        ensembles = resolve_ensembles(family, models_dir, [s.model_id for s in specs], say)
+        failed = [m for m, r in results.items() if r.status == "failed"]
+        if failed and family.ensembles:
+            # top = K would pick among the members that happen to be finished: wait for all of them.
+            say(f"note: {len(failed)} spec(s) failed; the [[ensemble]]s are built once every spec is finished "
+                "(rerun the same command)")
+            ensembles = []
+        else:
+            ensembles = resolve_ensembles(family, models_dir, [s.model_id for s in specs], say)
         for ens in ensembles:
             rec = ensemble_finished(models_dir / ens.model_id, ens, models_dir)
             if rec is not None:
@@ -561,7 +649,8 @@ def _si(n: float) -> str:
 
 def format_table(results: list[ModelResult], wall_s: float) -> str:
     head = ("model id", "test acc", "params", "MACs", "epochs", "train s", "status")
-    rows = [(r.model_id, f"{r.test_accuracy:.4f}", _si(r.params), _si(r.macs), str(r.epochs),
+    rows = [(r.model_id, "-", "-", "-", "-", "-", r.status) if r.status == "failed" else
+            (r.model_id, f"{r.test_accuracy:.4f}", _si(r.params), _si(r.macs), str(r.epochs),
              f"{r.wall_s:.1f}", r.status) for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     align = ["<", ">", ">", ">", ">", ">", "<"]
@@ -572,15 +661,19 @@ def format_table(results: list[ModelResult], wall_s: float) -> str:
     lines = [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
     trained = [r for r in results if r.status in ("trained", "built")]
     built = sum(1 for r in results if r.status == "built")
+    failed = sum(1 for r in results if r.status == "failed")
+    done = [r for r in results if r.status != "failed"]
     if results:
-        best = max(results, key=lambda r: r.test_accuracy)
+        top = max(done, key=lambda r: r.test_accuracy, default=None)
+        best = f"; best {top.model_id} {top.test_accuracy:.4f}" if top else ""
         lines.append(
             f"total: {len(results)} models ({len(trained) - built} trained now, "
             + (f"{built} ensemble(s) built now, " if built else "")
-            + f"{len(results) - len(trained)} resumed), "
-            f"train time {sum(r.wall_s for r in trained):.1f}s now / {sum(r.wall_s for r in results):.1f}s all, "
-            f"wall {wall_s:.1f}s; params {_si(sum(r.params for r in results))}, "
-            f"MACs {_si(sum(r.macs for r in results))}; best {best.model_id} {best.test_accuracy:.4f}")
+            + f"{len(done) - len(trained)} resumed"
+            + (f", {failed} failed" if failed else "") + "), "
+            f"train time {sum(r.wall_s for r in trained):.1f}s now / {sum(r.wall_s for r in done):.1f}s all, "
+            f"wall {wall_s:.1f}s; params {_si(sum(r.params for r in done))}, "
+            f"MACs {_si(sum(r.macs for r in done))}{best}")
     return "\n".join(lines)
 
 
@@ -627,6 +720,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="if RUN was trained with other settings, delete its models and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray_sweep.add_arguments(parser, what="spec")
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
@@ -644,7 +738,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(run_dir=Path(args.run_dir), family=args.family, dataset=args.dataset,
                         data_dir=args.data_dir, seed=args.seed, schedule=schedule, splits=splits,
                         limit=args.limit, sample=args.sample, force=args.force,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, ray=ray_sweep.options_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -653,4 +747,9 @@ def run(args: argparse.Namespace) -> int:
     results = train_sweep(opts)
     print(format_table(results, time.perf_counter() - t0), flush=True)
     print(f"run folder: {opts.run_dir} (next: edgekit convert {opts.run_dir})", flush=True)
+    failed = [r.model_id for r in results if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} spec(s) failed (see the FAIL lines above); the others are in {opts.run_dir}. "
+              "Rerun the same command to retry them", file=sys.stderr, flush=True)
+        return 1
     return 0
