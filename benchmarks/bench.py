@@ -3,7 +3,7 @@
 For each artifact x runtime setting (one table row, keyed "<artifact_id>@<setting>"):
 
 * inputs: real images from the bundle's evaluation set, converted with
-  ``edge.manifest.prepare_input`` *before* anything is timed (that conversion is timed on
+  ``edge.tensors.prepare_input`` *before* anything is timed (that conversion is timed on
   its own, per image, and reported as ``preprocess_ms``);
 * load (init) time and the first inference are timed apart from the steady state;
 * ``--warmup`` untimed runs, then timed runs cycling through the prepared images until
@@ -40,8 +40,9 @@ from benchmarks.stats import summarize_ns
 from device_profiles import DeviceProfile, RuntimeSetting, host_profile_name, load_profile
 from edge.atomic import atomic_write_bytes, sha256_file
 from edge.backends import LoadedModel, get_backend
-from edge.manifest import ArtifactRecord, dequantize_output, prepare_input
+from edge.manifest import ArtifactRecord
 from edge.table import DeviceHeader, LatencyRow, LatencyTable, TableError, encode_correct
+from edge.tensors import dequantize_output, prepare_input
 
 DEFAULT_MIN_RUNS = 100
 DEFAULT_MIN_SECONDS = 2.0

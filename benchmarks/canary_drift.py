@@ -9,7 +9,7 @@
 first images of the bundle's evaluation set, with the profile's first runtime setting for its
 format, and saves the dequantized scores. ``compare`` prints, per artifact, the largest
 absolute score difference, the same relative to ``max(1, max |score|)`` (the unit of
-``edge.bundle.CANARY_REL_TOL``), top-1 agreement, and whether the canary tolerance allows it.
+``edge.canary.CANARY_REL_TOL``), top-1 agreement, and whether the canary tolerance allows it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ META_KEY = "__meta__"
 def score_bundle(bundle_path: str, profile_name: str | None, images: int) -> tuple[dict[str, np.ndarray], dict]:
     from device_profiles import host_profile_name, load_profile
     from edge.backends import get_backend
-    from edge.bundle import open_bundle, run_scores
+    from edge.bundle import open_bundle
+    from edge.canary import run_scores
 
     bundle = open_bundle(bundle_path)
     profile = load_profile(profile_name or host_profile_name())
@@ -74,7 +75,7 @@ def load_scores(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def compare(reference: dict[str, np.ndarray], ref_meta: dict, other: dict[str, np.ndarray], other_meta: dict) -> list[dict]:
     """Per artifact in both: max |diff|, relative drift, top-1 agreement, the canary tolerance and its verdict."""
-    from edge.bundle import canary_tolerance
+    from edge.canary import canary_tolerance
     from edge.manifest import TensorSpec
 
     rows = []

@@ -120,7 +120,7 @@ def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = 
                   requests: int = 2000, say=print) -> dict:
     from device_profiles import load_profile
     from edge.bundle import open_bundle
-    from edge.selection import SelectedTable
+    from edge.table import SelectedTable
 
     bundle = open_bundle(bundle_path, verify=True)
     profile = load_profile(profile_name or bundle.profile)
@@ -138,7 +138,7 @@ def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = 
 
 def _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say) -> dict:
     from edge.backends import get_backend
-    from edge.protocol import encode_infer_request
+    from edge.protocol_client import encode_infer_request
     from edge.runtime import AdaptiveClassifier
     from edge.scheduler import InputPreparer
 
@@ -171,7 +171,7 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
         host, port = durl.split("//")[1].rsplit(":", 1)
         rhost, rport = rurl.split("//")[1].rsplit(":", 1)
         from edge.client import Connection
-        from edge.protocol import decode_infer_response
+        from edge.protocol_client import decode_infer_response
 
         # Every HTTP path gets the same client work: a prepared body on one keep-alive
         # http.client connection; decoding the answer happens outside the timed span.
@@ -250,7 +250,7 @@ def _stamp_phase(host: str, port: int, images: np.ndarray, n: int) -> dict:
     """Two connections send at once (one waits behind the other's inference): the daemon's
     arrival stamp against each request's send time, and the kernel-to-read delay that a
     stamp taken at the first read would have added."""
-    from edge.protocol import encode_infer_request
+    from edge.protocol_client import encode_infer_request
 
     reqs = []
     for i in range(len(images)):

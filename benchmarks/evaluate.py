@@ -67,7 +67,7 @@ ORACLE_METHOD = (
 
 def load_selected(path: str | Path) -> tuple[LatencyTable, dict[str, Any]]:
     """The selected table (kind 'selected', monotonic) and its selection parameters, rows in latency order."""
-    from edge.selection import SelectedTable
+    from edge.table import SelectedTable
 
     t = SelectedTable.load(path)
     return t.as_latency_table(), t.params.to_dict()
@@ -216,7 +216,7 @@ def oracle_pass(
 ) -> OraclePass:
     """Run every selected variant on every request's image, in request order; record time and class."""
     from edge.backends import get_backend
-    from edge.manifest import dequantize_output, prepare_input
+    from edge.tensors import dequantize_output, prepare_input
 
     models = []
     try:

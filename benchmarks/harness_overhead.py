@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.bench import timed_loop
 from device_profiles import RuntimeSetting
 from edge.backends import get_backend
-from edge.manifest import prepare_input
+from edge.tensors import prepare_input
 
 GOAL = 1.05
 SLOW_MS = 1.0

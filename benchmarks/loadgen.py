@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.workload import MAX_COUNT, Workload, WorkloadError, make_workload
 from edge.atomic import atomic_write_json
 from edge.client import Connection
-from edge.protocol import RequestEncoder, summarize_infer_response
+from edge.protocol_client import RequestEncoder, summarize_infer_response
 
 DEFAULT_COUNT = 200
 DEFAULT_DURATION_S = 120.0
@@ -102,7 +102,7 @@ def _num(v: Any) -> float | None:
     return float(v)
 
 
-# The v2 codec lives in edge.protocol; RequestEncoder and parse_response stay importable from here.
+# The v2 codec lives in edge.protocol (daemon side) and edge.protocol_client (client side); RequestEncoder and parse_response stay importable from here.
 parse_response = summarize_infer_response
 
 

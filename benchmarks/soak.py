@@ -44,7 +44,7 @@ def _proc_stats(pid: int) -> dict:
 def run(bundle: str, table: str, profile: str | None, seconds: float, clients: int, idle: int, say=print) -> dict:
     from benchmarks.placement import client_side, place
     from edge.bundle import open_bundle
-    from edge.selection import SelectedTable
+    from edge.table import SelectedTable
 
     b = open_bundle(bundle, verify=True)
     images, _ = b.eval_set(limit=32)
@@ -60,7 +60,7 @@ def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, serve
 
     from benchmarks.daemon_overhead import _launch
     from edge.client import Connection
-    from edge.protocol import encode_infer_request
+    from edge.protocol_client import encode_infer_request
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = idle + clients + 256

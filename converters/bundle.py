@@ -22,15 +22,8 @@ import numpy as np
 
 from device_profiles import BACKEND_FORMAT, DeviceProfile, RuntimeSetting, load_profile
 from edge.atomic import atomic_writer, read_json, sha256_bytes, sha256_file
-from edge.bundle import (
-    BUNDLE_VERSION,
-    CANARY_NAME,
-    EVAL_NAME,
-    MANIFEST_NAME,
-    SCORES_PREFIX,
-    is_bundle_folder,
-    run_scores,
-)
+from edge.bundle import BUNDLE_VERSION, EVAL_NAME, MANIFEST_NAME, is_bundle_folder
+from edge.canary import CANARY_NAME, SCORES_PREFIX, run_scores
 from edge.manifest import EXTENSIONS, ArtifactRecord, Manifest, ManifestError
 
 FORMAT_BACKEND = {fmt: backend for backend, fmt in BACKEND_FORMAT.items()}

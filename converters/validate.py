@@ -10,7 +10,8 @@ import numpy as np
 
 from device_profiles import RuntimeSetting
 from edge.backends import get_backend
-from edge.manifest import ArtifactRecord, dequantize_output, prepare_input
+from edge.manifest import ArtifactRecord
+from edge.tensors import dequantize_output, prepare_input
 
 DEFAULT_MAX_DROP = 2.0  # accuracy points an artifact may lose against its Keras source
 DEFAULT_BATCH = 256

@@ -1,4 +1,4 @@
-"""Atomic file writes (temp file + fsync + rename) and sha256 digests shared by every stage."""
+"""Atomic file writes (temp file + fsync + rename), sha256 digests and the JSON file reader shared by every stage."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
-
+from typing import Any, BinaryIO, Callable, Iterator
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -53,10 +52,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    return atomic_write_bytes(dst, Path(src).read_bytes())
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -83,9 +78,37 @@ def sha256_fd(fd: int, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read JSON with an error that names the file and says what to do."""
-    path = Path(path)
+def read_json(
+    path: str | os.PathLike,
+    what: str = "file",
+    error: Callable[[str], Exception] | None = None,
+    *,
+    max_bytes: int | None = None,
+    max_items: int | None = None,
+    hint: str = "",
+) -> Any:
+    """The JSON in file ``path``; every failure names the file (``what`` says what it is) and what to do.
+
+    Without ``error`` a missing file is a FileNotFoundError and unreadable or invalid JSON a
+    ValueError (another OSError propagates); with it, each of those becomes ``error(message)``,
+    so a caller gets its own error class. With ``max_bytes`` only a regular file of at most that
+    many bytes is read (never blocking on a FIFO), and ``max_items`` bounds the JSON values it may
+    hold (its commas and brackets are counted, bounding the parsed value's memory); ``hint`` ends
+    those refusals. No message quotes the file's content.
+    """
+    try:
+        if max_bytes is None:
+            return _read_json(Path(path), what)
+        return _read_json_bounded(Path(path), max_bytes, what, hint, max_items)
+    except (OSError, ValueError) as exc:
+        if error is None:
+            raise
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise error(f"{what} {path} cannot be read ({exc.strerror or exc}); check it is a readable file") from None
+        raise error(str(exc)) from None
+
+
+def _read_json(path: Path, what: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -125,7 +148,9 @@ def file_kind(mode: int) -> str:
 
 
 def _not_regular(path: Path, mode: int, what: str, hint: str) -> ValueError:
-    return ValueError(f"{what} {path} is {file_kind(mode)}, not a regular file; {hint or 'pass the path of a regular file'}")
+    return ValueError(
+        f"{what} {path} is {file_kind(mode)}, not a regular file; {hint or 'pass the path of a regular file'}"
+    )
 
 
 def open_regular(path: str | os.PathLike, what: str = "file", hint: str = "") -> int:
@@ -148,7 +173,9 @@ def open_regular(path: str | os.PathLike, what: str = "file", hint: str = "") ->
             raise _not_regular(path, mode, what, hint) from None
         raise ValueError(f"{what} {path} cannot be opened ({exc.strerror}); check its permissions") from None
     except ValueError:  # a NUL byte in the path
-        raise ValueError(f"{what} path {path!r} is not a valid path; {hint or 'pass the path of a regular file'}") from None
+        raise ValueError(
+            f"{what} path {path!r} is not a valid path; {hint or 'pass the path of a regular file'}"
+        ) from None
     try:
         mode = os.fstat(fd).st_mode
     except OSError as exc:
@@ -190,15 +217,7 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "fil
     return data
 
 
-def read_json_bounded(
-    path: str | os.PathLike, max_bytes: int, what: str = "file", hint: str = "", max_items: int | None = None
-) -> Any:
-    """Like ``read_json``, for a regular file of at most ``max_bytes`` holding at most ``max_items`` JSON values.
-
-    Every failure is FileNotFoundError or ValueError naming the file, never quoting its content.
-    ``max_items`` bounds the memory the parsed value takes (its commas and brackets are counted).
-    """
-    path = Path(path)
+def _read_json_bounded(path: Path, max_bytes: int, what: str, hint: str, max_items: int | None) -> Any:
     data = read_regular_bytes(path, max_bytes, what, hint)
     label = f"{what} {path}"
     if max_items is not None and data.count(b",") + data.count(b"[") + data.count(b"{") > max_items:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.protocol import (  # re-exported: edge.client is where callers have always found them
+from edge.protocol_client import (  # re-exported: edge.client is where callers have always found them
     Classification,
     ClientError,
     decode_infer_response,
@@ -55,12 +55,13 @@ class Connection:
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         """(status, lower-cased headers, body); retries once on a new connection if a kept-alive one was closed."""
         for attempt in (0, 1):
-            fresh = self._conn is None
-            if fresh:
-                self._conn = self._open()
+            conn = self._conn
+            fresh = conn is None
+            if conn is None:
+                conn = self._conn = self._open()
             try:
-                self._conn.request(method, path, body=body, headers=headers or {})
-                resp = self._conn.getresponse()
+                conn.request(method, path, body=body, headers=headers or {})
+                resp = conn.getresponse()
                 data = resp.read()
                 rh = {k.lower(): v for k, v in resp.getheaders()}
                 if rh.get("connection", "").lower() == "close":
@@ -158,7 +159,9 @@ class Client:
             raise ClientError(status, doc.get("error", ""))
         return doc
 
-    def encode(self, image: np.ndarray, deadline_ms: float, request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    def encode(
+        self, image: np.ndarray, deadline_ms: float, request_id: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         """The request body and headers ``classify`` sends (exposed for load generators)."""
         return encode_infer_request(image, deadline_ms, request_id, self.binary)
 

@@ -50,7 +50,7 @@ class ModelHost:
         )
 
     def _warm(self, model) -> None:
-        from edge.manifest import prepare_input
+        from edge.tensors import prepare_input
 
         imgs = self.bundle.canary().images
         img = imgs[:1] if len(imgs) else np.zeros((1, *self.input_hwc), np.uint8)  # type: ignore[misc]
@@ -67,7 +67,8 @@ class ModelHost:
         """Load ``row``'s variant once per slot; check its sha256 (unless the caller has just verified
         the whole bundle) and run the canary on the first copy."""
         from edge.backends import BackendUnavailable, get_backend
-        from edge.bundle import BundleError, check_canary
+        from edge.bundle import BundleError
+        from edge.canary import check_canary
 
         v = row.variant
         if v in self.loaded:

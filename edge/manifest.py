@@ -12,8 +12,6 @@ import numpy as np
 from edge.atomic import atomic_write_json, read_json
 
 MANIFEST_VERSION = 1
-FORMATS = ("tflite", "onnx")
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 EXTENSIONS = {"tflite": "tflite", "onnx": "onnx"}
 
 
@@ -49,34 +47,6 @@ class TensorSpec:
             scale=None if d.get("scale") is None else float(d["scale"]),
             zero_point=None if d.get("zero_point") is None else int(d["zero_point"]),
         )
-
-
-def prepare_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """uint8 NHWC images (pixel values 0..255) -> the tensor this artifact takes.
-
-    Every model in a family takes raw pixel values as float and normalises inside the
-    graph, so a float input is just a cast and an int8/uint8 input is quantized with
-    the artifact's recorded scale and zero point.
-    """
-    x = np.asarray(images)
-    if x.ndim == len(spec.shape) - 1:
-        x = x[None, ...]
-    want = tuple(s for s in spec.shape[1:])
-    if tuple(x.shape[1:]) != want:
-        raise ValueError(f"input shape {tuple(x.shape[1:])} does not match the model's {want} (NHWC, no batch)")
-    dt = np.dtype(spec.dtype)
-    if spec.quantized:
-        info = np.iinfo(dt)
-        q = np.round(x.astype(np.float32) / spec.scale + spec.zero_point)
-        return np.clip(q, info.min, info.max).astype(dt)
-    return x.astype(dt)
-
-
-def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Model output -> float32 scores, undoing output quantization."""
-    if spec.quantized:
-        return (y.astype(np.float32) - spec.zero_point) * spec.scale
-    return y.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -186,10 +156,7 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":
-        try:
-            d = read_json(path, what="manifest")
-        except (FileNotFoundError, ValueError) as exc:
-            raise ManifestError(str(exc)) from None
+        d = read_json(path, "manifest", ManifestError)
         if not isinstance(d, dict):
             raise ManifestError(f"manifest {path} is not a JSON object")
         return cls.from_dict(d)

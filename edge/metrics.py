@@ -1,4 +1,4 @@
-"""The daemon's Prometheus metrics: plain counters on the request path, exposed through a ``prometheus_client`` collector.
+"""The daemon's Prometheus metrics: plain counters on the request path, exposed by a ``prometheus_client`` collector.
 
 Every counter here is touched only by the event loop's thread, so the request path pays an
 integer increment and a ``bisect`` per histogram, not a lock and a labelled lookup per
@@ -12,7 +12,11 @@ import bisect
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 # What generate_latest writes: the classic text format every Prometheus version scrapes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -111,7 +111,7 @@ class AdaptiveClassifier:
         arguments are ``RuntimeOptions`` fields (``policy="mean-table"``, ``miss="reject"``...)."""
         from device_profiles import load_profile
         from edge.bundle import open_bundle
-        from edge.selection import SelectedTable
+        from edge.table import SelectedTable
 
         if options is None:
             options = RuntimeOptions(**kw)
@@ -187,7 +187,7 @@ class AdaptiveClassifier:
         A table that cannot be read, is malformed, names variants that do not load or fail
         their sha256 or canary check keeps the current table serving; the result says why.
         Never raises for a bad table."""
-        from edge.selection import SelectedTable
+        from edge.table import SelectedTable
 
         with self._reload_lock:
             target = str(table_path or self.table_path)

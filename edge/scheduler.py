@@ -11,7 +11,7 @@ Two kinds of caller share this:
 
 - in-process threads (``edge.runtime.AdaptiveClassifier.classify``): ``acquire`` blocks
   until the request holds a slot; ``release`` hands the slot to the next waiter directly;
-- the daemon's event loop (``edge.server``): ``submit`` never blocks, ``take`` pops the
+- the daemon's event loop (``edge.app``): ``submit`` never blocks, ``take`` pops the
   earliest deadline when a slot is free, and ``on_free`` tells the loop a slot freed so
   that it reads what arrived meanwhile before it picks the next request.
 
@@ -26,13 +26,14 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 
 from edge.backends.base import LoadedModel
-from edge.manifest import TensorSpec, dequantize_output, prepare_input
+from edge.manifest import TensorSpec
 from edge.selector import Selector
+from edge.tensors import dequantize_output, prepare_input
 
 OVERHEAD_ALPHA = 0.1  # EWMA weight of the measured serving overhead
 OVERHEAD_INITIAL_MS = 0.05
@@ -118,9 +119,10 @@ class InputPreparer:
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)
         self.lut = None
-        if spec.quantized:  # the same arithmetic as edge.manifest.prepare_input, once per pixel value
+        if spec.quantized:  # the same arithmetic as edge.tensors.prepare_input, once per pixel value
             info = np.iinfo(self.dtype)
-            q = np.round(np.arange(256, dtype=np.uint8).astype(np.float32) / spec.scale + spec.zero_point)
+            scale, zero_point = cast(float, spec.scale), cast(int, spec.zero_point)  # recorded when quantized
+            q = np.round(np.arange(256, dtype=np.uint8).astype(np.float32) / scale + zero_point)
             self.lut = np.clip(q, info.min, info.max).astype(self.dtype)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -332,6 +334,7 @@ class Scheduler:
         d = sel.select((req.abs_deadline - t_deq) * 1000.0 - self.overhead_ms)
         if d.reject:
             return self._reject(req, sel, d.predicted_ms, t_deq)
+        assert d.variant is not None  # a decision that does not reject names its variant
         model = state.models[req.slot][d.variant]
         prep = self._prep.get(id(model))
         if prep is None or prep.spec is not model.input_spec:

@@ -21,7 +21,6 @@ flags the miss; ``reject`` answers at once that the deadline cannot be met.
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -56,7 +55,7 @@ class Policy:
 
 
 class Decision(NamedTuple):
-    index: int  # into Selector.variants; -1 when rejected
+    index: int  # type: ignore[assignment]  # into Selector.variants (-1 when rejected); shadows tuple.index
     variant: str | None
     predicted_ms: float  # predicted latency of the chosen variant (of the fastest when rejected)
     fits: bool  # predicted_ms <= the time left
@@ -175,7 +174,3 @@ def make_selector(
     if slowdown is None:
         slowdown = make_filter(filter_name) if filter_name else NoSlowdown()
     return Selector(rows, quantile=quantile, policy=policy, miss=miss, slowdown=slowdown)
-
-
-def is_finite_positive(x: float) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0

@@ -9,11 +9,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Self
 
 import numpy as np
 
-from edge.atomic import atomic_write_json, atomic_write_text, read_json_bounded
+from edge.atomic import atomic_write_json, atomic_write_text, read_json
 
 TABLE_VERSION = 1
 QUANTILES = ("mean", "p50", "p90", "p95", "p99", "max")
@@ -21,7 +21,10 @@ KINDS = ("latency", "selected")
 MAX_TABLE_BYTES = 16 << 20  # a table of thousands of variants is a few MB
 MAX_TABLE_ITEMS = 500_000  # JSON values (commas + brackets) a table may hold (~17k rows): bounds its parsed memory
 INT_LIMIT = 1 << 63  # integer fields must lie in [-INT_LIMIT, INT_LIMIT)
-REGENERATE = {"latency": "re-run 'edgekit bench' to regenerate it", "selected": "re-run 'edgekit select' to regenerate it"}
+REGENERATE = {
+    "latency": "re-run 'edgekit bench' to regenerate it",
+    "selected": "re-run 'edgekit select' to regenerate it",
+}
 PASS_INSTEAD = {
     "latency": "pass the latency table JSON file written by 'edgekit bench'",
     "selected": "pass the selected table JSON file written by 'edgekit select'",
@@ -49,8 +52,32 @@ class DeviceHeader:
 
 
 @dataclass(frozen=True)
-class LatencyRow:
-    """One artifact measured with one runtime setting on this device. Times in milliseconds."""
+class LatencyTimes:
+    """Summary of a variant's timed runs, in milliseconds (a table row's timing fields, a benchmark's statistics)."""
+
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    def latency(self, quantile: str) -> float:
+        if quantile not in QUANTILES:
+            raise ValueError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
+        return float(getattr(self, f"{quantile}_ms"))
+
+    def timings(self) -> dict[str, float]:
+        """The timing fields by name, as LatencyRow names them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LatencyTimes)}
+
+
+@dataclass(frozen=True)
+class _RowHead:
+    """LatencyRow's leading fields. A base class only so that a row's fields keep their order
+    (these, LatencyTimes's, then the rest): it is the key order of the JSON and the CSV columns."""
 
     variant: str  # "<artifact_id>@<setting>", the key used by selection and serving
     artifact_id: str
@@ -64,14 +91,12 @@ class LatencyRow:
     accuracy: float  # top-1 on the bundle's evaluation set, measured here
     eval_count: int
     samples: int
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
+
+
+@dataclass(frozen=True)
+class LatencyRow(LatencyTimes, _RowHead):
+    """One artifact measured with one runtime setting on this device. Times in milliseconds."""
+
     load_ms: float
     first_inference_ms: float
     preprocess_ms: float
@@ -82,11 +107,6 @@ class LatencyRow:
     # Which of the eval_count images it got right: base64 of numpy.packbits (for the paired test
     # that decides whether a more accurate variant is really more accurate); "" when not recorded.
     correct: str = ""
-
-    def latency(self, quantile: str) -> float:
-        if quantile not in QUANTILES:
-            raise ValueError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
-        return float(getattr(self, f"{quantile}_ms"))
 
 
 _ROW_FIELDS = [f.name for f in dataclasses.fields(LatencyRow)]
@@ -117,36 +137,40 @@ def decode_correct(text: str, n: int) -> np.ndarray | None:
 
 
 @dataclass(frozen=True)
-class LatencyTable:
+class Table:
+    """What a latency table and a selected table share: a device header, rows, and their JSON and CSV files."""
+
     header: DeviceHeader
     rows: tuple[LatencyRow, ...]
     version: int = TABLE_VERSION
     kind: str = "latency"
 
+    # How load() words a table measured with another profile: "{path} <measured> with profile ...<again>".
+    _measured = "was measured"
+    _again = ""
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(r.variant for r in self.rows)
+
     def row(self, variant: str) -> LatencyRow:
         for r in self.rows:
             if r.variant == variant:
                 return r
-        raise TableError(f"unknown variant '{variant}'; available: {[r.variant for r in self.rows]}")
+        raise TableError(f"unknown variant '{variant}'; available: {list(self.variants)}")
 
-    def with_row(self, row: LatencyRow) -> "LatencyTable":
-        rest = tuple(r for r in self.rows if r.variant != row.variant)
-        return dataclasses.replace(self, rows=rest + (row,))
+    def _extra_json(self) -> dict[str, Any]:
+        """Top-level keys a kind of table adds between its header and its rows."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "version": self.version,
             "header": dataclasses.asdict(self.header),
+            **self._extra_json(),
             "rows": [dataclasses.asdict(r) for r in self.rows],
         }
-
-    def save(self, path: str | Path, csv_too: bool = True) -> Path:
-        path = Path(path)
-        atomic_write_json(path, self.to_dict())
-        if csv_too:
-            atomic_write_text(path.with_suffix(".csv"), self.to_csv())
-        return path
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -156,13 +180,44 @@ class LatencyTable:
             w.writerow(dataclasses.asdict(r))
         return buf.getvalue()
 
+    def save(self, path: str | Path, csv_too: bool = True) -> Path:
+        path = Path(path)
+        atomic_write_json(path, self.to_dict())
+        if csv_too:
+            atomic_write_text(path.with_suffix(".csv"), self.to_csv())
+        return path
+
     @classmethod
-    def from_dict(cls, d: Any, src: str = "<table>", kind: str = "latency", allow_nan: bool = True) -> "LatencyTable":
+    def from_dict(cls, d: Any, src: str = "<table>") -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: str | Path, profile: str | None = None) -> Self:
+        """Load a table (a regular file of at most MAX_TABLE_BYTES); any problem is a TableError.
+
+        With ``profile`` given, refuse a table measured for another profile."""
+        t = cls.from_dict(read_table_json(path, cls.kind), src=str(path))
+        if profile is not None and t.header.profile != profile:
+            raise TableError(
+                f"{path} {cls._measured} with profile '{t.header.profile}', not '{profile}'; "
+                f"benchmark this device with 'edgekit bench BUNDLE --profile {profile}'{cls._again}"
+            )
+        return t
+
+
+@dataclass(frozen=True)
+class LatencyTable(Table):
+    def with_row(self, row: LatencyRow) -> LatencyTable:
+        rest = tuple(r for r in self.rows if r.variant != row.variant)
+        return dataclasses.replace(self, rows=rest + (row,))
+
+    @classmethod
+    def from_dict(cls, d: Any, src: str = "<table>", kind: str = "latency", allow_nan: bool = True) -> LatencyTable:
         """Check every key and type of the JSON ``d``; any problem is a TableError naming the key, never its value.
 
         Unknown keys are refused. ``allow_nan``: NaN marks a number 'edgekit bench' could not measure
         (e.g. accuracy without an evaluation set); infinity is always refused. A selected table's
-        'selection' key is left to its reader (edge/selection.py).
+        'selection' key is left to its reader (``SelectedTable``).
         """
         if not isinstance(d, dict):
             raise TableError(f"{src} is not a {kind} table (expected a JSON object); {PASS_INSTEAD.get(kind, '')}")
@@ -173,20 +228,91 @@ class LatencyTable:
         for key in ("header", "rows"):
             if key not in d:
                 raise TableError(f"{src} is malformed: the top level lacks the required key '{key}'; {hint}")
-        header = DeviceHeader(**checked_fields(DeviceHeader, d["header"], f"{src} is malformed: 'header'", hint, allow_nan))
+        where = f"{src} is malformed: 'header'"
+        header = DeviceHeader(**checked_fields(DeviceHeader, d["header"], where, hint, allow_nan))
         rows = tuple(_row(r, i, src, hint, allow_nan) for i, r in enumerate(_rows_list(d["rows"], src, hint)))
         return cls(header=header, rows=rows, version=TABLE_VERSION, kind=kind)
 
+
+@dataclass(frozen=True)
+class SelectionParams:
+    """How a selected table was chosen (stored under "selection" in its JSON)."""
+
+    quantile: str = "p95"
+    epsilon: float = 0.0
+    max_models: int | None = None
+    memory_budget_mb: float | None = None
+    source_table: str = ""
+    method: str = "pareto"
+    deadline_range_ms: tuple[float, float] | None = None
+    expected_accuracy: float | None = None  # over deadline_range_ms, of the rows kept
+    significance: float = 0.05  # one-sided level of the paired test each step must pass (0: no test)
+    front_size: int = 0  # variants on the (epsilon-)Pareto front before the limits
+    candidates: int = 0  # rows in the source table
+    dropped: dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> why
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["deadline_range_ms"] = list(self.deadline_range_ms) if self.deadline_range_ms else None
+        return d
+
     @classmethod
-    def load(cls, path: str | Path, profile: str | None = None) -> "LatencyTable":
-        """Load a table; with ``profile`` given, refuse a table measured for another profile."""
-        t = cls.from_dict(read_table_json(path, "latency"), src=str(path))
-        if profile is not None and t.header.profile != profile:
+    def from_dict(cls, d: Any, src: str = "<table>") -> SelectionParams:
+        """Every key checked against its field type (unknown keys refused, missing ones take defaults)."""
+        where, hint = f"{src} is malformed: 'selection'", REGENERATE["selected"]
+        kw = checked_fields(cls, d, where, hint)
+        if kw.get("quantile", "p95") not in QUANTILES:
+            raise TableError(f"{where}: key 'quantile' must be one of {list(QUANTILES)}; {hint}")
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class SelectedTable(Table):
+    """A latency table's monotonic subset (``edge.front.select_subset``): rows sorted by latency (and accuracy)
+    ascending, with the parameters that chose them."""
+
+    params: SelectionParams = dataclasses.field(default_factory=SelectionParams)
+    kind: str = "selected"
+
+    _measured = "was selected from a table measured"
+    _again = " and select again"
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {"selection": self.params.to_dict()}
+
+    def as_latency_table(self) -> LatencyTable:
+        return LatencyTable(header=self.header, rows=self.rows, version=self.version, kind="selected")
+
+    @classmethod
+    def from_dict(cls, d: Any, src: str = "<selected table>") -> SelectedTable:
+        if isinstance(d, dict) and d.get("kind") == "latency":
             raise TableError(
-                f"{path} was measured with profile '{t.header.profile}', not '{profile}'; "
-                f"benchmark this device with 'edgekit bench BUNDLE --profile {profile}'"
+                f"{src} is a latency table, not a selected one; run 'edgekit select {src} --out SELECTED.json' first"
             )
-        return t
+        base = LatencyTable.from_dict(d, src=src, kind="selected", allow_nan=False)
+        params = SelectionParams.from_dict(d.get("selection", {}), src=src)
+        rows = base.rows
+        if not rows:
+            raise TableError(f"{src} has no rows; re-run 'edgekit select' with looser limits")
+        q = params.quantile
+        seen: set[str] = set()
+        for i, (prev, cur) in enumerate(zip(rows, rows[1:])):
+            if not (cur.latency(q) > prev.latency(q) and cur.accuracy > prev.accuracy):
+                raise TableError(
+                    f"{src} is not monotonic at {row_label(i + 1, cur.variant)}: its {q} latency and accuracy must "
+                    f"both exceed those of {row_label(i, prev.variant)}; re-run 'edgekit select'"
+                )
+        for i, r in enumerate(rows):
+            if r.variant in seen:
+                raise TableError(f"{src} lists the variant of {row_label(i, r.variant)} twice; re-run 'edgekit select'")
+            seen.add(r.variant)
+            lat = r.latency(q)
+            if not (math.isfinite(lat) and lat > 0 and math.isfinite(r.accuracy)):
+                raise TableError(
+                    f"{src}: {row_label(i, r.variant)} has a non-positive or non-finite {q} latency or accuracy; "
+                    "re-run 'edgekit select'"
+                )
+        return cls(header=base.header, rows=rows, params=params, version=base.version)
 
 
 # ----------------------------------------------------------------------------- reading and checking
@@ -194,12 +320,8 @@ class LatencyTable:
 
 def read_table_json(path: str | Path, kind: str = "latency") -> Any:
     """The JSON of the table file ``path``: a regular file of at most MAX_TABLE_BYTES (else TableError)."""
-    try:
-        return read_json_bounded(
-            path, MAX_TABLE_BYTES, what=f"{kind} table", hint=PASS_INSTEAD.get(kind, ""), max_items=MAX_TABLE_ITEMS
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        raise TableError(str(exc)) from None
+    return read_json(path, f"{kind} table", TableError, max_bytes=MAX_TABLE_BYTES, max_items=MAX_TABLE_ITEMS,
+                     hint=PASS_INSTEAD.get(kind, ""))
 
 
 def _check_kind_version(d: dict, src: str, kind: str) -> None:
@@ -306,8 +428,8 @@ def _as_float_pair(v: Any, allow_nan: bool) -> tuple[float, float]:
         raise _Bad("an array of two finite numbers") from None
 
 
-# Checkers by the annotation text of a dataclass field (this module and edge/selection.py use
-# ``from __future__ import annotations``, so field types are these strings).
+# Checkers by the annotation text of a dataclass field (this module uses ``from __future__ import
+# annotations``, so field types are these strings).
 _CHECKERS: dict[str, Callable[[Any, bool], Any]] = {
     "str": _as_str,
     "int": _as_int,
@@ -354,7 +476,9 @@ def checked_fields(cls: type, d: Any, where: str, hint: str, allow_nan: bool = F
         try:
             out[name] = _checker(str(f.type))(d[name], allow_nan)
         except _Bad as bad:
-            raise TableError(f"{where}: key '{name}' must be {bad.expected} (got {json_type(d[name])}); {hint}") from None
+            raise TableError(
+                f"{where}: key '{name}' must be {bad.expected} (got {json_type(d[name])}); {hint}"
+            ) from None
     return out
 
 
@@ -365,4 +489,4 @@ def assert_checkable(*classes: type) -> None:
             _checker(str(f.type))
 
 
-assert_checkable(DeviceHeader, LatencyRow)
+assert_checkable(DeviceHeader, LatencyRow, SelectionParams)

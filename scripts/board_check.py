@@ -586,9 +586,15 @@ def print_summary(report: Report) -> None:
             f"bench table: {res.get('bench_rows', '?')} rows ({res.get('bench_device', '?')}); "
             f"selected: {res.get('selected', '?')}; served: {sv.get('answered', '?')}/{sv.get('sent', '?')} "
             f"({sv.get('correct', '?')} correct)")
+        worst: dict[tuple[str, str], dict] = {}
         for a in res.get("drift", {}).get("artifacts", []):
-            say(f"    drift {a['artifact_id']:<58} max|diff| {a['max_abs_diff']:.3g}  "
-                f"relative {a['relative']:.3g}  top-1 agree {a['top1_agree']:.3f}")
+            key = (a.get("format", "?"), a.get("precision", "?"))
+            if key not in worst or a["relative"] > worst[key]["relative"]:
+                worst[key] = a
+        for (fmt, prec), a in sorted(worst.items()):
+            say(f"    drift x86-64 -> aarch64, worst {fmt} {prec:<7}: max|diff| {a['max_abs_diff']:.3g} "
+                f"(relative {a['relative']:.3g}, tolerance {a['tolerance']:.3g}) in {a['artifact_id']}; "
+                f"top-1 agree {a['top1_agree']:.3f}")
     say(f"total: {report.results.get('total_s', {}).get('seconds', '?')} s")
 
 

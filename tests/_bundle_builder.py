@@ -127,7 +127,7 @@ def to_tflite(model, precision: str, calib: np.ndarray | None = None) -> bytes:
 
 def time_predict(model, image: np.ndarray, runs: int) -> np.ndarray:
     """Milliseconds of ``runs`` predictions of one image by a loaded edge model, after 5 warm-up runs."""
-    from edge.manifest import prepare_input
+    from edge.tensors import prepare_input
 
     x = prepare_input(image, model.input_spec)
     for _ in range(5):
@@ -182,8 +182,9 @@ class BundleWriter:
         """
         from edge.atomic import atomic_write_bytes, sha256_bytes
         from edge.backends import get_backend
-        from edge.bundle import run_scores
-        from edge.manifest import EXTENSIONS, ArtifactRecord, artifact_id, dequantize_output, prepare_input
+        from edge.canary import run_scores
+        from edge.manifest import EXTENSIONS, ArtifactRecord, artifact_id
+        from edge.tensors import dequantize_output, prepare_input
 
         aid = artifact_id(model_id, fmt, precision)
         rel = f"artifacts/{aid}.{EXTENSIONS[fmt]}"

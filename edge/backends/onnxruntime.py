@@ -66,7 +66,9 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort  # type: ignore
         except ImportError:
-            raise BackendUnavailable("ONNX Runtime is not installed: pip install onnxruntime (onnxruntime-gpu on Jetson)") from None
+            raise BackendUnavailable(
+                "ONNX Runtime is not installed: pip install onnxruntime (onnxruntime-gpu on Jetson)"
+            ) from None
         self._ort = ort
 
     def version(self) -> str:

@@ -88,7 +88,7 @@ def test_oracle_pass_and_choice(evb):
     # Predictions match running each variant alone.
     from device_profiles import load_profile
     from edge.backends import get_backend
-    from edge.manifest import dequantize_output, prepare_input
+    from edge.tensors import dequantize_output, prepare_input
 
     setting = load_profile("desktop-cpu").settings[1]
     for j, r in enumerate(rows):

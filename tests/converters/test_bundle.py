@@ -1,7 +1,7 @@
 """Tests for `edgekit bundle` (converters/bundle.py): packing a run for one device profile.
 
 ``make_tiny_run`` (a run folder with a tiny Keras model converted to TFLite fp32/fp16/int8 and
-ONNX fp32, a manifest and a tiny IDX dataset) is shared with tests/edge/test_bundle.py and
+ONNX fp32, a manifest and a tiny IDX dataset) is shared with tests/edge/_bundles.py and
 tests/edge/test_runtime_only_venv.py.
 """
 
@@ -171,7 +171,8 @@ def _quiet_build(*args, **kwargs):
 
 def test_rpi4_folder_round_trip(tiny_run, tmp_path):
     from edge.backends import get_backend
-    from edge.bundle import check_canary, open_bundle
+    from edge.bundle import open_bundle
+    from edge.canary import check_canary
 
     out = tmp_path / "rpi4"
     res, text = _quiet_build(tiny_run, "rpi4", out, eval_size=30, canary_size=6)
@@ -217,7 +218,8 @@ def test_rpi4_folder_round_trip(tiny_run, tmp_path):
 
 def test_jetson_archive_only_onnx(tiny_run, tmp_path):
     from edge.backends import get_backend
-    from edge.bundle import check_canary, open_bundle
+    from edge.bundle import open_bundle
+    from edge.canary import check_canary
 
     out = tmp_path / "jetson.tar.gz"
     res, _ = _quiet_build(tiny_run, "jetson-orin-nano", out, eval_size=10)
@@ -306,7 +308,8 @@ def test_changed_artifact_and_missing_manifest(tiny_run, tmp_path):
 def test_canary_skipped_without_runtime(tiny_run, tmp_path, monkeypatch):
     import converters.bundle as cb
     from edge.backends import BackendUnavailable
-    from edge.bundle import CanaryResult, check_canary, open_bundle
+    from edge.bundle import open_bundle
+    from edge.canary import CanaryResult, check_canary
 
     def no_runtime(rec, data, images):
         raise BackendUnavailable("ONNX Runtime is not installed: pip install onnxruntime")

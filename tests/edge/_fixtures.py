@@ -88,7 +88,7 @@ def _build(root: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from device_profiles import load_profile
     from edge.backends import get_backend
-    from edge.selection import select_subset
+    from edge.front import select_subset
     from edge.table import DeviceHeader, LatencyTable
 
     bundle = root / "bundle"

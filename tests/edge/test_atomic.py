@@ -48,3 +48,24 @@ def test_clean_stale_temps(tmp_path):
     (tmp_path / "keep.json").write_text("{}")
     assert atomic.clean_stale_temps(tmp_path) == 1
     assert [x.name for x in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_read_json_raises_the_callers_error(tmp_path):
+    class ThingError(ValueError):
+        pass
+
+    with pytest.raises(ThingError, match="thing not found"):
+        atomic.read_json(tmp_path / "missing.json", "thing", ThingError)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ThingError, match=r"thing .*bad\.json is not valid JSON"):
+        atomic.read_json(bad, "thing", ThingError)
+    with pytest.raises(ThingError, match="cannot be read"):
+        atomic.read_json(tmp_path, "thing", ThingError)  # a directory
+    bad.write_text("{}")
+    with pytest.raises(ThingError, match="larger than the 1 byte cap; pass a small one"):
+        atomic.read_json(bad, "thing", ThingError, max_bytes=1, hint="pass a small one")
+    bad.write_text("[1, 2, 3]")
+    assert atomic.read_json(bad, "thing", ThingError, max_bytes=100, max_items=3) == [1, 2, 3]
+    with pytest.raises(ThingError, match="more than 2 JSON values"):
+        atomic.read_json(bad, "thing", ThingError, max_bytes=100, max_items=2)

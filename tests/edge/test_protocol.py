@@ -1,4 +1,7 @@
-"""edge.protocol in-process: request and response round trips (JSON and binary), validation errors, fuzzing."""
+"""The v2 codec in-process: request and response round trips (JSON and binary), validation errors, fuzzing.
+
+edge.protocol is the daemon's side (check requests, encode answers), edge.protocol_client the client's.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +13,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge import protocol as P
+from edge import protocol_client as PC
 from edge.protocol import (
-    Classification,
-    ClientError,
     InferRequest,
     ProtocolError,
-    RequestEncoder,
-    decode_infer_response,
     encode_error,
-    encode_infer_request,
     encode_infer_response,
     loads_json,
     parse_infer_request,
+)
+from edge.protocol_client import (
+    Classification,
+    ClientError,
+    RequestEncoder,
+    decode_infer_response,
+    encode_infer_request,
     summarize_infer_response,
 )
 
@@ -186,7 +192,7 @@ def test_client_and_loadgen_reexport_the_codec():
 
     assert client.Classification is Classification and client.ClientError is ClientError
     assert client.decode_response is decode_infer_response
-    assert client.split_binary is P.split_binary and client.output_arrays is P.output_arrays
+    assert client.split_binary is PC.split_binary and client.output_arrays is PC.output_arrays
     assert loadgen.RequestEncoder is RequestEncoder and loadgen.parse_response is summarize_infer_response
     body, headers = client.Client("http://127.0.0.1:9", binary=False).encode(image(), 5, "a")
     assert (body, headers) == encode_infer_request(image(), 5, "a", binary=False)

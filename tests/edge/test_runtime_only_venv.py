@@ -102,7 +102,8 @@ attempts.clear()
 from edgekit.cli import main
 from device_profiles import load_profile
 from edge.backends import get_backend
-from edge.bundle import check_canary, open_bundle
+from edge.bundle import open_bundle
+from edge.canary import check_canary
 
 bundles = sys.argv[2:]
 rcs = [main(["verify", b, "--profile", "desktop-cpu"]) for b in bundles]

@@ -10,7 +10,6 @@ import pytest
 
 from edge.backends.base import LoadedModel
 from edge.manifest import TensorSpec
-from edge.manifest import prepare_input
 from edge.scheduler import (
     DONE,
     QUEUED,
@@ -24,7 +23,8 @@ from edge.scheduler import (
 )
 from edge.selector import Selector
 from edge.slowdown import NoSlowdown
-from tests.edge.test_selection import row
+from edge.tensors import prepare_input
+from tests.edge.test_front import row
 
 
 class FakeModel(LoadedModel):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from edge.selector import Policy, Selector, make_selector
 from edge.slowdown import KalmanSlowdown, NoSlowdown
-from tests.edge.test_selection import row
+from tests.edge.test_front import row
 
 ROWS = [row("a", 1.0, 0.60), row("b", 2.0, 0.70), row("c", 4.0, 0.80), row("d", 8.0, 0.90)]
 

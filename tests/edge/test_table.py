@@ -14,8 +14,16 @@ import time
 import pytest
 
 import edge.table
-from edge.selection import SelectedTable
-from edge.table import MAX_TABLE_BYTES, MAX_TABLE_ITEMS, QUANTILES, DeviceHeader, LatencyRow, LatencyTable, TableError
+from edge.table import (
+    MAX_TABLE_BYTES,
+    MAX_TABLE_ITEMS,
+    QUANTILES,
+    DeviceHeader,
+    LatencyRow,
+    LatencyTable,
+    SelectedTable,
+    TableError,
+)
 
 
 def row(variant: str = "m1.tflite-fp32@litert-xnnpack-t1", p50: float = 1.0, acc: float = 0.8) -> LatencyRow:

@@ -12,7 +12,7 @@ from converters.formats.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_o
 from device_profiles import RuntimeSetting
 from edge.atomic import sha256_file
 from edge.backends import get_backend
-from edge.manifest import dequantize_output, prepare_input
+from edge.tensors import dequantize_output, prepare_input
 from tests.converters.formats import keras_logits
 
 SETTING = RuntimeSetting(name="test", backend="onnxruntime", threads=1)

@@ -20,7 +20,8 @@ from converters.formats.tflite import export_tflite
 from device_profiles import RuntimeSetting
 from edge.atomic import sha256_file
 from edge.backends import get_backend
-from edge.manifest import TensorSpec, dequantize_output, prepare_input
+from edge.manifest import TensorSpec
+from edge.tensors import dequantize_output, prepare_input
 from tests.converters.formats import keras_logits
 
 SETTING = RuntimeSetting(name="test", backend="litert", threads=1)

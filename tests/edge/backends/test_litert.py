@@ -10,7 +10,7 @@ import pytest
 
 from device_profiles import RuntimeSetting
 from edge.backends import BackendUnavailable, get_backend
-from edge.manifest import dequantize_output, prepare_input
+from edge.tensors import dequantize_output, prepare_input
 from tests.benchmarks import _fixtures as fx
 
 ai_edge_litert = pytest.importorskip("ai_edge_litert")

@@ -9,7 +9,7 @@ import pytest
 
 from device_profiles import RuntimeSetting
 from edge.backends import BackendUnavailable, get_backend
-from edge.manifest import prepare_input
+from edge.tensors import prepare_input
 from tests.benchmarks import _fixtures as fx
 
 ort = pytest.importorskip("onnxruntime")

@@ -1,4 +1,4 @@
-"""Offline selection: the monotonic (Pareto) subset of a device's latency table, within model-count and memory limits.
+"""Offline selection (`edgekit select`): the monotonic (Pareto) subset of a device's latency table, within limits.
 
 The paper (Chai and Kang, 2021) keeps, out of hundreds of CNNs, the subset whose
 inference time and accuracy both strictly increase, so that at run time "the most
@@ -23,10 +23,10 @@ This module builds that subset from a measured latency table, in four steps:
    test (McNemar) against the last kept variant on the images both were measured on
    (the benchmark records which images each variant got right): with b images only the
    new one gets right and c only the old one, the step stays when
-   (b - c) / sqrt(b + c) >= z at ``significance`` (0.05: z = 1.645).  A variant whose
-   gain the selection images cannot resolve is dropped.  The benchmark measures on one
-   half of the bundle's evaluation images and a policy comparison serves the other half,
-   so the accuracy served is not measured on the images that chose the front.
+   (b - c) / sqrt(b + c) >= z at ``significance`` (0.05: z = 1.645; ``edge.significance``).
+   A variant whose gain the selection images cannot resolve is dropped.  The benchmark
+   measures on one half of the bundle's evaluation images and a policy comparison serves
+   the other half, so the accuracy served is not measured on the images that chose the front.
 
 3. **Per-variant memory.**  A variant costs ``peak_rss_mb + size_bytes`` (the resident
    memory its loaded interpreter added while benchmarked, plus the file the daemon
@@ -61,165 +61,22 @@ This module builds that subset from a measured latency table, in four steps:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from edge.atomic import atomic_write_json, atomic_write_text
-from edge.table import (
-    QUANTILES,
-    REGENERATE,
-    TABLE_VERSION,
-    DeviceHeader,
-    LatencyRow,
-    LatencyTable,
-    TableError,
-    assert_checkable,
-    checked_fields,
-    read_table_json,
-    row_label,
-)
+from edge.significance import significance_filter
+from edge.table import QUANTILES, LatencyRow, LatencyTable, SelectedTable, SelectionParams
 
 MEMORY_STEPS = 1000  # most (memory, value) pairs a DP state keeps before thinning by memory bucket
 DEFAULT_RANGE_STRETCH = 1.5  # default deadline range ends at this x the slowest variant's latency
-METHODS = ("pareto", "epsilon-pareto", "expected-accuracy-dp")
 
 
 def row_memory_mb(row: LatencyRow) -> float:
     """What a loaded variant costs the board: its measured RSS growth plus its file."""
     return float(row.peak_rss_mb) + float(row.size_bytes) / (1024.0 * 1024.0)
-
-
-@dataclass(frozen=True)
-class SelectionParams:
-    """How a selected table was chosen (stored under "selection" in its JSON)."""
-
-    quantile: str = "p95"
-    epsilon: float = 0.0
-    max_models: int | None = None
-    memory_budget_mb: float | None = None
-    source_table: str = ""
-    method: str = "pareto"
-    deadline_range_ms: tuple[float, float] | None = None
-    expected_accuracy: float | None = None  # over deadline_range_ms, of the rows kept
-    significance: float = 0.05  # one-sided level of the paired test each step must pass (0: no test)
-    front_size: int = 0  # variants on the (epsilon-)Pareto front before the limits
-    candidates: int = 0  # rows in the source table
-    dropped: dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> why
-
-    # Mapping-style access too, so callers may treat params as the JSON dict.
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["deadline_range_ms"] = list(self.deadline_range_ms) if self.deadline_range_ms else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Any, src: str = "<table>") -> "SelectionParams":
-        """Every key checked against its field type (unknown keys refused, missing ones take defaults)."""
-        where, hint = f"{src} is malformed: 'selection'", REGENERATE["selected"]
-        kw = checked_fields(cls, d, where, hint)
-        if kw.get("quantile", "p95") not in QUANTILES:
-            raise TableError(f"{where}: key 'quantile' must be one of {list(QUANTILES)}; {hint}")
-        return cls(**kw)
-
-
-@dataclass(frozen=True)
-class SelectedTable:
-    """A latency table's monotonic subset: rows sorted by latency (and accuracy) ascending."""
-
-    header: DeviceHeader
-    rows: tuple[LatencyRow, ...]
-    params: SelectionParams
-    version: int = TABLE_VERSION
-    kind: str = "selected"
-
-    @property
-    def variants(self) -> tuple[str, ...]:
-        return tuple(r.variant for r in self.rows)
-
-    def row(self, variant: str) -> LatencyRow:
-        for r in self.rows:
-            if r.variant == variant:
-                return r
-        raise TableError(f"unknown variant '{variant}'; available: {list(self.variants)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "version": self.version,
-            "header": dataclasses.asdict(self.header),
-            "selection": self.params.to_dict(),
-            "rows": [dataclasses.asdict(r) for r in self.rows],
-        }
-
-    def as_latency_table(self) -> LatencyTable:
-        return LatencyTable(header=self.header, rows=self.rows, version=self.version, kind="selected")
-
-    def save(self, path: str | Path, csv_too: bool = True) -> Path:
-        path = Path(path)
-        atomic_write_json(path, self.to_dict())
-        if csv_too:
-            atomic_write_text(path.with_suffix(".csv"), self.as_latency_table().to_csv())
-        return path
-
-    @classmethod
-    def from_dict(cls, d: Any, src: str = "<selected table>") -> "SelectedTable":
-        if isinstance(d, dict) and d.get("kind") == "latency":
-            raise TableError(
-                f"{src} is a latency table, not a selected one; run 'edgekit select {src} --out SELECTED.json' first"
-            )
-        base = LatencyTable.from_dict(d, src=src, kind="selected", allow_nan=False)
-        params = SelectionParams.from_dict(d.get("selection", {}), src=src)
-        rows = base.rows
-        if not rows:
-            raise TableError(f"{src} has no rows; re-run 'edgekit select' with looser limits")
-        q = params.quantile
-        seen: set[str] = set()
-        for i, (prev, cur) in enumerate(zip(rows, rows[1:])):
-            if not (cur.latency(q) > prev.latency(q) and cur.accuracy > prev.accuracy):
-                raise TableError(
-                    f"{src} is not monotonic at {row_label(i + 1, cur.variant)}: its {q} latency and accuracy must "
-                    f"both exceed those of {row_label(i, prev.variant)}; re-run 'edgekit select'"
-                )
-        for i, r in enumerate(rows):
-            if r.variant in seen:
-                raise TableError(f"{src} lists the variant of {row_label(i, r.variant)} twice; re-run 'edgekit select'")
-            seen.add(r.variant)
-            lat = r.latency(q)
-            if not (math.isfinite(lat) and lat > 0 and math.isfinite(r.accuracy)):
-                raise TableError(
-                    f"{src}: {row_label(i, r.variant)} has a non-positive or non-finite {q} latency or accuracy; "
-                    "re-run 'edgekit select'"
-                )
-        return cls(header=base.header, rows=rows, params=params, version=base.version)
-
-    @classmethod
-    def load(cls, path: str | Path, profile: str | None = None) -> "SelectedTable":
-        """Load a selected table (a regular file of at most MAX_TABLE_BYTES); any problem is a TableError."""
-        t = cls.from_dict(read_table_json(path, "selected"), src=str(path))
-        if profile is not None and t.header.profile != profile:
-            raise TableError(
-                f"{path} was selected from a table measured with profile '{t.header.profile}', not '{profile}'; "
-                f"benchmark this device with 'edgekit bench BUNDLE --profile {profile}' and select again"
-            )
-        return t
-
-
-assert_checkable(SelectionParams)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -248,44 +105,6 @@ def epsilon_filter(front: Sequence[LatencyRow], epsilon: float) -> list[LatencyR
         if r.accuracy - kept[-1].accuracy >= epsilon - 1e-12:
             kept.append(r)
     return kept
-
-
-def paired_gain_z(better: LatencyRow, base: LatencyRow) -> float | None:
-    """McNemar's statistic for "``better`` is more accurate than ``base`` on the same images":
-    (b - c) / sqrt(b + c), b = images only ``better`` gets right, c = images only ``base`` gets right.
-    None when either row lacks its per-image record or they were measured on different counts."""
-    from edge.table import decode_correct
-
-    if better.eval_count != base.eval_count:
-        return None
-    x, y = decode_correct(better.correct, better.eval_count), decode_correct(base.correct, base.eval_count)
-    if x is None or y is None:
-        return None
-    b, c = int(np.sum(x & ~y)), int(np.sum(~x & y))
-    if b + c == 0:
-        return 0.0
-    return (b - c) / math.sqrt(b + c)
-
-
-def significance_filter(front: Sequence[LatencyRow], level: float) -> tuple[list[LatencyRow], dict[str, str]]:
-    """Keep the fastest, then each variant whose accuracy gain over the last kept one passes a one-sided
-    paired (McNemar) test at ``level`` on the images the benchmark measured both on. A step the selection
-    images cannot resolve is dropped: its measured gain could be noise, and a policy would pay its extra
-    latency for nothing. Rows without per-image records are kept (the test cannot run)."""
-    if level <= 0 or not front:
-        return list(front), {}
-    from statistics import NormalDist
-
-    z_crit = NormalDist().inv_cdf(1.0 - level)
-    kept, why = [front[0]], {}
-    for r in front[1:]:
-        z = paired_gain_z(r, kept[-1])
-        if z is None or z >= z_crit:
-            kept.append(r)
-        else:
-            why[r.variant] = (f"its accuracy gain over {kept[-1].variant} is not significant on the selection images "
-                              f"(paired z {z:.2f} < {z_crit:.2f}, one-sided level {level:g})")
-    return kept, why
 
 
 def expected_accuracy(
@@ -352,9 +171,10 @@ def _dp_subset(
     lat = [r.latency(quantile) for r in front]
     acc = [r.accuracy for r in front]
     k_max = n if max_models is None else max(1, min(int(max_models), n))
-    binds = memory_budget_mb is not None and sum(row_memory_mb(r) for r in front) > memory_budget_mb
-    budget = float(memory_budget_mb) * (1 + 1e-9) if binds else math.inf  # 1e-9: float sums like 0.1 + 0.2
-    unit = float(memory_budget_mb) / MEMORY_STEPS if binds else 0.0
+    limit = math.inf if memory_budget_mb is None else float(memory_budget_mb)
+    binds = sum(row_memory_mb(r) for r in front) > limit
+    budget = limit * (1 + 1e-9) if binds else math.inf  # 1e-9: float sums like 0.1 + 0.2
+    unit = limit / MEMORY_STEPS if binds else 0.0
     mem = [row_memory_mb(r) if binds else 0.0 for r in front]
     # states[j][k]: pairs (memory, partial integral, predecessor j, index of the pair in states[pj][k-1])
     states: list[list[list[tuple[float, float, int, int]]]] = [[[] for _ in range(k_max)] for _ in range(n)]
@@ -464,14 +284,14 @@ def select_subset(
         idx = _dp_subset(cands, quantile, max_models, memory_budget_mb, drange)
         keep = [cands[i] for i in idx]
         kept = {r.variant for r in keep}
-        why = []
+        limits = []
         if too_many:
-            why.append(f"max {max_models} models")
+            limits.append(f"max {max_models} models")
         if too_big:
-            why.append(f"{memory_budget_mb:g} MB budget")
+            limits.append(f"{memory_budget_mb:g} MB budget")
         for r in cands:
             if r.variant not in kept:
-                dropped[r.variant] = "left out to meet the " + " and ".join(why) + " (least expected-accuracy loss)"
+                dropped[r.variant] = "left out to meet the " + " and ".join(limits) + " (least expected-accuracy loss)"
         cands = keep
     params = SelectionParams(
         quantile=quantile,
@@ -512,7 +332,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "benchmark's images (default 0.05; 0 keeps every Pareto step)")
     p.add_argument("--max-models", type=int, default=None, metavar="K", help="keep at most K variants")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--memory-budget-mb", type=float, default=None, metavar="M", help="total memory of the kept variants")
+    g.add_argument("--memory-budget-mb", type=float, default=None, metavar="M",
+                   help="total memory of the kept variants")
     g.add_argument("--profile", default=None, metavar="P",
                    help="device profile: use its memory budget and check the table was measured with it")
     p.add_argument("--deadline-range", type=_parse_range, default=None, metavar="LO:HI",

@@ -1,4 +1,4 @@
-"""Tests for edge.selection: Pareto front, epsilon, limits (DP vs brute force), files and the CLI."""
+"""Tests for edge.front: Pareto front, epsilon, limits (DP vs brute force), selected table files and the CLI."""
 
 from __future__ import annotations
 
@@ -10,15 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.selection import (
-    SelectedTable,
-    epsilon_filter,
-    expected_accuracy,
-    pareto_front,
-    row_memory_mb,
-    select_subset,
-)
-from edge.table import DeviceHeader, LatencyRow, LatencyTable, TableError
+from edge.front import epsilon_filter, expected_accuracy, pareto_front, row_memory_mb, select_subset
+from edge.table import DeviceHeader, LatencyRow, LatencyTable, SelectedTable, TableError
 
 
 def row(name: str, p95: float, acc: float, mem: float = 1.0, setting: str = "litert-xnnpack-t1", mean: float | None = None) -> LatencyRow:
@@ -187,7 +180,7 @@ def test_save_load_roundtrip_and_validation(tmp_path):
     back = SelectedTable.load(p)
     assert back.rows == sel.rows
     assert back.params == sel.params
-    assert back.params["quantile"] == "p95" and back.params.get("epsilon") == 0.0
+    assert back.params.quantile == "p95" and back.params.epsilon == 0.0
     d = json.loads(p.read_text())
     assert d["kind"] == "selected"
     assert set(d["selection"]) >= {"quantile", "epsilon", "max_models", "memory_budget_mb", "source_table", "method"}
@@ -357,35 +350,6 @@ def _with_correct(r: LatencyRow, right) -> LatencyRow:
     from edge.table import encode_correct
 
     return dataclasses.replace(r, correct=encode_correct(right), eval_count=len(right), accuracy=float(right.mean()))
-
-
-def test_a_step_the_selection_images_cannot_resolve_is_dropped():
-    import numpy as np
-
-    from edge.selection import paired_gain_z, select_subset
-
-    n = 1000
-    base = np.zeros(n, bool)
-    base[:850] = True
-    # "noise": 6 more right and 4 fewer: +0.2 points, z = 2/sqrt(10) = 0.63 -> dropped
-    noise = base.copy()
-    noise[850:856] = True
-    noise[:4] = False
-    # "real": 60 more right, 10 fewer: +5 points, z = 50/sqrt(70) = 5.98 -> kept
-    real = base.copy()
-    real[850:910] = True
-    real[:10] = False
-    a = _with_correct(row("a", 1.0, 0), base)
-    b = _with_correct(row("b", 2.0, 0), noise)
-    c = _with_correct(row("c", 3.0, 0), real)
-    assert paired_gain_z(b, a) == pytest.approx(2 / np.sqrt(10))
-    sel = select_subset(table(a, b, c))
-    assert sel.variants == (a.variant, c.variant)
-    assert "not significant" in sel.params.dropped[b.variant] and sel.params.method == "paired-pareto"
-    assert select_subset(table(a, b, c), significance=0).variants == (a.variant, b.variant, c.variant)
-    # Without per-image records the test cannot run and every Pareto step stays.
-    plain = select_subset(table(row("a", 1.0, 0.85), row("b", 2.0, 0.852), row("c", 3.0, 0.9)))
-    assert len(plain.rows) == 3
 
 
 def test_the_correct_mask_survives_a_table_round_trip(tmp_path):

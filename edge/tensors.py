@@ -1,0 +1,37 @@
+"""Tensor conversions around a model: uint8 images in, as the artifact's input spec says; float32 scores out."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import numpy as np
+
+from edge.manifest import TensorSpec
+
+
+def prepare_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """uint8 NHWC images (pixel values 0..255) -> the tensor this artifact takes.
+
+    Every model in a family takes raw pixel values as float and normalises inside the
+    graph, so a float input is just a cast and an int8/uint8 input is quantized with
+    the artifact's recorded scale and zero point.
+    """
+    x = np.asarray(images)
+    if x.ndim == len(spec.shape) - 1:
+        x = x[None, ...]
+    want = tuple(s for s in spec.shape[1:])
+    if tuple(x.shape[1:]) != want:
+        raise ValueError(f"input shape {tuple(x.shape[1:])} does not match the model's {want} (NHWC, no batch)")
+    dt = np.dtype(spec.dtype)
+    if spec.quantized:  # so scale and zero point are recorded
+        info = np.iinfo(dt)
+        q = np.round(x.astype(np.float32) / cast(float, spec.scale) + cast(int, spec.zero_point))
+        return np.clip(q, info.min, info.max).astype(dt)
+    return x.astype(dt)
+
+
+def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Model output -> float32 scores, undoing output quantization."""
+    if spec.quantized:
+        return (y.astype(np.float32) - cast(int, spec.zero_point)) * cast(float, spec.scale)
+    return y.astype(np.float32)
