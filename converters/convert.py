@@ -1,57 +1,31 @@
-"""`edgekit convert`: build, validate and record the artifacts device profiles need from a run's trained models."""
+"""`edgekit convert`: build, validate and record the artifacts device profiles need from a run's trained models.
+
+This module drives a convert (here, or one Ray task per model) and prints its tables; one model's
+conversion is ``converters.convert_model``, and what the driver writes is ``converters.convert_record``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
-import gc
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from converters import ray_sweep
+from converters.convert_model import Failed, ModelDir, Note, artifact_path, convert_one, convert_task
+from converters.convert_record import Outcome, Recorder, convert_lock, open_manifest
 from converters.progress import progress_bar
 from converters.ray_sweep import RayOptions
 from device_profiles import FORMATS, PRECISIONS, BuildTarget, load_profile
-from edge.atomic import atomic_write_bytes, clean_stale_temps, read_json, sha256_bytes, sha256_file
-from edge.manifest import ArtifactRecord, Manifest, ManifestError, artifact_id
-
-if TYPE_CHECKING:
-    from converters.formats import ExportResult
-    from converters.validate import Validation
+from edge.atomic import clean_stale_temps, read_json, sha256_bytes, sha256_file
+from edge.manifest import Manifest
 
 DEFAULT_MAX_DROP = 2.0
-LOCK_FILE = ".convert.lock"
-
-
-@dataclass(frozen=True)
-class ModelDir:
-    """One finished model of a run (train.json present)."""
-
-    model_id: str
-    path: Path
-    keras_path: Path
-    train: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one artifact in this convert: built, skip or failed."""
-
-    artifact_id: str
-    model_id: str
-    format: str
-    precision: str
-    action: str  # built | skip | failed
-    seconds: float = 0.0
-    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,55 +68,6 @@ def targets_for(profile_names: list[str]) -> list[BuildTarget]:
     return sorted(wanted, key=lambda t: order[(t.format, t.precision)])
 
 
-def is_unchanged(rec: ArtifactRecord | None, run_dir: Path, source_sha256: str) -> bool:
-    """True when the recorded artifact exists with its recorded sha256 and was built from this model.keras."""
-    if rec is None or rec.source_sha256 != source_sha256:
-        return False
-    path = run_dir / rec.path
-    return path.is_file() and sha256_file(path) == rec.sha256
-
-
-def _load_keras(path: Path):
-    try:
-        from converters.families import load_keras_model
-    except ImportError:
-        # Families (custom layers) not installed: plain Keras still loads built-in-layer models safely.
-        import keras
-
-        return keras.saving.load_model(str(path), safe_mode=True)
-    return load_keras_model(path)
-
-
-def _open_manifest(run_dir: Path, dataset: str, labels: tuple[str, ...]) -> Manifest:
-    path = run_dir / "manifest.json"
-    if not path.exists():
-        return Manifest(dataset=dataset, labels=labels)
-    m = Manifest.load(path)
-    if m.dataset != dataset:
-        raise ManifestError(
-            f"{path} is for dataset '{m.dataset}' but this run trained on '{dataset}'; move it away and convert again"
-        )
-    return m
-
-
-@contextlib.contextmanager
-def _convert_lock(run_dir: Path) -> Iterator[None]:
-    """One convert per run folder at a time (two would lose each other's manifest updates)."""
-    fh = open(run_dir / LOCK_FILE, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another 'edgekit convert' is using {run_dir}; wait for it to finish") from None
-        yield
-    finally:
-        fh.close()
-
-
-def _without(manifest: Manifest, aid: str) -> Manifest:
-    return dataclasses.replace(manifest, artifacts=tuple(a for a in manifest.artifacts if a.artifact_id != aid))
-
-
 # ------------------------------------------------------------------------------------- convert
 
 
@@ -182,181 +107,12 @@ def convert_run(
     if not models:
         raise ValueError(f"no finished models in {run_dir / 'models'} (no train.json yet); run 'edgekit train' first")
 
-    with _convert_lock(run_dir):
+    with convert_lock(run_dir):
         return _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force, batch_size, out, progress,
                                ray)
 
 
-# What converting one model's artifacts produces, in order: made in this process or in a Ray task, and
-# applied to the run folder and manifest by this process (_Recorder.apply).
-
-
-@dataclass(frozen=True)
-class _Note:
-    """A line to print: a WARN, or the FAIL of a model that does not load."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class _Started:
-    artifact_id: str
-
-
-@dataclass(frozen=True)
-class _Built:
-    target: BuildTarget
-    rel: str  # the artifact's path in the run folder
-    result: ExportResult
-    validation: Validation
-    seconds: float
-    data: bytes | None = None  # the artifact's bytes when a Ray task built it (in its own temporary folder)
-
-
-@dataclass(frozen=True)
-class _Failed:
-    target: BuildTarget
-    rel: str
-    seconds: float
-    error: str
-    line: str = ""  # the FAIL line to print; "" when a _Note said it for the whole model
-
-
-def _rel(model_id: str, t: BuildTarget) -> tuple[str, str]:
-    from converters.formats import extension
-
-    aid = artifact_id(model_id, t.format, t.precision)
-    return aid, f"artifacts/{aid}.{extension(t.format)}"
-
-
-def _build_model(md: ModelDir, keras_path: Path, todo: list[BuildTarget], out_root: Path, x_eval, y_eval, x_calib,
-                 limit_test: int | None, max_drop: float, batch_size: int) -> Iterator[Any]:
-    """Convert and validate one model's ``todo`` artifacts under ``out_root``; yields what happens, in order."""
-    from converters import validate
-    from converters.formats import export_model
-
-    try:
-        model = _load_keras(keras_path)
-        reference = validate.keras_outputs(model, x_eval, batch_size=batch_size)
-    except Exception as exc:  # Keras raises many types for a bad file; one model must not stop the rest
-        msg = " ".join(f"cannot load {md.keras_path}: {exc}".split())
-        yield _Note(f"FAIL  {md.model_id}: {msg[:500]}")
-        for t in todo:
-            yield _Failed(t, _rel(md.model_id, t)[1], 0.0, msg)
-        return
-    warnings: list[str] = []
-    _check_reload(md, reference, y_eval, limit_test, warnings.append)
-    yield from (_Note(w) for w in warnings)
-
-    for t in todo:
-        aid, rel = _rel(md.model_id, t)
-        yield _Started(aid)
-        t0 = time.perf_counter()
-        try:
-            res = export_model(model, out_root / rel, t.format, t.precision, calib_images=x_calib)
-            v = validate.validate_artifact(
-                res.path, t.format, x_eval, y_eval, reference, max_drop=max_drop, batch_size=batch_size
-            )
-        except (RuntimeError, ValueError, OSError) as exc:
-            msg = " ".join(str(exc).split())
-            yield _Failed(t, rel, time.perf_counter() - t0, msg, line=f"FAIL  {aid}: {msg[:500]}")
-            continue
-        yield _Built(t, rel, res, v, time.perf_counter() - t0)
-    del model
-    _release_keras()
-
-
-class _Recorder:
-    """This process's side of a convert: the run folder's artifacts, manifest.json, outcomes, lines and bar."""
-
-    def __init__(self, run_dir: Path, manifest: Manifest, bar, out: TextIO):
-        self.run_dir, self.manifest, self.bar, self.out = run_dir, manifest, bar, out
-        self.path = run_dir / "manifest.json"
-        self.outcomes: list[Outcome] = []
-
-    def say(self, msg: str) -> None:
-        self.bar.write(msg, file=self.out)
-
-    def save(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        manifest.save(self.path)
-
-    def plan(self, md: ModelDir, source_sha: str, targets: list[BuildTarget], force: bool,
-             max_drop: float) -> list[BuildTarget]:
-        """Record the model's unchanged artifacts as skipped (re-judged); returns the targets to build."""
-        from converters import validate
-
-        todo: list[BuildTarget] = []
-        for t in targets:
-            aid = artifact_id(md.model_id, t.format, t.precision)
-            rec = self.manifest.by_id().get(aid)
-            if not force and is_unchanged(rec, self.run_dir, source_sha):
-                assert rec is not None
-                rejudged = validate.rejudge(rec, max_drop)
-                if rejudged != rec:
-                    self.save(self.manifest.with_artifact(rejudged))
-                self.say(f"skip  {aid} (unchanged)")
-                self.outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "skip"))
-                self.bar.update(1)
-            else:
-                todo.append(t)
-        return todo
-
-    def apply(self, ev: Any, md: ModelDir, source_sha: str) -> None:
-        from converters import validate
-
-        if isinstance(ev, _Note):
-            self.say(ev.text)
-        elif isinstance(ev, _Started):
-            self.bar.set_postfix_str(ev.artifact_id, refresh=True)
-        elif isinstance(ev, _Built) and ev.data is not None and sha256_bytes(ev.data) != ev.result.sha256:
-            msg = "the bytes its Ray task returned do not match the sha256 the task computed; rerun to rebuild it"
-            aid = _rel(md.model_id, ev.target)[0]
-            self.apply(_Failed(ev.target, ev.rel, ev.seconds, msg, line=f"FAIL  {aid}: {msg}"), md, source_sha)
-        elif isinstance(ev, _Built):
-            t, res, v = ev.target, ev.result, ev.validation
-            aid = artifact_id(md.model_id, t.format, t.precision)
-            if ev.data is not None:
-                atomic_write_bytes(self.run_dir / ev.rel, ev.data)
-            rec = ArtifactRecord(
-                artifact_id=aid,
-                model_id=md.model_id,
-                format=t.format,
-                precision=t.precision,
-                path=ev.rel,
-                sha256=res.sha256,
-                size_bytes=res.size_bytes,
-                input=res.input,
-                output=res.output,
-                source_sha256=source_sha,
-                params=int(md.train.get("params", 0) or 0),
-                macs=int(md.train.get("macs", 0) or 0),
-            )
-            rec = validate.apply_validation(rec, v)
-            self.save(self.manifest.with_artifact(rec))
-            note = f"  ({v.reason})" if v.status != "ok" else ""
-            self.say(
-                f"built {aid}: {res.size_bytes / 1024:.1f} KB, convert {res.seconds:.1f}s, total {ev.seconds:.1f}s, "
-                f"accuracy {100 * v.accuracy:.2f}%, {v.status}{note}"
-            )
-            self.outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "built", ev.seconds))
-            self.bar.update(1)
-        elif isinstance(ev, _Failed):
-            t = ev.target
-            aid = artifact_id(md.model_id, t.format, t.precision)
-            # A stale record must not survive a failed rebuild: it would ship an old artifact.
-            if aid in self.manifest.by_id():
-                self.save(_without(self.manifest, aid))
-            (self.run_dir / ev.rel).unlink(missing_ok=True)
-            if ev.line:
-                self.say(ev.line)
-            self.outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "failed", ev.seconds, ev.error))
-            self.bar.update(1)
-        else:  # pragma: no cover - a new event type without its case here
-            raise TypeError(f"unknown convert event {ev!r}")
-
-
-def _eval_set(run_dir: Path, limit_test: int | None, rec: _Recorder):
+def _eval_set(run_dir: Path, limit_test: int | None, rec: Recorder):
     """The run's test images and labels (first ``limit_test``) and its calibration images."""
     from converters.datasets import splits_for_run
 
@@ -374,10 +130,10 @@ def _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force,
     art_dir = run_dir / "artifacts"
     art_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(art_dir)
-    manifest = _open_manifest(run_dir, str(meta.get("dataset", "")), tuple(str(c) for c in meta.get("class_names", ())))
+    manifest = open_manifest(run_dir, str(meta.get("dataset", "")), tuple(str(c) for c in meta.get("class_names", ())))
 
     bar = progress_bar(len(models) * len(targets), enabled=progress)
-    rec = _Recorder(run_dir, manifest, bar, out)
+    rec = Recorder(run_dir, manifest, bar, out)
     try:
         if ray is not None:
             _convert_on_ray(rec, models, targets, max_drop, limit_test, force, batch_size, ray)
@@ -390,7 +146,7 @@ def _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force,
                     continue
                 if evalset is None:
                     evalset = _eval_set(run_dir, limit_test, rec)
-                for ev in _build_model(md, md.keras_path, todo, run_dir, *evalset, limit_test, max_drop, batch_size):
+                for ev in convert_one(md, md.keras_path, todo, run_dir, *evalset, limit_test, max_drop, batch_size):
                     rec.apply(ev, md, source_sha)
     finally:
         bar.close()
@@ -400,28 +156,7 @@ def _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force,
     return ConvertResult(manifest=rec.manifest, outcomes=tuple(outcomes))
 
 
-def convert_task(md: ModelDir, keras_bytes: bytes, todo: list[BuildTarget], evalset, limit_test: int | None,
-                 max_drop: float, batch_size: int, ray: RayOptions) -> list[Any]:
-    """A Ray task: convert and validate one model's ``todo`` artifacts in a temporary folder of its worker.
-
-    Gets the model as bytes and returns its events, each built artifact's bytes included, for the driver
-    to apply (``_Recorder.apply``); the worker never opens the run folder.
-    """
-    ray_sweep.init_worker(ray)
-    events: list[Any] = []
-    with ray_sweep.task_folder() as root:
-        keras_path = root / "model.keras"
-        keras_path.write_bytes(keras_bytes)
-        for ev in _build_model(md, keras_path, todo, root, *evalset, limit_test, max_drop, batch_size):
-            if isinstance(ev, _Built):
-                ev = dataclasses.replace(ev, data=(root / ev.rel).read_bytes(),
-                                         result=dataclasses.replace(ev.result, path=Path(ev.rel)))
-            events.append(ev)
-        ray_sweep.crash_point(md.model_id)
-    return events
-
-
-def _convert_on_ray(rec: _Recorder, models, targets, max_drop, limit_test, force, batch_size,
+def _convert_on_ray(rec: Recorder, models, targets, max_drop, limit_test, force, batch_size,
                     opts: RayOptions) -> None:
     """One Ray task per model with artifacts to build; this process applies what each returns as it finishes."""
     import ray
@@ -448,38 +183,9 @@ def _convert_on_ray(rec: _Recorder, models, targets, max_drop, limit_test, force
                 for ev in res.value:
                     rec.apply(ev, md, source_sha)
                 continue
-            rec.apply(_Note(f"FAIL  {md.model_id}: {res.error} (a rerun retries it)"), md, source_sha)
+            rec.apply(Note(f"FAIL  {md.model_id}: {res.error} (a rerun retries it)"), md, source_sha)
             for t in todo:
-                rec.apply(_Failed(t, _rel(md.model_id, t)[1], 0.0, res.error or ""), md, source_sha)
-
-
-def _check_reload(md: ModelDir, reference: np.ndarray, labels: np.ndarray, limit_test: int | None, say) -> None:
-    """Warn when the reloaded model.keras no longer scores what training recorded on the same test set.
-
-    Artifacts are validated against the model as it loads now; if custom-layer code changed after
-    training, that model (and every artifact) silently differs from the one that was trained.
-    """
-    recorded = md.train.get("test_accuracy")
-    n = md.train.get("test_images")
-    if recorded is None or limit_test is not None or (n is not None and int(n) != len(labels)):
-        return
-    now = float((reference.argmax(axis=1) == labels).mean())
-    if abs(now - float(recorded)) > 0.005:
-        say(
-            f"WARN  {md.model_id}: model.keras now scores {100 * now:.2f}% but train.json recorded "
-            f"{100 * float(recorded):.2f}% on the same test set; it does not load as trained "
-            "(custom layer code changed since?): retrain it"
-        )
-
-
-def _release_keras() -> None:
-    try:
-        import keras
-
-        keras.backend.clear_session()
-    except Exception:  # pragma: no cover - only frees memory
-        pass
-    gc.collect()
+                rec.apply(Failed(t, artifact_path(md.model_id, t)[1], 0.0, res.error or ""), md, source_sha)
 
 
 # ------------------------------------------------------------------------------------- report
@@ -492,7 +198,8 @@ def _pct(x: float | None) -> str:
 def format_table(result: ConvertResult) -> str:
     """model | format-precision | size (KB) | accuracy | Δ vs Keras | agreement | max diff | status."""
     recs = result.manifest.by_id()
-    header = ("model", "format-precision", "size (KB)", "accuracy", "Δ vs Keras (pts)", "agreement", "max diff", "status")
+    header = ("model", "format-precision", "size (KB)", "accuracy", "Δ vs Keras (pts)", "agreement", "max diff",
+              "status")
     rows = []
     for o in result.outcomes:
         r = recs.get(o.artifact_id)
@@ -512,7 +219,8 @@ def format_table(result: ConvertResult) -> str:
     right = {2, 3, 4, 5, 6}
 
     def line(cells) -> str:
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
 
     out = [line(header).rstrip(), "  ".join("-" * w for w in widths)]
     out += [line(r).rstrip() for r in rows]
@@ -586,7 +294,7 @@ def run(args) -> int:
     ray = ray_sweep.options_from_args(args)
     if ray is None:  # on Ray, TensorFlow runs in the tasks only
         try:  # TensorFlow's start-up notices would bury the progress lines
-            from converters.train import import_tensorflow_quietly
+            from converters.tensorflow_import import import_tensorflow_quietly
 
             import_tensorflow_quietly()
         except ImportError:

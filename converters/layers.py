@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from converters.families import psconv_macs  # noqa: F401 (re-exported; kept Keras-free there)
+from converters.specs import psconv_macs  # the arithmetic lives Keras-free in specs (estimate_macs uses it too)
 
 # Corner p of the 3x3 window -> (row offset, col offset) of its 2x2 block, clockwise from top-left.
 CORNERS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 1), (1, 0))

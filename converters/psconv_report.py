@@ -20,7 +20,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from converters.families import ModelSpec, build_model, count_params_macs  # noqa: E402
+from converters.keras_build import build_model, count_params_macs  # noqa: E402
+from converters.specs import ModelSpec  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def format_report(profile, setting, version, rows, runs) -> str:
         (pa, ma, ea, sa), (pb, mb, eb, sb) = r["a_info"], r["b_info"]
         lines.append("")
         lines.append(r["title"])
-        lines.append(f"  {'model':46s} {'params':>8s} {'MACs':>11s} {'bytes':>8s} {'p50 ms':>8s} {'p90 ms':>8s} {'max|Δ| vs keras':>16s}")
+        lines.append(f"  {'model':46s} {'params':>8s} {'MACs':>11s} {'bytes':>8s} {'p50 ms':>8s} {'p90 ms':>8s} "
+                     f"{'max|Δ| vs keras':>16s}")
         lines.append(f"  {r['a']:46s} {pa:8d} {ma:11,d} {sa:8d} {r['a_p50']:8.4f} {r['a_p90']:8.4f} {ea:16.2e}")
         lines.append(f"  {r['b']:46s} {pb:8d} {mb:11,d} {sb:8d} {r['b_p50']:8.4f} {r['b_p90']:8.4f} {eb:16.2e}")
         lines.append(f"  ratio variant/baseline: params {pb / pa:.3f}  MACs {mb / ma:.3f}  "

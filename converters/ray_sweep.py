@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from converters.tensorflow_import import import_tensorflow_quietly
+
 INSTALL_HINT = "pip install 'edgekit[cluster]' (from a checkout: pip install -e '.[cluster]')"
 LOCAL = "local"  # what --ray means without an address: a local Ray started for the run
 _DEFAULT_PORTS = {"": 6379, "ray://": 10001}  # a head's GCS port; the Ray Client server's port
@@ -345,8 +347,6 @@ def init_worker(opts: RayOptions) -> None:
         return
     if "tensorflow" not in sys.modules:
         os.environ.update(task_env(opts))
-    from converters.train import import_tensorflow_quietly
-
     import_tensorflow_quietly()
     import tensorflow as tf
 

@@ -19,8 +19,9 @@ REAL_RUN_PROFILES = ("rpi4", "jetson-orin-nano")  # together they build all 7 fo
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Path:
     from converters.convert import convert_run
-    from converters.datasets import DatasetNotFound
-    from converters.train import Schedule, SplitOptions, TrainOptions, train_sweep
+    from converters.dataset_files import DatasetNotFound
+    from converters.train import train_sweep
+    from converters.train_options import Schedule, SplitOptions, TrainOptions
 
     run = tmp_path_factory.mktemp("real-run") / "run"
     log = io.StringIO()

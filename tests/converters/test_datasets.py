@@ -1,4 +1,5 @@
-"""Tests for converters.datasets: IDX and CIFAR-10 parsers, lookup order, restricted unpickling, splits."""
+"""Tests for converters.datasets and converters.dataset_files: IDX and CIFAR-10 parsers, lookup order,
+restricted unpickling, splits (the parser tests load through the lookup, so the two share one file)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,15 @@ import numpy as np
 import pytest
 
 from converters import datasets as dsm
-from converters.datasets import (
+from converters.dataset_files import (
     Dataset,
     DatasetFormatError,
     DatasetNotFound,
     load_cifar10,
-    load_dataset,
-    make_splits,
     read_idx,
     safe_unpickle,
-    splits_for_run,
 )
+from converters.datasets import load_dataset, make_splits, splits_for_run
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 
 from converters import train as tr
-from converters.families import (
-    EnsembleDecl,
-    EnsembleNotReady,
-    EnsembleSpec,
-    FamilyError,
-    ModelSpec,
-    load_family,
-    load_spec,
-    parse_family,
-)
+from converters.family_file import load_family, parse_family
+from converters.family_spec import EnsembleDecl, EnsembleNotReady
+from converters.specs import EnsembleSpec, FamilyError, ModelSpec, load_spec
+from converters.train_options import Schedule, SplitOptions, TrainOptions
 from tests.converters.test_datasets import REAL_FASHION, write_idx_set
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside keras.saving
@@ -105,7 +99,8 @@ def test_ensemble_must_be_tables(tmp_path):
         parse_family(_fam(head="ensemble = 3\n" + head))
     p = tmp_path / "fam.toml"  # a file: the error names it, and the listing hint uses its path
     p.write_text(head + '[[ensemble]]\nmembers = ["nope", "c1"]\n')
-    with pytest.raises(FamilyError, match=rf"{re.escape(str(p))}: ensemble\[0\].*converters.families {re.escape(str(p))}"):
+    listing = rf"{re.escape(str(p))}: ensemble\[0\].*converters.families {re.escape(str(p))}"
+    with pytest.raises(FamilyError, match=listing):
         load_family(p)
 
 
@@ -160,7 +155,7 @@ def test_top_k_picks_by_validation_accuracy():
 def test_build_ensemble_averages_softmax_and_reloads_with_custom_layers(tmp_path):
     import keras
 
-    from converters.families import build_ensemble, build_model, count_params_macs, load_keras_model
+    from converters.keras_build import build_ensemble, build_model, count_params_macs, load_keras_model
 
     keras.utils.set_random_seed(0)
     fam = parse_family(_fam())
@@ -201,7 +196,8 @@ def _shift(x: np.ndarray, view: str) -> np.ndarray:
 def test_views_average_every_member_on_every_shifted_image(tmp_path):
     import keras
 
-    from converters.families import ENSEMBLE_VIEWS, build_ensemble, build_model, load_keras_model
+    from converters.keras_build import build_ensemble, build_model, load_keras_model
+    from converters.specs import ENSEMBLE_VIEWS
 
     keras.utils.set_random_seed(1)
     fam = parse_family(_fam())
@@ -224,16 +220,16 @@ def test_views_average_every_member_on_every_shifted_image(tmp_path):
 # --- edgekit train + convert on a real tiny run ---------------------------------------------------
 
 
-def _opts(run_dir: Path, family: Path, data_dir: Path | None, **kw) -> tr.TrainOptions:
+def _opts(run_dir: Path, family: Path, data_dir: Path | None, **kw) -> TrainOptions:
     base = dict(run_dir=run_dir, family=str(family), data_dir=str(data_dir) if data_dir else None,
-                schedule=tr.Schedule(mode="quick", epochs=1, patience=1, batch_size=64, learning_rate=3e-3),
-                splits=tr.SplitOptions(val_fraction=0.1, calib_size=64, limit_train=1500, limit_test=300),
+                schedule=Schedule(mode="quick", epochs=1, patience=1, batch_size=64, learning_rate=3e-3),
+                splits=SplitOptions(val_fraction=0.1, calib_size=64, limit_train=1500, limit_test=300),
                 progress=False)
     base.update(kw)
-    return tr.TrainOptions(**base)
+    return TrainOptions(**base)
 
 
-def _sweep(o: tr.TrainOptions) -> tuple[list[tr.ModelResult], str]:
+def _sweep(o: TrainOptions) -> tuple[list[tr.ModelResult], str]:
     buf = io.StringIO()
     return tr.train_sweep(o, out=buf), buf.getvalue()
 
@@ -289,7 +285,7 @@ def test_ensemble_output_is_the_mean_of_member_softmax_and_its_accuracy_is_recor
     import keras
 
     from converters.datasets import splits_for_run
-    from converters.families import load_keras_model
+    from converters.keras_build import load_keras_model
 
     _, _, run_dir, _, _ = setup
     ens = EnsembleSpec(members=(PLAIN, CUSTOM))
@@ -318,7 +314,7 @@ def test_resume_skips_ensembles_and_rebuilds_when_a_member_changes(setup, tmp_pa
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.keras")} == mtimes
 
     # A member's model.keras changes (retrained elsewhere): the ensembles holding it are rebuilt from it.
-    from converters.families import load_keras_model
+    from converters.keras_build import load_keras_model
 
     wide = run_dir / "models" / WIDE / "model.keras"
     m = load_keras_model(wide)
@@ -366,7 +362,8 @@ def test_convert_builds_and_validates_every_desktop_target_of_an_ensemble(setup,
     assert "WARN" not in out.getvalue()  # reloads and scores what training recorded
     m = Manifest.load(run_dir / "manifest.json")
     got = {(a.model_id, a.format, a.precision) for a in m.artifacts}
-    targets = {("tflite", p) for p in ("fp32", "fp16", "dynamic", "int8")} | {("onnx", p) for p in ("fp32", "fp16", "int8")}
+    targets = ({("tflite", p) for p in ("fp32", "fp16", "dynamic", "int8")}
+               | {("onnx", p) for p in ("fp32", "fp16", "int8")})
     assert got == {(e, f, p) for e in ens_ids for f, p in targets}
     for a in m.artifacts:
         rec = _rec(run_dir, a.model_id)

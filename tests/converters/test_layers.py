@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
-from converters.families import ModelSpec, build_model, count_params_macs, custom_objects  # noqa: E402
+from converters.keras_build import build_model, count_params_macs, custom_objects  # noqa: E402
 from converters.layers import (  # noqa: E402
     CORNERS,
     PSConv2D,
@@ -20,6 +20,7 @@ from converters.layers import (  # noqa: E402
     dense_to_corners,
     psconv_mask,
 )
+from converters.specs import ModelSpec  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -109,7 +110,8 @@ def test_mask_is_kept_through_training(implementation):
     if implementation == "masked":
         assert (np.asarray(layer.kernel)[zero] == 0).all()  # applied at build
     before = layer.dense_kernel().copy()
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.Adam(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(rand(16, 6, 6, 4, lo=0.0), RNG.integers(0, 2, 16), epochs=2, batch_size=8, verbose=0)
     after = layer.dense_kernel()
     assert (after[zero] == 0).all()

@@ -24,6 +24,7 @@ import pytest
 from converters import convert as cv
 from converters import ray_sweep as rs
 from converters import train as tr
+from converters.train_options import Schedule, SplitOptions, TrainOptions
 from edge.atomic import sha256_file
 from edgekit.cli import main
 from tests.converters.test_convert import ONE_TARGET_PROFILE
@@ -48,16 +49,16 @@ def family(tmp_path_factory) -> Path:
     return p
 
 
-def opts(run_dir: Path, family: Path, data_dir: Path, ray: rs.RayOptions | None, **kw) -> tr.TrainOptions:
+def opts(run_dir: Path, family: Path, data_dir: Path, ray: rs.RayOptions | None, **kw) -> TrainOptions:
     base = dict(run_dir=run_dir, family=str(family), dataset="fashion_mnist", data_dir=str(data_dir), seed=0,
-                schedule=tr.Schedule(mode="quick", epochs=1, patience=1, batch_size=64, learning_rate=2e-3),
-                splits=tr.SplitOptions(val_fraction=0.1, calib_size=20, limit_train=None, limit_test=None),
+                schedule=Schedule(mode="quick", epochs=1, patience=1, batch_size=64, learning_rate=2e-3),
+                splits=SplitOptions(val_fraction=0.1, calib_size=20, limit_train=None, limit_test=None),
                 limit=4, progress=False, ray=ray)
     base.update(kw)
-    return tr.TrainOptions(**base)
+    return TrainOptions(**base)
 
 
-def sweep(o: tr.TrainOptions) -> tuple[list[tr.ModelResult], str]:
+def sweep(o: TrainOptions) -> tuple[list[tr.ModelResult], str]:
     buf = io.StringIO()
     return tr.train_sweep(o, out=buf), buf.getvalue()
 
@@ -83,7 +84,8 @@ def test_cli_flags():
                                     "--gpus-per-task", "0.5", "--max-retries", "0")).ray
     assert o == rs.RayOptions(address="head:6379", cpus_per_task=2.0, gpus_per_task=0.5, max_retries=0)
     assert o.threads == 2 and rs.RayOptions(cpus_per_task=0.5).threads == 1
-    assert rs.options_from_args(_parse(cv, "RUN", "--profile", "rpi4", "--ray", "auto")) == rs.RayOptions(address="auto")
+    convert_args = _parse(cv, "RUN", "--profile", "rpi4", "--ray", "auto")
+    assert rs.options_from_args(convert_args) == rs.RayOptions(address="auto")
     for bad in (["--cpus-per-task", "0"], ["--cpus-per-task", "x"], ["--gpus-per-task", "-1"],
                 ["--max-retries", "-1"], ["--max-retries", "1.5"]):
         with pytest.raises(SystemExit):
@@ -239,7 +241,7 @@ def local_ray(tmp_path_factory):
 
 
 def _ids(family: Path, n: int) -> list[str]:
-    from converters.families import load_family
+    from converters.family_file import load_family
 
     return [s.model_id for s in load_family(str(family)).expand(limit=n)]
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from converters import train as tr
+from converters.run_folder import MODEL_TMP_PREFIX
+from converters.train_options import QUICK, QUICK_SPLITS, Schedule, SplitOptions, TrainOptions
 from tests.converters.test_datasets import REAL_FASHION, write_idx_set
 
 TINY_FAMILY = """
@@ -49,17 +51,17 @@ def family(tmp_path_factory) -> Path:
     return p
 
 
-def opts(run_dir: Path, family: Path, data_dir: Path | None, **kw) -> tr.TrainOptions:
+def opts(run_dir: Path, family: Path, data_dir: Path | None, **kw) -> TrainOptions:
     base = dict(run_dir=run_dir, family=str(family), dataset="fashion_mnist",
                 data_dir=str(data_dir) if data_dir else None, seed=0,
-                schedule=tr.Schedule(mode="quick", epochs=1, patience=1, batch_size=64, learning_rate=2e-3),
-                splits=tr.SplitOptions(val_fraction=0.1, calib_size=20, limit_train=None, limit_test=None),
+                schedule=Schedule(mode="quick", epochs=1, patience=1, batch_size=64, learning_rate=2e-3),
+                splits=SplitOptions(val_fraction=0.1, calib_size=20, limit_train=None, limit_test=None),
                 limit=3, progress=False)
     base.update(kw)
-    return tr.TrainOptions(**base)
+    return TrainOptions(**base)
 
 
-def _quiet(o: tr.TrainOptions):
+def _quiet(o: TrainOptions):
     import io
 
     buf = io.StringIO()
@@ -69,7 +71,8 @@ def _quiet(o: tr.TrainOptions):
 def check_run_folder(run_dir: Path, n_models: int) -> None:
     import keras
 
-    from converters.families import ModelSpec, load_keras_model
+    from converters.keras_build import load_keras_model
+    from converters.specs import ModelSpec
 
     run = json.loads((run_dir / "run.json").read_text())
     assert KEYS_RUN <= set(run)
@@ -85,7 +88,7 @@ def check_run_folder(run_dir: Path, n_models: int) -> None:
         model = load_keras_model(d / "model.keras")
         out = keras.ops.convert_to_numpy(model(np.zeros((2, *run["input_shape"]), np.float32)))
         assert out.shape == (2, len(run["class_names"])) and np.isfinite(out).all()
-    assert not list(run_dir.rglob(".*.tmp")) and not list(run_dir.rglob(f"{tr.MODEL_TMP_PREFIX}*"))
+    assert not list(run_dir.rglob(".*.tmp")) and not list(run_dir.rglob(f"{MODEL_TMP_PREFIX}*"))
 
 
 def test_sweep_contract_resume_and_half_written(tmp_path, family, data_dir):
@@ -134,7 +137,7 @@ def test_refuses_other_settings_unless_forced(tmp_path, family, data_dir):
     _quiet(opts(run_dir, family, data_dir, limit=1))
     with pytest.raises(ValueError, match=r"(?s)seed: run has 0, this command asks 1.*--force"):
         _quiet(opts(run_dir, family, data_dir, limit=1, seed=1))
-    other = dataclasses.replace(tr.SplitOptions(), calib_size=20, limit_test=30)
+    other = dataclasses.replace(SplitOptions(), calib_size=20, limit_test=30)
     with pytest.raises(ValueError, match="splits: run has"):
         _quiet(opts(run_dir, family, data_dir, limit=1, splits=other))
     results, _ = _quiet(opts(run_dir, family, data_dir, limit=1, seed=1, force=True))
@@ -146,7 +149,7 @@ def test_same_seed_same_model(tmp_path, family, data_dir):
     a, _ = _quiet(opts(tmp_path / "a", family, data_dir, limit=1))
     b, _ = _quiet(opts(tmp_path / "b", family, data_dir, limit=1))
     assert a[0].test_accuracy == b[0].test_accuracy and a[0].val_accuracy == b[0].val_accuracy
-    from converters.families import load_keras_model
+    from converters.keras_build import load_keras_model
 
     wa = load_keras_model(tmp_path / "a" / "models" / a[0].model_id / "model.keras").get_weights()
     wb = load_keras_model(tmp_path / "b" / "models" / b[0].model_id / "model.keras").get_weights()
@@ -154,32 +157,7 @@ def test_same_seed_same_model(tmp_path, family, data_dir):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
 
 
-def test_run_lock_is_exclusive(tmp_path):
-    with tr.run_lock(tmp_path):
-        with pytest.raises(RuntimeError, match="another `edgekit train`"):
-            with tr.run_lock(tmp_path):
-                pass
-    with tr.run_lock(tmp_path):  # released
-        pass
-
-
-def test_read_finished_rejects_incomplete(tmp_path):
-    d = tmp_path / "m"
-    d.mkdir()
-    assert tr.read_finished(d) is None
-    (d / "train.json").write_text('{"model_id": "m", "finis')
-    assert tr.read_finished(d) is None
-    rec = {"model_id": "m", "epochs": 1, "wall_s": 1.0, "test_accuracy": 0.5, "val_accuracy": 0.5,
-           "params": 1, "macs": 1, "seed": 0, "finished": True}
-    (d / "train.json").write_text(json.dumps(rec))
-    assert tr.read_finished(d) is None  # no model.keras / spec.json
-    (d / "model.keras").write_bytes(b"x")
-    (d / "spec.json").write_text("{}")
-    assert tr.read_finished(d, "m") == rec
-    assert tr.read_finished(d, "other") is None
-
-
-def _parse(*argv: str) -> tr.TrainOptions:
+def _parse(*argv: str) -> TrainOptions:
     p = argparse.ArgumentParser()
     tr.add_arguments(p)
     return tr.options_from_args(p.parse_args(["RUN", *argv]))
@@ -187,7 +165,7 @@ def _parse(*argv: str) -> tr.TrainOptions:
 
 def test_cli_options():
     q = _parse()
-    assert q.schedule == tr.QUICK and q.splits.limit_train == tr.QUICK_SPLITS.limit_train and q.family == "demo"
+    assert q.schedule == QUICK and q.splits.limit_train == QUICK_SPLITS.limit_train and q.family == "demo"
     f = _parse("--full", "--epochs", "5", "--batch-size", "32", "--sample", "7", "--seed", "3")
     assert f.schedule.mode == "full" and f.schedule.epochs == 5 and f.schedule.batch_size == 32
     assert f.splits.limit_train is None and f.sample == 7 and f.seed == 3 and f.limit is None
@@ -215,7 +193,7 @@ def test_real_fashion_mnist_tiny_sweep(tmp_path, monkeypatch):
     fam = tmp_path / "flat.toml"
     fam.write_text(TINY_FAMILY.replace('width = [2, 3, 4]', 'width = 8\nhead = "flatten"'))
     o = opts(tmp_path / "run", fam, None, limit=1,
-             splits=tr.SplitOptions(calib_size=20, limit_train=1000, limit_test=300))
+             splits=SplitOptions(calib_size=20, limit_train=1000, limit_test=300))
     results, _ = _quiet(o)
     assert results[0].test_accuracy > 0.4  # far above chance (0.1) after one epoch on 900 images
     check_run_folder(tmp_path / "run", 1)
