@@ -20,13 +20,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from device_profiles import BACKEND_FORMAT, DeviceProfile, RuntimeSetting, load_profile
+from device_profiles import DeviceProfile, RuntimeSetting, load_profile
 from edge.atomic import atomic_writer, read_json, sha256_bytes, sha256_file
 from edge.bundle import BUNDLE_VERSION, EVAL_NAME, MANIFEST_NAME, is_bundle_folder
 from edge.canary import CANARY_NAME, SCORES_PREFIX, run_scores
-from edge.manifest import EXTENSIONS, ArtifactRecord, Manifest, ManifestError
+from edge.formats import backend_for, get_format
+from edge.manifest import ArtifactRecord, Manifest, ManifestError
 
-FORMAT_BACKEND = {fmt: backend for backend, fmt in BACKEND_FORMAT.items()}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
@@ -72,7 +72,7 @@ def _host_canary(rec: ArtifactRecord, data: bytes, images: np.ndarray) -> np.nda
     """The workstation's dequantized scores for the canary images (BackendUnavailable if no runtime)."""
     from edge.backends import get_backend
 
-    backend_name = FORMAT_BACKEND[rec.format]
+    backend_name = backend_for(rec.format)
     setting = RuntimeSetting(name="host-canary", backend=backend_name, threads=1)
     try:
         model = get_backend(backend_name).load(data, setting)
@@ -211,7 +211,7 @@ def build_bundle(
                 raise FileNotFoundError(f"artifact {rec.artifact_id} is listed in {mpath} but {src} is missing; rerun 'edgekit convert {run_dir}'") from None
             if sha256_bytes(data) != rec.sha256:
                 raise ValueError(f"artifact {src} changed since it was converted (sha256 differs from {mpath}); rerun 'edgekit convert {run_dir}'")
-            rel = f"artifacts/{rec.artifact_id}.{EXTENSIONS[rec.format]}"
+            rel = f"artifacts/{rec.artifact_id}.{get_format(rec.format).extension}"
             (tmp / rel).write_bytes(data)
             records.append(dataclasses.replace(rec, path=rel, size_bytes=len(data)))
             try:

@@ -21,7 +21,8 @@ from converters.convert_model import Failed, ModelDir, Note, artifact_path, conv
 from converters.convert_record import Outcome, Recorder, convert_lock, open_manifest
 from converters.progress import progress_bar
 from converters.ray_sweep import RayOptions
-from device_profiles import FORMATS, PRECISIONS, BuildTarget, load_profile
+from device_profiles import BuildTarget, load_profile
+from edge.formats import FORMATS, PRECISIONS
 from edge.atomic import clean_stale_temps, read_json, sha256_bytes, sha256_file
 from edge.manifest import Manifest
 
@@ -64,7 +65,7 @@ def targets_for(profile_names: list[str]) -> list[BuildTarget]:
     wanted: set[BuildTarget] = set()
     for name in profile_names:
         wanted.update(load_profile(name).targets)
-    order = {(f, p): (FORMATS.index(f), PRECISIONS.index(p)) for f in FORMATS for p in PRECISIONS}
+    order = {(f, p): (list(FORMATS).index(f), PRECISIONS.index(p)) for f in FORMATS for p in PRECISIONS}
     return sorted(wanted, key=lambda t: order[(t.format, t.precision)])
 
 

@@ -10,12 +10,12 @@ import numpy as np
 
 from device_profiles import RuntimeSetting
 from edge.backends import get_backend
+from edge.formats import backend_for
 from edge.manifest import ArtifactRecord
 from edge.tensors import dequantize_output, prepare_input
 
 DEFAULT_MAX_DROP = 2.0  # accuracy points an artifact may lose against its Keras source
 DEFAULT_BATCH = 256
-FORMAT_BACKEND = {"tflite": "litert", "onnx": "onnxruntime"}
 NONFINITE_REASON = "the artifact produced NaN or infinite outputs"
 
 
@@ -38,9 +38,7 @@ class Validation:
 
 def host_setting(fmt: str, threads: int = 1) -> RuntimeSetting:
     """The runtime configuration validation uses on this machine (XNNPACK / ORT CPU)."""
-    if fmt not in FORMAT_BACKEND:
-        raise ValueError(f"unknown format '{fmt}'; available: {sorted(FORMAT_BACKEND)}")
-    return RuntimeSetting(name=f"validate-{fmt}", backend=FORMAT_BACKEND[fmt], threads=threads)
+    return RuntimeSetting(name=f"validate-{fmt}", backend=backend_for(fmt), threads=threads)
 
 
 def _as_images(images: np.ndarray) -> np.ndarray:

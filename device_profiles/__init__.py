@@ -12,14 +12,11 @@ try:
 except ImportError:  # Python 3.10 (e.g. JetPack 6 boards)
     import tomli as tomllib  # type: ignore[no-redef]
 
+# The format vocabulary has one home, edge/formats.py (stdlib only, imports nothing else of edge).
+from edge.formats import BACKENDS, FORMATS, PRECISIONS, format_for_backend
+
 HERE = Path(__file__).resolve().parent
 
-BACKENDS = ("litert", "onnxruntime")
-FORMATS = ("tflite", "onnx")
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
-# Which precisions each format can be built in.
-FORMAT_PRECISIONS = {"tflite": ("fp32", "fp16", "dynamic", "int8"), "onnx": ("fp32", "fp16", "int8")}
-BACKEND_FORMAT = {"litert": "tflite", "onnxruntime": "onnx"}
 ORT_PROVIDERS = (
     "TensorrtExecutionProvider",
     "CUDAExecutionProvider",
@@ -55,7 +52,7 @@ class RuntimeSetting:
 
     @property
     def format(self) -> str:
-        return BACKEND_FORMAT[self.backend]
+        return format_for_backend(self.backend)
 
 
 @dataclass(frozen=True)
@@ -140,8 +137,8 @@ def parse_profile(data: dict[str, Any], src: str = "<profile>") -> DeviceProfile
         if not precs:
             raise _err(src, f"{where}precisions", "must not be empty")
         for p in precs:
-            if p not in FORMAT_PRECISIONS[fmt]:
-                raise _err(src, f"{where}precisions", f"has {p!r}; {fmt} supports {list(FORMAT_PRECISIONS[fmt])}")
+            if p not in FORMATS[fmt].precisions:
+                raise _err(src, f"{where}precisions", f"has {p!r}; {fmt} supports {list(FORMATS[fmt].precisions)}")
             t = BuildTarget(fmt, p)
             if t not in targets:
                 targets.append(t)
@@ -173,7 +170,7 @@ def parse_profile(data: dict[str, Any], src: str = "<profile>") -> DeviceProfile
         sname = _take(r, "name", str, src, where, f"{backend}-t{threads}")
         if any(s.name == sname for s in settings):
             raise _err(src, f"{where}name", f"repeats {sname!r}; each runtime needs its own name")
-        fmt = BACKEND_FORMAT[backend]
+        fmt = format_for_backend(backend)
         if not any(t.format == fmt for t in targets):
             raise _err(src, f"{where}backend", f"is {backend} but no [[build]] makes {fmt} artifacts")
         settings.append(RuntimeSetting(sname, backend, threads, xnn, tuple(provs)))

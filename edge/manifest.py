@@ -12,7 +12,6 @@ import numpy as np
 from edge.atomic import atomic_write_json, read_json
 
 MANIFEST_VERSION = 1
-EXTENSIONS = {"tflite": "tflite", "onnx": "onnx"}
 
 
 class ManifestError(ValueError):
@@ -93,6 +92,11 @@ class ArtifactRecord:
 
 def artifact_id(model_id: str, fmt: str, precision: str) -> str:
     return f"{model_id}.{fmt}-{precision}"
+
+
+def variant_id(artifact_id: str, setting: str) -> str:
+    """A latency table row's key: one artifact run with one runtime setting of the device profile."""
+    return f"{artifact_id}@{setting}"
 
 
 @dataclass(frozen=True)

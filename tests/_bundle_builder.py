@@ -183,11 +183,12 @@ class BundleWriter:
         from edge.atomic import atomic_write_bytes, sha256_bytes
         from edge.backends import get_backend
         from edge.canary import run_scores
-        from edge.manifest import EXTENSIONS, ArtifactRecord, artifact_id
+        from edge.formats import get_format
+        from edge.manifest import ArtifactRecord, artifact_id
         from edge.tensors import dequantize_output, prepare_input
 
         aid = artifact_id(model_id, fmt, precision)
-        rel = f"artifacts/{aid}.{EXTENSIONS[fmt]}"
+        rel = f"artifacts/{aid}.{get_format(fmt).extension}"
         atomic_write_bytes(self.root / rel, data)
         timings = None
         with get_backend(setting.backend).load(self.root / rel, setting) as m:

@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from device_profiles import FORMAT_PRECISIONS, RuntimeSetting
+from device_profiles import RuntimeSetting
+from edge.formats import backend_for, get_format
 from edge.atomic import atomic_write_bytes, sha256_bytes
-from edge.manifest import EXTENSIONS, TensorSpec
+from edge.manifest import TensorSpec
 
 # format -> "module:function"; imported on first use so a missing optional dependency
 # (onnx, onnxruntime, onnxconverter-common) breaks only its own format.
@@ -27,8 +28,6 @@ _REGISTRY: dict[str, str] = {
     "tflite": "converters.formats.tflite:export_tflite",
     "onnx": "converters.formats.onnx:export_onnx",
 }
-# Which runtime reads each format back on this machine.
-FORMAT_BACKEND: dict[str, str] = {"tflite": "litert", "onnx": "onnxruntime"}
 
 
 class Precision(str, enum.Enum):
@@ -65,12 +64,12 @@ def available_formats() -> list[str]:
 
 def precisions_for(fmt: str) -> tuple[str, ...]:
     check_format(fmt)
-    return FORMAT_PRECISIONS[fmt]
+    return get_format(fmt).precisions
 
 
 def extension(fmt: str) -> str:
     check_format(fmt)
-    return EXTENSIONS[fmt]
+    return get_format(fmt).extension
 
 
 def check_format(fmt: str) -> None:
@@ -82,8 +81,8 @@ def check_target(fmt: str, precision: str) -> None:
     """Raise ValueError naming what exists when ``fmt``/``precision`` is not buildable."""
     check_format(fmt)
     p = Precision.from_string(precision).value
-    if p not in FORMAT_PRECISIONS[fmt]:
-        raise ValueError(f"unknown precision '{precision}' for format '{fmt}'; available: {list(FORMAT_PRECISIONS[fmt])}")
+    if p not in get_format(fmt).precisions:
+        raise ValueError(f"unknown precision '{precision}' for format '{fmt}'; available: {list(get_format(fmt).precisions)}")
 
 
 def register_format(fmt: str, target: str | Callable[..., ExportResult]) -> None:
@@ -211,8 +210,8 @@ def read_specs(fmt: str, data: bytes) -> tuple[TensorSpec, TensorSpec]:
     """Load ``data`` with the edge runtime for ``fmt`` and return its input/output specs."""
     from edge.backends import get_backend
 
-    backend = get_backend(FORMAT_BACKEND[fmt])
-    with backend.load(data, RuntimeSetting(name="export-check", backend=FORMAT_BACKEND[fmt], threads=1)) as lm:
+    backend = get_backend(backend_for(fmt))
+    with backend.load(data, RuntimeSetting(name="export-check", backend=backend_for(fmt), threads=1)) as lm:
         return lm.input_spec, lm.output_spec
 
 
@@ -234,7 +233,6 @@ def finish(filepath: str | Path, data: bytes, fmt: str, precision: str, t0: floa
 
 __all__ = [
     "ExportResult",
-    "FORMAT_BACKEND",
     "Precision",
     "available_formats",
     "check_format",
