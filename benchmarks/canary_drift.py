@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.textable import format_table
+
 META_KEY = "__meta__"
 
 
@@ -73,7 +75,8 @@ def load_scores(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                          "'python -m benchmarks.canary_drift scores BUNDLE --out FILE'") from None
 
 
-def compare(reference: dict[str, np.ndarray], ref_meta: dict, other: dict[str, np.ndarray], other_meta: dict) -> list[dict]:
+def compare(reference: dict[str, np.ndarray], ref_meta: dict, other: dict[str, np.ndarray],
+            other_meta: dict) -> list[dict]:
     """Per artifact in both: max |diff|, relative drift, top-1 agreement, the canary tolerance and its verdict."""
     from edge.canary import canary_tolerance
     from edge.manifest import TensorSpec
@@ -130,14 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"reference {ref_meta['machine']} vs {oth_meta['machine']}"
           f"{' (' + oth_meta['emulation'] + ')' if oth_meta.get('emulation') else ''}, {ref_meta['images']} images")
-    w = max([8] + [len(r["artifact_id"]) for r in rows])
-    print(f"{'artifact':<{w}}  {'max|diff|':>9}  {'relative':>8}  {'top-1':>6}  {'tolerance':>9}  within")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['artifact_id']:<{w}}  {r['error']}")
-            continue
-        print(f"{r['artifact_id']:<{w}}  {r['max_abs_diff']:>9.3g}  {r['relative']:>8.3g}  {r['top1_agree']:>6.3f}  "
-              f"{r['tolerance']:>9.3g}  {'yes' if r['within'] else 'NO'}")
+    print(format_table(
+        ["artifact", "max|diff|", "relative", "top-1", "tolerance", "within"],
+        [[r["artifact_id"], r["error"]] if "error" in r else
+         [r["artifact_id"], f"{r['max_abs_diff']:.3g}", f"{r['relative']:.3g}", f"{r['top1_agree']:.3f}",
+          f"{r['tolerance']:.3g}", "yes" if r["within"] else "NO"] for r in rows],
+        align="lrrrrl"))
     return 0
 
 

@@ -5,6 +5,7 @@ memory-bandwidth load.
 Each kind stops by itself: a hog or memory process exits after its duration or when its
 parent dies, and the parent kills it on stop(), on exit and on context-manager exit; the
 throttle's cgroup is removed on stop() and at exit, and the daemon moved back first.
+``ContentionSchedule`` turns an episode on and off by request index, the same for every policy.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import argparse
 import atexit
 import errno
+import math
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks.placement import Placement
 
 MAX_HOG_S = 3600.0
 KINDS = ("cpu", "quota", "membw")
@@ -243,7 +247,8 @@ class CpuQuota:
             if fstype == "cgroup2" and "cpu" in (Path(where) / "cgroup.controllers").read_text().split():
                 return Path(where), True
         raise ContentionError("no cgroup 'cpu' controller is mounted, so the CPU quota cannot be set; "
-                              "use --contention cpu or membw, or mount it (mount -t cgroup -o cpu none /sys/fs/cgroup/cpu)")
+                              "use --contention cpu or membw, or mount it "
+                              "(mount -t cgroup -o cpu none /sys/fs/cgroup/cpu)")
 
     def _current(self, root: Path) -> Path:
         with open(f"/proc/{self.pid}/cgroup") as fh:
@@ -333,6 +338,55 @@ class Contention:
         for p in self.parts:
             p.stop()
         self.parts = []
+
+
+class ContentionSchedule:
+    """Starts the contention when request ``start`` is issued and stops it at request ``stop``.
+
+    Keyed by request index, not wall time, so every policy (and the oracle pass) is under
+    contention for exactly the same requests even though their runs take different times.
+    ``target`` names the process it acts on (the daemon, or this process for the oracle pass)
+    and the cores it runs on.
+    """
+
+    def __init__(self, spec: ContentionSpec, count: int, max_s: float, placement: Placement | None = None):
+        self.spec = spec
+        self.start, self.stop = spec.window(count)
+        self.max_s = max_s
+        self.placement = placement or Placement(None, None)
+        self.pid = os.getpid()
+        self.active: Contention | None = None
+        self.t0 = time.perf_counter()
+        self.intervals: list[list[float]] = []  # [on_s, off_s] from t0
+
+    def target(self, pid: int) -> None:
+        self.pid = pid
+
+    def reset(self) -> None:
+        self.halt()
+        self.t0 = time.perf_counter()
+        self.intervals = []
+
+    def __call__(self, i: int) -> None:
+        if not self.spec.active:
+            return
+        if i == self.start and self.active is None:
+            p = self.placement
+            self.active = Contention(self.spec, self.pid, None if p.server is None else set(p.server),
+                                     None if p.client is None else set(p.client), self.max_s).start()
+            self.intervals.append([time.perf_counter() - self.t0, float("nan")])
+        elif i == self.stop:
+            self.halt()
+
+    def halt(self) -> None:
+        if self.active is not None:
+            self.active.stop()
+            self.active = None
+            if self.intervals and not math.isfinite(self.intervals[-1][1]):
+                self.intervals[-1][1] = time.perf_counter() - self.t0
+
+    def record(self) -> list[list[float]]:
+        return [[round(a, 4), round(b, 4)] for a, b in self.intervals]
 
 
 def main(argv: list[str] | None = None) -> int:

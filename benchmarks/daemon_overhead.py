@@ -32,25 +32,19 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
+
+from benchmarks.daemon_proc import Daemon
+from edge.textable import format_table
 
 GOAL_INSIDE_RATIO = 1.5  # daemon inside overhead / reference's, p50 and p99
 GOAL_E2E_RATIO = 1.3  # daemon end to end / reference's
 GOAL_CLASSIFY_SHARE = 0.25  # classify() overhead over bare / reference inside overhead (p50)
 GOAL_DECISION_US = 5.0
 BLOCK = 100
-
-
-def _launch(argv: list[str], cpus: set[int] | None, log_dir: str, name: str):
-    """Start a server with the project's launcher, pinned to ``cpus``; returns (Daemon, url)."""
-    from pathlib import Path
-
-    from benchmarks.daemon_proc import Daemon
-
-    d = Daemon(argv, Path(log_dir) / f"{name}.log", start_timeout_s=120.0,
-               preexec=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-    return d, d.start()
+START_TIMEOUT_S = 120.0
 
 
 def decision_time_us(rows, n: int = 200_000) -> dict[str, float]:
@@ -159,24 +153,25 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
     say(f"daemon_overhead: variant {row.variant}, {requests} requests per path, loopback, one at a time; {placement}")
     import tempfile
 
-    logs = tempfile.mkdtemp(prefix="edgekit-overhead-")
-    dproc, durl = _launch(daemon_argv, server_cpus, logs, "daemon")
+    logs = Path(tempfile.mkdtemp(prefix="edgekit-overhead-"))
+    dproc = Daemon(daemon_argv, logs / "daemon.log", START_TIMEOUT_S, cpus=server_cpus)
+    rproc = Daemon(ref_argv, logs / "reference.log", START_TIMEOUT_S, cpus=server_cpus)
+    dproc.start()
     try:
-        rproc, rurl = _launch(ref_argv, server_cpus, logs, "reference")
+        rproc.start()
     except BaseException:
         dproc.stop()
         raise
     out: dict = {"variant": row.variant, "requests": requests, "placement": placement}
     try:
-        host, port = durl.split("//")[1].rsplit(":", 1)
-        rhost, rport = rurl.split("//")[1].rsplit(":", 1)
+        host, port = dproc.host, dproc.port
         from edge.client import Connection
         from edge.protocol_client import decode_infer_response
 
         # Every HTTP path gets the same client work: a prepared body on one keep-alive
         # http.client connection; decoding the answer happens outside the timed span.
-        conns = {"daemon binary": Connection(host, int(port)), "daemon json": Connection(host, int(port)),
-                 "reference": Connection(rhost, int(rport))}
+        conns = {"daemon binary": Connection(host, port), "daemon json": Connection(host, port),
+                 "reference": Connection(rproc.host, rproc.port)}
         bodies = {m: [encode_infer_request(images[i: i + 1], 60_000, binary=(m != "daemon json"))
                       for i in range(len(images))] for m in conns}
         infer = "/v2/models/edgekit/infer"
@@ -235,7 +230,7 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
             done += k
         for c in conns.values():
             c.close()
-        out["stamp"] = _stamp_phase(host, int(port), images, min(requests, 1000))
+        out["stamp"] = _stamp_phase(host, port, images, min(requests, 1000))
     finally:
         dproc.stop()
         rproc.stop()
@@ -285,17 +280,17 @@ def _stamp_phase(host: str, port: int, images: np.ndarray, n: int) -> dict:
 
 def format_results(r: dict) -> str:
     ref = r["reference"]
-    lines = [f"variant: {r['variant']}   requests per path: {r['requests']}   {r['placement']}",
-             f"{'path':<16} {'e2e p50':>9} {'e2e p99':>9} {'inside p50':>11} {'inside p99':>11} "
-             f"{'ratio e2e p50/p99':>18} {'ratio inside p50/p99':>21}"]
+    body = []
     for name in ("bare", "classify", "daemon binary", "daemon json", "reference"):
         x = r[name]
         ins50, ins99 = x.get("inside_p50"), x.get("inside_p99")
         e2e = f"{x['e2e_p50'] / ref['e2e_p50']:.2f} / {x['e2e_p99'] / ref['e2e_p99']:.2f}"
         ins = (f"{ins50 / ref['inside_p50']:.2f} / {ins99 / ref['inside_p99']:.2f}" if ins50 is not None else "-")
-        lines.append(f"{name:<16} {x['e2e_p50']:>9.4f} {x['e2e_p99']:>9.4f} "
-                     f"{(f'{ins50:.4f}' if ins50 is not None else '-'):>11} "
-                     f"{(f'{ins99:.4f}' if ins99 is not None else '-'):>11} {e2e:>18} {ins:>21}")
+        body.append([name, f"{x['e2e_p50']:.4f}", f"{x['e2e_p99']:.4f}", "-" if ins50 is None else f"{ins50:.4f}",
+                     "-" if ins99 is None else f"{ins99:.4f}", e2e, ins])
+    lines = [f"variant: {r['variant']}   requests per path: {r['requests']}   {r['placement']}",
+             format_table(["path", "e2e p50", "e2e p99", "inside p50", "inside p99", "ratio e2e p50/p99",
+                           "ratio inside p50/p99"], body, align="lrrrrrr")]
     db = r["daemon binary"]
     lines.append(f"(ms; inside = first byte read -> response ready, minus inference. Daemon inside counted from the "
                  f"kernel receive stamp: p50 {db['inside_kernel_p50']:.4f}, p99 {db['inside_kernel_p99']:.4f}; "
@@ -306,7 +301,8 @@ def format_results(r: dict) -> str:
     d = r["decision"]
     lines.append(f"classify() adds {cl * 1000:.1f} us over a bare invoke at p50 "
                  f"= {cl / ref['inside_p50']:.2f} of the reference server's inside overhead")
-    lines.append(f"arrival stamp vs client send (2 connections at once, {st['n']} requests): p50 {st['err_p50_ms']:.4f} ms, "
+    lines.append(f"arrival stamp vs client send (2 connections at once, {st['n']} requests): "
+                 f"p50 {st['err_p50_ms']:.4f} ms, "
                  f"p99 {st['err_p99_ms']:.4f} ms; kernel receive -> first read: p50 {st['read_delay_p50_ms']:.4f} ms, "
                  f"p99 {st['read_delay_p99_ms']:.4f} ms, max {st['read_delay_max_ms']:.4f} ms "
                  f"(what a stamp taken at the read would have missed)")

@@ -1,4 +1,4 @@
-"""The policy-comparison report: Markdown plus PNG plots (accuracy/miss rate per policy, request timelines)."""
+"""The policy-comparison report: text and Markdown tables, PNG plots (accuracy/miss per policy, request timelines)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic import atomic_write_bytes, atomic_write_text
+from edge.textable import format_table
 
 POLICY_COLORS = {
     "adaptive": "#1f77b4",
@@ -18,6 +19,95 @@ POLICY_COLORS = {
     "fastest": "#7f7f7f",
     "oracle": "#2ca02c",
 }
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def comparison_table(results: dict[str, Any], markdown: bool = False) -> str:
+    labels = results["variant_labels"]
+    head = ["policy", "accuracy", "miss (daemon clock)", "miss (end to end)", "goodput/s", "p50 ms", "p99 ms",
+            "req/s", "variants used"]
+    body = []
+    for name, pol in results["policies"].items():
+        s = pol["summary"]
+        used = " ".join(f"{labels.get(v, v)}:{c}"
+                        for v, c in sorted(s["variants"].items(), key=lambda kv: labels.get(kv[0], kv[0])))
+        gp = s.get("goodput_rps")
+        body.append([
+            name, _pct(s["accuracy"]), _pct(s["server_miss_rate"]), _pct(s["miss_rate"]),
+            "-" if gp is None else f"{gp:.1f}", _ms(s["p50_ms"]), _ms(s["p99_ms"]),
+            "-" if s["throughput_rps"] is None else f"{s['throughput_rps']:.1f}", used or "-",
+        ])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        out += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(out)
+    return format_table(head, body, align="l" + "r" * (len(head) - 2) + "l", rule=True)
+
+
+def variant_legend(results: dict[str, Any], markdown: bool = False) -> str:
+    rows = results["variants"]
+    if markdown:
+        out = ["| label | variant | table accuracy | p50 ms | p95 ms |", "|---|---|---|---|---|"]
+        out += [f"| {v['label']} | `{v['variant']}` | {v['accuracy'] * 100:.2f}% | {v['p50_ms']:.3f} "
+                f"| {v['p95_ms']:.3f} |" for v in rows]
+        return "\n".join(out)
+    return "\n".join(
+        f"  {v['label']:>3}  acc {v['accuracy'] * 100:6.2f}%  p95 {v['p95_ms']:8.3f} ms  {v['variant']}" for v in rows
+    )
+
+
+def context_lines(results: dict[str, Any]) -> str:
+    """What the table was measured under: placement, floor, deadlines, contention and its effect."""
+    lines = []
+    pl = results.get("placement") or {}
+    if pl.get("server_cpus") is not None:
+        lines.append(f"placement: daemon on cpu {pl['server_cpus']}, load generator on cpu {pl['client_cpus']}")
+    pr = (results.get("probe") or {}).get("fastest")
+    if pr:
+        lines.append(f"serving floor (fastest variant, daemon clock, p50): {pr['floor_ms']:.3f} ms; "
+                     f"end to end {pr['e2e_overhead_ms']:.3f} ms")
+    wl = results.get("workload") or {}
+    if wl:
+        lines.append(f"deadlines: {wl.get('deadline')} ms; arrivals: {wl.get('arrival')}")
+    ov = results.get("overload")
+    if ov:
+        lines.append(f"overload: {ov['factor']:g}x the most accurate variant's capacity ({ov['capacity_rps']:.0f}/s) "
+                     f"= {ov['rate_rps']:.0f} requests/s")
+    c = results.get("contention") or {}
+    if c.get("share"):
+        sd = c.get("achieved_slowdown")
+        lines.append(f"contention: {c['spec']}: {c['what']}; achieved slowdown of served inferences "
+                     f"(median observed/table inside vs outside the window): "
+                     f"{'-' if sd is None else f'{sd:.2f}x'}")
+    ho = results.get("held_out")
+    if ho:
+        gaps = [v["gap"] for v in ho["variants"].values()]
+        lines.append("served minus table accuracy per variant (held-out images): "
+                     + ", ".join(f"{k} {v['gap'] * 100:+.2f}" for k, v in ho["variants"].items())
+                     + f" points (mean {np.mean(gaps) * 100:+.2f})")
+    bs = results.get("best_static")
+    if bs:
+        lines.append(f"best static CNN: {bs['label']} ({bs['variant']})")
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def render_text(results: dict[str, Any]) -> str:
+    """``table.txt``: the comparison table, the variant legend and what it was measured under."""
+    return (comparison_table(results) + "\n\nvariants (by table latency):\n" + variant_legend(results) + "\n"
+            + context_lines(results))
+
+
+# ----------------------------------------------------------------------------- plots
 
 
 def _plt():
@@ -137,8 +227,6 @@ def plot_timeline(results: dict[str, Any], path: Path) -> Path:
 
 
 def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
-    from benchmarks.evaluate import comparison_table, variant_legend
-
     w = results["workload"]
     c = results["contention"]
     h = results.get("host", {})
@@ -167,7 +255,7 @@ def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         "correct and on time per second.",
         "",
         "```",
-        __import__("benchmarks.evaluate", fromlist=["context_lines"]).context_lines(results).strip(),
+        context_lines(results).strip(),
         "```",
         "",
     ]

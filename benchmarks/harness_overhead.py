@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench import timed_loop
+from benchmarks.measure import timed_loop
 from device_profiles import RuntimeSetting
 from edge.backends import get_backend
 from edge.tensors import prepare_input
@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare invoke loop        : {bare_ms:.4f} ms/run")
     print(f"harness reported mean   : {res['reported_ns'] / 1e6:.4f} ms/run   ratio {res['ratio_reported']:.4f} "
           f"(paired, IQR {res['ratio_q1']:.3f}-{res['ratio_q3']:.3f})")
-    print(f"harness wall per run    : {res['wall_ns'] / 1e6:.4f} ms/run   ratio {res['ratio_wall']:.4f}  (incl. untimed input copy)")
+    print(f"harness wall per run    : {res['wall_ns'] / 1e6:.4f} ms/run   ratio {res['ratio_wall']:.4f}  "
+          "(incl. untimed input copy)")
     if bare_ms < SLOW_MS:
         print(f"note: the model runs in {bare_ms:.3f} ms (< {SLOW_MS} ms); the < {GOAL} goal applies to slower models")
         return 0

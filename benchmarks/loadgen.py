@@ -102,7 +102,8 @@ def _num(v: Any) -> float | None:
     return float(v)
 
 
-# The v2 codec lives in edge.protocol (daemon side) and edge.protocol_client (client side); RequestEncoder and parse_response stay importable from here.
+# The v2 codec lives in edge.protocol (daemon side) and edge.protocol_client (client side);
+# RequestEncoder and parse_response stay importable from here.
 parse_response = summarize_infer_response
 
 
@@ -399,12 +400,14 @@ def format_summary(s: dict[str, Any]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", metavar="URL", help="daemon base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--bundle", required=True, help="bundle folder or .tar.gz whose eval set supplies the images")
-    p.add_argument("--count", type=int, default=DEFAULT_COUNT, help=f"requests to send (default {DEFAULT_COUNT}, max {MAX_COUNT})")
+    p.add_argument("--count", type=int, default=DEFAULT_COUNT,
+                   help=f"requests to send (default {DEFAULT_COUNT}, max {MAX_COUNT})")
     p.add_argument(
         "--duration", type=float, default=DEFAULT_DURATION_S,
         help=f"stop issuing requests after this many seconds (default {DEFAULT_DURATION_S:g}, max {MAX_DURATION_S:g})",
     )
-    p.add_argument("--deadline", default="uniform:2:20", help="fixed:MS | uniform:LO:HI | trace:FILE (ms, relative; default uniform:2:20)")
+    p.add_argument("--deadline", default="uniform:2:20",
+                   help="fixed:MS | uniform:LO:HI | trace:FILE (ms, relative; default uniform:2:20)")
     p.add_argument("--arrival", default="closed", help="closed (one at a time) | poisson:RATE (requests/s)")
     p.add_argument("--seed", type=int, default=0, help="workload seed: same seed, same images/deadlines/arrivals")
     p.add_argument("--model", default="edgekit", help="logical model name served by the daemon")
@@ -428,8 +431,8 @@ def run(args: argparse.Namespace) -> int:
     except WorkloadError as exc:
         raise ValueError(str(exc)) from None
     wait_ready(args.url, timeout_s=10.0, allow_remote=args.allow_remote)
-    print(f"loadgen: {wl.count} requests, deadlines {wl.deadline} ms, arrivals {wl.arrival}, seed {wl.seed} -> {args.url}",
-          flush=True)
+    print(f"loadgen: {wl.count} requests, deadlines {wl.deadline} ms, arrivals {wl.arrival}, seed {wl.seed} "
+          f"-> {args.url}", flush=True)
     res = run_load(
         args.url, images, labels, wl,
         model=args.model, token=args.token, duration_s=args.duration,

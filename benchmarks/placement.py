@@ -23,11 +23,6 @@ class Placement:
         return {"server_cpus": None if self.server is None else sorted(self.server),
                 "client_cpus": None if self.client is None else sorted(self.client)}
 
-    def pin_server(self):
-        """A ``preexec_fn`` that pins a child process to the server cores (None when not placed)."""
-        cpus = self.server
-        return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
-
     def pin_self(self, which: str) -> set[int] | None:
         """Pin this process to the ``client`` or ``server`` cores; returns the affinity to restore."""
         cpus = self.client if which == "client" else self.server

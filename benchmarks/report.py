@@ -1,4 +1,4 @@
-"""`edgekit report`: latency tables -> a Markdown and HTML report with accuracy/latency and CDF plots (matplotlib, Agg)."""
+"""`edgekit report`: latency tables -> a Markdown and HTML report with accuracy/latency and CDF plots (matplotlib)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.bench import load_samples
-from benchmarks.stats import cdf_from_percentiles, empirical_cdf, pareto_front
+from benchmarks.samples import load_samples
+from benchmarks.stats import cdf_from_percentiles, empirical_cdf
 from edge.atomic import atomic_write_bytes, atomic_write_text, read_json
+from edge.front import pareto_front
 from edge.table import QUANTILES, LatencyRow, LatencyTable, TableError
 
 REPORT_MD = "report.md"
@@ -121,7 +122,8 @@ def plot_accuracy_latency(devices: Sequence[Device], quantile: str, path: Path) 
         ax.set_xscale("log")
     ax.set_xlabel(f"{quantile} latency per image (ms)")
     ax.set_ylabel("top-1 accuracy on the device")
-    ax.set_title(f"Accuracy vs {quantile} latency" + (" — " + " vs ".join(d.label for d in devices) if len(devices) > 1 else f" — {devices[0].label}"))
+    ax.set_title(f"Accuracy vs {quantile} latency"
+                 + (" — " + " vs ".join(d.label for d in devices) if len(devices) > 1 else f" — {devices[0].label}"))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     atomic_write_bytes(path, _png(fig))
@@ -152,7 +154,8 @@ def plot_cdfs(devices: Sequence[Device], path: Path, max_lines: int = 12) -> Pat
                 right.append(float(np.percentile(s, 99.9)))
             else:
                 approx = True
-                x, y = cdf_from_percentiles({q: getattr(r, f"{q}_ms") for q in ("min", "p50", "p90", "p95", "p99", "max")})
+                x, y = cdf_from_percentiles({q: getattr(r, f"{q}_ms")
+                                             for q in ("min", "p50", "p90", "p95", "p99", "max")})
                 ax.plot(x, y, color=color, lw=1.3, ls="--", marker=".", label=r.variant + " (from percentiles)")
                 right.append(float(r.p99_ms))
             allx += list(x)
@@ -169,7 +172,8 @@ def plot_cdfs(devices: Sequence[Device], path: Path, max_lines: int = 12) -> Pat
         ax.set_xlabel("latency per image (ms)")
         ax.set_ylabel("fraction of runs")
         ax.set_ylim(0, 1.01)
-        ax.set_title(f"{d.label}: front variants" + (" (dashed: from percentiles)" if approx else "") + cut, fontsize=10)
+        ax.set_title(f"{d.label}: front variants" + (" (dashed: from percentiles)" if approx else "") + cut,
+                     fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, loc="lower right")
     atomic_write_bytes(path, _png(fig))
@@ -266,7 +270,8 @@ def _header_rows(devices: Sequence[Device]) -> list[list[str]]:
         if key == "runtimes":
             return ", ".join(f"{k} {v}" for k, v in sorted(h.runtime_versions.items()))
         if key == "runs":
-            return f">= {s.get('min_runs', '?')} runs and >= {s.get('min_seconds', '?')} s, warm-up {s.get('warmup', '?')}"
+            return (f">= {s.get('min_runs', '?')} runs and >= {s.get('min_seconds', '?')} s, "
+                    f"warm-up {s.get('warmup', '?')}")
         if key == "settings":
             rts = s.get("runtimes", {})
             return "; ".join(f"{n}: {', '.join(f'{k}={v}' for k, v in cfg.items())}" for n, cfg in rts.items()) or "-"
@@ -282,18 +287,21 @@ def _header_rows(devices: Sequence[Device]) -> list[list[str]]:
     fields = [
         ("profile", "profile"), ("cpu_model", "CPU"), ("cores", "cores"), ("governor", "governor"), ("os", "OS"),
         ("machine", "arch"), ("runtimes", "runtimes"), ("settings", "runtime settings"), ("runs", "timing"),
-        ("rss_method", "memory method"), ("date", "date (UTC)"), ("bundle", "bundle"), ("rows", "rows"), ("table", "table"),
+        ("rss_method", "memory method"), ("date", "date (UTC)"), ("bundle", "bundle"), ("rows", "rows"),
+        ("table", "table"),
     ]
     return [[name] + [col(d, key) for d in devices] for key, name in fields]
 
 
 def _row_cells(r: LatencyRow, quantile: str) -> list[str]:
     return [
-        r.variant, r.format, r.precision, r.provider, _ms(r.p50_ms), _ms(r.latency(quantile)), _ms(r.p99_ms), _acc(r.accuracy),
+        r.variant, r.format, r.precision, r.provider, _ms(r.p50_ms), _ms(r.latency(quantile)), _ms(r.p99_ms),
+        _acc(r.accuracy),
     ]
 
 
-def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95", title: str | None = None) -> dict[str, Path]:
+def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95",
+                 title: str | None = None) -> dict[str, Path]:
     """Write the plots, report.md and report.html into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     title = title or ("edgekit latency report — " + " vs ".join(d.label for d in devices))
@@ -315,13 +323,16 @@ def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95", ti
     for d in devices:
         doc.h(3, f"Pareto front — {d.label} ({len(d.front)} of {len(d.table.rows)} variants)")
         doc.table(
-            ["#", "variant", "format", "precision", "provider", "p50 ms", f"{quantile} ms", "p99 ms", "accuracy", "peak RSS MB", "size KB"],
-            [[k, *_row_cells(r, quantile), f"{r.peak_rss_mb:.1f}", f"{r.size_bytes / 1024:.1f}"] for k, r in enumerate(d.front, 1)],
+            ["#", "variant", "format", "precision", "provider", "p50 ms", f"{quantile} ms", "p99 ms", "accuracy",
+             "peak RSS MB", "size KB"],
+            [[k, *_row_cells(r, quantile), f"{r.peak_rss_mb:.1f}", f"{r.size_bytes / 1024:.1f}"]
+             for k, r in enumerate(d.front, 1)],
         )
 
     if len(devices) > 1:
         doc.h(2, "Side by side")
-        doc.p(f"Every variant measured on any device; ★ marks a device's Pareto front. Columns: p50 / {quantile} ms, accuracy.")
+        doc.p(f"Every variant measured on any device; ★ marks a device's Pareto front. "
+              f"Columns: p50 / {quantile} ms, accuracy.")
         order: list[str] = []
         for d in devices:
             for r in sorted(d.table.rows, key=lambda r: r.latency(quantile)):
@@ -342,8 +353,8 @@ def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95", ti
         doc.table(["variant", *[d.label for d in devices]], cells)
 
     doc.h(2, "Latency distributions of the front")
-    doc.p("Empirical CDF of the raw per-run times from the benchmark's samples file; a dashed line means the samples file "
-          "was missing and the curve is drawn through the table's min/p50/p90/p95/p99/max.")
+    doc.p("Empirical CDF of the raw per-run times from the benchmark's samples file; a dashed line means the samples "
+          "file was missing and the curve is drawn through the table's min/p50/p90/p95/p99/max.")
     doc.img(cdf_png.name, "latency CDF of the Pareto front")
 
     doc.h(2, "All variants")
@@ -351,11 +362,11 @@ def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95", ti
         doc.h(3, d.label)
         rows = sorted(d.table.rows, key=lambda r: (r.latency(quantile), -r.accuracy))
         doc.table(
-            ["variant", "provider", "threads", "n", "mean", "std", "p50", "p90", "p95", "p99", "max", "load ms", "first ms",
-             "prep ms", "RSS MB", "accuracy", "params", "MACs", "front"],
+            ["variant", "provider", "threads", "n", "mean", "std", "p50", "p90", "p95", "p99", "max", "load ms",
+             "first ms", "prep ms", "RSS MB", "accuracy", "params", "MACs", "front"],
             [
-                [r.variant, r.provider, r.threads, r.samples, _ms(r.mean_ms), _ms(r.std_ms), _ms(r.p50_ms), _ms(r.p90_ms),
-                 _ms(r.p95_ms), _ms(r.p99_ms), _ms(r.max_ms), _ms(r.load_ms), _ms(r.first_inference_ms),
+                [r.variant, r.provider, r.threads, r.samples, _ms(r.mean_ms), _ms(r.std_ms), _ms(r.p50_ms),
+                 _ms(r.p90_ms), _ms(r.p95_ms), _ms(r.p99_ms), _ms(r.max_ms), _ms(r.load_ms), _ms(r.first_inference_ms),
                  f"{r.preprocess_ms:.4f}", f"{r.peak_rss_mb:.1f}", _acc(r.accuracy), r.params, r.macs,
                  "★" if r in d.front else ""]
                 for r in rows
@@ -371,9 +382,11 @@ def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95", ti
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("tables", nargs="+", metavar="TABLE", help="latency tables (from 'edgekit bench'); two or more are compared side by side")
+    p.add_argument("tables", nargs="+", metavar="TABLE",
+                   help="latency tables (from 'edgekit bench'); two or more are compared side by side")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.html and the PNG plots")
-    p.add_argument("--quantile", default="p95", choices=list(QUANTILES), help="latency used for the front (default %(default)s)")
+    p.add_argument("--quantile", default="p95", choices=list(QUANTILES),
+                   help="latency used for the front (default %(default)s)")
     p.add_argument("--title", default=None)
 
 
@@ -383,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
     for d in devices:
         print(f"{d.label}: {len(d.table.rows)} variants, front of {len(d.front)}")
         for r in d.front:
-            print(f"  {r.variant:<60} {r.format:<6} p50 {_ms(r.p50_ms):>8} ms  p99 {_ms(r.p99_ms):>8} ms  acc {_acc(r.accuracy)}")
+            print(f"  {r.variant:<60} {r.format:<6} p50 {_ms(r.p50_ms):>8} ms  p99 {_ms(r.p99_ms):>8} ms  "
+                  f"acc {_acc(r.accuracy)}")
     print(f"wrote {paths['markdown']}, {paths['html']}, {paths['pareto_png'].name}, {paths['cdf_png'].name}")
     return 0

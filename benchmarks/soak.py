@@ -24,14 +24,18 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
+
+from benchmarks.daemon_proc import Daemon
+from edge.memory import rss_mb
 
 GOAL_RSS_GROWTH = 0.05
 ALLOWED = (200, 408, 503)
+START_TIMEOUT_S = 120.0
 
 
 def _proc_stats(pid: int) -> dict:
-    with open(f"/proc/{pid}/statm") as fh:
-        rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    rss = rss_mb(pid)
     threads = 0
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -58,7 +62,6 @@ def run(bundle: str, table: str, profile: str | None, seconds: float, clients: i
 def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, server_cpus) -> dict:
     import tempfile
 
-    from benchmarks.daemon_overhead import _launch
     from edge.client import Connection
     from edge.protocol_client import encode_infer_request
 
@@ -73,12 +76,12 @@ def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, serve
         argv += ["--profile", profile]
     # The daemon gets enough descriptors for the idle connections (a board's default 1024 would
     # make it shed them instead, which tests/edge/test_transport.py covers).
-    proc, url = _launch(["prlimit", f"--nofile={idle + clients + 512}", "--", *argv], server_cpus,
-                        tempfile.mkdtemp(prefix="edgekit-soak-"), "daemon")
-    host, port = url.split("//")[1].rsplit(":", 1)
-    port_i = int(port)
+    proc = Daemon(argv, Path(tempfile.mkdtemp(prefix="edgekit-soak-")) / "daemon.log", START_TIMEOUT_S,
+                  cpus=server_cpus, nofile=idle + clients + 512)
+    proc.start()
+    host, port_i = proc.host, proc.port
     assert proc.proc is not None
-    pid = proc.proc.pid  # prlimit sets the limit and execs the daemon in its own process
+    pid = proc.proc.pid
     idle_socks = []
     for _ in range(idle):
         idle_socks.append(socket.create_connection((host, port_i), timeout=10))

@@ -1,35 +1,22 @@
-"""Latency statistics (percentiles, mean, std) and the accuracy/latency Pareto front."""
+"""Latency statistics (percentiles, mean, std) of timed runs, and latency CDFs for plots."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Sequence
 
 import numpy as np
 
-T = TypeVar("T")
+from edge.table import LatencyTimes
 
 PERCENTILES = (50, 90, 95, 99)
 
 
 @dataclass(frozen=True)
-class LatencyStats:
-    """Summary of one variant's timed runs, in milliseconds."""
+class LatencyStats(LatencyTimes):
+    """Summary of one variant's timed runs, in milliseconds: a table row's timing fields and how many runs."""
 
     count: int
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-
-    def timings(self) -> dict[str, float]:
-        """The *_ms fields, named as LatencyRow names them."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k.endswith("_ms")}
 
 
 def summarize_ns(samples_ns: Sequence[int] | np.ndarray) -> LatencyStats:
@@ -57,24 +44,6 @@ def summarize_ms(samples_ms: Sequence[float] | np.ndarray) -> LatencyStats:
         p99_ms=p99,
         max_ms=float(a.max()),
     )
-
-
-def pareto_front(items: Iterable[T], latency: Callable[[T], float], accuracy: Callable[[T], float]) -> list[T]:
-    """The items no other item beats on both axes, sorted by latency.
-
-    Along the returned list latency is non-decreasing and accuracy strictly increasing: a
-    slower variant is kept only when it is more accurate than every faster one. On equal
-    latency the more accurate item wins.
-    """
-    ordered = sorted(items, key=lambda it: (latency(it), -accuracy(it)))
-    front: list[T] = []
-    best = -np.inf
-    for it in ordered:
-        acc = accuracy(it)
-        if acc > best:
-            front.append(it)
-            best = acc
-    return front
 
 
 def cdf_from_percentiles(points: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.stats import pareto_front
 from edge.atomic import atomic_write_bytes, atomic_write_text
+from edge.front import pareto_front
 from edge.table import LatencyRow, LatencyTable
 
 QUANTILE = "p95"
@@ -92,8 +92,8 @@ def train_times(run: Path) -> dict[str, float]:
             walls.append(float(rec["wall_s"]))
     if not walls:
         return {}
-    return {"models": len(walls), "train_s_total": round(sum(walls), 1), "train_s_per_model": round(float(np.mean(walls)), 2),
-            "train_s_median": round(float(np.median(walls)), 2)}
+    return {"models": len(walls), "train_s_total": round(sum(walls), 1),
+            "train_s_per_model": round(float(np.mean(walls)), 2), "train_s_median": round(float(np.median(walls)), 2)}
 
 
 def plot(pts: Sequence[Point], front: Sequence[str], x: str, path: Path, title: str) -> None:
@@ -167,7 +167,8 @@ def format_summary(s: dict) -> str:
     lines.append("| --- | ---: | ---: | ---: | ---: |")
     for st in s["stats"]:
         lines.append(f"| {st['what']} | {st['count']} | {st['on_front']} | {st['dominated']} "
-                     f"({st['dominated_share']:.0%}) | {st['beaten_by_smaller']} ({st['beaten_by_smaller_share']:.0%}) |")
+                     f"({st['dominated_share']:.0%}) | {st['beaten_by_smaller']} "
+                     f"({st['beaten_by_smaller_share']:.0%}) |")
     lo, hi = s["accuracy_range"]
     lines += ["", f"- accuracy {lo:.1%}–{hi:.1%}; MACs {s['macs_range'][0]:,}–{s['macs_range'][1]:,}; "
               f"{s['quantile']} {s['p95_range_ms'][0]:.4f}–{s['p95_range_ms'][1]:.4f} ms",

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.textable import format_table
+
 GOAL = 1.3
 
 
@@ -59,9 +61,9 @@ def time_sweep(mode: str, argv: list[str], log: Path) -> SweepTime:
 
 def format_report(times: list[SweepTime], goal: float = GOAL) -> str:
     seq, ray = times
-    lines = [f"{'mode':<12}  {'models':>6}  {'wall s':>8}  {'models/min':>10}"]
-    for t in times:
-        lines.append(f"{t.mode:<12}  {t.models:>6}  {t.wall_s:>8.1f}  {60 * t.models / t.wall_s:>10.1f}")
+    lines = [format_table(["mode", "models", "wall s", "models/min"],
+                          [[t.mode, t.models, f"{t.wall_s:.1f}", f"{60 * t.models / t.wall_s:.1f}"] for t in times],
+                          align="lrrr")]
     ratio = seq.wall_s / ray.wall_s
     lines.append(f"ray / sequential speed-up: {ratio:.2f}× (goal ≥ {goal}×){'' if ratio >= goal else ': MISSED'}")
     return "\n".join(lines)

@@ -57,7 +57,8 @@ class DeadlineSpec:
             _check_deadline(lo, s)
             _check_deadline(hi, s)
             if lo > hi:
-                raise WorkloadError(f"bad deadline spec '{s}': LO ({lo:g}) is above HI ({hi:g}); write uniform:{hi:g}:{lo:g}")
+                raise WorkloadError(f"bad deadline spec '{s}': LO ({lo:g}) is above HI ({hi:g}); "
+                                    f"write uniform:{hi:g}:{lo:g}")
             return cls("uniform", lo, hi)
         if kind == "trace":
             if not rest:
@@ -127,7 +128,8 @@ def load_trace(path: str | Path) -> list[float]:
         if not math.isfinite(v) or v <= 0:
             raise WorkloadError(f"deadline trace {p}: deadline #{i + 1} must be a finite number > 0 ms, got {v!r}")
         if v > MAX_DEADLINE_MS:
-            raise WorkloadError(f"deadline trace {p}: deadline #{i + 1} ({v:g} ms) is over the {MAX_DEADLINE_MS:g} ms limit")
+            raise WorkloadError(f"deadline trace {p}: deadline #{i + 1} ({v:g} ms) is over the "
+                                f"{MAX_DEADLINE_MS:g} ms limit")
     return values
 
 

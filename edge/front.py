@@ -63,12 +63,16 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Iterable, Sequence
+from operator import attrgetter, methodcaller
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
 from edge.significance import significance_filter
 from edge.table import QUANTILES, LatencyRow, LatencyTable, SelectedTable, SelectionParams
+from edge.textable import format_table
+
+T = TypeVar("T")
 
 MEMORY_STEPS = 1000  # most (memory, value) pairs a DP state keeps before thinning by memory bucket
 DEFAULT_RANGE_STRETCH = 1.5  # default deadline range ends at this x the slowest variant's latency
@@ -82,17 +86,35 @@ def row_memory_mb(row: LatencyRow) -> float:
 # ----------------------------------------------------------------------------- selection
 
 
-def pareto_front(rows: Iterable[LatencyRow], quantile: str = "p95") -> list[LatencyRow]:
-    """Rows whose quantile latency and accuracy both strictly increase (ties: most accurate, then name)."""
-    usable = [
-        r for r in rows
-        if math.isfinite(r.latency(quantile)) and r.latency(quantile) > 0 and math.isfinite(r.accuracy)
-    ]
-    usable.sort(key=lambda r: (r.latency(quantile), -r.accuracy, r.variant))
-    front: list[LatencyRow] = []
-    for r in usable:
-        if not front or (r.accuracy > front[-1].accuracy and r.latency(quantile) > front[-1].latency(quantile)):
-            front.append(r)
+def pareto_front(
+    items: Iterable[T],
+    latency: str | Callable[[T], float] = "p95",
+    accuracy: Callable[[T], float] | None = None,
+) -> list[T]:
+    """The items whose latency and accuracy both strictly increase, fastest first.
+
+    An item is kept only when it is more accurate than every faster one; of items with equal
+    latency only the most accurate can be (on a full tie the first: table rows by variant name).
+    ``latency`` is a quantile of table rows (``"p95"``) or a function of an item; ``accuracy``
+    defaults to the item's ``accuracy``. Items whose latency is not a positive number or whose
+    accuracy is not finite are left out.
+    """
+    lat: Callable[[T], float]
+    if isinstance(latency, str):
+        items = sorted(items, key=attrgetter("variant"))
+        lat = methodcaller("latency", latency)
+    else:
+        lat = latency
+    acc: Callable[[T], float] = accuracy or attrgetter("accuracy")
+    usable = [(float(lat(it)), float(acc(it)), it) for it in items]
+    usable = [u for u in usable if math.isfinite(u[0]) and u[0] > 0 and math.isfinite(u[1])]
+    usable.sort(key=lambda u: (u[0], -u[1]))  # stable: a full tie keeps the order above
+    front: list[T] = []
+    best = -math.inf
+    for _, a, it in usable:
+        if a > best:
+            front.append(it)
+            best = a
     return front
 
 
@@ -343,9 +365,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def format_summary(sel: SelectedTable) -> str:
     q = sel.params.quantile
-    lines = [f"{'variant':<58} {q + '_ms':>9} {'accuracy':>8} {'mem_mb':>7}"]
-    for r in sel.rows:
-        lines.append(f"{r.variant:<58} {r.latency(q):>9.3f} {r.accuracy:>8.4f} {row_memory_mb(r):>7.1f}")
+    lines = [format_table(["variant", q + "_ms", "accuracy", "mem_mb"],
+                          [[r.variant, f"{r.latency(q):.3f}", f"{r.accuracy:.4f}", f"{row_memory_mb(r):.1f}"]
+                           for r in sel.rows], align="lrrr", sep=" ")]
     p = sel.params
     lines.append(
         f"kept {len(sel.rows)} of {p.candidates} rows (front {p.front_size}, method {p.method}); "

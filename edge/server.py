@@ -27,6 +27,7 @@ import threading
 import time
 
 from edge.app import ServeConfig, V2App, log
+from edge.memory import rss_mb
 from edge.protocol import MAX_DEADLINE_MS
 from edge.runtime import AdaptiveClassifier, RuntimeOptions
 from edge.selector import MISS_POLICIES, Policy
@@ -91,19 +92,6 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                        port=args.port, model_name=args.model_name, token=token,
                        default_deadline_ms=args.default_deadline_ms, drain_timeout_s=float(args.drain_timeout),
                        access_log=bool(args.access_log), runtime=runtime, limits=limits)
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-    except (OSError, ValueError):
-        try:
-            import psutil
-
-            return psutil.Process().memory_info().rss / (1024 * 1024)
-        except ImportError:
-            return float("nan")
 
 
 def _since_process_start() -> float:
@@ -212,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         tf_loaded = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
         print(f"loaded {len(sel)} variants x {clf.workers} slot(s) in {clf.load_s:.2f} s; "
               f"policy {sel.policy}, miss {sel.miss}, quantile {sel.quantile}", flush=True)
-        print(f"resident memory with variants loaded: {_rss_mb():.1f} MB", flush=True)
+        print(f"resident memory with variants loaded: {rss_mb():.1f} MB", flush=True)
         print(f"tensorflow in sys.modules: {'YES (unexpected)' if tf_loaded else 'no'}", flush=True)
         print(f"transport: {loop_name(loop)} + httptools, inference "
               f"{'inline on the event loop' if daemon.pool is None else f'on {clf.workers} threads'}, "

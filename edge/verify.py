@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from edge.bundle import Bundle, BundleWarning, open_bundle
 from edge.canary import check_canary
+from edge.textable import format_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,13 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if bundle.profile and bundle.profile != profile.name:
         print(f"  note: bundle was built for {bundle.profile}; running it with the settings of {profile.name}")
     rows = verify_bundle(bundle, profile, args.artifact)
-    w_a = max([len("artifact")] + [len(r["artifact"]) for r in rows])
-    w_s = max([len("setting")] + [len(r["setting"]) for r in rows])
-    w_p = max([len("provider")] + [len(r["provider"]) for r in rows])
-    print(f"{'artifact':<{w_a}}  {'setting':<{w_s}}  {'provider':<{w_p}}  {'canary':<6}  {'max diff':>8}")
-    for r in rows:
-        print(f"{r['artifact']:<{w_a}}  {r['setting']:<{w_s}}  {r['provider']:<{w_p}}  {r['status']:<6}  "
-              f"{_fmt(r['max_diff']):>8}")
+    print(format_table(["artifact", "setting", "provider", "canary", "max diff"],
+                       [[r["artifact"], r["setting"], r["provider"], r["status"], _fmt(r["max_diff"])] for r in rows],
+                       align="llllr"))
     failed = [r for r in rows if r["status"] == "FAIL"]
     checked = [r for r in rows if r["status"] == "ok"]
     for r in rows:

@@ -7,20 +7,17 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from edge.table import decode_correct
-
 from benchmarks import bench, harness_overhead, repeatability
-from benchmarks.bench import BenchOptions, bench_bundle, load_samples, samples_path, timed_loop
-from benchmarks.stats import summarize_ns
+from benchmarks.bench import bench_bundle
+from benchmarks.measure import BenchOptions
+from benchmarks.samples import MAX_STORED_SAMPLES, load_samples, samples_path
 from edge.atomic import sha256_file
 from edge.manifest import Manifest
-from edge.table import LatencyTable, TableError
+from edge.table import LatencyTable, TableError, decode_correct
 from edgekit.cli import main as cli
 from tests.benchmarks import _fixtures as fx
 
@@ -100,9 +97,9 @@ def test_csv_and_samples_written(measured):
     assert set(samples) == {r.variant for r in res.table.rows}
     for r in res.table.rows:
         s = samples[r.variant]
-        assert len(s) == min(r.samples, bench.MAX_STORED_SAMPLES)
+        assert len(s) == min(r.samples, MAX_STORED_SAMPLES)
         assert s.min() >= r.min_ms * (1 - 1e-6) and s.max() <= r.max_ms * (1 + 1e-6)
-        if r.samples <= bench.MAX_STORED_SAMPLES:  # all kept: the same extremes
+        if r.samples <= MAX_STORED_SAMPLES:  # all kept: the same extremes
             assert s.min() == pytest.approx(r.min_ms, rel=1e-6) and s.max() == pytest.approx(r.max_ms, rel=1e-6)
 
 
@@ -265,78 +262,6 @@ def test_cli_errors_are_one_line(bundle, tmp_path, capsys):
 
     rc = cli(["bench", str(tmp_path / "nowhere"), "--out", str(tmp_path / "z.json")])
     assert rc == 2 and "bundle not found" in capsys.readouterr().err
-
-
-# --------------------------------------------------------------------------- timing loop and stats
-
-
-class FakeModel:
-    provider = "fake"
-
-    def __init__(self, sleep_s: float = 0.0):
-        self.sleep_s = sleep_s
-        self.seen: list[int] = []
-        self._cur = None
-
-    def set_input(self, x):
-        self._cur = x
-
-    def invoke_prepared(self):
-        self.seen.append(int(self._cur[0]))
-        if self.sleep_s:
-            time.sleep(self.sleep_s)
-
-
-def test_timed_loop_meets_count_and_duration():
-    inputs = [np.array([i]) for i in range(4)]
-    m = FakeModel()
-    s = timed_loop(m, inputs, min_runs=20, min_seconds=0.0)
-    assert len(s) == 20 and s.dtype == np.int64 and (s >= 0).all()
-    assert m.seen[:8] == [0, 1, 2, 3, 0, 1, 2, 3]  # cycles through different inputs
-
-    m = FakeModel(sleep_s=0.001)
-    t0 = time.perf_counter()
-    s = timed_loop(m, inputs, min_runs=3, min_seconds=0.05)
-    assert time.perf_counter() - t0 >= 0.05 and len(s) >= 3
-    assert s.sum() / 1e9 <= time.perf_counter() - t0  # only the invoke is inside a sample
-
-    m = FakeModel(sleep_s=0.01)
-    s = timed_loop(m, inputs, min_runs=1000, min_seconds=0.0, max_seconds=0.05)
-    assert 1 <= len(s) < 1000  # the cap wins over the count
-
-
-def test_summarize_percentiles():
-    st = summarize_ns(np.arange(1, 101) * 1_000_000)  # 1..100 ms
-    assert st.count == 100 and st.min_ms == 1 and st.max_ms == 100
-    assert st.p50_ms == pytest.approx(50.5) and st.p99_ms == pytest.approx(99.01)
-    assert st.mean_ms == pytest.approx(50.5)
-    assert summarize_ns([2_000_000]).std_ms == 0.0
-    with pytest.raises(ValueError):
-        summarize_ns([])
-
-
-def test_thin_samples_keeps_order_and_ends():
-    a = np.arange(20000, dtype=np.float64)
-    t = bench.thin_samples(a, 100)
-    assert len(t) == 100 and t[0] == 0 and t[-1] == 19999 and (np.diff(t) > 0).all()
-    assert bench.thin_samples(a[:10], 100).shape == (10,)
-
-
-def test_unreadable_samples_file_is_ignored(tmp_path, capsys):
-    t = tmp_path / "t.json"
-    samples_path(t).write_bytes(b"PK\x03\x04garbage")
-    assert load_samples(t) == {}
-    assert "ignoring unreadable samples" in capsys.readouterr().err
-
-
-def test_peak_rss_sees_an_allocation():
-    rss = bench.PeakRss()
-    rss.start()
-    block = np.ones(64 * 2**20 // 8)  # 64 MB touched
-    rss.checkpoint()
-    del block
-    added = rss.added_mb()
-    assert added >= 50, (rss.method, added)
 
 
 # --------------------------------------------------------------------------- scripts

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import evaluate as ev
-from benchmarks.contention import ContentionSpec
-from benchmarks.loadgen import RequestRecord, load_eval_set
-from benchmarks.workload import make_workload
+from benchmarks.loadgen import RequestRecord
 from tests.benchmarks._eval_fixtures import make_eval_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,17 +32,6 @@ def test_auto_deadline_starts_at_the_serving_floor(evb):
     lo, hi = (float(x) for x in ev.auto_deadline(rows, floor_ms=0.25).split(":")[1:])
     assert lo == pytest.approx(0.25 + rows[0].p95_ms, rel=1e-3)
     assert hi == pytest.approx(0.25 + 1.1 * rows[-1].p95_ms, rel=1e-3)
-
-
-def test_best_static_is_the_most_accurate_variant_that_rarely_misses(evb):
-    rows = _rows(evb)
-    n = 100
-    op = ev.OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 3.0], (n, 1)), np.zeros((n, 3), np.int64), [], 0)
-    wl = make_workload(10, n, "fixed:2.6", seed=0)
-    miss = ev.static_miss_rates(op, wl, overhead_ms=0.5)
-    assert list(miss) == [0.0, 0.0, 1.0]
-    assert ev.best_static(rows, miss) == 1
-    assert ev.best_static(rows, np.asarray([0.5, 0.5, 0.5])) == 0  # nothing qualifies: the fastest
 
 
 def test_achieved_slowdown_compares_inside_and_outside_the_window(evb):
@@ -74,64 +61,6 @@ def test_parse_policies():
         ev.parse_policies("adaptive,adaptive")
     with pytest.raises(ValueError, match="empty"):
         ev.parse_policies(" , ")
-
-
-def test_oracle_pass_and_choice(evb):
-    rows = _rows(evb)
-    images, labels, b = load_eval_set(str(evb.bundle))
-    wl = make_workload(len(images), 12, "uniform:0.01:2", seed=0)
-    sched = ev.ContentionSchedule(ContentionSpec.parse("half"), wl.count, max_s=30)
-    op = ev.oracle_pass(b, rows, images, wl, "desktop-cpu", sched)
-    assert op.latency_ms.shape == (12, 3) and np.all(op.latency_ms > 0)
-    assert len(op.intervals) == 1 and op.intervals[0][1] > op.intervals[0][0]  # the hog ran, then stopped
-    assert sched.active is None
-    # Predictions match running each variant alone.
-    from device_profiles import load_profile
-    from edge.backends import get_backend
-    from edge.tensors import dequantize_output, prepare_input
-
-    setting = load_profile("desktop-cpu").settings[1]
-    for j, r in enumerate(rows):
-        m = get_backend("onnxruntime").load(b.artifact_path(r.artifact_id), setting)
-        x = prepare_input(images[wl.image_indices], m.input_spec)
-        np.testing.assert_array_equal(np.argmax(dequantize_output(m.predict(x), m.output_spec), 1), op.preds[:, j])
-
-    # Synthetic latencies make the choice checkable: variant j takes j+1 ms, overhead 0.5 ms.
-    op.latency_ms[:] = np.arange(1, 4)[None, :]
-    wl2 = make_workload(len(images), 12, "fixed:1", seed=0)
-    object.__setattr__(wl2, "deadlines_ms", np.asarray([1.0, 1.6, 2.5, 3.6, 9.0, 0.1] * 2))
-    recs, wall = ev.oracle_records(op, rows, wl2, labels, overhead_ms=0.5)
-    picks = [rows.index(next(r for r in rows if r.variant == rec.variant)) for rec in recs[:6]]
-    assert picks == [0, 0, 1, 2, 2, 0]
-    assert [rec.deadline_met for rec in recs[:6]] == [False, True, True, True, True, False]
-    assert recs[0].e2e_ms == pytest.approx(1.5) and recs[3].e2e_ms == pytest.approx(3.5)
-    for rec in recs:
-        j = [r.variant for r in rows].index(rec.variant)
-        assert rec.correct == (op.preds[rec.index, j] == labels[rec.image_index])
-    assert wall == pytest.approx(sum(r.e2e_ms for r in recs) / 1000)
-
-
-def test_oracle_waits_for_itself_under_poisson(evb):
-    rows = _rows(evb)
-    n = 3
-    op = ev.OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 30.0], (n, 1)), np.zeros((n, 3), np.int64), [], 0)
-    wl = make_workload(10, n, "fixed:30.5", "poisson:1", seed=0)
-    object.__setattr__(wl, "arrivals_s", np.asarray([0.0, 0.001, 0.002]))
-    recs, _ = ev.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=0.0)
-    assert recs[0].variant == rows[2].variant and recs[0].deadline_met
-    # The second request waits 29 ms for the first: only the fastest fits in the 1.5 ms left.
-    assert recs[1].queue_ms == pytest.approx(29.0) and recs[1].variant == rows[0].variant and recs[1].deadline_met
-
-
-def test_serving_overhead():
-    def rec(e2e, inf, status=200):
-        return RequestRecord(0, 0, 0, 5, 0, 0, e2e, status, inference_ms=inf)
-
-    assert ev.serving_overhead_ms([rec(3, 1), rec(4, 1), rec(10, 1), rec(9, None, 408)]) == pytest.approx(3.0)
-    queued = rec(10, 1)
-    queued.queue_ms = 6.0
-    assert ev.serving_overhead_ms([queued]) == pytest.approx(3.0)
-    assert ev.serving_overhead_ms([rec(9, None, 408)]) is None
 
 
 def test_evaluate_end_to_end(evb, tmp_path):
@@ -198,31 +127,13 @@ def test_evaluate_rejects_bad_input(evb, tmp_path):
     assert p.returncode == 2 and "LO (5) is above HI (1)" in p.stderr
 
 
-def test_oracle_daemon_clock_view(evb):
-    rows = _rows(evb)
-    op = ev.OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 3.0], (2, 1)), np.zeros((2, 3), np.int64), [], 0)
-    wl = make_workload(10, 2, "fixed:3.2", seed=0)
-    recs, _ = ev.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=1.0, daemon_overhead_ms=0.1)
-    # Chosen on end-to-end time (2 + 1 <= 3.2); the daemon's clock sees 2.1 ms.
-    assert recs[0].variant == rows[1].variant and recs[0].deadline_met
-    assert recs[0].total_ms == pytest.approx(2.1) and recs[0].server_deadline_met
-
-
 def test_no_tensorflow_in_the_evaluation_modules():
     code = ("import sys, benchmarks.workload, benchmarks.loadgen, benchmarks.contention, benchmarks.evaluate, "
-            "benchmarks.eval_report; bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
+            "benchmarks.eval_report, benchmarks.oracle, benchmarks.daemon_proc; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
-
-
-def test_daemon_that_fails_to_start_is_reported(evb, tmp_path):
-    d = ev.Daemon(ev.serve_argv(str(evb.bundle), str(tmp_path / "missing.json"), "adaptive", None, "best-effort", None),
-                  tmp_path / "d.log", start_timeout_s=60)
-    with pytest.raises(RuntimeError, match="exited with status 2") as ei:
-        d.start()
-    assert "missing.json" in str(ei.value)  # the daemon's own error, from its log
-    assert d.proc.poll() is not None
 
 
 def test_sigterm_stops_the_daemon_and_the_hog(evb, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import loadgen
-from benchmarks.evaluate import Daemon, serve_argv
+from benchmarks.daemon_proc import Daemon, serve_argv
 from benchmarks.workload import make_workload
 from tests.benchmarks._eval_fixtures import make_eval_bundle
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.bench import BenchOptions, bench_bundle, samples_path
-from benchmarks.stats import cdf_from_percentiles, pareto_front
+from benchmarks.bench import bench_bundle
+from benchmarks.measure import BenchOptions
+from benchmarks.samples import samples_path
+from benchmarks.stats import cdf_from_percentiles
+from edge.front import pareto_front
 from edge.table import LatencyTable
 from edgekit.cli import main as cli
 from tests.benchmarks import _fixtures as fx

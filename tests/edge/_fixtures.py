@@ -15,20 +15,16 @@ from __future__ import annotations
 import functools
 import json
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.daemon_proc import Daemon
 from tests._bundle_builder import (
     INPUT_SHAPE,
     BundleWriter,
@@ -174,8 +170,12 @@ def copy_bundle(fx: EdgeFixture, dest: Path) -> Path:
 # ----------------------------------------------------------------------------- the daemon
 
 
-class DaemonProc:
-    """`edgekit serve` as a real subprocess on an ephemeral loopback port."""
+class DaemonProc(Daemon):
+    """`edgekit serve` on a test bundle, started on construction; its output kept in ``stdout`` and ``stderr``.
+
+    Runs from the repository root without the caller's EDGEKIT_TOKEN; ``nofile`` caps its open
+    files as a board's default ``ulimit -n`` would.
+    """
 
     def __init__(self, bundle: Path, table: Path, *args: str, profile: Path | None = None,
                  env: dict[str, str] | None = None, start_timeout: float = 90.0, nofile: int | None = None):
@@ -183,74 +183,12 @@ class DaemonProc:
         if profile is not None:
             argv += ["--profile", str(profile)]
         argv += list(args)
-        e = dict(os.environ, PYTHONUNBUFFERED="1")
-        e.pop("EDGEKIT_TOKEN", None)
-        e.update(env or {})
-        self.argv = argv
-        def limit_fds() -> None:  # as a board's default 'ulimit -n' would
-            import resource
+        super().__init__(argv, start_timeout_s=start_timeout, env={"EDGEKIT_TOKEN": None, **(env or {})},
+                         cwd=REPO, nofile=nofile)
+        self.start()
 
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.proc = subprocess.Popen(argv, cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=e,
-                                     preexec_fn=limit_fds if nofile else None)
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, True), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, False), daemon=True).start()
-        self.url = ""
-        end = time.monotonic() + start_timeout
-        while time.monotonic() < end:
-            try:
-                line = self._lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            if line is None:
-                break
-            if line.startswith("listening on "):
-                self.url = line.split("listening on ", 1)[1].strip()
-                break
-        if not self.url:
-            self.stop()
-            raise RuntimeError(f"daemon did not start: rc={self.proc.returncode}\nstdout:\n{''.join(self.stdout)}"
-                               f"\nstderr:\n{''.join(self.stderr)[-4000:]}")
-        self.host, port = self.url.split("//", 1)[1].rsplit(":", 1)
-        self.port = int(port)
-
-    def _pump(self, stream, sink: list[str], signal_lines: bool) -> None:
-        for line in stream:
-            sink.append(line)
-            if signal_lines:
-                self._lines.put(line)
-        if signal_lines:
-            self._lines.put(None)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.stdout) + "".join(self.stderr)
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def __enter__(self) -> "DaemonProc":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def stop(self, timeout: float = 20.0) -> int | None:
+        return super().stop(timeout)
 
 
 def start_daemon(*args: str, bundle: Path | None = None, table: Path | None = None,

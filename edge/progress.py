@@ -1,0 +1,64 @@
+"""A tqdm progress bar on stderr whose messages go above it, or plain prints when there is no bar.
+
+The board side's copy of ``converters/progress.py``'s API (edge/ and benchmarks/ cannot import
+converters/), with the starting count and whether the bar stays on screen added.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+
+class NoBar:
+    """What ``progress_bar`` returns when disabled or without tqdm: messages are printed, nothing else."""
+
+    shown = False
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        pass
+
+    def write(self, msg: str, file: TextIO | None = None) -> None:
+        print(msg, file=file or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class Bar:
+    """A tqdm bar on stderr (count, rate and ETA); messages go above it to ``file`` (stdout) without breaking it."""
+
+    shown = True
+
+    def __init__(self, tqdm_cls, total: int, unit: str, desc: str, initial: int = 0, leave: bool = False):
+        self._cls = tqdm_cls
+        self._bar = tqdm_cls(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
+                             leave=leave)
+
+    def update(self, n: float = 1) -> None:
+        self._bar.update(n)
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self._bar.set_postfix_str(s, refresh=refresh)
+
+    def write(self, msg: str, file: TextIO | None = None) -> None:
+        self._cls.write(msg, file=file or sys.stdout)
+        (file or sys.stdout).flush()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def progress_bar(total: int, enabled: bool, unit: str = "artifact", desc: str = "convert", *, initial: int = 0,
+                 leave: bool = False) -> Bar | NoBar:
+    """A bar counting ``total`` items from ``initial``; a :class:`NoBar` when not ``enabled`` or tqdm is missing."""
+    if not enabled:
+        return NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return NoBar()
+    return Bar(tqdm, total, unit, desc, initial=initial, leave=leave)
