@@ -8,6 +8,8 @@ demo: setup
 	.venv/bin/edgekit demo
 
 test: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 # What a board installs: the runtime extra only, no TensorFlow.

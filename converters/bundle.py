@@ -1,4 +1,5 @@
-"""`edgekit bundle`: pack what one device profile runs (artifacts, manifest, eval and canary sets) into a folder or tar.gz."""
+"""`edgekit bundle`: pack what one device profile runs (artifacts, manifest, eval and canary sets) into a
+folder or tar.gz."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from edge.bundle import BUNDLE_VERSION, EVAL_NAME, MANIFEST_NAME, is_bundle_fold
 from edge.canary import CANARY_NAME, SCORES_PREFIX, run_scores
 from edge.formats import backend_for, get_format
 from edge.manifest import ArtifactRecord, Manifest, ManifestError
+from edge.textable import format_table
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -47,8 +49,9 @@ def is_archive(path: str | os.PathLike) -> bool:
     return str(path).endswith(ARCHIVE_SUFFIXES)
 
 
-def select_artifacts(manifest: Manifest, profile: DeviceProfile, force: bool = False
-                     ) -> tuple[list[ArtifactRecord], list[tuple[str, str]], list[str]]:
+def select_artifacts(
+    manifest: Manifest, profile: DeviceProfile, force: bool = False
+) -> tuple[list[ArtifactRecord], list[tuple[str, str]], list[str]]:
     """(included, left out with the reason, included only because forced)."""
     included: list[ArtifactRecord] = []
     left_out: list[tuple[str, str]] = []
@@ -63,7 +66,11 @@ def select_artifacts(manifest: Manifest, profile: DeviceProfile, force: bool = F
             forced.append(rec.artifact_id)
         else:
             why = f": {rec.reason}" if rec.reason else ""
-            hint = "run 'edgekit convert' to validate it" if rec.status == "unvalidated" else "pass --force to bundle it anyway"
+            hint = (
+                "run 'edgekit convert' to validate it"
+                if rec.status == "unvalidated"
+                else "pass --force to bundle it anyway"
+            )
             left_out.append((rec.artifact_id, f"status {rec.status}{why} ({hint})"))
     return included, left_out, forced
 
@@ -77,7 +84,9 @@ def _host_canary(rec: ArtifactRecord, data: bytes, images: np.ndarray) -> np.nda
     try:
         model = get_backend(backend_name).load(data, setting)
     except ValueError as exc:
-        raise ValueError(f"artifact {rec.artifact_id} does not load on this machine ({exc}); rerun 'edgekit convert'") from None
+        raise ValueError(
+            f"artifact {rec.artifact_id} does not load on this machine ({exc}); rerun 'edgekit convert'"
+        ) from None
     with model:
         return run_scores(model, images).astype(np.float32)
 
@@ -110,9 +119,13 @@ def _write_archive(src: Path, out: Path) -> None:
 def _check_out(out: Path) -> None:
     if is_archive(out):
         if out.is_dir():
-            raise ValueError(f"--out {out} is a folder; give a .tar.gz file name or a folder without the .tar.gz suffix")
+            raise ValueError(
+                f"--out {out} is a folder; give a .tar.gz file name or a folder without the .tar.gz suffix"
+            )
         if out.exists() and not tarfile.is_tarfile(out):
-            raise ValueError(f"--out {out} exists and is not a tar archive; refusing to overwrite it: choose another --out")
+            raise ValueError(
+                f"--out {out} exists and is not a tar archive; refusing to overwrite it: choose another --out"
+            )
         return
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder; refusing to overwrite it: choose another --out")
@@ -163,7 +176,9 @@ def build_bundle(
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     mpath = run_dir / MANIFEST_NAME
     if not mpath.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {MANIFEST_NAME}; convert it first: edgekit convert {run_dir} --profile {prof.name}")
+        raise FileNotFoundError(
+            f"{run_dir} has no {MANIFEST_NAME}; convert it first: edgekit convert {run_dir} --profile {prof.name}"
+        )
     try:
         run_manifest = Manifest.load(mpath)
     except ManifestError as exc:
@@ -190,8 +205,12 @@ def build_bundle(
         raise ValueError(f"the test split of {run_dir} is empty or not uint8 images ({x_test.dtype}{x_test.shape})")
     input_shape = [int(s) for s in run_meta.get("input_shape", x_test.shape[1:])]
     if list(x_test.shape[1:]) != input_shape:
-        raise ValueError(f"the test split's images are {x_test.shape[1:]} but {run_dir}/run.json says input_shape {input_shape}")
-    class_names = [str(c) for c in (run_meta.get("class_names") or getattr(splits, "class_names", ()) or run_manifest.labels)]
+        raise ValueError(
+            f"the test split's images are {x_test.shape[1:]} but {run_dir}/run.json says input_shape {input_shape}"
+        )
+    class_names = [
+        str(c) for c in (run_meta.get("class_names") or getattr(splits, "class_names", ()) or run_manifest.labels)
+    ]
     n_eval = min(eval_size, len(x_test))
     n_can = min(canary_size, len(x_test))
     canary_images = np.ascontiguousarray(x_test[:n_can])
@@ -208,9 +227,15 @@ def build_bundle(
             try:
                 data = src.read_bytes()
             except FileNotFoundError:
-                raise FileNotFoundError(f"artifact {rec.artifact_id} is listed in {mpath} but {src} is missing; rerun 'edgekit convert {run_dir}'") from None
+                raise FileNotFoundError(
+                    f"artifact {rec.artifact_id} is listed in {mpath} but {src} is "
+                    f"missing; rerun 'edgekit convert {run_dir}'"
+                ) from None
             if sha256_bytes(data) != rec.sha256:
-                raise ValueError(f"artifact {src} changed since it was converted (sha256 differs from {mpath}); rerun 'edgekit convert {run_dir}'")
+                raise ValueError(
+                    f"artifact {src} changed since it was converted (sha256 differs from "
+                    f"{mpath}); rerun 'edgekit convert {run_dir}'"
+                )
             rel = f"artifacts/{rec.artifact_id}.{get_format(rec.format).extension}"
             (tmp / rel).write_bytes(data)
             records.append(dataclasses.replace(rec, path=rel, size_bytes=len(data)))
@@ -221,8 +246,11 @@ def build_bundle(
                 warnings.warn(f"no canary for {rec.artifact_id}: {exc}", stacklevel=2)
 
         files = {
-            EVAL_NAME: _save_npz(tmp / EVAL_NAME, images=np.ascontiguousarray(x_test[:n_eval]),
-                                 labels=np.asarray(y_test[:n_eval], dtype=np.int64)),
+            EVAL_NAME: _save_npz(
+                tmp / EVAL_NAME,
+                images=np.ascontiguousarray(x_test[:n_eval]),
+                labels=np.asarray(y_test[:n_eval], dtype=np.int64),
+            ),
             CANARY_NAME: _save_npz(
                 tmp / CANARY_NAME,
                 images=canary_images,
@@ -260,21 +288,34 @@ def build_bundle(
 
     size = out.stat().st_size if out.is_file() else sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     result = BundleResult(
-        path=out, profile=prof.name, included=tuple(r.artifact_id for r in records), left_out=tuple(left_out),
-        canary_skipped=tuple(canary_skipped), forced=tuple(forced), eval_count=n_eval, canary_count=n_can, size_bytes=size,
+        path=out,
+        profile=prof.name,
+        included=tuple(r.artifact_id for r in records),
+        left_out=tuple(left_out),
+        canary_skipped=tuple(canary_skipped),
+        forced=tuple(forced),
+        eval_count=n_eval,
+        canary_count=n_can,
+        size_bytes=size,
     )
     _print_summary(result, manifest, say)
     return result
 
 
 def _print_summary(res: BundleResult, manifest: Manifest, say: Callable[[str], None]) -> None:
-    w = max([len("artifact")] + [len(a.artifact_id) for a in manifest.artifacts])
-    say(f"{'artifact':<{w}}  {'size':>9}  {'status':<10}  {'accuracy':>8}  canary")
     skipped = {a for a, _ in res.canary_skipped}
-    for a in manifest.artifacts:
-        acc = "-" if a.host_accuracy is None else f"{a.host_accuracy:.4f}"
-        status = a.status + (" (forced)" if a.artifact_id in res.forced else "")
-        say(f"{a.artifact_id:<{w}}  {a.size_bytes:>9}  {status:<10}  {acc:>8}  {'skipped' if a.artifact_id in skipped else 'yes'}")
+    rows = [
+        (
+            a.artifact_id,
+            a.size_bytes,
+            a.status + (" (forced)" if a.artifact_id in res.forced else ""),
+            "-" if a.host_accuracy is None else f"{a.host_accuracy:.4f}",
+            "skipped" if a.artifact_id in skipped else "yes",
+        )
+        for a in manifest.artifacts
+    ]
+    for line in format_table(("artifact", "size", "status", "accuracy", "canary"), rows, align="lrlrl").split("\n"):
+        say(line)
     # Artifacts for other targets are summed up per target; anything else is listed one by one.
     by_target: dict[str, int] = defaultdict(int)
     for aid, why in res.left_out:
@@ -287,15 +328,23 @@ def _print_summary(res: BundleResult, manifest: Manifest, say: Callable[[str], N
     for aid, why in res.canary_skipped:
         say(f"warning: no canary scores for {aid}: {why}")
     kind = "archive" if res.path.is_file() else "folder"
-    say(f"bundle for {res.profile}: {len(res.included)} artifacts, {res.eval_count} eval images, "
-        f"{res.canary_count} canary images -> {res.path} ({kind}, {res.size_bytes / 1e6:.2f} MB)")
+    say(
+        f"bundle for {res.profile}: {len(res.included)} artifacts, {res.eval_count} eval images, "
+        f"{res.canary_count} canary images -> {res.path} ({kind}, {res.size_bytes / 1e6:.2f} MB)"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run folder with manifest.json (from 'edgekit convert')")
     p.add_argument("--profile", required=True, help="device profile name or path to a .toml file")
     p.add_argument("--out", required=True, help="output folder, or a file ending in .tar.gz/.tgz")
-    p.add_argument("--eval-size", type=int, default=10000, help="test images in eval.npz (default 10000: every Fashion-MNIST test image; halves choose the front and serve the comparison)")
+    p.add_argument(
+        "--eval-size",
+        type=int,
+        default=10000,
+        help="test images in eval.npz (default 10000: every Fashion-MNIST test image; "
+        "halves choose the front and serve the comparison)",
+    )
     p.add_argument("--canary-size", type=int, default=8, help="test images in canary.npz (default 8)")
     p.add_argument("--force", action="store_true", help="also bundle artifacts that validation rejected")
 
@@ -304,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the summary already says which canaries were skipped
-        build_bundle(args.run, args.profile, args.out, eval_size=args.eval_size, canary_size=args.canary_size,
-                     force=args.force)
+        build_bundle(
+            args.run, args.profile, args.out, eval_size=args.eval_size, canary_size=args.canary_size, force=args.force
+        )
     print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0

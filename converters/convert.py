@@ -19,12 +19,13 @@ import numpy as np
 from converters import ray_sweep
 from converters.convert_model import Failed, ModelDir, Note, artifact_path, convert_one, convert_task
 from converters.convert_record import Outcome, Recorder, convert_lock, open_manifest
-from converters.progress import progress_bar
 from converters.ray_sweep import RayOptions
 from device_profiles import BuildTarget, load_profile
-from edge.formats import FORMATS, PRECISIONS
 from edge.atomic import clean_stale_temps, read_json, sha256_bytes, sha256_file
+from edge.formats import FORMATS, PRECISIONS
 from edge.manifest import Manifest
+from edge.progress import progress_bar
+from edge.textable import format_table as format_text_table
 
 DEFAULT_MAX_DROP = 2.0
 
@@ -216,16 +217,7 @@ def format_table(result: ConvertResult) -> str:
             (r.model_id, f"{r.format}-{r.precision}", f"{r.size_bytes / 1024:.1f}", _pct(r.host_accuracy), delta,
              _pct(r.agreement), diff, status)
         )
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    right = {2, 3, 4, 5, 6}
-
-    def line(cells) -> str:
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-
-    out = [line(header).rstrip(), "  ".join("-" * w for w in widths)]
-    out += [line(r).rstrip() for r in rows]
-    return "\n".join(out)
+    return format_text_table(header, rows, align="llrrrrrl", rule=True)
 
 
 def precision_deltas(result: ConvertResult) -> dict[tuple[str, str], tuple[float, int]]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.textable import format_table
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from converters.keras_build import build_model, count_params_macs  # noqa: E402
@@ -124,10 +126,11 @@ def format_report(profile, setting, version, rows, runs) -> str:
         (pa, ma, ea, sa), (pb, mb, eb, sb) = r["a_info"], r["b_info"]
         lines.append("")
         lines.append(r["title"])
-        lines.append(f"  {'model':46s} {'params':>8s} {'MACs':>11s} {'bytes':>8s} {'p50 ms':>8s} {'p90 ms':>8s} "
-                     f"{'max|Δ| vs keras':>16s}")
-        lines.append(f"  {r['a']:46s} {pa:8d} {ma:11,d} {sa:8d} {r['a_p50']:8.4f} {r['a_p90']:8.4f} {ea:16.2e}")
-        lines.append(f"  {r['b']:46s} {pb:8d} {mb:11,d} {sb:8d} {r['b_p50']:8.4f} {r['b_p90']:8.4f} {eb:16.2e}")
+        table = format_table(("model", "params", "MACs", "bytes", "p50 ms", "p90 ms", "max|Δ| vs keras"),
+                             [(r["a"], pa, f"{ma:,d}", sa, f"{r['a_p50']:.4f}", f"{r['a_p90']:.4f}", f"{ea:.2e}"),
+                              (r["b"], pb, f"{mb:,d}", sb, f"{r['b_p50']:.4f}", f"{r['b_p90']:.4f}", f"{eb:.2e}")],
+                             align="lrrrrrr", sep=" ")
+        lines += ["  " + line for line in table.split("\n")]
         lines.append(f"  ratio variant/baseline: params {pb / pa:.3f}  MACs {mb / ma:.3f}  "
                      f"p50 latency {r['b_p50'] / r['a_p50']:.3f}  p90 latency {r['b_p90'] / r['a_p90']:.3f}")
     return "\n".join(lines)

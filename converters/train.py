@@ -33,6 +33,7 @@ from converters.train_ensembles import build_ensemble_one, ensemble_finished, re
 from converters.train_model import train_one, train_task
 from converters.train_options import FULL, FULL_SPLITS, QUICK, QUICK_SPLITS, Schedule, SplitOptions, TrainOptions
 from edge.atomic import atomic_write_json, clean_stale_temps
+from edge.textable import format_table as format_text_table
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,12 @@ def _failed(model_id: str, error: str) -> ModelResult:
 
 def _train_here(todo, splits, models_dir: Path, opts: TrainOptions, results: dict, out: TextIO) -> None:
     """Train ``todo`` one after the other in this process."""
-    from tqdm.auto import tqdm
+    from edge.progress import progress_bar
 
     # The bar advances by estimated cost, not model count: the ETA then holds when big models come last.
     costs = [training_cost(spec, splits.input_shape, splits.num_classes) for spec in todo]
-    bar = tqdm(total=sum(costs), disable=not opts.progress or not todo, file=sys.stderr, dynamic_ncols=True,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+    bar = progress_bar(sum(costs), enabled=opts.progress and bool(todo), unit="", desc="",
+                       bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
     try:
         for i, (spec, cost) in enumerate(zip(todo, costs)):
             bar.set_description_str(f"{i}/{len(todo)} models", refresh=False)
@@ -99,7 +100,7 @@ def _train_on_ray(todo, splits, models_dir: Path, opts: TrainOptions, results: d
     """Train ``todo`` as Ray tasks; the driver (this process) writes each finished model into the run folder."""
     import ray
 
-    from converters.progress import progress_bar
+    from edge.progress import progress_bar
 
     say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
     assert opts.ray is not None
@@ -231,13 +232,7 @@ def format_table(results: list[ModelResult], wall_s: float) -> str:
     rows = [(r.model_id, "-", "-", "-", "-", "-", r.status) if r.status == "failed" else
             (r.model_id, f"{r.test_accuracy:.4f}", _si(r.params), _si(r.macs), str(r.epochs),
              f"{r.wall_s:.1f}", r.status) for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    align = ["<", ">", ">", ">", ">", ">", "<"]
-
-    def line(cells) -> str:
-        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
-
-    lines = [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    lines = format_text_table(head, rows, align="lrrrrrl", rule=True).split("\n")
     trained = [r for r in results if r.status in ("trained", "built")]
     built = sum(1 for r in results if r.status == "built")
     failed = sum(1 for r in results if r.status == "failed")

@@ -13,7 +13,7 @@ except ImportError:  # Python 3.10 (e.g. JetPack 6 boards)
     import tomli as tomllib  # type: ignore[no-redef]
 
 # The format vocabulary has one home, edge/formats.py (stdlib only, imports nothing else of edge).
-from edge.formats import BACKENDS, FORMATS, PRECISIONS, format_for_backend
+from edge.formats import BACKENDS, FORMATS, format_for_backend
 
 HERE = Path(__file__).resolve().parent
 

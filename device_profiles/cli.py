@@ -18,7 +18,13 @@ def run(args: argparse.Namespace) -> int:
         builds = ",".join(t.key for t in p.targets)
         rts = ", ".join(
             f"{s.name}({s.backend}, {s.threads}t"
-            + (", " + ">".join(x.replace("ExecutionProvider", "") for x in s.providers) if s.backend == "onnxruntime" else ", xnnpack" if s.xnnpack else "")
+            + (
+                ", " + ">".join(x.replace("ExecutionProvider", "") for x in s.providers)
+                if s.backend == "onnxruntime"
+                else ", xnnpack"
+                if s.xnnpack
+                else ""
+            )
             + ")"
             for s in p.settings
         )

@@ -1,7 +1,7 @@
-"""A tqdm progress bar on stderr whose messages go above it, or plain prints when there is no bar.
+"""The one progress bar: tqdm on stderr with messages above it, or plain prints when there is no bar.
 
-The board side's copy of ``converters/progress.py``'s API (edge/ and benchmarks/ cannot import
-converters/), with the starting count and whether the bar stays on screen added.
+Used by the workstation (train, convert) and the board (bench); lives in edge/ because the board
+side cannot import converters/. tqdm is optional: without it the messages are printed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ class NoBar:
     def set_postfix_str(self, s: str, refresh: bool = True) -> None:
         pass
 
+    def set_description_str(self, s: str, refresh: bool = True) -> None:
+        pass
+
     def write(self, msg: str, file: TextIO | None = None) -> None:
         print(msg, file=file or sys.stdout, flush=True)
 
@@ -33,16 +36,20 @@ class Bar:
 
     shown = True
 
-    def __init__(self, tqdm_cls, total: int, unit: str, desc: str, initial: int = 0, leave: bool = False):
+    def __init__(self, tqdm_cls, total: float, unit: str, desc: str, initial: int = 0, leave: bool = False,
+                 bar_format: str | None = None):
         self._cls = tqdm_cls
         self._bar = tqdm_cls(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                             leave=leave)
+                             leave=leave, bar_format=bar_format)
 
     def update(self, n: float = 1) -> None:
         self._bar.update(n)
 
     def set_postfix_str(self, s: str, refresh: bool = True) -> None:
         self._bar.set_postfix_str(s, refresh=refresh)
+
+    def set_description_str(self, s: str, refresh: bool = True) -> None:
+        self._bar.set_description_str(s, refresh=refresh)
 
     def write(self, msg: str, file: TextIO | None = None) -> None:
         self._cls.write(msg, file=file or sys.stdout)
@@ -52,8 +59,8 @@ class Bar:
         self._bar.close()
 
 
-def progress_bar(total: int, enabled: bool, unit: str = "artifact", desc: str = "convert", *, initial: int = 0,
-                 leave: bool = False) -> Bar | NoBar:
+def progress_bar(total: float, enabled: bool, unit: str = "artifact", desc: str = "convert", *, initial: int = 0,
+                 leave: bool = False, bar_format: str | None = None) -> Bar | NoBar:
     """A bar counting ``total`` items from ``initial``; a :class:`NoBar` when not ``enabled`` or tqdm is missing."""
     if not enabled:
         return NoBar()
@@ -61,4 +68,4 @@ def progress_bar(total: int, enabled: bool, unit: str = "artifact", desc: str = 
         from tqdm import tqdm
     except ImportError:
         return NoBar()
-    return Bar(tqdm, total, unit, desc, initial=initial, leave=leave)
+    return Bar(tqdm, total, unit, desc, initial=initial, leave=leave, bar_format=bar_format)

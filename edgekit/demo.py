@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -27,9 +26,11 @@ class Stage:
 # The demo's contention: the daemon throttled by the kernel's CPU quota for the middle half of
 # the requests (a stand-in for thermal throttling); see README for what each kind achieved here.
 CONTENTION = "quota:half"
-EVALUATIONS = (("eval-no-contention", "no contention"),
-               ("eval-contention", "the daemon throttled by the CPU quota for the middle half of the run"),
-               ("eval-overload", "overload: Poisson arrivals at 1.2x the most accurate variant's capacity"))
+EVALUATIONS = (
+    ("eval-no-contention", "no contention"),
+    ("eval-contention", "the daemon throttled by the CPU quota for the middle half of the run"),
+    ("eval-overload", "overload: Poisson arrivals at 1.2x the most accurate variant's capacity"),
+)
 
 
 def _stages(out: Path, profile: str, family: str, quick: bool, requests: int) -> list[Stage]:
@@ -39,28 +40,100 @@ def _stages(out: Path, profile: str, family: str, quick: bool, requests: int) ->
     bench_extra = ("--min-runs", "100", "--min-seconds", "1.0" if quick else "2.0")
     return [
         Stage("train", ("train", str(run), "--family", family), (), "train the demo family on Fashion-MNIST"),
-        Stage("convert", ("convert", str(run), "--profile", profile), (str(run / "manifest.json"),),
-              "quantize and convert every model for this machine's profile, validate each artifact"),
-        Stage("bundle", ("bundle", str(run), "--profile", profile, "--out", str(bundle)), (str(bundle / "manifest.json"),),
-              "pack the bundle a device would receive"),
+        Stage(
+            "convert",
+            ("convert", str(run), "--profile", profile),
+            (str(run / "manifest.json"),),
+            "quantize and convert every model for this machine's profile, validate each artifact",
+        ),
+        Stage(
+            "bundle",
+            ("bundle", str(run), "--profile", profile, "--out", str(bundle)),
+            (str(bundle / "manifest.json"),),
+            "pack the bundle a device would receive",
+        ),
         Stage("verify", ("verify", str(bundle), "--profile", profile), (), "verify checksums and run the canary check"),
-        Stage("bench", ("bench", str(bundle), "--profile", profile, "--out", str(table), "--resume", *bench_extra), (str(table),),
-              "benchmark every artifact on this machine"),
-        Stage("report", ("report", str(table), "--out", str(out / "report")), (str(out / "report"),),
-              "render the latency report with plots"),
-        Stage("select", ("select", str(table), "--profile", profile, "--out", str(selected)), (str(selected),),
-              "keep the monotonic (Pareto) subset"),
-        Stage("evaluate", ("evaluate", str(bundle), "--table", str(selected), "--profile", profile, "--count", str(requests),
-                           "--deadline", "auto", "--contention", "none", "--out", str(ev_none)), (str(ev_none / "results.json"),),
-              "compare policies without contention"),
-        Stage("evaluate-contention", ("evaluate", str(bundle), "--table", str(selected), "--profile", profile, "--count", str(requests),
-                                      "--deadline", "auto", "--contention", CONTENTION, "--out", str(ev_half)),
-              (str(ev_half / "results.json"),),
-              "compare policies with the daemon throttled (the kernel's CPU quota) for the middle half of the run"),
-        Stage("evaluate-overload", ("evaluate", str(bundle), "--table", str(selected), "--profile", profile, "--count", str(requests),
-                                    "--deadline", "auto", "--arrival", "overload:1.2", "--out", str(ev_over)),
-              (str(ev_over / "results.json"),),
-              "open-loop Poisson arrivals at 1.2x the most accurate variant's capacity: goodput"),
+        Stage(
+            "bench",
+            ("bench", str(bundle), "--profile", profile, "--out", str(table), "--resume", *bench_extra),
+            (str(table),),
+            "benchmark every artifact on this machine",
+        ),
+        Stage(
+            "report",
+            ("report", str(table), "--out", str(out / "report")),
+            (str(out / "report"),),
+            "render the latency report with plots",
+        ),
+        Stage(
+            "select",
+            ("select", str(table), "--profile", profile, "--out", str(selected)),
+            (str(selected),),
+            "keep the monotonic (Pareto) subset",
+        ),
+        Stage(
+            "evaluate",
+            (
+                "evaluate",
+                str(bundle),
+                "--table",
+                str(selected),
+                "--profile",
+                profile,
+                "--count",
+                str(requests),
+                "--deadline",
+                "auto",
+                "--contention",
+                "none",
+                "--out",
+                str(ev_none),
+            ),
+            (str(ev_none / "results.json"),),
+            "compare policies without contention",
+        ),
+        Stage(
+            "evaluate-contention",
+            (
+                "evaluate",
+                str(bundle),
+                "--table",
+                str(selected),
+                "--profile",
+                profile,
+                "--count",
+                str(requests),
+                "--deadline",
+                "auto",
+                "--contention",
+                CONTENTION,
+                "--out",
+                str(ev_half),
+            ),
+            (str(ev_half / "results.json"),),
+            "compare policies with the daemon throttled (the kernel's CPU quota) for the middle half of the run",
+        ),
+        Stage(
+            "evaluate-overload",
+            (
+                "evaluate",
+                str(bundle),
+                "--table",
+                str(selected),
+                "--profile",
+                profile,
+                "--count",
+                str(requests),
+                "--deadline",
+                "auto",
+                "--arrival",
+                "overload:1.2",
+                "--out",
+                str(ev_over),
+            ),
+            (str(ev_over / "results.json"),),
+            "open-loop Poisson arrivals at 1.2x the most accurate variant's capacity: goodput",
+        ),
     ]
 
 
@@ -108,9 +181,15 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         rc = subprocess.call([sys.executable, "-m", "edgekit.cli", *st.argv], env=os.environ.copy())
         if rc != 0:
-            print(f"edgekit demo: stage '{st.name}' failed (exit {rc}); fix the cause and rerun 'edgekit demo' to resume", file=sys.stderr)
+            print(
+                f"edgekit demo: stage '{st.name}' failed (exit {rc}); fix the cause and rerun 'edgekit demo' to resume",
+                file=sys.stderr,
+            )
             return rc
-        done[st.name] = {"wall_s": time.monotonic() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        done[st.name] = {
+            "wall_s": time.monotonic() - t0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         # Later stages consume this stage's output, so a stage that ran invalidates what follows.
         for later in stages[i:]:
             done.pop(later.name, None)

@@ -50,8 +50,18 @@ IN_ROOT_SRC = "/opt/edgekit"  # the checkout, inside the root
 IN_ROOT_WORK = "/opt/board-check"  # bundles and results, inside the root
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap", "update-binfmts": "binfmt-support"}
 # The versions the check reports from inside the root.
-PACKAGES = ("edgekit", "numpy", "ai-edge-litert", "onnxruntime", "uvloop", "httptools", "prometheus_client",
-            "psutil", "matplotlib", "tqdm")
+PACKAGES = (
+    "edgekit",
+    "numpy",
+    "ai-edge-litert",
+    "onnxruntime",
+    "uvloop",
+    "httptools",
+    "prometheus_client",
+    "psutil",
+    "matplotlib",
+    "tqdm",
+)
 
 
 class BoardCheckError(RuntimeError):
@@ -101,8 +111,10 @@ def check_host() -> None:
     if sys.platform != "linux":
         raise BoardCheckError(f"the board check needs Linux (chroot, binfmt_misc, debootstrap); this is {sys.platform}")
     if os.geteuid() != 0:
-        raise BoardCheckError("the board check must run as root (it mounts binfmt_misc and /proc in the root, and "
-                              "runs chroot): run 'sudo make board-check'")
+        raise BoardCheckError(
+            "the board check must run as root (it mounts binfmt_misc and /proc in the root, and "
+            "runs chroot): run 'sudo make board-check'"
+        )
 
 
 def ensure_tools(native: bool) -> None:
@@ -114,15 +126,19 @@ def ensure_tools(native: bool) -> None:
     pkgs = sorted(set(missing.values()))
     say(f"board-check: installing {' '.join(pkgs)} with apt-get")
     if shutil.which("apt-get") is None:
-        raise BoardCheckError(f"{', '.join(missing)} missing and there is no apt-get: install the packages "
-                              f"{' '.join(pkgs)} (or your distribution's equivalents) and rerun")
+        raise BoardCheckError(
+            f"{', '.join(missing)} missing and there is no apt-get: install the packages "
+            f"{' '.join(pkgs)} (or your distribution's equivalents) and rerun"
+        )
     cmd = ["apt-get", "install", "-y", "-q", *pkgs]
     if subprocess.run(cmd, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], capture_output=True)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise BoardCheckError(f"apt-get could not install {' '.join(pkgs)}: {r.stderr.strip()[-400:]}\n"
-                                  f"install them by hand ('apt-get install {' '.join(pkgs)}') and rerun")
+            raise BoardCheckError(
+                f"apt-get could not install {' '.join(pkgs)}: {r.stderr.strip()[-400:]}\n"
+                f"install them by hand ('apt-get install {' '.join(pkgs)}') and rerun"
+            )
     still = [exe for exe in missing if shutil.which(exe) is None]
     if still:
         raise BoardCheckError(f"{', '.join(still)} still missing after installing {' '.join(pkgs)}")
@@ -139,19 +155,24 @@ def ensure_binfmt() -> str:
             raise BoardCheckError(
                 f"cannot mount binfmt_misc on {BINFMT} ({r.stderr.strip() or 'no register file'}): in a container, "
                 "mount it on the host ('mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc') or run the "
-                "container privileged, then rerun")
+                "container privileged, then rerun"
+            )
     handler = BINFMT / "qemu-aarch64"
     if not handler.exists() or "enabled" not in handler.read_text():
         r = subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True, text=True)
         if not handler.exists() or "enabled" not in handler.read_text():
-            raise BoardCheckError(f"cannot enable the qemu-aarch64 binfmt handler ({r.stderr.strip()}): "
-                                  "reinstall qemu-user-static and binfmt-support, then rerun")
+            raise BoardCheckError(
+                f"cannot enable the qemu-aarch64 binfmt handler ({r.stderr.strip()}): "
+                "reinstall qemu-user-static and binfmt-support, then rerun"
+            )
     lines = handler.read_text().splitlines()
     interp = next((x.split(None, 1)[1] for x in lines if x.startswith("interpreter")), "?")
     flags = next((x.split(None, 1)[1] for x in lines if x.startswith("flags")), "")
     if "F" not in flags:
-        raise BoardCheckError(f"the qemu-aarch64 handler lacks the F (fix binary) flag ({flags!r}), so the root "
-                              "cannot find the emulator: use Debian's qemu-user-static, which registers it with F")
+        raise BoardCheckError(
+            f"the qemu-aarch64 handler lacks the F (fix binary) flag ({flags!r}), so the root "
+            "cannot find the emulator: use Debian's qemu-user-static, which registers it with F"
+        )
     return interp
 
 
@@ -169,18 +190,29 @@ def build_root(opts: BoardCheckOptions) -> bool:
             shutil.rmtree(old)
     partial.parent.mkdir(parents=True, exist_ok=True)
     say(f"board-check: building an arm64 {opts.suite} root in {opts.root} (debootstrap, about 5 minutes)")
-    cmd = ["debootstrap", "--arch=arm64", "--variant=minbase",
-           "--include=python3,python3-venv,python3-pip,ca-certificates", opts.suite, str(partial), opts.mirror]
+    cmd = [
+        "debootstrap",
+        "--arch=arm64",
+        "--variant=minbase",
+        "--include=python3,python3-venv,python3-pip,ca-certificates",
+        opts.suite,
+        str(partial),
+        opts.mirror,
+    ]
     log = opts.work / "debootstrap.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
         r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if r.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise BoardCheckError(f"debootstrap failed (exit {r.returncode}); last lines of {log}:\n  " + "\n  ".join(tail)
-                              + f"\ncheck that {opts.mirror} is reachable, then rerun")
-    (partial / ROOT_OK).write_text(json.dumps({"suite": opts.suite, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                          time.gmtime())}))
+        raise BoardCheckError(
+            f"debootstrap failed (exit {r.returncode}); last lines of {log}:\n  "
+            + "\n  ".join(tail)
+            + f"\ncheck that {opts.mirror} is reachable, then rerun"
+        )
+    (partial / ROOT_OK).write_text(
+        json.dumps({"suite": opts.suite, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    )
     partial.rename(opts.root)
     return True
 
@@ -188,9 +220,11 @@ def build_root(opts: BoardCheckOptions) -> bool:
 def pi_like_cpuinfo(cores: int) -> str:
     """A Cortex-A72 /proc/cpuinfo. The root otherwise sees the host's x86 one, and onnxruntime's CPU
     detection crashes on it under QEMU (a real board has its own). It names no board on purpose."""
-    block = ("processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
-             "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
-             "CPU revision\t: 3\n\n")
+    block = (
+        "processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+        "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
+        "CPU revision\t: 3\n\n"
+    )
     return "".join(block.format(i=i) for i in range(cores))
 
 
@@ -213,8 +247,11 @@ def mounted(root: Path, native: bool) -> Iterator[None]:
     """/proc, /dev, /sys, DNS, the host's CA certificates and (emulated) an ARM cpuinfo, for the session."""
     unmount_all(root)
     try:
-        for src, dst, how in (("proc", "proc", ["-t", "proc"]), ("/dev", "dev", ["--rbind"]),
-                              ("/sys", "sys", ["--rbind"])):
+        for src, dst, how in (
+            ("proc", "proc", ["-t", "proc"]),
+            ("/dev", "dev", ["--rbind"]),
+            ("/sys", "sys", ["--rbind"]),
+        ):
             (root / dst).mkdir(exist_ok=True)
             r = subprocess.run(["mount", *how, src, str(root / dst)], capture_output=True, text=True)
             if r.returncode != 0:
@@ -232,7 +269,9 @@ def mounted(root: Path, native: bool) -> Iterator[None]:
         if not native:
             fake = root / "etc/edgekit-cpuinfo"
             fake.write_text(pi_like_cpuinfo(os.cpu_count() or 1))
-            r = subprocess.run(["mount", "--bind", str(fake), str(root / "proc/cpuinfo")], capture_output=True, text=True)
+            r = subprocess.run(
+                ["mount", "--bind", str(fake), str(root / "proc/cpuinfo")], capture_output=True, text=True
+            )
             if r.returncode != 0:
                 raise BoardCheckError(f"cannot bind-mount the ARM cpuinfo in the root: {r.stderr.strip()}")
         yield
@@ -241,10 +280,20 @@ def mounted(root: Path, native: bool) -> Iterator[None]:
 
 
 def root_env(opts: BoardCheckOptions, emulation: str) -> dict[str, str]:
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-           "PYTHONUNBUFFERED": "1", "EDGEKIT_EMULATION": emulation, "QEMU_CPU": opts.qemu_cpu,
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_DEFAULT_TIMEOUT": "180", "MPLBACKEND": "Agg"}
-    if (opts.root / "etc/ssl/certs/edgekit-host-ca.crt").exists() or Path("/etc/ssl/certs/ca-certificates.crt").exists():
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "EDGEKIT_EMULATION": emulation,
+        "QEMU_CPU": opts.qemu_cpu,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_DEFAULT_TIMEOUT": "180",
+        "MPLBACKEND": "Agg",
+    }
+    if (opts.root / "etc/ssl/certs/edgekit-host-ca.crt").exists() or Path(
+        "/etc/ssl/certs/ca-certificates.crt"
+    ).exists():
         for k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
             env[k] = "/etc/ssl/certs/edgekit-host-ca.crt"
     for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "PIP_INDEX_URL"):
@@ -253,14 +302,16 @@ def root_env(opts: BoardCheckOptions, emulation: str) -> dict[str, str]:
     return env
 
 
-def in_root(opts: BoardCheckOptions, emulation: str, script: str, timeout: float, check: bool = True,
-            popen: bool = False):
+def in_root(
+    opts: BoardCheckOptions, emulation: str, script: str, timeout: float, check: bool = True, popen: bool = False
+):
     """Run a bash script inside the root (chroot, a clean environment)."""
     cmd = ["chroot", str(opts.root), "/bin/bash", "-c", script]
     env = root_env(opts, emulation)
     if popen:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
         out = (r.stdout + r.stderr).strip().splitlines()[-15:]
@@ -271,8 +322,13 @@ def in_root(opts: BoardCheckOptions, emulation: str, script: str, timeout: float
 def copy_checkout(root: Path) -> int:
     """Copy this checkout's files (tracked and untracked-not-ignored) into the root; keep its .venv."""
     dest = root / IN_ROOT_SRC.lstrip("/")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     files = [f for f in files if f and (REPO / f).is_file()]
     if dest.exists():
         for child in dest.iterdir():
@@ -302,8 +358,20 @@ def make_bundles(opts: BoardCheckOptions) -> dict[str, Path]:
     """Train 3 small CNNs (reused on rerun), convert them for both profiles and pack a bundle each."""
     run = opts.run or opts.work / "run"
     if opts.run is None:
-        host_edgekit("train", str(run), "--family", "demo", "--limit", "3", "--quick", "--limit-train", "6000",
-                     "--epochs", "2", "--no-progress")
+        host_edgekit(
+            "train",
+            str(run),
+            "--family",
+            "demo",
+            "--limit",
+            "3",
+            "--quick",
+            "--limit-train",
+            "6000",
+            "--epochs",
+            "2",
+            "--no-progress",
+        )
     profile_args = [a for p in PROFILES for a in ("--profile", p)]
     host_edgekit("convert", str(run), *profile_args, "--limit-test", "1000", "--no-progress")
     out = {}
@@ -319,18 +387,20 @@ def make_bundles(opts: BoardCheckOptions) -> dict[str, Path]:
 
 
 def read_versions(opts: BoardCheckOptions, emulation: str) -> dict[str, str]:
-    code = ("import importlib.metadata as m, json, platform, sys; "
-            f"names = {list(PACKAGES)!r}; out = {{}}\n"
-            "for n in names:\n"
-            "    try: out[n] = m.version(n)\n"
-            "    except m.PackageNotFoundError: out[n] = 'not installed'\n"
-            "out['python'] = platform.python_version(); out['machine'] = platform.machine()\n"
-            "out['tensorflow'] = 'installed (wrong: a board must not have it)' if "
-            "__import__('importlib.util').util.find_spec('tensorflow') else 'not installed (right)'\n"
-            "print(json.dumps(out))")
+    code = (
+        "import importlib.metadata as m, json, platform, sys; "
+        f"names = {list(PACKAGES)!r}; out = {{}}\n"
+        "for n in names:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: out[n] = 'not installed'\n"
+        "out['python'] = platform.python_version(); out['machine'] = platform.machine()\n"
+        "out['tensorflow'] = 'installed (wrong: a board must not have it)' if "
+        "__import__('importlib.util').util.find_spec('tensorflow') else 'not installed (right)'\n"
+        "print(json.dumps(out))"
+    )
     r = in_root(opts, emulation, f"cd {IN_ROOT_SRC} && .venv/bin/python -c {sh_quote(code)}", timeout=300)
     versions = json.loads(r.stdout.strip().splitlines()[-1])
-    osr = in_root(opts, emulation, ". /etc/os-release && echo \"$PRETTY_NAME\"", timeout=60).stdout.strip()
+    osr = in_root(opts, emulation, '. /etc/os-release && echo "$PRETTY_NAME"', timeout=60).stdout.strip()
     versions["os"] = osr
     return versions
 
@@ -347,8 +417,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_and_query(opts: BoardCheckOptions, emulation: str, profile: str, bundle_in_root: str,
-                    selected_in_root: str, host_bundle: Path) -> dict:
+def serve_and_query(
+    opts: BoardCheckOptions, emulation: str, profile: str, bundle_in_root: str, selected_in_root: str, host_bundle: Path
+) -> dict:
     """Start the daemon inside the root, send requests from the host with edge/client.py, stop it."""
     import numpy as np
 
@@ -357,17 +428,25 @@ def serve_and_query(opts: BoardCheckOptions, emulation: str, profile: str, bundl
     from edge.client import Client
 
     port = free_port()
-    proc = in_root(opts, emulation,
-                   f"cd {IN_ROOT_SRC} && exec .venv/bin/edgekit serve {bundle_in_root} --table {selected_in_root} --profile {profile} "
-                   f"--host 127.0.0.1 --port {port}", timeout=0, popen=True)
+    proc = in_root(
+        opts,
+        emulation,
+        f"cd {IN_ROOT_SRC} && exec .venv/bin/edgekit serve {bundle_in_root} --table "
+        f"{selected_in_root} --profile {profile} "
+        f"--host 127.0.0.1 --port {port}",
+        timeout=0,
+        popen=True,
+    )
     lines: list[str] = []
     t0 = time.monotonic()
     try:
         while True:
             line = proc.stdout.readline()
             if not line:
-                raise BoardCheckError(f"the daemon inside the root exited (code {proc.wait()}) before listening:\n  "
-                                      + "\n  ".join(lines[-15:]))
+                raise BoardCheckError(
+                    f"the daemon inside the root exited (code {proc.wait()}) before listening:\n  "
+                    + "\n  ".join(lines[-15:])
+                )
             lines.append(line.rstrip())
             if "listening on" in line:
                 break
@@ -390,10 +469,18 @@ def serve_and_query(opts: BoardCheckOptions, emulation: str, profile: str, bundl
                     variants[c.variant or "?"] = variants.get(c.variant or "?", 0) + 1
                     if c.total_ms is not None:
                         total_ms.append(c.total_ms)
-        return {"port": port, "start_s": round(start_s, 1), "sent": len(images), "answered": answered,
-                "correct": correct, "deadline_met": met, "variants": variants, "model": meta.get("name"),
-                "median_total_ms_emulated": round(float(np.median(total_ms)), 2) if total_ms else None,
-                "daemon_lines": [x for x in lines if x.strip()][-6:]}
+        return {
+            "port": port,
+            "start_s": round(start_s, 1),
+            "sent": len(images),
+            "answered": answered,
+            "correct": correct,
+            "deadline_met": met,
+            "variants": variants,
+            "model": meta.get("name"),
+            "median_total_ms_emulated": round(float(np.median(total_ms)), 2) if total_ms else None,
+            "daemon_lines": [x for x in lines if x.strip()][-6:],
+        }
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -420,7 +507,9 @@ class Runner:
             yield detail
         except BaseException as exc:
             dt = time.monotonic() - t0
-            self.report.steps.append(Step(name, False, round(dt, 1), str(exc).splitlines()[0] if str(exc) else repr(exc)))
+            self.report.steps.append(
+                Step(name, False, round(dt, 1), str(exc).splitlines()[0] if str(exc) else repr(exc))
+            )
             say(f"[FAILED] {name} ({dt:.1f} s)")
             raise
         dt = time.monotonic() - t0
@@ -433,8 +522,7 @@ def emulation_label(native: bool, opts: BoardCheckOptions) -> str:
         return ""
     qemu = subprocess.run(["qemu-aarch64-static", "--version"], capture_output=True, text=True).stdout.splitlines()
     ver = qemu[0].replace("qemu-aarch64 version ", "") if qemu else "?"
-    return (f"qemu-user {ver.split()[0]} emulating aarch64 (QEMU_CPU={opts.qemu_cpu}) on an "
-            f"{platform.machine()} host")
+    return f"qemu-user {ver.split()[0]} emulating aarch64 (QEMU_CPU={opts.qemu_cpu}) on an {platform.machine()} host"
 
 
 def board_check(opts: BoardCheckOptions, report: Report) -> None:
@@ -490,13 +578,19 @@ def board_check(opts: BoardCheckOptions, report: Report) -> None:
                     res["verify"] = _verify_summary(r.stdout + r.stderr, r.returncode)
                     d.append(res["verify"]["summary"])
                     if r.returncode != 0:
-                        raise BoardCheckError(f"verify failed on aarch64:\n  " + "\n  ".join(
-                            (r.stdout + r.stderr).strip().splitlines()[-15:]))
+                        raise BoardCheckError(
+                            "verify failed on aarch64:\n  "
+                            + "\n  ".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+                        )
                 with runner.step(f"[{p}] edgekit bench, {opts.bench_runs} runs per artifact (EMULATED timings)") as d:
-                    in_root(opts, emulation,
-                            f"{ek} bench {b_in} --profile {p} --out {table} --min-runs {opts.bench_runs} "
-                            f"--min-seconds 0 --max-seconds 5 --warmup 2 --eval-limit {opts.eval_limit} "
-                            "--overwrite --no-progress", timeout=3600)
+                    in_root(
+                        opts,
+                        emulation,
+                        f"{ek} bench {b_in} --profile {p} --out {table} --min-runs {opts.bench_runs} "
+                        f"--min-seconds 0 --max-seconds 5 --warmup 2 --eval-limit {opts.eval_limit} "
+                        "--overwrite --no-progress",
+                        timeout=3600,
+                    )
                     rows = json.loads((opts.root / table.lstrip("/")).read_text())
                     res["bench_rows"] = len(rows.get("rows", []))
                     res["bench_device"] = rows.get("header", {}).get("cpu_model", "?")
@@ -509,15 +603,21 @@ def board_check(opts: BoardCheckOptions, report: Report) -> None:
                 with runner.step(f"[{p}] edgekit serve inside the root, {opts.requests} requests from the host") as d:
                     res["serve"] = serve_and_query(opts, emulation, p, b_in, sel, opts.work / "bundles" / f"{p}.tar.gz")
                     sv = res["serve"]
-                    d.append(f"{sv['answered']}/{sv['sent']} answered, {sv['correct']} correct, "
-                             f"daemon up in {sv['start_s']} s, variants {sv['variants']}")
+                    d.append(
+                        f"{sv['answered']}/{sv['sent']} answered, {sv['correct']} correct, "
+                        f"daemon up in {sv['start_s']} s, variants {sv['variants']}"
+                    )
                     if sv["answered"] != sv["sent"]:
                         raise BoardCheckError(f"the daemon answered {sv['answered']} of {sv['sent']} requests")
                 with runner.step(f"[{p}] canary drift x86-64 -> aarch64, {opts.drift_images} images per artifact") as d:
                     res["drift"] = measure_drift(opts, emulation, p, b_in)
                     worst = max(res["drift"]["artifacts"], key=lambda a: a["relative"], default=None)
-                    d.append(f"worst: {worst['artifact_id']} max |diff| {worst['max_abs_diff']:.3g} "
-                             f"(relative {worst['relative']:.3g})" if worst else "no artifacts")
+                    d.append(
+                        f"worst: {worst['artifact_id']} max |diff| {worst['max_abs_diff']:.3g} "
+                        f"(relative {worst['relative']:.3g})"
+                        if worst
+                        else "no artifacts"
+                    )
     finally:
         report.results["total_s"] = {"seconds": round(time.monotonic() - t_all, 1)}
         out = opts.work / "board-check.json"
@@ -543,20 +643,43 @@ def _verify_summary(output: str, code: int) -> dict:
 def measure_drift(opts: BoardCheckOptions, emulation: str, profile: str, bundle_in_root: str) -> dict:
     """Scores of every artifact on the same images on aarch64 (in the root) and here, compared."""
     out_in = f"{IN_ROOT_WORK}/{profile}-scores-aarch64.npz"
-    in_root(opts, emulation,
-            f"cd {IN_ROOT_SRC} && .venv/bin/python -m benchmarks.canary_drift scores {bundle_in_root} "
-            f"--profile {profile} --images {opts.drift_images} --out {out_in}", timeout=3600)
+    in_root(
+        opts,
+        emulation,
+        f"cd {IN_ROOT_SRC} && .venv/bin/python -m benchmarks.canary_drift scores {bundle_in_root} "
+        f"--profile {profile} --images {opts.drift_images} --out {out_in}",
+        timeout=3600,
+    )
     arm = opts.work / f"{profile}-scores-aarch64.npz"
     shutil.copy2(opts.root / out_in.lstrip("/"), arm)
     host = opts.work / f"{profile}-scores-{platform.machine()}.npz"
     bundle = opts.work / "bundles" / f"{profile}.tar.gz"
-    r = subprocess.run([sys.executable, "-m", "benchmarks.canary_drift", "scores", str(bundle), "--profile", profile,
-                        "--images", str(opts.drift_images), "--out", str(host)], cwd=REPO, capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.canary_drift",
+            "scores",
+            str(bundle),
+            "--profile",
+            profile,
+            "--images",
+            str(opts.drift_images),
+            "--out",
+            str(host),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         raise BoardCheckError(f"scoring on the host failed: {r.stderr.strip()[-600:]}")
-    r = subprocess.run([sys.executable, "-m", "benchmarks.canary_drift", "compare", str(host), str(arm), "--json"],
-                       cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.canary_drift", "compare", str(host), str(arm), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         raise BoardCheckError(f"comparing the scores failed: {r.stderr.strip()[-600:]}")
     result = json.loads(r.stdout)
@@ -582,19 +705,23 @@ def print_summary(report: Report) -> None:
             continue
         v = res.get("verify", {})
         sv = res.get("serve", {})
-        say(f"[{p}] verify: {v.get('canary_ok', '?')} canary ok, {v.get('failed', '?')} failed; "
+        say(
+            f"[{p}] verify: {v.get('canary_ok', '?')} canary ok, {v.get('failed', '?')} failed; "
             f"bench table: {res.get('bench_rows', '?')} rows ({res.get('bench_device', '?')}); "
             f"selected: {res.get('selected', '?')}; served: {sv.get('answered', '?')}/{sv.get('sent', '?')} "
-            f"({sv.get('correct', '?')} correct)")
+            f"({sv.get('correct', '?')} correct)"
+        )
         worst: dict[tuple[str, str], dict] = {}
         for a in res.get("drift", {}).get("artifacts", []):
             key = (a.get("format", "?"), a.get("precision", "?"))
             if key not in worst or a["relative"] > worst[key]["relative"]:
                 worst[key] = a
         for (fmt, prec), a in sorted(worst.items()):
-            say(f"    drift x86-64 -> aarch64, worst {fmt} {prec:<7}: max|diff| {a['max_abs_diff']:.3g} "
+            say(
+                f"    drift x86-64 -> aarch64, worst {fmt} {prec:<7}: max|diff| {a['max_abs_diff']:.3g} "
                 f"(relative {a['relative']:.3g}, tolerance {a['tolerance']:.3g}) in {a['artifact_id']}; "
-                f"top-1 agree {a['top1_agree']:.3f}")
+                f"top-1 agree {a['top1_agree']:.3f}"
+            )
     say(f"total: {report.results.get('total_s', {}).get('seconds', '?')} s")
 
 
@@ -605,8 +732,12 @@ def parse_args(argv: list[str] | None = None) -> BoardCheckOptions:
     p.add_argument("--rebuild-root", action="store_true", help="build the root again even if a cached one exists")
     p.add_argument("--qemu-cpu", default="cortex-a72", help="QEMU CPU model (default cortex-a72)")
     p.add_argument("--mirror", default="http://deb.debian.org/debian", help="Debian mirror for debootstrap")
-    p.add_argument("--run", type=Path, default=None,
-                   help="a trained run folder to bundle (e.g. demo/run) instead of training 3 small CNNs")
+    p.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="a trained run folder to bundle (e.g. demo/run) instead of training 3 small CNNs",
+    )
     p.add_argument("--drift-images", type=int, default=200, help="images per artifact for the drift measurement")
     p.add_argument("--requests", type=int, default=50, help="requests sent to each daemon (default 50)")
     a = p.parse_args(argv)
@@ -614,9 +745,16 @@ def parse_args(argv: list[str] | None = None) -> BoardCheckOptions:
         p.error("--requests and --drift-images must be at least 1")
     if a.run is not None and not (a.run / "run.json").is_file():
         p.error(f"--run {a.run}: no run.json there; give a folder made by 'edgekit train'")
-    return BoardCheckOptions(root=a.root.resolve(), work=a.work.resolve(), rebuild_root=a.rebuild_root,
-                             qemu_cpu=a.qemu_cpu, mirror=a.mirror, requests=a.requests,
-                             drift_images=a.drift_images, run=a.run.resolve() if a.run else None)
+    return BoardCheckOptions(
+        root=a.root.resolve(),
+        work=a.work.resolve(),
+        rebuild_root=a.rebuild_root,
+        qemu_cpu=a.qemu_cpu,
+        mirror=a.mirror,
+        requests=a.requests,
+        drift_images=a.drift_images,
+        run=a.run.resolve() if a.run else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

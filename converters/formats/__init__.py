@@ -18,8 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from device_profiles import RuntimeSetting
-from edge.formats import backend_for, get_format
 from edge.atomic import atomic_write_bytes, sha256_bytes
+from edge.formats import backend_for, get_format
 from edge.manifest import TensorSpec
 
 # format -> "module:function"; imported on first use so a missing optional dependency
@@ -82,7 +82,8 @@ def check_target(fmt: str, precision: str) -> None:
     check_format(fmt)
     p = Precision.from_string(precision).value
     if p not in get_format(fmt).precisions:
-        raise ValueError(f"unknown precision '{precision}' for format '{fmt}'; available: {list(get_format(fmt).precisions)}")
+        raise ValueError(f"unknown precision '{precision}' for format '{fmt}'; available: "
+                         f"{list(get_format(fmt).precisions)}")
 
 
 def register_format(fmt: str, target: str | Callable[..., ExportResult]) -> None:

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.formats import ExportResult, Precision, calibration_batches, check_target, converter_error, finish, quiet, require
+from converters.formats import (
+    ExportResult,
+    Precision,
+    calibration_batches,
+    check_target,
+    converter_error,
+    finish,
+    quiet,
+    require,
+)
 
 
 def _converter(model, precision: str, calib_images: np.ndarray | None):

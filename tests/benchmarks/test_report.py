@@ -102,7 +102,7 @@ def test_same_profile_twice_gets_distinct_labels(measured, tmp_path):
     copy = tmp_path / "run2.json"
     copy.write_text(measured.read_text())
     labels = [d.label for d in report.load_devices([measured, copy])]
-    assert len(set(labels)) == 2 and all(l.startswith("desktop-cpu") for l in labels)
+    assert len(set(labels)) == 2 and all(lab.startswith("desktop-cpu") for lab in labels)
 
 
 def test_cli_report_and_errors(measured, tmp_path, capsys):

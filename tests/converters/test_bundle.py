@@ -78,8 +78,8 @@ def _convert(model, fmt: str, precision: str, calib: np.ndarray, path: Path) -> 
     import tensorflow as tf
 
     if fmt == "onnx":
-        from contextlib import redirect_stdout
         import io
+        from contextlib import redirect_stdout
 
         with redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -361,8 +361,8 @@ def test_cli_bundle_then_verify(tiny_run, tmp_path, capsys):
 
 def test_real_pipeline_bundles(real_run, tmp_path, capsys):
     """train -> convert -> bundle with the real pipeline: rpi4 gets the 4 tflite, jetson the 3 onnx artifacts."""
-    from edgekit.cli import main
     from edge.bundle import open_bundle
+    from edgekit.cli import main
 
     for profile, fmt, n, out in (("rpi4", "tflite", 4, tmp_path / "rpi4.tar.gz"),
                                  ("jetson-orin-nano", "onnx", 3, tmp_path / "jetson")):

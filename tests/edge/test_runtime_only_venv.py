@@ -16,10 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.converters.test_bundle import make_tiny_run
 

@@ -1,8 +1,6 @@
 """Tests for the demo driver: every stage's command line is one the real CLI accepts."""
 
-from pathlib import Path
 
-import pytest
 
 from edgekit import demo
 from edgekit.cli import build_parser, main

@@ -1,10 +1,10 @@
-"""Tests for converters.progress: messages reach stdout with or without a bar."""
+"""Tests for edge.progress: messages reach stdout with or without a bar."""
 
 from __future__ import annotations
 
 import io
 
-from converters.progress import Bar, NoBar, progress_bar
+from edge.progress import Bar, NoBar, progress_bar
 
 
 def test_disabled_bar_prints_messages_only(capsys):
