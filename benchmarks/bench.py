@@ -46,6 +46,7 @@ from benchmarks.samples import MAX_STORED_SAMPLES, load_samples, samples_path, s
 from device_profiles import DeviceProfile, RuntimeSetting, host_profile_name, load_profile
 from edge.atomic import sha256_file
 from edge.backends import get_backend
+from edge.errors import UsageError
 from edge.manifest import ArtifactRecord, variant_id
 from edge.memory import PeakRss
 from edge.progress import Bar, NoBar, progress_bar
@@ -198,11 +199,11 @@ def bench_bundle(
     opts.validate()
     out = Path(out)
     if out.suffix != ".json":
-        raise ValueError(f"--out must name a .json file (the CSV and samples go beside it), got {out}")
+        raise UsageError(f"--out must name a .json file (the CSV and samples go beside it), got {out}")
     if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; name the table file, e.g. {out}/table.json")
+        raise UsageError(f"--out {out} is a folder; name the table file, e.g. {out}/table.json")
     if out.exists() and not (resume or overwrite):
-        raise ValueError(f"{out} already exists; pass --resume to continue it or --overwrite to start over")
+        raise UsageError(f"{out} already exists; pass --resume to continue it or --overwrite to start over")
 
     bundle = open_bundle(bundle_path, verify=True)
     if profile is None:
@@ -216,7 +217,7 @@ def bench_bundle(
     if not plan:
         avail = [f"{a.artifact_id} ({a.format})" for a in bundle.artifacts]
         why = f"matching {list(only)} " if only else ""
-        raise ValueError(
+        raise UsageError(
             f"nothing to benchmark: no artifact {why}has a format that profile '{prof.name}' runs "
             f"({list(prof.formats())}); artifacts: {avail}"
         )
@@ -249,7 +250,7 @@ def bench_bundle(
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
     if len(images) == 0:
-        raise ValueError(f"bundle {bundle_path} has an empty evaluation set; rebuild it with 'edgekit bundle'")
+        raise UsageError(f"bundle {bundle_path} has an empty evaluation set; rebuild it with 'edgekit bundle'")
 
     skipped = dict(table.header.settings.get("skipped", {}) or {})
     # A bar on an interactive stderr; logs and pipes get one line per row with an ETA instead.

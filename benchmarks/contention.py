@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.placement import Placement
+from edge.errors import EdgekitError, UsageError
 
 MAX_HOG_S = 3600.0
 KINDS = ("cpu", "quota", "membw")
@@ -29,7 +30,7 @@ QUOTA_PERIOD_US = 1000  # the kernel's smallest CFS period: throttling at a 1 ms
 MEMBW_BYTES = 64 << 20  # per copy: far beyond any cache
 
 
-class ContentionError(RuntimeError):
+class ContentionError(EdgekitError, RuntimeError):
     """This machine cannot apply the asked contention (no cgroup cpu controller, not root...)."""
 
 
@@ -51,7 +52,7 @@ class ContentionSpec:
     def parse(cls, spec: str, quota: float = 0.4) -> "ContentionSpec":
         s = str(spec).strip().lower()
         if not 0.01 <= quota <= 1.0:
-            raise ValueError(f"contention quota must be in [0.01, 1] of one core, got {quota}")
+            raise UsageError(f"contention quota must be in [0.01, 1] of one core, got {quota}")
         if s in ("none", "0", ""):
             return cls(0.0, quota=quota)
         kind, _, rest = s.partition(":")
@@ -66,10 +67,10 @@ class ContentionSpec:
         try:
             share = float(s)
         except ValueError:
-            raise ValueError(f"unknown contention '{spec}'; use none, half, full, a share of the run in (0, 1], "
+            raise UsageError(f"unknown contention '{spec}'; use none, half, full, a share of the run in (0, 1], "
                              f"or KIND[:SHARE] with KIND one of {list(KINDS)}") from None
         if not 0.0 < share <= 1.0:
-            raise ValueError(f"contention share must be in (0, 1], got {spec}")
+            raise UsageError(f"contention share must be in (0, 1], got {spec}")
         return cls(share, kind=kind, quota=quota)
 
     @property
@@ -147,9 +148,9 @@ class CpuHog:
 
     def __init__(self, duration_s: float, load: float = 1.0, cpu: int | None = None, memory: bool = False):
         if not 0 < duration_s <= MAX_HOG_S:
-            raise ValueError(f"CPU hog duration must be in (0, {MAX_HOG_S:g}] s, got {duration_s}")
+            raise UsageError(f"CPU hog duration must be in (0, {MAX_HOG_S:g}] s, got {duration_s}")
         if not 0 < load <= 1.0:
-            raise ValueError(f"CPU hog load must be in (0, 1], got {load}")
+            raise UsageError(f"CPU hog load must be in (0, 1], got {load}")
         self.duration_s = float(duration_s)
         self.load = float(load)
         self.cpu = cpu
@@ -229,7 +230,7 @@ class CpuQuota:
 
     def __init__(self, pid: int, fraction: float, period_us: int = QUOTA_PERIOD_US):
         if not 0.01 <= fraction <= 1.0:
-            raise ValueError(f"CPU quota must be in [0.01, 1] of one core, got {fraction}")
+            raise UsageError(f"CPU quota must be in [0.01, 1] of one core, got {fraction}")
         self.pid, self.fraction, self.period_us = int(pid), float(fraction), int(period_us)
         self.group: Path | None = None
         self.home: Path | None = None

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.daemon_proc import Daemon
+from edge.errors import EdgekitError, StepFailed, UsageError
 from edge.textable import format_table
 
 GOAL_INSIDE_RATIO = 1.5  # daemon inside overhead / reference's, p50 and p99
@@ -122,7 +123,7 @@ def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = 
     row = table.row(variant) if variant else table.rows[0]
     setting = next((s for s in profile.settings if s.name == row.setting), None)
     if setting is None:
-        raise ValueError(f"profile {profile.name} has no runtime setting '{row.setting}'")
+        raise UsageError(f"profile {profile.name} has no runtime setting '{row.setting}'")
     from benchmarks.placement import client_side, place
 
     with client_side(place()) as p:
@@ -213,7 +214,7 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
                 for status, rh, data in answers:
                     r = decode_infer_response(status, rh, data)
                     if not r.ok:
-                        raise RuntimeError(f"daemon answered {r.status}: {r.error}")
+                        raise StepFailed(f"daemon answered {r.status}: {r.error}")
                     p = r.params
                     s["inference"].append(float(p["inference_ms"]))
                     s["inside_kernel"].append(float(p["total_ms"]) - float(p["inference_ms"]))
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--requests must be at least 100")
     try:
         r = run_benchmark(a.bundle, a.table, a.profile, a.variant, a.requests)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except EdgekitError as exc:
         print(f"daemon_overhead: error: {exc}", file=sys.stderr)
         return 2
     print(format_results(r))

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Mapping
 
+from edge.errors import StepFailed
+
 LISTEN_RE = re.compile(r"listening on (http://\S+)")
 TAIL_LINES = 30  # of its output, in the error when it does not start
 
@@ -123,7 +125,7 @@ class Daemon:
         why = (f"exited with status {rc}" if rc is not None
                else f"did not print 'listening on' within {self.start_timeout_s:g} s")
         where = f"its log {self.log_path}" if self.log_path is not None else "its output"
-        raise RuntimeError(f"the daemon did not start (rc={rc}): {self._command()} {why}; {where}:\n{self._tail()}")
+        raise StepFailed(f"the daemon did not start (rc={rc}): {self._command()} {why}; {where}:\n{self._tail()}")
 
     def _pump(self, stream, sink: list[str], lines: bool) -> None:
         for line in stream:

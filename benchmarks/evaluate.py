@@ -43,6 +43,7 @@ from benchmarks.oracle import (
 from benchmarks.placement import Placement, place
 from benchmarks.workload import MAX_COUNT, WorkloadError, make_workload
 from edge.atomic import atomic_write_json, atomic_write_text
+from edge.errors import StepFailed, UsageError
 from edge.selector import POLICIES, POLICY_ALIASES, Policy
 from edge.table import QUANTILES, LatencyRow, LatencyTable
 
@@ -76,7 +77,7 @@ def parse_policies(text: str) -> list[str]:
     """The comma-separated policies to compare: the daemon's (``edge.selector.Policy``) and the evaluation's own."""
     pols = [p.strip() for p in text.split(",") if p.strip()]
     if not pols:
-        raise ValueError("--policies is empty; e.g. --policies adaptive,mean-table,oracle")
+        raise UsageError("--policies is empty; e.g. --policies adaptive,mean-table,oracle")
     for p in pols:
         if p in EVALUATE_ONLY:
             continue
@@ -84,9 +85,9 @@ def parse_policies(text: str) -> list[str]:
             Policy.from_string(p)
         except ValueError:
             available = (*POLICIES, *POLICY_ALIASES, *EVALUATE_ONLY)
-            raise ValueError(f"unknown policy '{p}'; available: {', '.join(available)}") from None
+            raise UsageError(f"unknown policy '{p}'; available: {', '.join(available)}") from None
     if len(set(pols)) != len(pols):
-        raise ValueError(f"--policies lists a policy twice: {text}")
+        raise UsageError(f"--policies lists a policy twice: {text}")
     return pols
 
 
@@ -174,7 +175,7 @@ def probe_serving(bundle: str, table: str, variant: str, profile: str | None, mi
         d.stop()
     ok = [r for r in res.records if r.status == 200 and r.inference_ms is not None and r.total_ms is not None]
     if len(ok) < count // 2:
-        raise RuntimeError(f"the serving probe with {variant} got {len(ok)} answers out of {count}; see {log}")
+        raise StepFailed(f"the serving probe with {variant} got {len(ok)} answers out of {count}; see {log}")
     return {
         "floor_ms": round(float(np.median([r.total_ms - r.inference_ms for r in ok])), 4),
         "e2e_overhead_ms": round(float(np.median([r.e2e_ms - r.inference_ms for r in ok])), 4),
@@ -209,11 +210,11 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not 1 <= count <= MAX_COUNT:
-        raise ValueError(f"--count must be in [1, {MAX_COUNT}], got {count}")
+        raise UsageError(f"--count must be in [1, {MAX_COUNT}], got {count}")
     if not 0 < duration_s <= MAX_DURATION_S:
-        raise ValueError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds per policy, got {duration_s:g}")
+        raise UsageError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds per policy, got {duration_s:g}")
     if not 0 <= warmup <= 1000:
-        raise ValueError(f"--warmup must be in [0, 1000], got {warmup}")
+        raise UsageError(f"--warmup must be in [0, 1000], got {warmup}")
     cspec = ContentionSpec.parse(contention, quota=quota)
     overload = None
     if arrival.startswith("overload"):
@@ -221,9 +222,9 @@ def evaluate(
         try:
             overload = float(f) if f else 1.2
         except ValueError:
-            raise ValueError(f"bad --arrival {arrival!r}: use overload[:FACTOR], e.g. overload:1.2") from None
+            raise UsageError(f"bad --arrival {arrival!r}: use overload[:FACTOR], e.g. overload:1.2") from None
         if not 0.1 <= overload <= 10:
-            raise ValueError(f"--arrival overload factor must be in [0.1, 10], got {overload:g}")
+            raise UsageError(f"--arrival overload factor must be in [0.1, 10], got {overload:g}")
     sel, selection = load_selected(table)
     rows = sel.rows
     images, labels, b = load_eval_set(bundle)
@@ -284,7 +285,7 @@ def evaluate(
             warm = make_workload(images.shape[0], max(1, warmup), dspec, "closed", seed + WARMUP_SEED_OFFSET) \
                 if warmup else None
         except WorkloadError as exc:
-            raise ValueError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         results["workload"] = wl.to_dict()
         results["contention"] = {"spec": cspec.describe(), "kind": cspec.kind, "what": cspec.what(),
                                  "share": cspec.share, "load": cspec.load, "quota": cspec.quota,

@@ -21,6 +21,7 @@ import numpy as np
 from benchmarks.measure import timed_loop
 from device_profiles import RuntimeSetting
 from edge.backends import get_backend
+from edge.errors import EdgekitError, MissingError, UsageError
 from edge.tensors import prepare_input
 
 GOAL = 1.05
@@ -37,7 +38,7 @@ def _pick_from_bundle(path: Path, artifact: str | None) -> tuple[Path, np.ndarra
     else:
         cands = [a for a in arts if a.format == "tflite"] or arts
         if not cands:
-            raise ValueError(f"bundle {path} has no artifacts")
+            raise UsageError(f"bundle {path} has no artifacts")
         # The most compute is the best guess for the slowest model without running them all.
         rec = max(cands, key=lambda a: (a.macs, a.size_bytes))
     images, _ = b.eval_set(limit=64)
@@ -120,16 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         if path.is_dir() or path.name.endswith((".tar.gz", ".tgz", ".tar")):
             path, images, label = _pick_from_bundle(path, args.artifact)
         elif not path.is_file():
-            raise FileNotFoundError(f"model not found: {path}")
+            raise MissingError(f"model not found: {path}")
         if path.suffix == ".tflite":
             setting = RuntimeSetting("overhead", "litert", threads=args.threads, xnnpack=not args.no_xnnpack)
         elif path.suffix == ".onnx":
             setting = RuntimeSetting("overhead", "onnxruntime", threads=args.threads)
         else:
-            raise ValueError(f"{path}: expected a .tflite or .onnx file, or a bundle")
+            raise UsageError(f"{path}: expected a .tflite or .onnx file, or a bundle")
         backend = get_backend(setting.backend)
         model = backend.load(path, setting)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except EdgekitError as exc:
         print(f"harness_overhead: error: {exc}", file=sys.stderr)
         return 2
 

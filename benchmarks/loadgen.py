@@ -18,6 +18,7 @@ import numpy as np
 from benchmarks.workload import MAX_COUNT, Workload, WorkloadError, make_workload
 from edge.atomic import atomic_write_json
 from edge.client import Connection
+from edge.errors import StepFailed, UsageError
 from edge.protocol_client import RequestEncoder, summarize_infer_response
 
 DEFAULT_COUNT = 200
@@ -33,19 +34,19 @@ def parse_url(url: str, allow_remote: bool = False) -> tuple[str, int, str]:
     """(host, port, base path) of an http:// daemon URL; non-loopback hosts need ``allow_remote``."""
     u = urllib.parse.urlsplit(url)
     if u.scheme != "http":
-        raise ValueError(f"daemon URL must start with http:// (got '{url}'); e.g. http://127.0.0.1:8000")
+        raise UsageError(f"daemon URL must start with http:// (got '{url}'); e.g. http://127.0.0.1:8000")
     if not u.hostname:
-        raise ValueError(f"daemon URL '{url}' has no host; e.g. http://127.0.0.1:8000")
+        raise UsageError(f"daemon URL '{url}' has no host; e.g. http://127.0.0.1:8000")
     host = u.hostname
     if not allow_remote and not is_loopback(host):
-        raise ValueError(
+        raise UsageError(
             f"refusing to send a load test to non-loopback host '{host}'; "
             "point it at 127.0.0.1/localhost or pass --allow-remote if you own that daemon"
         )
     try:
         port = u.port or 80
     except ValueError:
-        raise ValueError(f"daemon URL '{url}' has a bad port") from None
+        raise UsageError(f"daemon URL '{url}' has a bad port") from None
     return host, port, u.path.rstrip("/")
 
 
@@ -127,7 +128,7 @@ def wait_ready(url: str, timeout_s: float = 30.0, allow_remote: bool = False) ->
         finally:
             c.close()
         time.sleep(0.1)
-    raise RuntimeError(f"daemon at {url} is not ready after {timeout_s:g} s ({last}); is 'edgekit serve' running?")
+    raise StepFailed(f"daemon at {url} is not ready after {timeout_s:g} s ({last}); is 'edgekit serve' running?")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -257,9 +258,9 @@ def run_load(
     """
     host, port, base = parse_url(url, allow_remote)
     if not 0 < duration_s <= MAX_DURATION_S:
-        raise ValueError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {duration_s:g}")
+        raise UsageError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {duration_s:g}")
     if images.shape[0] != workload.n_images:
-        raise ValueError(
+        raise UsageError(
             f"the workload was drawn for {workload.n_images} eval images but the set has {images.shape[0]}"
         )
     path = f"{base}/v2/models/{urllib.parse.quote(model, safe='')}/infer"
@@ -368,9 +369,9 @@ def load_eval_set(bundle: str, part: str | None = "serve") -> tuple[np.ndarray, 
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
     if images.shape[0] == 0:
-        raise ValueError(f"bundle {bundle} has an empty evaluation set; rebuild it with 'edgekit bundle'")
+        raise UsageError(f"bundle {bundle} has an empty evaluation set; rebuild it with 'edgekit bundle'")
     if images.dtype != np.uint8:
-        raise ValueError(f"bundle {bundle}: eval images must be uint8, got {images.dtype}")
+        raise UsageError(f"bundle {bundle}: eval images must be uint8, got {images.dtype}")
     return images, labels, b
 
 
@@ -424,12 +425,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     parse_url(args.url, args.allow_remote)  # refuse early, before loading anything
     if not 1 <= args.count <= MAX_COUNT:
-        raise ValueError(f"--count must be in [1, {MAX_COUNT}], got {args.count}")
+        raise UsageError(f"--count must be in [1, {MAX_COUNT}], got {args.count}")
     images, labels, _ = load_eval_set(args.bundle)
     try:
         wl = make_workload(images.shape[0], args.count, args.deadline, args.arrival, args.seed)
     except WorkloadError as exc:
-        raise ValueError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     wait_ready(args.url, timeout_s=10.0, allow_remote=args.allow_remote)
     print(f"loadgen: {wl.count} requests, deadlines {wl.deadline} ms, arrivals {wl.arrival}, seed {wl.seed} "
           f"-> {args.url}", flush=True)

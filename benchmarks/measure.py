@@ -20,6 +20,7 @@ import numpy as np
 from benchmarks.stats import summarize_ns
 from device_profiles import RuntimeSetting
 from edge.backends import LoadedModel, get_backend
+from edge.errors import UsageError
 from edge.manifest import ArtifactRecord, variant_id
 from edge.memory import PeakRss
 from edge.table import LatencyRow, encode_correct
@@ -47,7 +48,7 @@ def timed_loop(
     ``max_seconds`` > 0 stops early (fewer than ``min_runs`` samples) for very slow models.
     """
     if not inputs:
-        raise ValueError("timed_loop needs at least one prepared input")
+        raise UsageError("timed_loop needs at least one prepared input")
     pc = time.perf_counter_ns
     set_input = model.set_input  # type: ignore[attr-defined]
     invoke = model.invoke_prepared
@@ -110,7 +111,7 @@ def accuracy_of(
         finally:
             model.close()
     if scores.ndim != 2 or scores.shape[0] != len(y):
-        raise ValueError(f"{rec.artifact_id}: output shape {scores.shape} is not (N, classes)")
+        raise UsageError(f"{rec.artifact_id}: output shape {scores.shape} is not (N, classes)")
     right = np.argmax(scores, axis=1) == y
     return float(np.mean(right)), int(len(y)), encode_correct(right)
 
@@ -130,19 +131,19 @@ class BenchOptions:
 
     def validate(self) -> None:
         if self.min_runs < 1:
-            raise ValueError(f"--min-runs must be >= 1, got {self.min_runs}")
+            raise UsageError(f"--min-runs must be >= 1, got {self.min_runs}")
         if self.min_seconds < 0:
-            raise ValueError(f"--min-seconds must be >= 0, got {self.min_seconds}")
+            raise UsageError(f"--min-seconds must be >= 0, got {self.min_seconds}")
         if self.max_seconds < 0:
-            raise ValueError(f"--max-seconds must be >= 0 (0 = no cap), got {self.max_seconds}")
+            raise UsageError(f"--max-seconds must be >= 0 (0 = no cap), got {self.max_seconds}")
         if self.warmup < 0:
-            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+            raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
         if self.inputs < 1:
-            raise ValueError(f"--inputs must be >= 1, got {self.inputs}")
+            raise UsageError(f"--inputs must be >= 1, got {self.inputs}")
         if self.eval_limit is not None and self.eval_limit < 1:
-            raise ValueError(f"--eval-limit must be >= 1, got {self.eval_limit}")
+            raise UsageError(f"--eval-limit must be >= 1, got {self.eval_limit}")
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,7 +161,7 @@ def measure(
     """Benchmark one artifact with one runtime setting; returns the row and the raw times (ms)."""
     backend = get_backend(setting.backend)
     if backend.format != rec.format:
-        raise ValueError(f"setting '{setting.name}' runs {backend.format}, not {rec.format} artifacts")
+        raise UsageError(f"setting '{setting.name}' runs {backend.format}, not {rec.format} artifacts")
     rss = rss or PeakRss()
 
     # Inputs are prepared before anything is timed or the memory baseline is taken.
@@ -184,7 +185,7 @@ def measure(
     load_ms = (time.perf_counter_ns() - t0) / 1e6
     try:
         if np.dtype(model.input_spec.dtype) != inputs[0].dtype:
-            raise ValueError(
+            raise UsageError(
                 f"{rec.artifact_id}: the runtime expects {model.input_spec.dtype} input but the manifest says "
                 f"{rec.input.dtype}; the bundle's manifest does not match its artifact"
             )

@@ -15,6 +15,7 @@ import numpy as np
 from benchmarks.contention import ContentionSchedule
 from benchmarks.loadgen import RequestRecord
 from benchmarks.workload import Workload
+from edge.errors import UsageError
 from edge.table import LatencyRow
 
 BEST_STATIC_MAX_MISS = 0.02  # the paper's non-adaptive baseline: the most accurate CNN that misses at most this
@@ -53,12 +54,12 @@ def _resolve_setting(profile_name: str, setting_name: str):
     try:
         prof = load_profile(profile_name)
     except (ProfileError, FileNotFoundError) as exc:
-        raise ValueError(f"cannot load device profile '{profile_name}' for the oracle pass ({exc}); "
+        raise UsageError(f"cannot load device profile '{profile_name}' for the oracle pass ({exc}); "
                          "pass --profile") from None
     for s in prof.settings:
         if s.name == setting_name:
             return s
-    raise ValueError(
+    raise UsageError(
         f"profile '{prof.name}' has no runtime setting '{setting_name}' (the selected table uses it); "
         f"available: {[s.name for s in prof.settings]}; pass the profile the table was measured with (--profile)"
     )

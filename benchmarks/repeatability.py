@@ -13,6 +13,7 @@ from pathlib import Path
 
 from benchmarks.bench import bench_bundle
 from benchmarks.measure import DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS, DEFAULT_WARMUP, BenchOptions
+from edge.errors import EdgekitError
 from edge.table import LatencyTable, TableError
 from edge.textable import format_table
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             a, b = tables
         else:
             ap.error("give a BUNDLE, or --tables A B")
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except EdgekitError as exc:
         print(f"repeatability: error: {exc}", file=sys.stderr)
         return 2
     rows, ok = compare(a, b, args.tolerance, args.slow_ms)

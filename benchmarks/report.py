@@ -15,6 +15,7 @@ import numpy as np
 from benchmarks.samples import load_samples
 from benchmarks.stats import cdf_from_percentiles, empirical_cdf
 from edge.atomic import atomic_write_bytes, atomic_write_text, read_json
+from edge.errors import UsageError
 from edge.front import pareto_front
 from edge.table import QUANTILES, LatencyRow, LatencyTable, TableError
 
@@ -52,9 +53,9 @@ def load_table(path: str | Path) -> LatencyTable:
 
 def load_devices(paths: Sequence[str | Path], quantile: str = "p95") -> list[Device]:
     if not paths:
-        raise ValueError("give at least one latency table (from 'edgekit bench')")
+        raise UsageError("give at least one latency table (from 'edgekit bench')")
     if quantile not in QUANTILES:
-        raise ValueError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
+        raise UsageError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
     devices = []
     for p in paths:
         t = load_table(p)

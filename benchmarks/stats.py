@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edge.errors import UsageError
 from edge.table import LatencyTimes
 
 PERCENTILES = (50, 90, 95, 99)
@@ -23,14 +24,14 @@ def summarize_ns(samples_ns: Sequence[int] | np.ndarray) -> LatencyStats:
     """Summarize per-run times given in nanoseconds (``time.perf_counter_ns`` deltas)."""
     a = np.asarray(samples_ns, dtype=np.float64)
     if a.ndim != 1 or a.size == 0:
-        raise ValueError("need at least one timed run to summarize")
+        raise UsageError("need at least one timed run to summarize")
     return summarize_ms(a / 1e6)
 
 
 def summarize_ms(samples_ms: Sequence[float] | np.ndarray) -> LatencyStats:
     a = np.asarray(samples_ms, dtype=np.float64)
     if a.ndim != 1 or a.size == 0:
-        raise ValueError("need at least one timed run to summarize")
+        raise UsageError("need at least one timed run to summarize")
     # Linear interpolation (numpy's default, = R type 7): monotone in q, so p50 <= p90 <= ... <= max.
     p50, p90, p95, p99 = (float(v) for v in np.percentile(a, PERCENTILES))
     return LatencyStats(

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.errors import StepFailed
 from edge.textable import format_table
 
 GOAL = 1.3
@@ -54,7 +55,7 @@ def time_sweep(mode: str, argv: list[str], log: Path) -> SweepTime:
     wall = time.perf_counter() - t0
     text = log.read_text(errors="replace")
     if rc != 0:
-        raise RuntimeError(f"the {mode} sweep exited with status {rc}; the end of its output:\n{text[-3000:]}")
+        raise StepFailed(f"the {mode} sweep exited with status {rc}; the end of its output:\n{text[-3000:]}")
     models = sum(1 for line in text.splitlines() if line.rstrip().endswith(" trained"))
     return SweepTime(mode, wall, models)
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic import atomic_write_json, read_json
+from edge.errors import EdgekitError
 
 # Hard bounds so a typo cannot start an hour-long run or allocate a huge schedule.
 MAX_COUNT = 100_000
@@ -17,7 +18,7 @@ MAX_DEADLINE_MS = 600_000.0
 MAX_RATE = 10_000.0
 
 
-class WorkloadError(ValueError):
+class WorkloadError(EdgekitError, ValueError):
     """A deadline or arrival spec (or a trace file) is malformed."""
 
 

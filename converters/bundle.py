@@ -25,6 +25,7 @@ from device_profiles import DeviceProfile, RuntimeSetting, load_profile
 from edge.atomic import atomic_writer, read_json, sha256_bytes, sha256_file
 from edge.bundle import BUNDLE_VERSION, EVAL_NAME, MANIFEST_NAME, is_bundle_folder
 from edge.canary import CANARY_NAME, SCORES_PREFIX, run_scores
+from edge.errors import MissingError, UsageError
 from edge.formats import backend_for, get_format
 from edge.manifest import ArtifactRecord, Manifest, ManifestError
 from edge.textable import format_table
@@ -84,7 +85,7 @@ def _host_canary(rec: ArtifactRecord, data: bytes, images: np.ndarray) -> np.nda
     try:
         model = get_backend(backend_name).load(data, setting)
     except ValueError as exc:
-        raise ValueError(
+        raise UsageError(
             f"artifact {rec.artifact_id} does not load on this machine ({exc}); rerun 'edgekit convert'"
         ) from None
     with model:
@@ -119,18 +120,18 @@ def _write_archive(src: Path, out: Path) -> None:
 def _check_out(out: Path) -> None:
     if is_archive(out):
         if out.is_dir():
-            raise ValueError(
+            raise UsageError(
                 f"--out {out} is a folder; give a .tar.gz file name or a folder without the .tar.gz suffix"
             )
         if out.exists() and not tarfile.is_tarfile(out):
-            raise ValueError(
+            raise UsageError(
                 f"--out {out} exists and is not a tar archive; refusing to overwrite it: choose another --out"
             )
         return
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder; refusing to overwrite it: choose another --out")
+        raise UsageError(f"--out {out} exists and is not a folder; refusing to overwrite it: choose another --out")
     if out.is_dir() and any(out.iterdir()) and not is_bundle_folder(out):
-        raise ValueError(
+        raise UsageError(
             f"--out {out} is a folder that is not a bundle (no bundle manifest.json); refusing to overwrite it: "
             "choose another --out or remove it"
         )
@@ -170,26 +171,26 @@ def build_bundle(
     run_dir = Path(run_dir)
     out = Path(out)
     if eval_size < 1:
-        raise ValueError(f"--eval-size must be at least 1, got {eval_size}")
+        raise UsageError(f"--eval-size must be at least 1, got {eval_size}")
     if canary_size < 1:
-        raise ValueError(f"--canary-size must be at least 1, got {canary_size}")
+        raise UsageError(f"--canary-size must be at least 1, got {canary_size}")
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     mpath = run_dir / MANIFEST_NAME
     if not mpath.is_file():
-        raise FileNotFoundError(
+        raise MissingError(
             f"{run_dir} has no {MANIFEST_NAME}; convert it first: edgekit convert {run_dir} --profile {prof.name}"
         )
     try:
         run_manifest = Manifest.load(mpath)
     except ManifestError as exc:
-        raise ValueError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     run_meta = read_json(run_dir / "run.json", what="run file (written by `edgekit train`)")
     _check_out(out)
 
     included, left_out, forced = select_artifacts(run_manifest, prof, force)
     if not included:
         reasons = "; ".join(f"{a}: {w}" for a, w in left_out[:5]) or "the manifest lists no artifacts"
-        raise ValueError(
+        raise UsageError(
             f"nothing to bundle: no artifact of {run_dir} fits profile {prof.name} ({reasons}); "
             f"run 'edgekit convert {run_dir} --profile {prof.name}'"
         )
@@ -202,10 +203,10 @@ def build_bundle(
     if x_test.ndim == 3:
         x_test = x_test[..., None]
     if x_test.dtype != np.uint8 or len(x_test) == 0:
-        raise ValueError(f"the test split of {run_dir} is empty or not uint8 images ({x_test.dtype}{x_test.shape})")
+        raise UsageError(f"the test split of {run_dir} is empty or not uint8 images ({x_test.dtype}{x_test.shape})")
     input_shape = [int(s) for s in run_meta.get("input_shape", x_test.shape[1:])]
     if list(x_test.shape[1:]) != input_shape:
-        raise ValueError(
+        raise UsageError(
             f"the test split's images are {x_test.shape[1:]} but {run_dir}/run.json says input_shape {input_shape}"
         )
     class_names = [
@@ -227,12 +228,12 @@ def build_bundle(
             try:
                 data = src.read_bytes()
             except FileNotFoundError:
-                raise FileNotFoundError(
+                raise MissingError(
                     f"artifact {rec.artifact_id} is listed in {mpath} but {src} is "
                     f"missing; rerun 'edgekit convert {run_dir}'"
                 ) from None
             if sha256_bytes(data) != rec.sha256:
-                raise ValueError(
+                raise UsageError(
                     f"artifact {src} changed since it was converted (sha256 differs from "
                     f"{mpath}); rerun 'edgekit convert {run_dir}'"
                 )

@@ -22,6 +22,7 @@ from converters.convert_record import Outcome, Recorder, convert_lock, open_mani
 from converters.ray_sweep import RayOptions
 from device_profiles import BuildTarget, load_profile
 from edge.atomic import clean_stale_temps, read_json, sha256_bytes, sha256_file
+from edge.errors import MissingError, UsageError
 from edge.formats import FORMATS, PRECISIONS
 from edge.manifest import Manifest
 from edge.progress import progress_bar
@@ -47,7 +48,7 @@ def finished_models(run_dir: Path) -> list[ModelDir]:
     """Models whose train.json exists (written last by training); unfinished ones are ignored."""
     models_dir = run_dir / "models"
     if not models_dir.is_dir():
-        raise FileNotFoundError(f"{models_dir} does not exist; train models first with 'edgekit train {run_dir} ...'")
+        raise MissingError(f"{models_dir} does not exist; train models first with 'edgekit train {run_dir} ...'")
     out = []
     for d in sorted(p for p in models_dir.iterdir() if p.is_dir()):
         tj = d / "train.json"
@@ -56,7 +57,7 @@ def finished_models(run_dir: Path) -> list[ModelDir]:
         train = read_json(tj, what="train record")
         keras_path = d / "model.keras"
         if not keras_path.is_file():
-            raise FileNotFoundError(f"{keras_path} is missing although {tj} says the model finished; retrain it")
+            raise MissingError(f"{keras_path} is missing although {tj} says the model finished; retrain it")
         out.append(ModelDir(model_id=str(train.get("model_id", d.name)), path=d, keras_path=keras_path, train=train))
     return out
 
@@ -96,9 +97,9 @@ def convert_run(
     out = out or sys.stdout
     run_dir = Path(run_dir)
     if not profiles:
-        raise ValueError("name at least one device profile with --profile (see 'edgekit profiles')")
+        raise UsageError("name at least one device profile with --profile (see 'edgekit profiles')")
     if limit_test is not None and limit_test <= 0:
-        raise ValueError(f"--limit-test must be > 0, got {limit_test}")
+        raise UsageError(f"--limit-test must be > 0, got {limit_test}")
     if ray is not None:
         ray_sweep.preflight(ray)
     meta = read_json(run_dir / "run.json", what="run file (written by 'edgekit train')")
@@ -107,7 +108,7 @@ def convert_run(
         check_target(t.format, t.precision)
     models = finished_models(run_dir)
     if not models:
-        raise ValueError(f"no finished models in {run_dir / 'models'} (no train.json yet); run 'edgekit train' first")
+        raise UsageError(f"no finished models in {run_dir / 'models'} (no train.json yet); run 'edgekit train' first")
 
     with convert_lock(run_dir):
         return _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force, batch_size, out, progress,

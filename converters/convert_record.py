@@ -16,6 +16,7 @@ from typing import Any, Iterator, TextIO
 from converters.convert_model import Built, Failed, ModelDir, Note, Started, artifact_path
 from device_profiles import BuildTarget
 from edge.atomic import atomic_write_bytes, sha256_bytes, sha256_file
+from edge.errors import StepFailed
 from edge.manifest import ArtifactRecord, Manifest, ManifestError, artifact_id
 
 LOCK_FILE = ".convert.lock"
@@ -62,7 +63,7 @@ def convert_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another 'edgekit convert' is using {run_dir}; wait for it to finish") from None
+            raise StepFailed(f"another 'edgekit convert' is using {run_dir}; wait for it to finish") from None
         yield
     finally:
         fh.close()

@@ -16,12 +16,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from edge.errors import EdgekitError
 
-class DatasetNotFound(FileNotFoundError):
+
+class DatasetNotFound(EdgekitError, FileNotFoundError):
     """No source for a dataset worked; the message lists every way to get it."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(EdgekitError, ValueError):
     """A dataset file exists but is corrupt, truncated or not the expected format (names the file)."""
 
 

@@ -22,6 +22,7 @@ from converters.dataset_files import (
     load_cifar10,
     load_idx_dataset,
 )
+from edge.errors import UsageError
 
 __all__ = [
     "DATASETS",
@@ -153,7 +154,7 @@ def dataset_info(name: str) -> DatasetInfo:
     if key in ("fashion", "fmnist"):
         key = "fashion_mnist"
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
     return DATASETS[key]
 
 
@@ -216,12 +217,12 @@ def make_splits(ds: Dataset, val_fraction: float = 0.1, calib_size: int = 500, s
     test); ``limit_test`` keeps a seeded random subset of the official test set.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if calib_size < 0:
-        raise ValueError(f"calib_size must be >= 0, got {calib_size}")
+        raise UsageError(f"calib_size must be >= 0, got {calib_size}")
     for label, v in (("limit_train", limit_train), ("limit_test", limit_test)):
         if v is not None and v < 1:
-            raise ValueError(f"{label} must be a positive number of images, got {v}")
+            raise UsageError(f"{label} must be a positive number of images, got {v}")
     # Separate streams so changing one limit does not reshuffle the other parts.
     ss = np.random.SeedSequence([int(seed), 0xED6E])
     r_pool, r_val, r_calib, r_test = (np.random.default_rng(s) for s in ss.spawn(4))
@@ -234,7 +235,7 @@ def make_splits(ds: Dataset, val_fraction: float = 0.1, calib_size: int = 500, s
     if val_fraction > 0 and n_val == 0 and len(pool) > 1:
         n_val = 1
     if n_val >= len(pool):
-        raise ValueError(f"val_fraction {val_fraction} leaves no training images out of {len(pool)}")
+        raise UsageError(f"val_fraction {val_fraction} leaves no training images out of {len(pool)}")
     perm = r_val.permutation(len(pool))
     val_idx = np.sort(pool[perm[:n_val]])
     train_idx = np.sort(pool[perm[n_val:]])

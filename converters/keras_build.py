@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from converters.specs import FamilyError, ModelSpec, check_views, is_int
+from edge.errors import MissingError
 
 
 def build_model(
@@ -201,5 +202,5 @@ def load_keras_model(path: str | Path, compile: bool = False):
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such Keras model file")
+        raise MissingError(f"{p}: no such Keras model file")
     return keras.saving.load_model(str(p), custom_objects=custom_objects(), compile=compile, safe_mode=True)

@@ -32,6 +32,7 @@ import numpy as np
 from keras import ops
 
 from converters.specs import psconv_macs  # the arithmetic lives Keras-free in specs (estimate_macs uses it too)
+from edge.errors import UsageError
 
 # Corner p of the 3x3 window -> (row offset, col offset) of its 2x2 block, clockwise from top-left.
 CORNERS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 1), (1, 0))
@@ -133,15 +134,15 @@ class PSConv2D(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if int(filters) <= 0:
-            raise ValueError(f"PSConv2D filters must be positive, got {filters}")
+            raise UsageError(f"PSConv2D filters must be positive, got {filters}")
         if isinstance(strides, (tuple, list)):
             if len(set(strides)) != 1:
-                raise ValueError(f"PSConv2D needs equal strides, got {strides}")
+                raise UsageError(f"PSConv2D needs equal strides, got {strides}")
             strides = strides[0]
         if int(strides) not in (1, 2, 4):
-            raise ValueError(f"PSConv2D strides must be 1, 2 or 4, got {strides}")
+            raise UsageError(f"PSConv2D strides must be 1, 2 or 4, got {strides}")
         if implementation not in self.IMPLEMENTATIONS:
-            raise ValueError(f"PSConv2D implementation must be one of {self.IMPLEMENTATIONS}, got {implementation!r}")
+            raise UsageError(f"PSConv2D implementation must be one of {self.IMPLEMENTATIONS}, got {implementation!r}")
         self.filters = int(filters)
         self.strides = int(strides)
         self.activation = keras.activations.get(activation)
@@ -191,7 +192,7 @@ class PSConv2D(keras.layers.Layer):
     def _call_shifted(self, x):
         h, w, cin = x.shape[1], x.shape[2], x.shape[3]
         if h is None or w is None:
-            raise ValueError("PSConv2D needs a static spatial input shape")
+            raise UsageError("PSConv2D needs a static spatial input shape")
         s = self.strides
         (pt, pb), (pl, pr) = same_padding(h, 3, s), same_padding(w, 3, s)
         xp = ops.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])

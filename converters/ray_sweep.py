@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from converters.tensorflow_import import import_tensorflow_quietly
+from edge.errors import EdgekitError, StepFailed, UsageError
 
 INSTALL_HINT = "pip install 'edgekit[cluster]' (from a checkout: pip install -e '.[cluster]')"
 LOCAL = "local"  # what --ray means without an address: a local Ray started for the run
@@ -41,7 +42,7 @@ _DEFAULT_PORTS = {"": 6379, "ray://": 10001}  # a head's GCS port; the Ray Clien
 CRASH_ENV = "EDGEKIT_RAY_TEST_CRASH_DIR"
 
 
-class RayNotInstalled(RuntimeError):
+class RayNotInstalled(EdgekitError, RuntimeError):
     """``--ray`` was asked for but Ray is not installed (a RuntimeError: the CLI prints it without a traceback)."""
 
 
@@ -58,18 +59,18 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.address is not None and not self.address.strip():
-            raise ValueError("--ray ADDRESS is empty; give a cluster address (HOST:PORT, ray://HOST:PORT, auto) "
+            raise UsageError("--ray ADDRESS is empty; give a cluster address (HOST:PORT, ray://HOST:PORT, auto) "
                              "or no address for a local Ray")
         if not self.cpus_per_task > 0:
-            raise ValueError(f"--cpus-per-task must be > 0, got {self.cpus_per_task}")
+            raise UsageError(f"--cpus-per-task must be > 0, got {self.cpus_per_task}")
         if not self.gpus_per_task >= 0:
-            raise ValueError(f"--gpus-per-task must be >= 0, got {self.gpus_per_task}")
+            raise UsageError(f"--gpus-per-task must be >= 0, got {self.gpus_per_task}")
         if self.max_retries < 0:
-            raise ValueError(f"--max-retries must be >= 0, got {self.max_retries}")
+            raise UsageError(f"--max-retries must be >= 0, got {self.max_retries}")
         if self.local_cpus is not None and self.local_cpus < 1:
-            raise ValueError(f"local_cpus must be >= 1, got {self.local_cpus}")
+            raise UsageError(f"local_cpus must be >= 1, got {self.local_cpus}")
         if not self.connect_timeout_s > 0:
-            raise ValueError(f"connect_timeout_s must be > 0, got {self.connect_timeout_s}")
+            raise UsageError(f"connect_timeout_s must be > 0, got {self.connect_timeout_s}")
 
     @property
     def threads(self) -> int:
@@ -119,7 +120,7 @@ def options_from_args(args: argparse.Namespace) -> RayOptions | None:
                             ("--max-retries", args.max_retries)) if v is not None]
     if args.ray is None:
         if given:
-            raise ValueError(f"{', '.join(given)} only apply with --ray; add --ray (after RUN) or drop them")
+            raise UsageError(f"{', '.join(given)} only apply with --ray; add --ray (after RUN) or drop them")
         return None
     base = RayOptions()
     return RayOptions(
@@ -149,11 +150,11 @@ def _host_port(address: str) -> tuple[str, int]:
         host, port = rest, ""
     host = host.strip("[]")
     if not host:
-        raise ValueError(f"--ray {address!r}: no host; expected HOST:PORT, ray://HOST:PORT or auto")
+        raise UsageError(f"--ray {address!r}: no host; expected HOST:PORT, ray://HOST:PORT or auto")
     try:
         return host, int(port) if port else _DEFAULT_PORTS[scheme]
     except ValueError:
-        raise ValueError(f"--ray {address!r}: port {port!r} is not a number; expected HOST:PORT") from None
+        raise UsageError(f"--ray {address!r}: port {port!r} is not a number; expected HOST:PORT") from None
 
 
 def check_reachable(opts: RayOptions) -> None:
@@ -166,7 +167,7 @@ def check_reachable(opts: RayOptions) -> None:
             pass
     except OSError as exc:
         reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
-        raise RuntimeError(
+        raise StepFailed(
             f"cannot reach a Ray cluster at {opts.address} ({host} port {port}: {reason}). Check the address "
             "(`ray start --head` prints it; `ray status` on the head shows the cluster), that the head is running "
             "and its port is open from this machine, or give --ray without an address to run on a local Ray"
@@ -198,7 +199,7 @@ class RaySession:
 def _start_local(ray, opts: RayOptions) -> str:
     cpus = opts.local_cpus or available_cpus()
     if opts.cpus_per_task > cpus:
-        raise ValueError(f"--cpus-per-task {opts.cpus_per_task:g} is more than the {cpus} CPU(s) of the local Ray; "
+        raise UsageError(f"--cpus-per-task {opts.cpus_per_task:g} is more than the {cpus} CPU(s) of the local Ray; "
                          f"ask for at most {cpus}")
     # address="local": a new Ray for this run even when RAY_ADDRESS points at a cluster.
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
@@ -223,10 +224,10 @@ def _connect(ray, opts: RayOptions) -> str:
             "that the head runs the same Ray version as this machine, and, if the cluster uses token "
             "authentication, that RAY_AUTH_MODE=token and its token are set here")
     if t.is_alive():
-        raise RuntimeError(f"no Ray cluster answered at {opts.address} within {opts.connect_timeout_s:g}s; {hint}")
+        raise StepFailed(f"no Ray cluster answered at {opts.address} within {opts.connect_timeout_s:g}s; {hint}")
     if "error" in box:
         exc = box["error"]
-        raise RuntimeError(f"cannot connect to the Ray cluster at {opts.address}: "
+        raise StepFailed(f"cannot connect to the Ray cluster at {opts.address}: "
                            f"{' '.join(str(exc).split())[:300] or type(exc).__name__}; {hint}") from None
     return f"the Ray cluster at {opts.address}"
 
@@ -251,7 +252,7 @@ def ray_session(opts: RayOptions, say: Callable[[str], None] = print) -> Iterato
                  for kind, need, have in (("CPU", opts.cpus_per_task, cpus), ("GPU", opts.gpus_per_task, gpus))
                  if need > have]
         if short and opts.address is None:
-            raise ValueError(f"{'; '.join(short)}: tasks could never start; ask for less with "
+            raise UsageError(f"{'; '.join(short)}: tasks could never start; ask for less with "
                              "--cpus-per-task / --gpus-per-task")
         for s in short:  # an autoscaling cluster may add nodes that have them
             say(f"note: {s}; tasks wait until nodes that have them join")

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from converters.train_options import TrainOptions
 from edge.atomic import atomic_write_bytes
+from edge.errors import StepFailed, UsageError
 
 RUN_FILE = "run.json"
 TRAIN_FILE = "train.json"
@@ -59,7 +60,7 @@ def check_run_compatible(existing: dict[str, Any], wanted: dict[str, Any], run_d
     diffs = [f"{k}: run has {existing.get(k)!r}, this command asks {wanted.get(k)!r}"
              for k in _IDENTITY_KEYS if existing.get(k) != wanted.get(k)]
     if diffs:
-        raise ValueError(
+        raise UsageError(
             f"{run_dir} was trained with other settings:\n  " + "\n  ".join(diffs)
             + "\nUse a new RUN folder, rerun with the same options to resume, "
             "or pass --force to delete its models and start over.")
@@ -118,7 +119,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
+            raise StepFailed(
                 f"another `edgekit train` is using {run_dir}; wait for it to finish or use a new RUN folder"
             ) from None
         yield

@@ -15,13 +15,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from edge.errors import EdgekitError
+
 POOLS = ("max", "avg", "stride", "none")
 HEADS = ("gap", "flatten")
 PREPROCESS = ("rescale", "standardize")
 VIP_PATTERNS = ("none", "first", "last", "all", "alt")
 
 
-class FamilyError(ValueError):
+class FamilyError(EdgekitError, ValueError):
     """A family file or model spec has an unknown key, a bad value or an impossible shape."""
 
 

@@ -33,6 +33,7 @@ from converters.train_ensembles import build_ensemble_one, ensemble_finished, re
 from converters.train_model import train_one, train_task
 from converters.train_options import FULL, FULL_SPLITS, QUICK, QUICK_SPLITS, Schedule, SplitOptions, TrainOptions
 from edge.atomic import atomic_write_json, clean_stale_temps
+from edge.errors import UsageError
 from edge.textable import format_table as format_text_table
 
 
@@ -141,14 +142,14 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
     out = out or sys.stdout
     run_dir = Path(opts.run_dir)
     if not 0.0 < opts.splits.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be between 0 and 1 (early stopping needs a validation split), "
+        raise UsageError(f"--val-fraction must be between 0 and 1 (early stopping needs a validation split), "
                          f"got {opts.splits.val_fraction}")
     if opts.ray is not None:
         ray_sweep.preflight(opts.ray)  # Ray installed, the cluster answers: before any work starts
     family = load_family(opts.family)
     specs = family.expand(limit=opts.limit, sample=opts.sample, seed=opts.seed)
     if not specs:
-        raise ValueError(f"family {opts.family!r} selected no specs (limit={opts.limit}, sample={opts.sample})")
+        raise UsageError(f"family {opts.family!r} selected no specs (limit={opts.limit}, sample={opts.sample})")
 
     ds = load_dataset(opts.dataset, opts.data_dir)
     wanted = run_record(opts, ds.input_shape, ds.class_names)

@@ -12,6 +12,7 @@ from converters.run_folder import MODEL_FILE, SPEC_FILE, TRAIN_FILE, read_finish
 from converters.train_model import run_fields, save_and_check, tf_dataset
 from converters.train_options import Schedule
 from edge.atomic import atomic_write_json
+from edge.errors import StepFailed
 
 
 def member_sha256(models_dir: Path, members) -> dict[str, str]:
@@ -50,7 +51,7 @@ def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: 
     for m in ens.members:
         rec = read_finished(models_dir / m, m)
         if rec is None:
-            raise RuntimeError(f"ensemble {ens.model_id}: member {m} is not finished in {models_dir}")
+            raise StepFailed(f"ensemble {ens.model_id}: member {m} is not finished in {models_dir}")
         members_rec[m] = rec
     shas = member_sha256(models_dir, ens.members)
     keras.backend.clear_session()

@@ -17,6 +17,7 @@ from converters.ray_sweep import RayOptions
 from converters.run_folder import MODEL_FILE, MODEL_FILES, MODEL_TMP_PREFIX, MODEL_TMP_SUFFIX, SPEC_FILE, TRAIN_FILE
 from converters.train_options import Schedule
 from edge.atomic import atomic_write_json
+from edge.errors import StepFailed
 
 
 def model_seed(seed: int, model_id: str) -> int:
@@ -81,7 +82,7 @@ def save_and_check(model, model_dir: Path, splits, tolerance: float) -> None:
     outs = [keras.ops.convert_to_numpy(m(probe, training=False)) for m in (model, reloaded)]
     diff = float(np.max(np.abs(outs[0] - outs[1])))
     if not np.isfinite(diff) or diff > tolerance:
-        raise RuntimeError(f"{model_dir / MODEL_FILE} reloads with different outputs (max diff {diff:g})")
+        raise StepFailed(f"{model_dir / MODEL_FILE} reloads with different outputs (max diff {diff:g})")
 
 
 def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, write=print) -> dict[str, Any]:

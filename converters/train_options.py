@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.ray_sweep import RayOptions
+from edge.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,9 @@ class Schedule:
     def __post_init__(self) -> None:
         for name in ("epochs", "patience", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise UsageError(f"learning_rate must be > 0, got {self.learning_rate}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import numpy as np
 
 from device_profiles import RuntimeSetting
 from edge.backends import get_backend
+from edge.errors import UsageError
 from edge.formats import backend_for
 from edge.manifest import ArtifactRecord
 from edge.tensors import dequantize_output, prepare_input
@@ -46,7 +47,7 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.dtype != np.uint8:
-        raise ValueError(f"evaluation images must be uint8 NHWC pixels, got {x.dtype}")
+        raise UsageError(f"evaluation images must be uint8 NHWC pixels, got {x.dtype}")
     return x
 
 
@@ -101,12 +102,12 @@ def compare(
     reference = np.asarray(reference, np.float32)
     labels = np.asarray(labels).reshape(-1)
     if scores.shape != reference.shape or len(labels) != len(scores):
-        raise ValueError(
+        raise UsageError(
             f"artifact outputs {scores.shape}, Keras outputs {reference.shape} and {len(labels)} labels do not line up"
         )
     n = len(labels)
     if n == 0:
-        raise ValueError("the evaluation set is empty; nothing to validate on")
+        raise UsageError("the evaluation set is empty; nothing to validate on")
     top = scores.argmax(axis=1)
     ref_top = reference.argmax(axis=1)
     acc = float((top == labels).mean())

@@ -13,6 +13,7 @@ except ImportError:  # Python 3.10 (e.g. JetPack 6 boards)
     import tomli as tomllib  # type: ignore[no-redef]
 
 # The format vocabulary has one home, edge/formats.py (stdlib only, imports nothing else of edge).
+from edge.errors import EdgekitError
 from edge.formats import BACKENDS, FORMATS, format_for_backend
 
 HERE = Path(__file__).resolve().parent
@@ -26,7 +27,7 @@ ORT_PROVIDERS = (
 )
 
 
-class ProfileError(ValueError):
+class ProfileError(EdgekitError, ValueError):
     """A device profile file is missing or has a bad key or value."""
 
 

@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from edge.atomic import atomic_write_json, read_json
+from edge.errors import EdgekitError
 
 # Written into an extraction cache folder (never into a bundle) to tell which archive it came from.
 CACHE_MARKER = ".edgekit-extracted.json"
@@ -20,7 +21,7 @@ MAX_TOTAL_BYTES = 8 << 30
 MAX_MEMBERS = 100_000
 
 
-class ArchiveError(ValueError):
+class ArchiveError(EdgekitError, ValueError):
     """An archive is unreadable or refused (an unsafe member, over a cap); the message names it and the member."""
 
 

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from edge.errors import MissingError, UsageError
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -112,7 +114,7 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
+        raise MissingError(f"{what} not found: {path}") from None
     return _loads(text, f"{what} {path}")
 
 
@@ -121,14 +123,14 @@ def _loads(text: str, label: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(
+        raise UsageError(
             f"{label} is not valid JSON ({exc.msg} at line {exc.lineno}); "
             "it may be truncated by an interrupted run: regenerate it"
         ) from None
     except RecursionError:
-        raise ValueError(f"{label} nests JSON arrays or objects too deeply to be read; regenerate it") from None
+        raise UsageError(f"{label} nests JSON arrays or objects too deeply to be read; regenerate it") from None
     except ValueError:  # an integer of thousands of digits (sys.get_int_max_str_digits)
-        raise ValueError(f"{label} holds a number too long to read; regenerate it") from None
+        raise UsageError(f"{label} holds a number too long to read; regenerate it") from None
 
 
 _KINDS = (
@@ -163,7 +165,7 @@ def open_regular(path: str | os.PathLike, what: str = "file", hint: str = "") ->
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
+        raise MissingError(f"{what} not found: {path}") from None
     except OSError as exc:  # a socket (ENXIO), no permission, a loop of links...
         try:
             mode = os.stat(path).st_mode
@@ -171,16 +173,16 @@ def open_regular(path: str | os.PathLike, what: str = "file", hint: str = "") ->
             mode = stat.S_IFREG
         if not stat.S_ISREG(mode):
             raise _not_regular(path, mode, what, hint) from None
-        raise ValueError(f"{what} {path} cannot be opened ({exc.strerror}); check its permissions") from None
+        raise UsageError(f"{what} {path} cannot be opened ({exc.strerror}); check its permissions") from None
     except ValueError:  # a NUL byte in the path
-        raise ValueError(
+        raise UsageError(
             f"{what} path {path!r} is not a valid path; {hint or 'pass the path of a regular file'}"
         ) from None
     try:
         mode = os.fstat(fd).st_mode
     except OSError as exc:
         os.close(fd)
-        raise ValueError(f"{what} {path} cannot be read ({exc.strerror}); regenerate or re-copy it") from None
+        raise UsageError(f"{what} {path} cannot be read ({exc.strerror}); regenerate or re-copy it") from None
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise _not_regular(path, mode, what, hint)
@@ -209,7 +211,7 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "fil
             raise too_big
         data = _read_at_most(fd, max_bytes + 1)  # the file may grow after fstat
     except OSError as exc:
-        raise ValueError(f"{what} {path} cannot be read ({exc.strerror}); regenerate or re-copy it") from None
+        raise UsageError(f"{what} {path} cannot be read ({exc.strerror}); regenerate or re-copy it") from None
     finally:
         os.close(fd)
     if len(data) > max_bytes:
@@ -221,11 +223,11 @@ def _read_json_bounded(path: Path, max_bytes: int, what: str, hint: str, max_ite
     data = read_regular_bytes(path, max_bytes, what, hint)
     label = f"{what} {path}"
     if max_items is not None and data.count(b",") + data.count(b"[") + data.count(b"{") > max_items:
-        raise ValueError(f"{label} holds more than {max_items} JSON values; {hint or 'pass a smaller file'}")
+        raise UsageError(f"{label} holds more than {max_items} JSON values; {hint or 'pass a smaller file'}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{label} is not UTF-8 text (bad byte at offset {exc.start}); regenerate it") from None
+        raise UsageError(f"{label} is not UTF-8 text (bad byte at offset {exc.start}); regenerate it") from None
     return _loads(text, label)
 
 

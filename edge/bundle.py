@@ -14,6 +14,7 @@ import numpy as np
 from edge.archive import CACHE_MARKER, ArchiveError, cache_dirs, extract_to_cache, read_marker, unsafe_reason
 from edge.atomic import open_regular, read_json, sha256_fd, sha256_file
 from edge.canary import CANARY_NAME, SCORES_PREFIX, Canary
+from edge.errors import EdgekitError, UsageError
 from edge.manifest import ArtifactRecord, Manifest, ManifestError
 
 BUNDLE_VERSION = 1
@@ -24,7 +25,7 @@ EVAL_NAME = "eval.npz"
 EVAL_PARTS = {"select": slice(0, None, 2), "serve": slice(1, None, 2)}
 
 
-class BundleError(ValueError):
+class BundleError(EdgekitError, ValueError):
     """A bundle is missing, unreadable, tampered with or corrupt; the message names the file."""
 
 
@@ -137,7 +138,7 @@ class Bundle:
         images, labels = _images_labels(z, EVAL_NAME, self.source)
         if part is not None:
             if part not in EVAL_PARTS:
-                raise ValueError(f"unknown evaluation part '{part}'; available: {list(EVAL_PARTS)}")
+                raise UsageError(f"unknown evaluation part '{part}'; available: {list(EVAL_PARTS)}")
             sl = EVAL_PARTS[part]
             images, labels = images[sl], labels[sl]
         if limit is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import UsageError
 from edge.protocol_client import (  # re-exported: edge.client is where callers have always found them
     Classification,
     ClientError,
@@ -99,9 +100,9 @@ class Client:
                  binary: bool = True, timeout: float = 30.0):
         u = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         if u.scheme not in ("http", ""):
-            raise ValueError(f"only http:// URLs are supported, got {url!r} (put a TLS proxy in front for https)")
+            raise UsageError(f"only http:// URLs are supported, got {url!r} (put a TLS proxy in front for https)")
         if not u.hostname:
-            raise ValueError(f"no host in URL {url!r}")
+            raise UsageError(f"no host in URL {url!r}")
         self.host = u.hostname
         self.port = u.port or 80
         self.base = u.path.rstrip("/")

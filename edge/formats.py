@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge.errors import UsageError
+
 # Every precision edgekit builds, in the order tables list them.
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -33,7 +35,7 @@ def get_format(name: str) -> Format:
     try:
         return FORMATS[name]
     except KeyError:
-        raise ValueError(f"unknown format '{name}'; available: {sorted(FORMATS)}") from None
+        raise UsageError(f"unknown format '{name}'; available: {sorted(FORMATS)}") from None
 
 
 def backend_for(fmt: str) -> str:
@@ -45,4 +47,4 @@ def format_for_backend(backend: str) -> str:
     for f in _FORMATS:
         if f.backend == backend:
             return f.name
-    raise ValueError(f"unknown backend '{backend}'; available: {list(BACKENDS)}")
+    raise UsageError(f"unknown backend '{backend}'; available: {list(BACKENDS)}")

@@ -68,6 +68,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
+from edge.errors import UsageError
 from edge.significance import significance_filter
 from edge.table import QUANTILES, LatencyRow, LatencyTable, SelectedTable, SelectionParams
 from edge.textable import format_table
@@ -247,20 +248,20 @@ def select_subset(
 ) -> SelectedTable:
     """The monotonic subset of ``table`` (see the module docstring for the method)."""
     if quantile not in QUANTILES:
-        raise ValueError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
+        raise UsageError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
     if not (epsilon >= 0 and math.isfinite(epsilon)):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
+        raise UsageError(f"epsilon must be a finite number >= 0, got {epsilon}")
     if max_models is not None and max_models < 1:
-        raise ValueError(f"max models must be at least 1, got {max_models}")
+        raise UsageError(f"max models must be at least 1, got {max_models}")
     if memory_budget_mb is not None and not (memory_budget_mb > 0 and math.isfinite(memory_budget_mb)):
-        raise ValueError(f"memory budget must be a positive number of MB, got {memory_budget_mb}")
+        raise UsageError(f"memory budget must be a positive number of MB, got {memory_budget_mb}")
     if deadline_range is not None:
         lo, hi = float(deadline_range[0]), float(deadline_range[1])
         if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
-            raise ValueError(f"deadline range must be LO:HI with 0 <= LO <= HI (ms), got {deadline_range}")
+            raise UsageError(f"deadline range must be LO:HI with 0 <= LO <= HI (ms), got {deadline_range}")
         deadline_range = (lo, hi)
     if not table.rows:
-        raise ValueError("the latency table has no rows; benchmark the bundle first with 'edgekit bench'")
+        raise UsageError("the latency table has no rows; benchmark the bundle first with 'edgekit bench'")
 
     dropped: dict[str, str] = {}
     front = pareto_front(table.rows, quantile)
@@ -269,7 +270,7 @@ def select_subset(
         if r.variant not in on_front:
             dropped[r.variant] = "dominated (a faster variant is at least as accurate)"
     if not front:
-        raise ValueError(f"no row of the table has a positive finite {quantile} latency and a finite accuracy")
+        raise UsageError(f"no row of the table has a positive finite {quantile} latency and a finite accuracy")
     method = "pareto"
     eps_front = epsilon_filter(front, epsilon)
     if len(eps_front) < len(front):
@@ -279,7 +280,7 @@ def select_subset(
             if r.variant not in kept:
                 dropped[r.variant] = f"adds less than epsilon={epsilon} accuracy"
     if not 0 <= significance < 0.5:
-        raise ValueError(f"significance must be in [0, 0.5), got {significance}")
+        raise UsageError(f"significance must be in [0, 0.5), got {significance}")
     sig_front, why = significance_filter(eps_front, significance)
     if len(sig_front) < len(eps_front):
         method = "paired-pareto" if method == "pareto" else method + "+paired"
@@ -294,7 +295,7 @@ def select_subset(
                 dropped[r.variant] = f"needs {row_memory_mb(r):.1f} MB alone, over the {memory_budget_mb:g} MB budget"
         cands = fits
         if not cands:
-            raise ValueError(
+            raise UsageError(
                 f"no variant fits the {memory_budget_mb:g} MB memory budget alone; raise --memory-budget-mb "
                 "or bundle smaller models"
             )

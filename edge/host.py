@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.errors import UsageError
 from edge.scheduler import ServingState
 from edge.selector import Selector
 
@@ -42,9 +43,9 @@ class ModelHost:
         for s in self.profile.settings:
             if s.name == row.setting:
                 if s.backend != row.backend:
-                    raise ValueError(f"profile runs setting '{s.name}' with {s.backend}, the table with {row.backend}")
+                    raise UsageError(f"profile runs setting '{s.name}' with {s.backend}, the table with {row.backend}")
                 return s
-        raise ValueError(
+        raise UsageError(
             f"profile '{self.profile.name}' has no runtime setting '{row.setting}' "
             f"(has {[s.name for s in self.profile.settings]}); benchmark with this profile"
         )
@@ -127,7 +128,7 @@ class ModelHost:
             else:
                 self.log(f"variant {row.variant} is NOT ready and is excluded: {info.reason}")
         if not rows:
-            raise ValueError(
+            raise UsageError(
                 f"no variant of {table_path} could be loaded and passed its canary check; see the messages above"
             )
         selector = Selector(rows, slowdown=slowdown, **selector_args)

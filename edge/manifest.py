@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from edge.atomic import atomic_write_json, read_json
+from edge.errors import EdgekitError
 
 MANIFEST_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(EdgekitError, ValueError):
     """A manifest is missing, malformed, or disagrees with the files beside it."""
 
 

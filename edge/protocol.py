@@ -13,6 +13,8 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from edge.errors import UsageError
+
 MODEL_VERSION = "1"
 MAX_DEADLINE_MS = 3_600_000.0  # an hour: anything longer is a unit mistake
 MAX_JSON_HEADER = 1 << 20  # JSON part of a binary request
@@ -49,7 +51,7 @@ def encode_error(message: str, body: dict | None = None) -> bytes:
 
 
 def _no_constants(name: str) -> Any:
-    raise ValueError(f"'{name}' is not a valid JSON number")
+    raise UsageError(f"'{name}' is not a valid JSON number")
 
 
 def loads_json(data: bytes | bytearray | memoryview, what: str) -> Any:

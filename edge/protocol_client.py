@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import EdgekitError, UsageError
 from edge.protocol import INFER_HEADER_LENGTH, JSON_SEPARATORS, is_int
 
 # Output datatypes a decoder understands (anything else is read as FP32, as before).
@@ -19,7 +20,7 @@ _OUT_DTYPES = {"FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "UINT8": "<u1", "F
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class ClientError(RuntimeError):
+class ClientError(EdgekitError, RuntimeError):
     """The daemon answered with an error other than a deadline rejection (408) or a full queue (503)."""
 
     def __init__(self, status: int, message: str):
@@ -43,7 +44,7 @@ def encode_infer_request(
     if img.ndim == 3:
         img = img[None]
     if img.ndim != 4 or img.shape[0] != 1:
-        raise ValueError(f"expected one image (H, W, C) or (1, H, W, C), got shape {img.shape}")
+        raise UsageError(f"expected one image (H, W, C) or (1, H, W, C), got shape {img.shape}")
     if img.dtype == np.uint8:
         dt, arr = "UINT8", img
     else:
@@ -166,7 +167,7 @@ class RequestEncoder:
 
     def __init__(self, images: np.ndarray, indices: np.ndarray, binary: bool = False):
         if images.dtype != np.uint8:
-            raise ValueError(f"eval images must be uint8 pixels, got {images.dtype}")
+            raise UsageError(f"eval images must be uint8 pixels, got {images.dtype}")
         self.binary = binary
         self.shape = [1, *(int(s) for s in images.shape[1:])]
         shape = json.dumps(self.shape, separators=JSON_SEPARATORS).encode()
@@ -226,7 +227,7 @@ def summarize_infer_response(status: int, body: bytes, headers: dict[str, str] |
         if n is not None:
             k = int(n)
             if not 0 <= k <= len(body):
-                raise ValueError(k)
+                raise UsageError(k)
             head, blob = body[:k], body[k:]
         doc = json.loads(str(head, "utf-8")) if head else {}
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors

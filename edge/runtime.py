@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge.errors import UsageError
 from edge.host import ModelHost, VariantInfo
 from edge.scheduler import DONE, InferenceRequest, InferenceResult, Scheduler
 from edge.selector import MISS_POLICIES, Policy
@@ -45,17 +46,17 @@ class RuntimeOptions:
         if isinstance(self.policy, str):
             object.__setattr__(self, "policy", Policy.from_string(self.policy))
         if self.miss not in MISS_POLICIES:
-            raise ValueError(f"unknown miss policy '{self.miss}'; available: {list(MISS_POLICIES)}")
+            raise UsageError(f"unknown miss policy '{self.miss}'; available: {list(MISS_POLICIES)}")
         if self.quantile is not None and self.quantile not in QUANTILES:
-            raise ValueError(f"unknown latency quantile '{self.quantile}'; available: {list(QUANTILES)}")
+            raise UsageError(f"unknown latency quantile '{self.quantile}'; available: {list(QUANTILES)}")
         if self.slowdown_filter not in FILTERS:
-            raise ValueError(f"unknown slowdown filter '{self.slowdown_filter}'; available: {sorted(FILTERS)}")
+            raise UsageError(f"unknown slowdown filter '{self.slowdown_filter}'; available: {sorted(FILTERS)}")
         if self.queue_size < 1:
-            raise ValueError(f"queue size must be at least 1, got {self.queue_size}")
+            raise UsageError(f"queue size must be at least 1, got {self.queue_size}")
         if self.workers is not None and not 1 <= self.workers <= 64:
-            raise ValueError(f"workers must be 1..64, got {self.workers}")
+            raise UsageError(f"workers must be 1..64, got {self.workers}")
         if not (self.inject_delay_ms >= 0 and self.inject_delay_ms < 1e7):
-            raise ValueError("inject_delay_ms must be >= 0")
+            raise UsageError("inject_delay_ms must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class AdaptiveClassifier:
         b = open_bundle(bundle, verify=True)
         name = profile or b.profile
         if not name:
-            raise ValueError("the bundle names no device profile; pass profile=")
+            raise UsageError("the bundle names no device profile; pass profile=")
         prof = load_profile(name)
         t = SelectedTable.load(table, profile=prof.name)
         return cls(b, t, prof, table_path=str(table), options=options, log=log, bundle_verified=True, t0=t0)
@@ -131,7 +132,7 @@ class AdaptiveClassifier:
 
     def _check_static(self, table) -> None:
         if self.policy.kind == "static" and self.policy.variant not in table.variants:
-            raise ValueError(f"the static policy's variant '{self.policy.variant}' is not in the table; "
+            raise UsageError(f"the static policy's variant '{self.policy.variant}' is not in the table; "
                              f"available: {list(table.variants)}")
 
     # ---------------------------------------------------------------- serving
@@ -142,13 +143,13 @@ class AdaptiveClassifier:
         if x.ndim == len(self.input_hwc):
             x = x[None]
         if x.shape[1:] != self.input_hwc or x.shape[0] != 1:
-            raise ValueError(f"expected one image of shape {self.input_hwc} (or (1, *that)), got {np.shape(image)}")
+            raise UsageError(f"expected one image of shape {self.input_hwc} (or (1, *that)), got {np.shape(image)}")
         if x.dtype != np.uint8:
             if x.dtype.kind not in "iuf":
-                raise ValueError(f"expected uint8 pixels (or numbers 0..255), got dtype {x.dtype}")
+                raise UsageError(f"expected uint8 pixels (or numbers 0..255), got dtype {x.dtype}")
             x = x.astype(np.float32)
             if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255:
-                raise ValueError("pixel values must be finite and within 0..255")
+                raise UsageError("pixel values must be finite and within 0..255")
         return x
 
     def classify(self, image: np.ndarray, deadline_ms: float, arrival: float | None = None,
@@ -161,7 +162,7 @@ class AdaptiveClassifier:
         The result's ``outcome`` is ``ok``, ``rejected`` (``miss="reject"`` and nothing fits)
         or ``error`` (the runtime failed; ``message`` says why)."""
         if not (deadline_ms > 0 and deadline_ms < float("inf")):
-            raise ValueError(f"deadline_ms must be a finite number > 0, got {deadline_ms}")
+            raise UsageError(f"deadline_ms must be a finite number > 0, got {deadline_ms}")
         req = InferenceRequest(self.check_image(image), float(deadline_ms),
                                time.perf_counter() if arrival is None else float(arrival))
         s = self.scheduler

@@ -31,6 +31,7 @@ from typing import Any, Callable, cast
 import numpy as np
 
 from edge.backends.base import LoadedModel
+from edge.errors import UsageError
 from edge.manifest import TensorSpec
 from edge.selector import Selector
 from edge.tensors import dequantize_output, prepare_input
@@ -143,12 +144,12 @@ class Scheduler:
         on_free: Callable[[], Any] | None = None,
     ):
         if queue_size < 1:
-            raise ValueError(f"queue size must be at least 1, got {queue_size}")
+            raise UsageError(f"queue size must be at least 1, got {queue_size}")
         self.state = state
         self.queue_size = int(queue_size)
         self.workers = int(workers if workers is not None else len(state.models))
         if self.workers < 1 or len(state.models) < self.workers:
-            raise ValueError(f"{self.workers} slots need {self.workers} model sets, got {len(state.models)}")
+            raise UsageError(f"{self.workers} slots need {self.workers} model sets, got {len(state.models)}")
         self._heap: list[tuple[float, int, InferenceRequest]] = []
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -166,7 +167,7 @@ class Scheduler:
     def swap(self, state: ServingState) -> None:
         """Serve new requests with ``state``; requests already running finish with the old one."""
         if len(state.models) < self.workers:
-            raise ValueError(f"the new state has {len(state.models)} model sets for {self.workers} slots")
+            raise UsageError(f"the new state has {len(state.models)} model sets for {self.workers} slots")
         self.state = state
         self._prep = {}
 

@@ -24,6 +24,7 @@ import bisect
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
+from edge.errors import UsageError
 from edge.slowdown import NoSlowdown, SlowdownFilter, make_filter
 from edge.table import QUANTILES, LatencyRow
 
@@ -43,11 +44,11 @@ class Policy:
         if s.startswith("static:"):
             v = s[len("static:"):]
             if not v:
-                raise ValueError("static policy needs a variant: static:<artifact_id>@<setting>")
+                raise UsageError("static policy needs a variant: static:<artifact_id>@<setting>")
             return cls("static", v)
         s = POLICY_ALIASES.get(s, s)
         if s not in POLICIES or s.startswith("static"):
-            raise ValueError(f"unknown policy '{s}'; available: {list(POLICIES) + sorted(POLICY_ALIASES)}")
+            raise UsageError(f"unknown policy '{s}'; available: {list(POLICIES) + sorted(POLICY_ALIASES)}")
         return cls(s)
 
     def __str__(self) -> str:
@@ -74,11 +75,11 @@ class Selector:
         slowdown: SlowdownFilter | None = None,
     ):
         if not rows:
-            raise ValueError("the selector needs at least one variant")
+            raise UsageError("the selector needs at least one variant")
         if quantile not in QUANTILES:
-            raise ValueError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
+            raise UsageError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
         if miss not in MISS_POLICIES:
-            raise ValueError(f"unknown miss policy '{miss}'; available: {list(MISS_POLICIES)}")
+            raise UsageError(f"unknown miss policy '{miss}'; available: {list(MISS_POLICIES)}")
         self.policy = policy if isinstance(policy, Policy) else Policy.from_string(policy)
         self.quantile = quantile
         self.miss = miss
@@ -110,7 +111,7 @@ class Selector:
             self._fixed = len(rows) - 1
         elif kind == "static":
             if self.policy.variant not in self.index:
-                raise ValueError(
+                raise UsageError(
                     f"static policy names unknown variant '{self.policy.variant}'; available: {list(self.variants)}"
                 )
             self._fixed = self.index[self.policy.variant]

@@ -27,6 +27,7 @@ import threading
 import time
 
 from edge.app import ServeConfig, V2App, log
+from edge.errors import StepFailed, UsageError
 from edge.memory import rss_mb
 from edge.protocol import MAX_DEADLINE_MS
 from edge.runtime import AdaptiveClassifier, RuntimeOptions
@@ -43,34 +44,34 @@ def _read_token_file(path: str) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise ValueError(f"--token-file {path}: {exc.strerror}") from None
+        raise UsageError(f"--token-file {path}: {exc.strerror}") from None
     try:
         import stat
 
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"--token-file {path} is not a regular file")
+            raise UsageError(f"--token-file {path} is not a regular file")
         data = os.read(fd, MAX_TOKEN_FILE + 1)
     finally:
         os.close(fd)
     if len(data) > MAX_TOKEN_FILE:
-        raise ValueError(f"--token-file {path} is over {MAX_TOKEN_FILE} bytes; it should hold just the token")
+        raise UsageError(f"--token-file {path} is over {MAX_TOKEN_FILE} bytes; it should hold just the token")
     tok = data.decode("utf-8", "replace").strip()
     if not tok:
-        raise ValueError(f"--token-file {path} is empty")
+        raise UsageError(f"--token-file {path} is empty")
     return tok
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be 0..65535, got {args.port}")
+        raise UsageError(f"--port must be 0..65535, got {args.port}")
     if not (args.max_body_mb > 0 and math.isfinite(args.max_body_mb)):
-        raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+        raise UsageError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
     if args.default_deadline_ms is not None and not (0 < args.default_deadline_ms <= MAX_DEADLINE_MS):
-        raise ValueError(f"--default-deadline-ms must be in (0, {MAX_DEADLINE_MS:g}]")
+        raise UsageError(f"--default-deadline-ms must be in (0, {MAX_DEADLINE_MS:g}]")
     if not (0 < args.drain_timeout <= 3600):
-        raise ValueError("--drain-timeout must be in (0, 3600] seconds")
+        raise UsageError("--drain-timeout must be in (0, 3600] seconds")
     if not (args.inject_delay_ms >= 0 and math.isfinite(args.inject_delay_ms)):
-        raise ValueError("--inject-delay-ms must be >= 0")
+        raise UsageError("--inject-delay-ms must be >= 0")
     token = None
     if args.token_file:
         token = _read_token_file(args.token_file)
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         clf = AdaptiveClassifier.open(cfg.bundle, cfg.table, cfg.profile, options=cfg.runtime, log=log)
     except TableError as exc:
-        raise ValueError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     for info in clf.host.info.values():
         state = "ready" if info.ready else "NOT READY"
         log(f"variant {info.variant} [{info.provider or '-'}]: {state}: {info.reason}")
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = daemon.server.listen(cfg.host, cfg.port)
     except OSError as exc:
-        raise RuntimeError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        raise StepFailed(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     stop_at: list[float] = []
 
     def on_term() -> None:

@@ -19,6 +19,8 @@ import abc
 import math
 import threading
 
+from edge.errors import UsageError
+
 RATIO_MIN = 0.05  # one absurd sample (a clock hiccup, a page fault storm) must not wreck the estimate
 RATIO_MAX = 50.0
 
@@ -75,7 +77,7 @@ class EwmaSlowdown(SlowdownFilter):
 
     def __init__(self, alpha: float = 0.2, initial: float = 1.0):
         if not 0 < alpha <= 1:
-            raise ValueError(f"EWMA alpha must be in (0, 1], got {alpha}")
+            raise UsageError(f"EWMA alpha must be in (0, 1], got {alpha}")
         super().__init__(initial)
         self.alpha = float(alpha)
 
@@ -96,7 +98,7 @@ class KalmanSlowdown(SlowdownFilter):
 
     def __init__(self, q: float = 2e-3, r: float = 3e-2, initial: float = 1.0, p0: float = 0.1):
         if q <= 0 or r <= 0:
-            raise ValueError(f"Kalman variances must be > 0, got q={q}, r={r}")
+            raise UsageError(f"Kalman variances must be > 0, got q={q}, r={r}")
         super().__init__(initial)
         self.q, self.r, self._p0 = float(q), float(r), float(p0)
         self.p = float(p0)
@@ -133,5 +135,5 @@ def make_filter(name: str = "kalman", **kw) -> SlowdownFilter:
     try:
         cls = FILTERS[name]
     except KeyError:
-        raise ValueError(f"unknown slowdown filter '{name}'; available: {sorted(FILTERS)}") from None
+        raise UsageError(f"unknown slowdown filter '{name}'; available: {sorted(FILTERS)}") from None
     return cls(**kw)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Self
 import numpy as np
 
 from edge.atomic import atomic_write_json, atomic_write_text, read_json
+from edge.errors import EdgekitError, UsageError
 
 TABLE_VERSION = 1
 QUANTILES = ("mean", "p50", "p90", "p95", "p99", "max")
@@ -31,7 +32,7 @@ PASS_INSTEAD = {
 }
 
 
-class TableError(ValueError):
+class TableError(EdgekitError, ValueError):
     """A latency or selected table is missing, truncated, malformed or for another device."""
 
 
@@ -66,7 +67,7 @@ class LatencyTimes:
 
     def latency(self, quantile: str) -> float:
         if quantile not in QUANTILES:
-            raise ValueError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
+            raise UsageError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
         return float(getattr(self, f"{quantile}_ms"))
 
     def timings(self) -> dict[str, float]:

@@ -6,6 +6,7 @@ from typing import cast
 
 import numpy as np
 
+from edge.errors import UsageError
 from edge.manifest import TensorSpec
 
 
@@ -21,7 +22,7 @@ def prepare_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
         x = x[None, ...]
     want = tuple(s for s in spec.shape[1:])
     if tuple(x.shape[1:]) != want:
-        raise ValueError(f"input shape {tuple(x.shape[1:])} does not match the model's {want} (NHWC, no batch)")
+        raise UsageError(f"input shape {tuple(x.shape[1:])} does not match the model's {want} (NHWC, no batch)")
     dt = np.dtype(spec.dtype)
     if spec.quantized:  # so scale and zero point are recorded
         info = np.iinfo(dt)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from edge.errors import UsageError
+
 
 def format_table(
     head: Sequence[object],
@@ -20,14 +22,14 @@ def format_table(
     the columns left, and does not widen its column.
     """
     if any(a not in "lr" for a in align):
-        raise ValueError(f"align takes one letter per column, 'l' or 'r'; got {align!r}")
+        raise UsageError(f"align takes one letter per column, 'l' or 'r'; got {align!r}")
     top = [str(c) for c in head]
     body = [[str(c) for c in r] for r in rows]
     n = len(top)
     widths = [len(h) for h in top]
     for r in body:
         if len(r) > n:
-            raise ValueError(f"a row has {len(r)} cells but the header {n}: {r}")
+            raise UsageError(f"a row has {len(r)} cells but the header {n}: {r}")
         padded = r if len(r) == n else r[:-1]
         for c, x in enumerate(padded):
             widths[c] = max(widths[c], len(x))

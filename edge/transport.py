@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edge.connection import SO_TIMESTAMPNS, App, Connection
+from edge.errors import UsageError
 
 FD_RESERVE = 64  # descriptors kept free for model files, table reloads and logs
 
@@ -55,11 +56,11 @@ class TransportLimits:
     def __post_init__(self) -> None:
         for k in ("max_connections", "max_body_bytes", "max_header_bytes", "max_headers", "max_pipelined"):
             if int(getattr(self, k)) < 1:
-                raise ValueError(f"{k} must be at least 1")
+                raise UsageError(f"{k} must be at least 1")
         for k in ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "write_timeout_s"):
             v = float(getattr(self, k))
             if not 0 < v < 1e6:
-                raise ValueError(f"{k} must be a positive number of seconds")
+                raise UsageError(f"{k} must be a positive number of seconds")
 
 
 class Server:

@@ -7,6 +7,8 @@ import importlib
 import importlib.util
 import sys
 
+from edge.errors import EdgekitError
+
 # name -> (module, one-line help). The module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("device_profiles.cli", "list the device profiles (built-in and from files)"),
@@ -81,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         # A workstation command on a board (runtime extra only), or a runtime that is missing.
         print(_missing(args.command, exc), file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Expected user errors carry a message that says what to do; no traceback.
+    except EdgekitError as exc:
+        # Errors the user can act on carry a message that says what to do: no traceback. Anything
+        # else is a bug and keeps its traceback.
         print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

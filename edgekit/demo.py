@@ -13,6 +13,7 @@ from pathlib import Path
 
 from device_profiles import host_profile_name
 from edge.atomic import atomic_write_json, read_json
+from edge.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,11 @@ def run(args: argparse.Namespace) -> int:
     known = {s.name for s in stages}
     bad = [r for r in args.redo if r not in known]
     if bad:
-        raise ValueError(f"unknown stage {bad[0]!r} for --redo; stages: {[s.name for s in stages]}")
+        raise UsageError(f"unknown stage {bad[0]!r} for --redo; stages: {[s.name for s in stages]}")
     state_file = _state_path(out)
     state = read_json(state_file, what="demo state") if state_file.exists() else {}
     if state.get("profile") not in (None, profile) or state.get("family") not in (None, args.family):
-        raise ValueError(
+        raise UsageError(
             f"{out} holds a demo for profile {state.get('profile')!r}, family {state.get('family')!r}; "
             "use another --out folder or delete it"
         )

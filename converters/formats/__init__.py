@@ -19,6 +19,7 @@ import numpy as np
 
 from device_profiles import RuntimeSetting
 from edge.atomic import atomic_write_bytes, sha256_bytes
+from edge.errors import StepFailed, UsageError
 from edge.formats import backend_for, get_format
 from edge.manifest import TensorSpec
 
@@ -41,7 +42,7 @@ class Precision(str, enum.Enum):
         try:
             return cls(str(s).lower())
         except ValueError:
-            raise ValueError(f"unknown precision '{s}'; available: {[p.value for p in cls]}") from None
+            raise UsageError(f"unknown precision '{s}'; available: {[p.value for p in cls]}") from None
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def extension(fmt: str) -> str:
 
 def check_format(fmt: str) -> None:
     if fmt not in _REGISTRY:
-        raise ValueError(f"unknown format '{fmt}'; available: {available_formats()}")
+        raise UsageError(f"unknown format '{fmt}'; available: {available_formats()}")
 
 
 def check_target(fmt: str, precision: str) -> None:
@@ -82,7 +83,7 @@ def check_target(fmt: str, precision: str) -> None:
     check_format(fmt)
     p = Precision.from_string(precision).value
     if p not in get_format(fmt).precisions:
-        raise ValueError(f"unknown precision '{precision}' for format '{fmt}'; available: "
+        raise UsageError(f"unknown precision '{precision}' for format '{fmt}'; available: "
                          f"{list(get_format(fmt).precisions)}")
 
 
@@ -122,7 +123,7 @@ def require(module: str, pip_name: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise RuntimeError(
+        raise StepFailed(
             f"{what} needs the '{module}' package ({exc}); install it with: pip install {pip_name} "
             "(or the workstation extra: pip install -e '.[train]')"
         ) from None
@@ -183,13 +184,13 @@ def converter_error(what: str, exc: BaseException, cap: _Captured | None = None)
 def calibration_batches(calib_images: np.ndarray | None, precision: str, batch_size: int) -> list[np.ndarray]:
     """uint8 calibration images -> float32 batches of raw pixel values 0..255 (the model input)."""
     if calib_images is None or len(calib_images) == 0:
-        raise ValueError(
+        raise UsageError(
             f"precision '{precision}' needs calibration images (the run's calibration split); none were given"
         )
     x = np.asarray(calib_images)
     if x.dtype != np.uint8:
         # Models take raw pixels 0..255; float images scaled to 0..1 would calibrate a useless range.
-        raise ValueError(f"calibration images must be uint8 pixels (N, H, W, C), got {x.dtype}")
+        raise UsageError(f"calibration images must be uint8 pixels (N, H, W, C), got {x.dtype}")
     if x.ndim == 3:
         x = x[..., None]
     x = x.astype(np.float32)
@@ -200,10 +201,10 @@ def model_input_shape(model) -> tuple[int, ...]:
     """(H, W, C) of a single-input NHWC Keras model."""
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
-        raise ValueError("only single-input Keras models can be exported (NHWC images)")
+        raise UsageError("only single-input Keras models can be exported (NHWC images)")
     shape = tuple(inputs[0].shape)[1:]
     if any(s is None for s in shape):
-        raise ValueError(f"the model input must have a fixed H, W, C; got {tuple(inputs[0].shape)}")
+        raise UsageError(f"the model input must have a fixed H, W, C; got {tuple(inputs[0].shape)}")
     return tuple(int(s) for s in shape)
 
 

@@ -20,6 +20,7 @@ from converters.formats import (
     quiet,
     require,
 )
+from edge.errors import StepFailed
 
 INPUT_NAME = "input"  # stable across every artifact, whatever the Keras Input layer is called
 OUTPUT_NAME = "logits"
@@ -44,7 +45,7 @@ def _tidy(model_proto):
     """Name the output 'logits' and the batch dimension 'batch' (tf2onnx leaves 'Identity:0', 'unk__N')."""
     graph = model_proto.graph
     if len(graph.input) != 1 or len(graph.output) != 1:
-        raise RuntimeError(f"expected one input and one output, got {len(graph.input)} and {len(graph.output)}")
+        raise StepFailed(f"expected one input and one output, got {len(graph.input)} and {len(graph.output)}")
     old = graph.output[0].name
     if old != OUTPUT_NAME:
         for node in graph.node:
@@ -54,9 +55,9 @@ def _tidy(model_proto):
     for vi in (graph.input[0], graph.output[0]):
         dims = vi.type.tensor_type.shape.dim
         if not dims:
-            raise RuntimeError(f"ONNX tensor '{vi.name}' has no shape")
+            raise StepFailed(f"ONNX tensor '{vi.name}' has no shape")
         if dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            raise RuntimeError(
+            raise StepFailed(
                 f"ONNX tensor '{vi.name}' has a fixed batch dimension {dims[0].dim_value}; "
                 "export with a None batch in the input signature"
             )
@@ -158,5 +159,5 @@ def export_onnx(
         try:
             onnx.checker.check_model(onnx.load_from_string(data))
         except Exception as exc:
-            raise RuntimeError(f"ONNX {precision} artifact fails onnx.checker: {exc}") from None
+            raise StepFailed(f"ONNX {precision} artifact fails onnx.checker: {exc}") from None
     return finish(filepath, data, "onnx", precision, t0)

@@ -17,6 +17,7 @@ from converters.formats import (
     quiet,
     require,
 )
+from edge.errors import StepFailed
 
 
 def _converter(model, precision: str, calib_images: np.ndarray | None):
@@ -84,7 +85,7 @@ def export_tflite(
         raise converter_error(f"TFLite {precision} conversion", exc, cap) from None
     batch_in, batch_out = _batch_signature(data)
     if batch_in != -1 or batch_out != -1:
-        raise RuntimeError(
+        raise StepFailed(
             f"TFLite {precision} artifact has a fixed batch dimension (input {batch_in}, output {batch_out}); "
             "build the Keras model with keras.Input(shape=(H, W, C)) so the batch stays None"
         )

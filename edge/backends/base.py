@@ -10,10 +10,11 @@ from typing import Callable
 import numpy as np
 
 from device_profiles import RuntimeSetting
+from edge.errors import EdgekitError, UsageError
 from edge.manifest import TensorSpec
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(EdgekitError, RuntimeError):
     """The runtime a backend wraps is not installed on this machine."""
 
 
@@ -87,7 +88,7 @@ def get_backend(name: str) -> Backend:
     if name in _CACHE:
         return _CACHE[name]
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backend '{name}'; available: {available_backends()}")
+        raise UsageError(f"unknown backend '{name}'; available: {available_backends()}")
     target = _REGISTRY[name]
     if callable(target):
         backend = target()

@@ -8,6 +8,7 @@ import numpy as np
 
 from device_profiles import RuntimeSetting
 from edge.backends.base import Backend, BackendUnavailable, LoadedModel
+from edge.errors import UsageError
 from edge.manifest import TensorSpec
 
 
@@ -62,7 +63,7 @@ class LiteRTModel(LoadedModel):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != np.dtype(self.input_spec.dtype):
-            raise ValueError(f"input dtype {batch.dtype} does not match the model's {self.input_spec.dtype}")
+            raise UsageError(f"input dtype {batch.dtype} does not match the model's {self.input_spec.dtype}")
         self._resize(int(batch.shape[0]))
         self._interp.set_tensor(self._in["index"], np.ascontiguousarray(batch))
         self._interp.invoke()
@@ -112,7 +113,7 @@ class LiteRTBackend(Backend):
             interp = self._mod.Interpreter(**kw)
             interp.allocate_tensors()
         except ValueError as exc:
-            raise ValueError(f"LiteRT could not load the model: {exc}") from None
+            raise UsageError(f"LiteRT could not load the model: {exc}") from None
         if provider == "xnnpack" and not _has_delegate_nodes(interp):
             # XNNPACK took none of the graph's ops: the builtin kernels run it, and the table should say so.
             provider = "builtin"

@@ -8,6 +8,7 @@ import numpy as np
 
 from device_profiles import RuntimeSetting
 from edge.backends.base import Backend, BackendUnavailable, LoadedModel
+from edge.errors import StepFailed, UsageError
 from edge.manifest import TensorSpec
 
 _ORT_TYPES = {
@@ -40,7 +41,7 @@ class OrtModel(LoadedModel):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != np.dtype(self.input_spec.dtype):
-            raise ValueError(f"input dtype {batch.dtype} does not match the model's {self.input_spec.dtype}")
+            raise UsageError(f"input dtype {batch.dtype} does not match the model's {self.input_spec.dtype}")
         return self._sess.run(self._names, {self._in.name: batch})[0]
 
     def set_input(self, batch: np.ndarray) -> None:
@@ -51,7 +52,7 @@ class OrtModel(LoadedModel):
 
     def output(self) -> np.ndarray:
         if self._last is None:
-            raise RuntimeError("output() called before invoke_prepared()")
+            raise StepFailed("output() called before invoke_prepared()")
         return self._last
 
     def close(self) -> None:
@@ -90,6 +91,6 @@ class OnnxRuntimeBackend(Backend):
         try:
             sess = ort.InferenceSession(src, sess_options=opts, providers=wanted)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph...)
-            raise ValueError(f"ONNX Runtime could not load the model: {exc}") from None
+            raise UsageError(f"ONNX Runtime could not load the model: {exc}") from None
         used = sess.get_providers()[0] if sess.get_providers() else "CPUExecutionProvider"
         return OrtModel(sess, used)
