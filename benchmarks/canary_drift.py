@@ -32,7 +32,7 @@ def score_bundle(bundle_path: str, profile_name: str | None, images: int) -> tup
     from device_profiles import host_profile_name, load_profile
     from edge.backends import get_backend
     from edge.bundle import open_bundle
-    from edge.canary import run_scores
+    from edge.tensors import scores as model_scores
 
     bundle = open_bundle(bundle_path)
     profile = load_profile(profile_name or host_profile_name())
@@ -46,7 +46,7 @@ def score_bundle(bundle_path: str, profile_name: str | None, images: int) -> tup
             continue
         model = get_backend(settings[0].backend).load(bundle.artifact_path(rec.artifact_id), settings[0])
         try:
-            scores[rec.artifact_id] = run_scores(model, x)
+            scores[rec.artifact_id] = model_scores(model, x)
             out = model.output_spec
             meta["artifacts"][rec.artifact_id] = {
                 "precision": rec.precision, "format": rec.format, "setting": settings[0].name,

@@ -24,7 +24,7 @@ from edge.errors import UsageError
 from edge.manifest import ArtifactRecord, variant_id
 from edge.memory import PeakRss
 from edge.table import LatencyRow, encode_correct
-from edge.tensors import dequantize_output, prepare_input
+from edge.tensors import prepare_input, scores
 
 DEFAULT_MIN_RUNS = 100
 DEFAULT_MIN_SECONDS = 2.0
@@ -79,14 +79,6 @@ def timed_loop(
     return np.asarray(samples, dtype=np.int64)
 
 
-def predict_scores(model: LoadedModel, x: np.ndarray, rec: ArtifactRecord, batch_size: int) -> np.ndarray:
-    """Dequantized scores for a prepared batch, ``batch_size`` at a time."""
-    outs = []
-    for i in range(0, len(x), batch_size):
-        raw = model.predict(x[i : i + batch_size])
-        outs.append(dequantize_output(np.asarray(raw), rec.output))
-    return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0), np.float32)
-
 
 def accuracy_of(
     load: Callable[[], LoadedModel],
@@ -101,18 +93,18 @@ def accuracy_of(
     if len(x) == 0:
         return float("nan"), 0, ""
     try:
-        scores = predict_scores(model, x, rec, batch_size)
+        out = scores(model, x, batch_size=batch_size, prepared=True)
     except Exception:
         # Some graphs have a fixed batch; the interpreter may be left unusable by the failed resize.
         model.close()
         model = load()
         try:
-            scores = predict_scores(model, x, rec, 1)
+            out = scores(model, x, batch_size=1, prepared=True)
         finally:
             model.close()
-    if scores.ndim != 2 or scores.shape[0] != len(y):
-        raise UsageError(f"{rec.artifact_id}: output shape {scores.shape} is not (N, classes)")
-    right = np.argmax(scores, axis=1) == y
+    if out.ndim != 2 or out.shape[0] != len(y):
+        raise UsageError(f"{rec.artifact_id}: output shape {out.shape} is not (N, classes)")
+    right = np.argmax(out, axis=1) == y
     return float(np.mean(right)), int(len(y)), encode_correct(right)
 
 

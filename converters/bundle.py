@@ -24,10 +24,11 @@ import numpy as np
 from device_profiles import DeviceProfile, RuntimeSetting, load_profile
 from edge.atomic import atomic_writer, read_json, sha256_bytes, sha256_file
 from edge.bundle import BUNDLE_VERSION, EVAL_NAME, MANIFEST_NAME, is_bundle_folder
-from edge.canary import CANARY_NAME, SCORES_PREFIX, run_scores
+from edge.canary import CANARY_NAME, SCORES_PREFIX
 from edge.errors import MissingError, UsageError
 from edge.formats import backend_for, get_format
 from edge.manifest import ArtifactRecord, Manifest, ManifestError
+from edge.tensors import scores
 from edge.textable import format_table
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -89,7 +90,7 @@ def _host_canary(rec: ArtifactRecord, data: bytes, images: np.ndarray) -> np.nda
             f"artifact {rec.artifact_id} does not load on this machine ({exc}); rerun 'edgekit convert'"
         ) from None
     with model:
-        return run_scores(model, images).astype(np.float32)
+        return scores(model, images).astype(np.float32)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> str:

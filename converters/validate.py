@@ -13,7 +13,7 @@ from edge.backends import get_backend
 from edge.errors import UsageError
 from edge.formats import backend_for
 from edge.manifest import ArtifactRecord
-from edge.tensors import dequantize_output, prepare_input
+from edge.tensors import scores
 
 DEFAULT_MAX_DROP = 2.0  # accuracy points an artifact may lose against its Keras source
 DEFAULT_BATCH = 256
@@ -73,11 +73,7 @@ def run_artifact(
     x = _as_images(images)
     backend = get_backend(setting.backend)
     with backend.load(Path(path), setting) as lm:
-        outs = []
-        for i in range(0, len(x), batch_size):
-            raw = lm.predict(prepare_input(x[i : i + batch_size], lm.input_spec))
-            outs.append(dequantize_output(raw, lm.output_spec))
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+        return scores(lm, x, batch_size=batch_size)
 
 
 def judge(accuracy: float, keras_accuracy: float, max_drop: float = DEFAULT_MAX_DROP) -> tuple[str, str]:

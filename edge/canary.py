@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.manifest import TensorSpec
-from edge.tensors import dequantize_output, prepare_input
+from edge.tensors import scores
 
 if TYPE_CHECKING:
     from edge.bundle import Bundle
@@ -62,19 +62,6 @@ def canary_tolerance(precision: str, host_scores: np.ndarray, output_spec: Tenso
     return tol
 
 
-def run_scores(loaded_model: Any, images: np.ndarray) -> np.ndarray:
-    """Dequantized float32 scores of ``loaded_model`` for uint8 images, one image at a time.
-
-    One at a time because some artifacts have a fixed batch of 1, and so the workstation and
-    the device run exactly the same computation.
-    """
-    rows = []
-    for i in range(len(images)):
-        x = prepare_input(images[i : i + 1], loaded_model.input_spec)
-        y = loaded_model.predict(x)
-        rows.append(dequantize_output(np.asarray(y), loaded_model.output_spec).reshape(1, -1))
-    return np.concatenate(rows, axis=0) if rows else np.zeros((0, 0), np.float32)
-
 
 def compare_scores(host: np.ndarray, device: np.ndarray, precision: str, output_spec: TensorSpec | None = None,
                    artifact_id: str = "") -> CanaryResult:
@@ -127,7 +114,7 @@ def check_canary(bundle: Bundle, artifact_id: str, loaded_model: Any) -> CanaryR
             skipped=True,
         )
     try:
-        device = run_scores(loaded_model, canary.images)
+        device = scores(loaded_model, canary.images)  # one image at a time, as the device runs it
     except Exception as exc:  # runtimes raise their own types; any of them means the self-check failed
         return CanaryResult(
             False, 0.0, float("inf"), f"{artifact_id}: canary images could not be run: {type(exc).__name__}: {exc}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -36,3 +36,21 @@ def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if spec.quantized:
         return (y.astype(np.float32) - cast(int, spec.zero_point)) * cast(float, spec.scale)
     return y.astype(np.float32)
+
+
+def scores(model: Any, images: np.ndarray, batch_size: int = 1, prepared: bool = False) -> np.ndarray:
+    """Dequantized float32 scores (N, classes) of a loaded model for uint8 NHWC images.
+
+    ``batch_size`` images per call (1 by default: some artifacts have a fixed batch of 1, and the
+    canary must run exactly what the device runs). ``prepared``: the images already went through
+    :func:`prepare_input` (the benchmark prepares them once, outside its timed loop). The daemon's
+    and the oracle's timed paths do not use this: they time the runtime call alone.
+    """
+    x = np.asarray(images)
+    outs = []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i : i + batch_size]
+        raw = model.predict(chunk if prepared else prepare_input(chunk, model.input_spec))
+        y = dequantize_output(np.asarray(raw), model.output_spec)
+        outs.append(y.reshape(1, -1) if len(chunk) == 1 else y)  # a batch-1 model may drop the batch axis
+    return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0), np.float32)

@@ -182,10 +182,10 @@ class BundleWriter:
         """
         from edge.atomic import atomic_write_bytes, sha256_bytes
         from edge.backends import get_backend
-        from edge.canary import run_scores
         from edge.formats import get_format
         from edge.manifest import ArtifactRecord, artifact_id
         from edge.tensors import dequantize_output, prepare_input
+        from edge.tensors import scores as model_scores
 
         aid = artifact_id(model_id, fmt, precision)
         rel = f"artifacts/{aid}.{get_format(fmt).extension}"
@@ -196,7 +196,7 @@ class BundleWriter:
                 scores = dequantize_output(m.predict(prepare_input(self.images, m.input_spec)), m.output_spec)
                 pred = np.argmax(scores, 1)
                 fields.update(host_accuracy=float(np.mean(pred == self.labels)), eval_count=int(len(self.labels)))
-            self.scores[aid] = run_scores(m, self.images[:CANARY_SIZE])
+            self.scores[aid] = model_scores(m, self.images[:CANARY_SIZE])
             if timing_runs:
                 timings = time_predict(m, self.images[:1], timing_runs)
             rec = ArtifactRecord(

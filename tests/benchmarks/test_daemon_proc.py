@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -42,7 +43,11 @@ def test_output_in_memory_cpus_nofile_env_and_cwd(tmp_path, monkeypatch):
                 env={"EDGEKIT_TOKEN": None}, cwd=tmp_path) as d:
         assert d.url == "http://127.0.0.1:8123" and (d.host, d.port) == ("127.0.0.1", 8123)
         assert f"cpus [{cpu}] nofile 256" in d.log and "token None" in d.log and str(tmp_path) in d.log
-        assert any("listening on" in line for line in d.stdout) and d.stderr == ["to stderr\n"]
+        assert any("listening on" in line for line in d.stdout)
+        deadline = time.monotonic() + 10  # stderr has its own reader thread: it may lag behind stdout
+        while not d.stderr and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert d.stderr == ["to stderr\n"]
         assert d.start() == d.url  # already started: the same URL, no second process
     assert d.proc.poll() is not None
 
