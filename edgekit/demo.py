@@ -39,6 +39,13 @@ def _stages(out: Path, profile: str, family: str, quick: bool, requests: int) ->
     table, selected = out / "table.json", out / "selected.json"
     ev_none, ev_half, ev_over = out / "eval-no-contention", out / "eval-contention", out / "eval-overload"
     bench_extra = ("--min-runs", "100", "--min-seconds", "1.0" if quick else "2.0")
+
+    def evaluate(name: str, dest: Path, extra: tuple[str, ...], what: str) -> Stage:
+        """One policy comparison on the same bundle, table and deadlines; ``extra`` sets the load."""
+        argv = ("evaluate", str(bundle), "--table", str(selected), "--profile", profile, "--count", str(requests),
+                "--deadline", "auto", *extra, "--out", str(dest))
+        return Stage(name, argv, (str(dest / "results.json"),), what)
+
     return [
         Stage("train", ("train", str(run), "--family", family), (), "train the demo family on Fashion-MNIST"),
         Stage(
@@ -72,67 +79,17 @@ def _stages(out: Path, profile: str, family: str, quick: bool, requests: int) ->
             (str(selected),),
             "keep the monotonic (Pareto) subset",
         ),
-        Stage(
-            "evaluate",
-            (
-                "evaluate",
-                str(bundle),
-                "--table",
-                str(selected),
-                "--profile",
-                profile,
-                "--count",
-                str(requests),
-                "--deadline",
-                "auto",
-                "--contention",
-                "none",
-                "--out",
-                str(ev_none),
-            ),
-            (str(ev_none / "results.json"),),
-            "compare policies without contention",
-        ),
-        Stage(
+        evaluate("evaluate", ev_none, ("--contention", "none"), "compare policies without contention"),
+        evaluate(
             "evaluate-contention",
-            (
-                "evaluate",
-                str(bundle),
-                "--table",
-                str(selected),
-                "--profile",
-                profile,
-                "--count",
-                str(requests),
-                "--deadline",
-                "auto",
-                "--contention",
-                CONTENTION,
-                "--out",
-                str(ev_half),
-            ),
-            (str(ev_half / "results.json"),),
+            ev_half,
+            ("--contention", CONTENTION),
             "compare policies with the daemon throttled (the kernel's CPU quota) for the middle half of the run",
         ),
-        Stage(
+        evaluate(
             "evaluate-overload",
-            (
-                "evaluate",
-                str(bundle),
-                "--table",
-                str(selected),
-                "--profile",
-                profile,
-                "--count",
-                str(requests),
-                "--deadline",
-                "auto",
-                "--arrival",
-                "overload:1.2",
-                "--out",
-                str(ev_over),
-            ),
-            (str(ev_over / "results.json"),),
+            ev_over,
+            ("--arrival", "overload:1.2"),
             "open-loop Poisson arrivals at 1.2x the most accurate variant's capacity: goodput",
         ),
     ]

@@ -13,42 +13,43 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("board_check", REPO / "scripts/board_check.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / f"scripts/{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["board_check"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
 
 
-bc = _load()
+root = _load("board_root")  # the emulated root: preconditions, debootstrap, mounts, chroot
+bc = _load("board_check")  # the checks and the report
 
 
 def test_not_root_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(bc.BoardCheckError, match="must run as root.*sudo make board-check"):
-        bc.check_host()
+    with pytest.raises(root.BoardCheckError, match="must run as root.*sudo make board-check"):
+        root.check_host()
 
 
 def test_missing_tools_without_apt_get_say_which_packages(monkeypatch):
-    monkeypatch.setattr(bc.shutil, "which", lambda exe: None)
-    with pytest.raises(bc.BoardCheckError, match="qemu-user-static.*debootstrap|binfmt-support.*qemu-user-static"):
-        bc.ensure_tools(native=False)
+    monkeypatch.setattr(root.shutil, "which", lambda exe: None)
+    with pytest.raises(root.BoardCheckError, match="qemu-user-static.*debootstrap|binfmt-support.*qemu-user-static"):
+        root.ensure_tools(native=False)
 
 
 def test_binfmt_that_cannot_be_mounted_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(bc, "BINFMT", tmp_path / "binfmt_misc")  # no 'register' file: not mounted
+    monkeypatch.setattr(root, "BINFMT", tmp_path / "binfmt_misc")  # no 'register' file: not mounted
 
     def refuse(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 32, "", "mount: permission denied")
 
-    monkeypatch.setattr(bc.subprocess, "run", refuse)
-    with pytest.raises(bc.BoardCheckError, match="cannot mount binfmt_misc.*permission denied.*privileged"):
-        bc.ensure_binfmt()
+    monkeypatch.setattr(root.subprocess, "run", refuse)
+    with pytest.raises(root.BoardCheckError, match="cannot mount binfmt_misc.*permission denied.*privileged"):
+        root.ensure_binfmt()
 
 
 def test_the_arm_cpuinfo_names_no_board():
-    info = bc.pi_like_cpuinfo(2)
+    info = root.pi_like_cpuinfo(2)
     assert info.count("processor\t:") == 2 and "CPU part\t: 0xd08" in info  # Cortex-A72
     assert "Raspberry" not in info and "Model" not in info
 
