@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from edge.manifest import TensorSpec
+from edge.manifest import ArtifactRecord, TensorSpec
 from edge.tensors import scores
-
-if TYPE_CHECKING:
-    from edge.bundle import Bundle
 
 CANARY_NAME = "canary.npz"
 SCORES_PREFIX = "scores/"
@@ -102,7 +99,15 @@ def compare_scores(host: np.ndarray, device: np.ndarray, precision: str, output_
     return CanaryResult(ok, frac, diff, msg, tolerance=tol, near_ties=int(near_tie.sum()))
 
 
-def check_canary(bundle: Bundle, artifact_id: str, loaded_model: Any) -> CanaryResult:
+class CanarySource(Protocol):
+    """What the canary check reads from a bundle (edge.bundle.Bundle)."""
+
+    def artifact(self, artifact_id: str) -> ArtifactRecord: ...
+
+    def canary(self) -> Canary: ...
+
+
+def check_canary(bundle: CanarySource, artifact_id: str, loaded_model: Any) -> CanaryResult:
     """Run the canary images through ``loaded_model`` and compare with the workstation's scores."""
     rec = bundle.artifact(artifact_id)
     canary = bundle.canary()

@@ -11,6 +11,7 @@ connections, and the limits and deadlines it applies, are ``edge.transport``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import re
 import socket
@@ -20,12 +21,11 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import httptools
 
-if TYPE_CHECKING:
-    from edge.transport import Server
+from edge.errors import UsageError
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
 _TS = struct.Struct("@ll")  # struct timespec
@@ -65,6 +65,42 @@ class App(Protocol):
         """Answer ``req`` now or later with ``conn.respond``, exactly once."""
 
     def error_body(self, message: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    max_connections: int = 512
+    max_body_bytes: int = 8 << 20
+    max_header_bytes: int = 16 << 10
+    max_headers: int = 64
+    header_timeout_s: float = 5.0
+    body_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    write_timeout_s: float = 10.0
+    max_pipelined: int = 4
+
+    def __post_init__(self) -> None:
+        for k in ("max_connections", "max_body_bytes", "max_header_bytes", "max_headers", "max_pipelined"):
+            if int(getattr(self, k)) < 1:
+                raise UsageError(f"{k} must be at least 1")
+        for k in ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "write_timeout_s"):
+            v = float(getattr(self, k))
+            if not 0 < v < 1e6:
+                raise UsageError(f"{k} must be a positive number of seconds")
+
+
+class Host(Protocol):
+    """What a connection needs from the listener that accepted it (edge.transport.Server)."""
+
+    app: App
+    loop: asyncio.AbstractEventLoop
+    limits: TransportLimits
+    draining: bool
+    realtime_offset_ns: int
+
+    def on_refused(self, status: int) -> None: ...
+
+    def forget(self, conn: "Connection") -> None: ...
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -112,7 +148,7 @@ class Connection:
                  "_url", "_headers", "_hbytes", "_body", "_keep", "_stamp", "_stamp_read",
                  "linger_until", "linger_left")
 
-    def __init__(self, server: "Server", sock: socket.socket):
+    def __init__(self, server: Host, sock: socket.socket):
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()

@@ -28,39 +28,15 @@ import errno
 import resource
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from edge.connection import SO_TIMESTAMPNS, App, Connection
-from edge.errors import UsageError
+from edge.connection import SO_TIMESTAMPNS, App, Connection, TransportLimits
 
 FD_RESERVE = 64  # descriptors kept free for model files, table reloads and logs
 
 
 def _realtime_offset_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-@dataclass(frozen=True)
-class TransportLimits:
-    max_connections: int = 512
-    max_body_bytes: int = 8 << 20
-    max_header_bytes: int = 16 << 10
-    max_headers: int = 64
-    header_timeout_s: float = 5.0
-    body_timeout_s: float = 10.0
-    idle_timeout_s: float = 60.0
-    write_timeout_s: float = 10.0
-    max_pipelined: int = 4
-
-    def __post_init__(self) -> None:
-        for k in ("max_connections", "max_body_bytes", "max_header_bytes", "max_headers", "max_pipelined"):
-            if int(getattr(self, k)) < 1:
-                raise UsageError(f"{k} must be at least 1")
-        for k in ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "write_timeout_s"):
-            v = float(getattr(self, k))
-            if not 0 < v < 1e6:
-                raise UsageError(f"{k} must be a positive number of seconds")
 
 
 class Server:
