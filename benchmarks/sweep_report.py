@@ -109,7 +109,8 @@ def plot(pts: Sequence[Point], front: Sequence[str], x: str, path: Path, title: 
     mask = np.array([p.name in on for p in pts])
     ax.scatter(xs[~mask], ys[~mask], s=12, c="tab:gray", alpha=0.6, label=f"off the front ({int((~mask).sum())})")
     order = np.argsort(xs[mask])
-    ax.plot(xs[mask][order], ys[mask][order], "-o", c="tab:red", ms=5, label=f"latency front ({int(mask.sum())})")
+    front_name = "MACs front" if x == "macs" else f"{QUANTILE} latency front"
+    ax.plot(xs[mask][order], ys[mask][order], "-o", c="tab:red", ms=5, label=f"{front_name} ({int(mask.sum())})")
     ax.set_xscale("log")
     ax.set_xlabel("multiply-accumulates per image" if x == "macs" else f"{QUANTILE} latency (ms)")
     ax.set_ylabel("top-1 accuracy (%)")
