@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.converters.formats import fashion_subset, tiny_model
+from tests.converters.test_datasets import write_idx_set
+from tests.converters.test_train import TINY_FAMILY
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +21,19 @@ def data():
 def model():
     """tests.converters.formats.tiny_model(): shared, do not modify it."""
     return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A tiny Fashion-MNIST-format dataset (300 train, 60 test images) written as gzipped IDX files."""
+    d = tmp_path_factory.mktemp("fm")
+    write_idx_set(d, n_train=300, n_test=60, gz=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> Path:
+    """tests.converters.test_train.TINY_FAMILY as a family file."""
+    p = tmp_path_factory.mktemp("fam") / "tiny.toml"
+    p.write_text(TINY_FAMILY)
+    return p

@@ -28,25 +28,12 @@ from converters.train_options import Schedule, SplitOptions, TrainOptions
 from edge.atomic import sha256_file
 from edgekit.cli import main
 from tests.converters.test_convert import ONE_TARGET_PROFILE
-from tests.converters.test_datasets import write_idx_set
 from tests.converters.test_train import TINY_FAMILY, check_run_folder
 
 needs_ray = pytest.mark.skipif(find_spec("ray") is None, reason="Ray is not installed (the cluster extra)")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("fm")
-    write_idx_set(d, n_train=300, n_test=60, gz=True)
-    return d
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("fam") / "tiny.toml"
-    p.write_text(TINY_FAMILY)
-    return p
 
 
 def opts(run_dir: Path, family: Path, data_dir: Path, ray: rs.RayOptions | None, **kw) -> TrainOptions:

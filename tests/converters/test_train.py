@@ -18,7 +18,7 @@ import pytest
 from converters import train as tr
 from converters.run_folder import MODEL_TMP_PREFIX
 from converters.train_options import QUICK, QUICK_SPLITS, Schedule, SplitOptions, TrainOptions
-from tests.converters.test_datasets import REAL_FASHION, write_idx_set
+from tests.converters.test_datasets import REAL_FASHION
 
 TINY_FAMILY = """
 name = "tiny"
@@ -37,18 +37,6 @@ KEYS_TRAIN = {"model_id", "epochs", "wall_s", "test_accuracy", "val_accuracy", "
 KEYS_RUN = {"dataset", "data_dir", "family", "seed", "splits", "input_shape", "class_names"}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("fm")
-    write_idx_set(d, n_train=300, n_test=60, gz=True)
-    return d
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("fam") / "tiny.toml"
-    p.write_text(TINY_FAMILY)
-    return p
 
 
 def opts(run_dir: Path, family: Path, data_dir: Path | None, **kw) -> TrainOptions:

@@ -22,19 +22,6 @@ from tests.edge._daemon_http import (
     infer_doc,
     jcall,
 )
-from tests.edge._fixtures import edge_fixture, start_daemon
-
-
-@pytest.fixture(scope="module")
-def fx():
-    return edge_fixture()
-
-
-@pytest.fixture(scope="module")
-def srv(fx):
-    d = start_daemon()
-    yield d
-    d.stop()
 
 # ----------------------------------------------------------------------------- startup and metadata
 
@@ -167,45 +154,8 @@ def test_keep_alive_survives_errors(srv):
 
 
 
-def _mut(f):
-    d = json.loads(json.dumps(VALID))
-    f(d)
-    return json.dumps(d).encode()
-
-
-MALFORMED = {
-    "bad json": (b'{"inputs": [', 400, "not valid JSON"),
-    "not an object": (b"[1, 2]", 400, "JSON object"),
-    "empty body": (b"", 400, "empty body"),
-    "not utf8": (b"\xff\xfe\x00", 400, "UTF-8"),
-    "NaN literal": (json.dumps(VALID).replace('"data": [0', '"data": [NaN').encode(), 400, "NaN"),
-    "overflow to inf in FP32": (_mut(lambda d: d["inputs"][0].update(datatype="FP32")).replace(b"[0,", b"[1e999,", 1)
-                                .replace(b"[0, ", b"[1e999, ", 1), 400, "NaN or infinite"),
-    "missing deadline": (_mut(lambda d: d.update(parameters={})), 400, "missing parameters.deadline_ms"),
-    "negative deadline": (_mut(lambda d: d["parameters"].update(deadline_ms=-5)), 400, "> 0"),
-    "zero deadline": (_mut(lambda d: d["parameters"].update(deadline_ms=0)), 400, "> 0"),
-    "string deadline": (_mut(lambda d: d["parameters"].update(deadline_ms="10")), 400, "must be a number"),
-    "bool deadline": (_mut(lambda d: d["parameters"].update(deadline_ms=True)), 400, "must be a number"),
-    "huge deadline": (_mut(lambda d: d["parameters"].update(deadline_ms=1e12)), 400, "relative"),
-    "parameters not object": (_mut(lambda d: d.update(parameters=[1])), 400, "'parameters' must be an object"),
-    "no inputs": (_mut(lambda d: d.pop("inputs")), 400, "'inputs'"),
-    "two inputs": (_mut(lambda d: d["inputs"].append(d["inputs"][0])), 400, "exactly one input"),
-    "wrong input name": (_mut(lambda d: d["inputs"][0].update(name="x")), 400, "unknown input"),
-    "wrong dtype": (_mut(lambda d: d["inputs"][0].update(datatype="INT32")), 400, "datatype"),
-    "wrong shape": (_mut(lambda d: d["inputs"][0].update(shape=[1, 32, 32, 3])), 400, "does not match"),
-    "batch of 2": (_mut(lambda d: d["inputs"][0].update(shape=[2, H, W, C])), 400, "batch size must be 1"),
-    "shape not ints": (_mut(lambda d: d["inputs"][0].update(shape=["a"])), 400, "list of integers"),
-    "too few values": (_mut(lambda d: d["inputs"][0].update(data=[1, 2, 3])), 400, "has 3 values"),
-    "string values": (_mut(lambda d: d["inputs"][0].update(data=["x"] * (H * W * C))), 400, "only numbers"),
-    "ragged": (_mut(lambda d: d["inputs"][0].update(data=[[1, 2], [3]])), 400, "ragged"),
-    "uint8 out of range": (_mut(lambda d: d["inputs"][0]["data"].__setitem__(0, 300)), 400, "0..255"),
-    "uint8 fraction": (_mut(lambda d: d["inputs"][0]["data"].__setitem__(0, 1.5)), 400, "integers"),
-    "fp32 out of range": (_mut(lambda d: d["inputs"][0].update(datatype="FP32", data=[-1.0] * (H * W * C))), 400, "0..255"),
-    "no data": (_mut(lambda d: d["inputs"][0].pop("data")), 400, "no 'data'"),
-    "unknown output": (_mut(lambda d: d.update(outputs=[{"name": "probs"}])), 400, "unknown output"),
-    "id not string": (_mut(lambda d: d.update(id=5)), 400, "'id' must be a string"),
-    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, 400, ""),
-}
+# The codec's malformed-request table (tests/edge/test_protocol.py), here sent over HTTP.
+from tests.edge.test_protocol import MALFORMED  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))

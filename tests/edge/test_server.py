@@ -23,20 +23,7 @@ from tests.edge._daemon_http import (
     infer_doc,
     jcall,
 )
-from tests.edge._fixtures import DaemonProc, copy_bundle, edge_fixture, start_daemon
-
-
-@pytest.fixture(scope="module")
-def fx():
-    return edge_fixture()
-
-
-@pytest.fixture(scope="module")
-def srv(fx):
-    d = start_daemon()
-    yield d
-    d.stop()
-
+from tests.edge._fixtures import DaemonProc, copy_bundle, start_daemon
 
 # ----------------------------------------------------------------------------- policies, queue, EDF
 
