@@ -63,6 +63,7 @@ from converters.specs import (
     HEADS,
     POOLS,
     PREPROCESS,
+    RECIPES,
     VIP_PATTERNS,
     FamilyError,
     ModelSpec,
@@ -91,6 +92,8 @@ _SPACE_KEYS = {
     "dense": "int",
     "dropout": "num",
     "head": "str",
+    "batch_norm": "bool",
+    "recipe": "str",
 }
 _SPACE_DEFAULTS = {
     "convs": [1], "kernel": [3], "pool": ["max"], "vip": ["none"], "psconv": [False],
@@ -235,7 +238,7 @@ def _axis(key: str, raw: Any, where: str) -> tuple:
             elif key == "growth" and v <= 0:
                 bad = "a positive number"
         elif kind == "str":
-            allowed = POOLS if key == "pool" else HEADS
+            allowed = {"pool": POOLS, "head": HEADS, "recipe": ("", *RECIPES)}[key]  # recipe "": the run's
             if v not in allowed:
                 bad = f"one of {list(allowed)}"
         elif kind == "bool":

@@ -50,12 +50,17 @@ def build_model(
     for p in spec.conv_plan((h, w)):
         tag = f"b{p['block'] + 1}c{p['conv'] + 1}"
         stride = p["stride"] * (2 if p["vip"] else 1)
+        # With batch norm: conv (no bias) -> BN -> ReLU; the converters fold BN into the conv.
+        act, bias = (None, False) if spec.batch_norm else ("relu", True)
         if p["psconv"]:
-            x = PSConv2D(p["filters"], strides=stride, activation="relu", implementation=psconv_implementation,
-                         name=f"{tag}_psconv")(x)
+            x = PSConv2D(p["filters"], strides=stride, activation=act, use_bias=bias,
+                         implementation=psconv_implementation, name=f"{tag}_psconv")(x)
         else:
-            x = keras.layers.Conv2D(p["filters"], spec.kernel, strides=stride, padding="same", activation="relu",
-                                    name=f"{tag}_conv")(x)
+            x = keras.layers.Conv2D(p["filters"], spec.kernel, strides=stride, padding="same", activation=act,
+                                    use_bias=bias, name=f"{tag}_conv")(x)
+        if spec.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"{tag}_bn")(x)
+            x = keras.layers.ReLU(name=f"{tag}_relu")(x)
         if p["vip"]:
             # Virtual pooling: the conv ran at twice its stride; interpolate back to its nominal size.
             oh, ow = p["out_hw"]
@@ -88,9 +93,13 @@ def _outputs_probabilities(model) -> bool:
 
 
 def _view(x, view: str, i: int):
-    """``x`` (N, H, W, C) seen as ``view``: itself, or moved one pixel (zero filled) by padding and cropping."""
+    """``x`` (N, H, W, C) seen as ``view``: itself, mirrored, or moved one pixel (zero filled) by padding and cropping."""
     import keras
 
+    from converters.layers import Flip
+
+    if view == "flip":
+        return Flip(name=f"view_flip_{i}")(x)
     pad, crop = {
         "left": (((0, 0), (0, 1)), ((0, 0), (1, 0))),
         "right": (((0, 0), (1, 0)), ((0, 0), (0, 1))),
@@ -126,13 +135,17 @@ def build_ensemble(members: Sequence, name: str | None = None, views: Sequence[s
     if len(in_shapes) != 1 or len(out_shapes) != 1 or any(len(m.inputs) != 1 or len(m.outputs) != 1 for m in members):
         raise FamilyError(f"ensemble members must share one input and one output shape, got inputs {sorted(in_shapes)} "
                           f"and outputs {sorted(out_shapes)}")
+    for m in members:
+        m.trainable = False  # an ensemble is built, never trained: batch norm stays on its moving statistics
     inp = keras.Input(shape=next(iter(in_shapes)), dtype="float32", name="input")
     probs = []
     views = check_views(list(views), "views")
     for vi, view in enumerate(views):
         x = _view(inp, view, vi)
         for i, m in enumerate(members):
-            y = m(x)
+            # Members always run in inference mode (batch norm on its moving statistics); without the
+            # explicit flag Keras' ONNX export traced nested batch-norm members with batch statistics.
+            y = m(x, training=False)
             if not _outputs_probabilities(m):
                 y = keras.layers.Softmax(name=f"softmax_{i}" if vi == 0 else f"softmax_{i}_{view}")(y)
             probs.append(y)

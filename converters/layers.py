@@ -260,6 +260,21 @@ class PSConv2D(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="edgekit")
+class Flip(keras.layers.Layer):
+    """The left-right mirror of an (N, H, W, C) input: an ensemble's "flip" test-time view.
+
+    A layer of its own (no Lambda, so models load with safe_mode); it runs as a reverse op in
+    LiteRT and ONNX.
+    """
+
+    def call(self, inputs):
+        return keras.ops.flip(inputs, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def custom_objects() -> dict:
     """Every custom layer, under its registered name and its class name, for keras.saving.load_model."""
-    return {"edgekit>PSConv2D": PSConv2D, "PSConv2D": PSConv2D}
+    return {"edgekit>PSConv2D": PSConv2D, "PSConv2D": PSConv2D, "edgekit>Flip": Flip, "Flip": Flip}

@@ -21,6 +21,9 @@ POOLS = ("max", "avg", "stride", "none")
 HEADS = ("gap", "flatten")
 PREPROCESS = ("rescale", "standardize")
 VIP_PATTERNS = ("none", "first", "last", "all", "alt")
+# Named training recipes a spec may ask for instead of its run's schedule (defined in
+# converters.train_options.RECIPES); "" means the run's schedule.
+RECIPES = ("long",)
 
 
 class FamilyError(EdgekitError, ValueError):
@@ -48,6 +51,8 @@ class ModelSpec:
     preprocess: str = "rescale"
     mean: tuple[float, ...] = ()  # standardize only, pixel units, one value or one per channel
     std: tuple[float, ...] = ()
+    batch_norm: bool = False  # conv -> batch norm -> ReLU (folded into the conv when converted)
+    recipe: str = ""  # a named training recipe (RECIPES) instead of the run's schedule
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass normalisation)
@@ -72,6 +77,12 @@ class ModelSpec:
         if not isinstance(self.psconv, (bool, int)) or self.psconv not in (0, 1, True, False):
             raise FamilyError(f"psconv: must be true or false, got {self.psconv!r}")
         set_("psconv", bool(self.psconv))
+        if not isinstance(self.batch_norm, (bool, int)) or self.batch_norm not in (0, 1, True, False):
+            raise FamilyError(f"batch_norm: must be true or false, got {self.batch_norm!r}")
+        set_("batch_norm", bool(self.batch_norm))
+        if self.recipe != "" and self.recipe not in RECIPES:
+            raise FamilyError(f"recipe: must be one of {list(RECIPES)}, or left out for the run's schedule; "
+                              f"got {self.recipe!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise FamilyError(f"dropout: must be a number in [0, 1), got {self.dropout!r}")
         set_("dropout", float(self.dropout))
@@ -117,6 +128,10 @@ class ModelSpec:
             parts.append(self.head)
         if self.preprocess == "standardize":
             parts.append("std" + "_".join(f"{m:g}" for m in self.mean) + "_" + "_".join(f"{s:g}" for s in self.std))
+        if self.batch_norm:
+            parts.append("bn")
+        if self.recipe:
+            parts.append(self.recipe)
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,7 +314,8 @@ ENSEMBLE_COMBINE = "mean_softmax"
 ENSEMBLE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 # Test-time views each member also sees: the image itself and its 1-pixel translations (label
 # preserving on Fashion-MNIST), built from padding and cropping so any runtime runs them.
-ENSEMBLE_VIEWS = ("id", "left", "right", "up", "down")
+# "flip" is the left-right mirror (label preserving on Fashion-MNIST's clothes).
+ENSEMBLE_VIEWS = ("id", "left", "right", "up", "down", "flip")
 
 
 def check_views(views: Any, where: str) -> tuple[str, ...]:

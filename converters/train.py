@@ -183,7 +183,9 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
                 todo.append(spec)
         print(f"edgekit train: {len(specs)} spec(s) of family {opts.family!r} on {opts.dataset} "
               f"({len(splits.x_train)} train / {len(splits.x_val)} val / {len(splits.x_test)} test images, "
-              f"{opts.schedule.mode}: <= {opts.schedule.epochs} epochs, batch {opts.schedule.batch_size}); "
+              f"{opts.schedule.mode}: <= {opts.schedule.epochs} epochs, batch {opts.schedule.batch_size}"
+              + (f", {opts.schedule.train_images} of the training images each" if opts.schedule.train_images else "")
+              + "".join(f"; {n} with recipe {r!r}" for r, n in _recipe_counts(specs).items()) + "); "
               f"{len(specs) - len(todo)} already finished, {len(todo)} to train"
               + (f"; then {len(family.ensembles)} [[ensemble]] declaration(s)" if family.ensembles else ""),
               file=out, flush=True)
@@ -277,7 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--sample", type=_positive_int, help="train N specs drawn at random (seeded by --seed)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help=f"(default) {QUICK_SPLITS.limit_train} training images, <= {QUICK.epochs} epochs")
+                      help=f"(default) {QUICK.train_images} training images per spec, <= {QUICK.epochs} epochs")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help=f"all training images, <= {FULL.epochs} epochs, early stopping patience {FULL.patience}")
     parser.set_defaults(mode="quick")
@@ -288,7 +290,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-train", type=_positive_int,
                         help="use N training images (a seeded subset, before the validation split)")
     parser.add_argument("--limit-test", type=_positive_int, help="evaluate on N test images (a seeded subset)")
-    parser.add_argument("--all-train", action="store_true", help="use every training image (quick mode too)")
+    parser.add_argument("--all-train", action="store_true",
+                        help="train every spec on every training image (quick mode too)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the training images")
     parser.add_argument("--calib-size", type=int, default=500, help="int8 calibration images (from the train part)")
     parser.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and weights (default 0)")
@@ -296,6 +299,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="if RUN was trained with other settings, delete its models and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray_sweep.add_arguments(parser, what="spec")
+
+
+def _recipe_counts(specs) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for spec in specs:
+        if spec.recipe:
+            counts[spec.recipe] = counts.get(spec.recipe, 0) + 1
+    return counts
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
@@ -306,6 +317,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         patience=args.patience or base.patience,
         batch_size=args.batch_size or base.batch_size,
         learning_rate=args.learning_rate or base.learning_rate,
+        train_images=None if args.all_train else base.train_images,
     )
     limit_train = None if args.all_train else (args.limit_train or base_splits.limit_train)
     splits = SplitOptions(val_fraction=args.val_fraction, calib_size=args.calib_size,

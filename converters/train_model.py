@@ -15,7 +15,7 @@ from converters import ray_sweep
 from converters.keras_build import build_model, count_params_macs, load_keras_model
 from converters.ray_sweep import RayOptions
 from converters.run_folder import MODEL_FILE, MODEL_FILES, MODEL_TMP_PREFIX, MODEL_TMP_SUFFIX, SPEC_FILE, TRAIN_FILE
-from converters.train_options import Schedule
+from converters.train_options import RECIPES, Schedule
 from edge.atomic import atomic_write_json
 from edge.errors import StepFailed
 
@@ -25,8 +25,11 @@ def model_seed(seed: int, model_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(model_id.encode())) % (2**31 - 1)
 
 
-def tf_dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle_seed: int | None):
-    """(x, y) as a batched float32 tf.data pipeline, reshuffled each epoch with ``shuffle_seed`` (None: in order)."""
+def tf_dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle_seed: int | None, augment: str = "none"):
+    """(x, y) as a batched float32 tf.data pipeline, reshuffled each epoch with ``shuffle_seed`` (None: in order).
+
+    ``augment="flip"`` mirrors each image left-right with probability 1/2 (seeded by ``shuffle_seed``).
+    """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
@@ -34,7 +37,45 @@ def tf_dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle_seed: int | Non
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
     # Images stay uint8 in memory; models take float32 0..255 and normalise inside the graph.
     ds = ds.batch(batch).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment == "flip":
+        ds = ds.map(lambda a, b: (_flip_half(a, shuffle_seed), b), num_parallel_calls=tf.data.AUTOTUNE)
+    elif augment != "none":
+        raise ValueError(f"unknown augmentation {augment!r}")
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _flip_half(images, seed: int | None):
+    """Each image of an (N, H, W, C) batch mirrored left-right with probability 1/2."""
+    import tensorflow as tf
+
+    coin = tf.random.uniform((tf.shape(images)[0], 1, 1, 1), seed=seed) < 0.5
+    return tf.where(coin, tf.reverse(images, axis=[2]), images)
+
+
+def train_subset(splits, schedule: Schedule, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training images ``schedule`` uses: all of the run's, or a subset seeded by the run's seed alone
+    (so every spec of the schedule sees the same images)."""
+    n = len(splits.x_train)
+    if schedule.train_images is None or schedule.train_images >= n:
+        return splits.x_train, splits.y_train
+    idx = np.sort(np.random.default_rng([int(seed), 0x5EB5E7]).choice(n, size=schedule.train_images, replace=False))
+    return splits.x_train[idx], splits.y_train[idx]
+
+
+def spec_schedule(spec, schedule: Schedule) -> Schedule:
+    """The schedule ``spec`` trains with: its named recipe if it has one, else the run's."""
+    return RECIPES[spec.recipe] if getattr(spec, "recipe", "") else schedule
+
+
+def _optimizer(schedule: Schedule, steps_per_epoch: int):
+    import keras
+
+    lr: Any = schedule.learning_rate
+    if schedule.decay == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(schedule.learning_rate, max(1, schedule.epochs * steps_per_epoch))
+    if schedule.weight_decay > 0:
+        return keras.optimizers.AdamW(lr, weight_decay=schedule.weight_decay)
+    return keras.optimizers.Adam(lr)
 
 
 def _epoch_logger(model_id: str, epochs: int, write):
@@ -65,9 +106,10 @@ def _save_model_atomically(model, model_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def run_fields(seed: int, splits, schedule: Schedule) -> dict[str, Any]:
+def run_fields(seed: int, splits, schedule: Schedule, train_images: int | None = None) -> dict[str, Any]:
     """What every train.json records about the run it came from; ``finished`` is written last."""
-    return {"seed": seed, "train_images": int(len(splits.x_train)), "test_images": int(len(splits.x_test)),
+    n = len(splits.x_train) if train_images is None else train_images
+    return {"seed": seed, "train_images": int(n), "test_images": int(len(splits.x_test)),
             "schedule": dataclasses.asdict(schedule), "finished": True}
 
 
@@ -101,12 +143,14 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(model_dir / SPEC_FILE, spec.to_dict())
 
+    schedule = spec_schedule(spec, schedule)
+    x_train, y_train = train_subset(splits, schedule, seed)
     model = build_model(spec, input_shape=splits.input_shape, num_classes=splits.num_classes)
     params, macs = count_params_macs(model)
-    model.compile(optimizer=keras.optimizers.Adam(schedule.learning_rate),
+    model.compile(optimizer=_optimizer(schedule, -(-len(x_train) // schedule.batch_size)),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    train_ds = tf_dataset(splits.x_train, splits.y_train, schedule.batch_size, shuffle_seed=mseed)
+    train_ds = tf_dataset(x_train, y_train, schedule.batch_size, shuffle_seed=mseed, augment=schedule.augment)
     val_ds = tf_dataset(splits.x_val, splits.y_val, 512, shuffle_seed=None)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=schedule.patience,
                                          restore_best_weights=True)
@@ -129,7 +173,7 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
         "params": int(params),
         "macs": int(macs),
         "model_seed": mseed,
-        **run_fields(seed, splits, schedule),
+        **run_fields(seed, splits, schedule, train_images=len(x_train)),
     }
     atomic_write_json(model_dir / TRAIN_FILE, record)
     keras.backend.clear_session()

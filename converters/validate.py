@@ -15,7 +15,11 @@ from edge.formats import backend_for
 from edge.manifest import ArtifactRecord
 from edge.tensors import scores
 
-DEFAULT_MAX_DROP = 2.0  # accuracy points an artifact may lose against its Keras source
+DEFAULT_MAX_DROP = 2.0  # accuracy points an artifact may lose (or gain) against its Keras source
+# Top-1 agreement with the Keras source below this rejects an artifact whatever its accuracy. Trained
+# models' int8 artifacts agree on 99 % or more; a batch-norm ensemble exported with batch statistics
+# agreed on 44 % while its accuracy moved the other way.
+MIN_AGREEMENT = 0.90
 DEFAULT_BATCH = 256
 NONFINITE_REASON = "the artifact produced NaN or infinite outputs"
 
@@ -76,13 +80,26 @@ def run_artifact(
         return scores(lm, x, batch_size=batch_size)
 
 
-def judge(accuracy: float, keras_accuracy: float, max_drop: float = DEFAULT_MAX_DROP) -> tuple[str, str]:
-    """(status, reason): rejected when the artifact is more than ``max_drop`` points below Keras."""
+def judge(accuracy: float, keras_accuracy: float, max_drop: float = DEFAULT_MAX_DROP,
+          agreement: float | None = None) -> tuple[str, str]:
+    """(status, reason): rejected when the artifact is more than ``max_drop`` points below Keras, as many
+    points above it, or agrees with its top-1 on fewer than MIN_AGREEMENT of the images: either way it
+    does not compute its Keras source's function."""
     drop = 100.0 * (keras_accuracy - accuracy)
     if drop > max_drop + 1e-9:
         return "rejected", (
             f"accuracy {100 * accuracy:.2f}% is {drop:.2f} points below the Keras model's "
             f"{100 * keras_accuracy:.2f}% (max drop {max_drop:.2f})"
+        )
+    if -drop > max_drop + 1e-9:
+        return "rejected", (
+            f"accuracy {100 * accuracy:.2f}% is {-drop:.2f} points above the Keras model's "
+            f"{100 * keras_accuracy:.2f}% (max change {max_drop:.2f}): the artifact computes something else"
+        )
+    if agreement is not None and agreement < MIN_AGREEMENT:
+        return "rejected", (
+            f"its top-1 agrees with the Keras model's on only {100 * agreement:.2f}% of the images "
+            f"(minimum {100 * MIN_AGREEMENT:.0f}%): the artifact computes something else"
         )
     return "ok", ""
 
@@ -111,13 +128,14 @@ def compare(
     finite = bool(np.isfinite(scores).all())
     # None rather than inf/NaN, which JSON cannot hold.
     max_diff = float(np.abs(scores - reference).max()) if finite else None
-    status, reason = judge(acc, keras_acc, max_drop)
+    agreement = float((top == ref_top).mean())
+    status, reason = judge(acc, keras_acc, max_drop, agreement)
     if not finite:
         status, reason = "rejected", NONFINITE_REASON
     return Validation(
         accuracy=acc,
         keras_accuracy=keras_acc,
-        agreement=float((top == ref_top).mean()),
+        agreement=agreement,
         max_abs_diff=max_diff,
         eval_count=n,
         status=status,
@@ -160,5 +178,5 @@ def rejudge(record: ArtifactRecord, max_drop: float = DEFAULT_MAX_DROP) -> Artif
         return record
     if record.reason == NONFINITE_REASON:
         return record  # NaN/inf outputs stay rejected whatever the threshold
-    status, reason = judge(record.host_accuracy, record.keras_accuracy, max_drop)
+    status, reason = judge(record.host_accuracy, record.keras_accuracy, max_drop, record.agreement)
     return dataclasses.replace(record, status=status, reason=reason)

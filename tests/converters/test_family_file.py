@@ -46,13 +46,22 @@ def test_default_family_size_and_range():
 
 
 def test_demo_family():
-    specs = load_family("demo").expand()
-    assert 12 <= len(specs) <= 20
-    macs = sorted(s.estimate_macs() for s in specs)
-    assert macs[0] < 50_000 and 1_000_000 < macs[-1] <= 25_000_000
-    assert sum(s.uses_vip for s in specs) >= 3 and sum(s.psconv for s in specs) >= 3
+    fam = load_family("demo")
+    specs = fam.expand()
+    assert len(specs) == 13 and len({s.model_id for s in specs}) == 13
+    quick = [s for s in specs if not s.recipe]
+    long = [s for s in specs if s.recipe]
+    assert len(quick) == 10 and len(long) == 3
+    # The three long-recipe specs are the batch-norm ones, and they close the list.
+    assert specs[-3:] == long and all(s.model_id.endswith("-bn-long") for s in long)
+    assert all(s.batch_norm and s.recipe == "long" for s in long) and not any(s.batch_norm for s in quick)
+    assert {s.head for s in long} == {"gap", "flatten"} and {s.dense for s in long} == {0, 128}
+    macs = sorted(s.estimate_macs() for s in quick)
+    assert macs[0] < 50_000 and 1_000_000 < macs[-1] <= 5_000_000
+    assert all(30_000_000 < s.estimate_macs() < 40_000_000 for s in long)
+    assert sum(s.uses_vip for s in specs) >= 3 and sum(s.psconv for s in specs) >= 2
     assert any(s.uses_vip and s.psconv for s in specs)
-    assert len({s.model_id for s in specs}) == len(specs)
+    assert [(e.top, e.views) for e in fam.ensembles] == [(3, ("id",)), (2, ("id", "flip")), (3, ("id", "flip"))]
 
 
 # --- family files -----------------------------------------------------------------------------
@@ -86,6 +95,10 @@ def test_demo_family():
         ("preprocess = 'standardize'\n[[space]]\nblocks = 1\nwidth = 8\n", "mean/std", "needs mean and std"),
         ("[[space]]\nblocks = 2\nwidth = 8\npsconv = 'yes'\n", "space[0].psconv", "true or false"),
         ("[[space]]\nblocks = 1\nwidth = {min = 8, max = 4}\n", "space[0].width", "bad range"),
+        ("[[space]]\nblocks = 1\nwidth = 8\nrecipe = 'slow'\n", "space[0].recipe", "'slow' is not one of ['', 'long']"),
+        ("recipe = ['long', 'fast']\n[[space]]\nblocks = 1\nwidth = 8\n", "space[0].recipe", "'fast' is not one of"),
+        ("[[space]]\nblocks = 1\nwidth = 8\nbatch_norm = 'yes'\n", "space[0].batch_norm", "true or false"),
+        ("[[space]]\nblocks = 1\nwidth = 8\nbatch_norm = [true, true]\n", "space[0].batch_norm", "repeated"),
     ],
 )
 def test_bad_family_files_name_the_key(tmp_path, body, key, reason):
@@ -120,3 +133,21 @@ def test_builtin_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_family("demo").name == "demo"
+
+
+def test_batch_norm_and_recipe_axes(tmp_path):
+    p = write_family(tmp_path, """
+        batch_norm = true
+        [[space]]
+        blocks = 1
+        width = 4
+        batch_norm = [false, true]
+        recipe = "long"
+        [[space]]
+        blocks = 1
+        width = 8
+        """)
+    specs = load_family(p).expand()
+    assert [(s.batch_norm, s.recipe) for s in specs] == [(False, "long"), (True, "long"), (True, "")]
+    assert [s.model_id for s in specs] == ["c1-f4-k3-max-d0-vip0-ps0-long", "c1-f4-k3-max-d0-vip0-ps0-bn-long",
+                                           "c1-f8-k3-max-d0-vip0-ps0-bn"]

@@ -84,3 +84,48 @@ def test_save_and_load_in_safe_mode(tmp_path):
     assert count_params_macs(again) == count_params_macs(model)
     with pytest.raises(FileNotFoundError):
         load_keras_model(tmp_path / "missing.keras")
+
+
+# --- batch norm ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("psconv", [False, True])
+def test_batch_norm_is_conv_without_bias_then_bn_then_relu(psconv):
+    spec = ModelSpec(filters=(4, 8), convs=2, pool="max", psconv=psconv, batch_norm=True, dense=8)
+    model = build_model(spec, (12, 12, 1), 5)
+    names = [layer.name for layer in model.layers]
+    for tag in ("b1c1", "b1c2", "b2c1", "b2c2"):
+        conv = next(layer for layer in model.layers if layer.name.startswith(f"{tag}_") and
+                    isinstance(layer, (keras.layers.Conv2D, PSConv2D)))
+        bn, relu = model.get_layer(f"{tag}_bn"), model.get_layer(f"{tag}_relu")
+        assert isinstance(bn, keras.layers.BatchNormalization) and isinstance(relu, keras.layers.ReLU)
+        assert names.index(conv.name) + 1 == names.index(bn.name) and names.index(bn.name) + 1 == names.index(relu.name)
+        assert bn.input is conv.output and relu.input is bn.output  # wired in that order
+        assert conv.use_bias is False and keras.activations.serialize(conv.activation) == "linear"
+        assert len(conv.weights) == 1  # the kernel (or pSConv's free weights) only: BN's beta is the bias
+    assert any(isinstance(layer, PSConv2D) for layer in model.layers) == psconv
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 4
+    params, macs = count_params_macs(model)
+    assert macs == spec.estimate_macs((12, 12, 1), 5)
+    assert params == model.count_params()
+    # Without batch norm: biased ReLU convs and no BN or ReLU layers.
+    plain = build_model(dataclasses.replace(spec, batch_norm=False), (12, 12, 1), 5)
+    assert not any(isinstance(layer, (keras.layers.BatchNormalization, keras.layers.ReLU)) for layer in plain.layers)
+    conv = plain.get_layer("b1c2_psconv" if psconv else "b1c2_conv")
+    assert conv.use_bias is True and keras.activations.serialize(conv.activation) == "relu"
+    assert count_params_macs(plain)[1] == macs
+
+
+def test_batch_norm_model_uses_moving_statistics_at_inference(tmp_path):
+    spec = ModelSpec(filters=(4,), pool="max", batch_norm=True)
+    model = build_model(spec, (8, 8, 1), 3)
+    bn = model.get_layer("b1c1_bn")
+    rng = np.random.default_rng(2)
+    bn.moving_mean.assign(rng.uniform(-1, 1, 4).astype(np.float32))
+    bn.moving_variance.assign(rng.uniform(0.5, 2, 4).astype(np.float32))
+    x = rng.uniform(0, 255, (5, 8, 8, 1)).astype(np.float32)
+    infer = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(np.asarray(model(x[:1], training=False)), infer[:1], rtol=1e-5, atol=1e-5)
+    model.save(tmp_path / "bn.keras")
+    np.testing.assert_allclose(np.asarray(load_keras_model(tmp_path / "bn.keras")(x)), infer, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(model(x, training=True)), infer, atol=1e-3)  # batch statistics differ

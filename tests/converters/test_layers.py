@@ -157,6 +157,25 @@ def test_vip_is_a_stride_two_conv_resized_back():
     assert plain.get_layer("b2_maxpool").output.shape == model.get_layer("b2_maxpool").output.shape
 
 
+def test_flip_mirrors_left_right_and_reloads_in_safe_mode(tmp_path):
+    from converters.keras_build import load_keras_model
+    from converters.layers import Flip
+
+    x = rand(2, 3, 4, 2)
+    got = keras.ops.convert_to_numpy(Flip()(x))
+    np.testing.assert_array_equal(got, x[:, :, ::-1, :])  # width (axis 2) reversed, nothing else
+    assert not np.array_equal(got, x[:, ::-1])
+    assert Flip().compute_output_shape((None, 3, 4, 2)) == (None, 3, 4, 2)
+    assert keras.saving.get_registered_name(Flip) == "edgekit>Flip"
+    assert custom_objects()["edgekit>Flip"] is Flip and custom_objects()["Flip"] is Flip
+    inp = keras.Input((3, 4, 2))
+    model = keras.Model(inp, keras.layers.Dense(3)(Flip(name="view_flip_0")(inp)))
+    model.save(tmp_path / "flip.keras")
+    back = load_keras_model(tmp_path / "flip.keras")  # safe mode: no Lambda
+    assert isinstance(back.get_layer("view_flip_0"), Flip)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(back(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
 # --- conversion -------------------------------------------------------------------------------
 
 CONVERT_SPECS = [

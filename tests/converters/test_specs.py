@@ -74,3 +74,57 @@ def test_check_input_shapes():
         ModelSpec(filters=(8,), kernel=5).check_input((4, 4))
     with pytest.raises(FamilyError, match="^mean: has 2 values; the input has 3 channels"):
         ModelSpec(filters=(8,), preprocess="standardize", mean=(1, 2), std=(1,)).check_input((28, 28, 3))
+
+
+# --- batch norm and training recipes ----------------------------------------------------------
+
+
+def test_batch_norm_and_recipe_suffix_the_id_and_round_trip():
+    from converters.specs import RECIPES
+
+    base = ModelSpec(filters=(8, 16), convs=2, pool="max", head="flatten")
+    assert (base.batch_norm, base.recipe) == (False, "")
+    assert base.model_id == "c2x2-f8.16-k3-max-d0-vip00-ps0-flatten"  # defaults leave ids unchanged
+    bn = dataclasses.replace(base, batch_norm=True)
+    assert bn.model_id == base.model_id + "-bn"
+    assert RECIPES == ("long",)
+    both = dataclasses.replace(base, batch_norm=True, recipe="long", dropout=0.2)
+    assert both.model_id == "c2x2-f8.16-k3-max-d0-vip00-ps0-dr0.2-flatten-bn-long"
+    assert dataclasses.replace(base, recipe="long").model_id == base.model_id + "-long"
+    assert len({base.model_id, bn.model_id, both.model_id}) == 3
+    assert ModelSpec(filters=(8,), batch_norm=1).batch_norm is True  # normalised like psconv
+    for s in (base, bn, both):
+        d = json.loads(json.dumps(s.to_dict()))
+        assert d["batch_norm"] is s.batch_norm and d["recipe"] == s.recipe
+        back = ModelSpec.from_dict(d)
+        assert back == s and back.model_id == s.model_id
+    # A spec.json written before these fields existed still loads, as the defaults.
+    old = {k: v for k, v in base.to_dict().items() if k not in ("batch_norm", "recipe")}
+    assert ModelSpec.from_dict(old) == base
+    with pytest.raises(FamilyError, match="model_id"):
+        ModelSpec.from_dict({**bn.to_dict(), "batch_norm": False})
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(recipe="slow"), r"^recipe: must be one of \['long'\], or left out for the run's schedule; got 'slow'"),
+    (dict(recipe="Long"), r"^recipe: .*got 'Long'"),
+    (dict(batch_norm="yes"), r"^batch_norm: must be true or false, got 'yes'"),
+    (dict(batch_norm=2), r"^batch_norm: must be true or false, got 2"),
+    (dict(batch_norm=None), r"^batch_norm: must be true or false"),
+])
+def test_bad_batch_norm_and_recipe(kwargs, pattern):
+    with pytest.raises(FamilyError, match=pattern):
+        ModelSpec(filters=(8,), **kwargs)
+
+
+def test_flip_is_an_ensemble_view():
+    from converters.specs import ENSEMBLE_VIEWS, EnsembleSpec, check_views
+
+    assert "flip" in ENSEMBLE_VIEWS
+    assert check_views(["id", "flip"], "views") == ("id", "flip")
+    a, b = "c1-f4-k3-max-d0-vip0-ps0", "c1-f8-k3-max-d0-vip0-ps0"
+    e = EnsembleSpec((a, b), views=("id", "flip"))
+    assert e.model_id.startswith("ens2x2-") and e.model_id != EnsembleSpec((a, b), views=("id", "left")).model_id
+    assert EnsembleSpec.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+    with pytest.raises(FamilyError, match="mirror"):
+        check_views(["id", "mirror"], "views")

@@ -158,11 +158,46 @@ def test_cli_options():
     assert f.schedule.mode == "full" and f.schedule.epochs == 5 and f.schedule.batch_size == 32
     assert f.splits.limit_train is None and f.sample == 7 and f.seed == 3 and f.limit is None
     assert _parse("--all-train").splits.limit_train is None
+    assert q.schedule.train_images == 24000 and _parse("--all-train").schedule.train_images is None
+    assert _parse("--full").schedule.train_images is None
     assert _parse("--limit-train", "500", "--limit-test", "100").splits.limit_test == 100
     with pytest.raises(SystemExit):
         _parse("--limit", "2", "--sample", "3")
     with pytest.raises(SystemExit):
         _parse("--limit", "0")
+
+
+def test_all_train_trains_every_spec_on_every_image():
+    a = _parse("--all-train", "--epochs", "2")
+    assert a.schedule.train_images is None and a.schedule.epochs == 2 and a.splits.limit_train is None
+    assert dataclasses.replace(a.schedule, train_images=QUICK.train_images, epochs=QUICK.epochs) == QUICK
+    # --limit-train limits the run's images; the quick schedule's per-spec subset stays.
+    lim = _parse("--limit-train", "500")
+    assert lim.splits.limit_train == 500 and lim.schedule.train_images == 24000
+
+
+def test_schedule_defaults_recipes_and_validation():
+    from converters import specs
+    from converters.train_options import FULL, LONG, RECIPES
+    from edge.errors import UsageError
+
+    assert QUICK.train_images == 24000 and QUICK_SPLITS.limit_train is None and FULL.train_images is None
+    assert (QUICK.decay, QUICK.augment, QUICK.weight_decay) == ("none", "none", 0.0)
+    assert RECIPES == {"long": LONG} and tuple(RECIPES) == specs.RECIPES
+    assert (LONG.mode, LONG.decay, LONG.augment, LONG.train_images) == ("long", "cosine", "flip", None)
+    assert LONG.weight_decay > 0
+    base = dict(mode="quick", epochs=1, patience=1, batch_size=8, learning_rate=1e-3)
+    ok = Schedule(**base, decay="cosine", augment="flip", weight_decay=0.0, train_images=1)
+    assert ok.train_images == 1
+    for kw, pattern in [
+        (dict(decay="linear"), r"decay must be one of \['none', 'cosine'\], got 'linear'"),
+        (dict(augment="rotate"), r"augment must be one of \['none', 'flip'\], got 'rotate'"),
+        (dict(weight_decay=-1e-4), "weight_decay must be >= 0"),
+        (dict(weight_decay=float("nan")), "weight_decay must be >= 0"),
+        (dict(train_images=0), r"train_images must be >= 1 \(or None for all\), got 0"),
+    ]:
+        with pytest.raises(UsageError, match=pattern):
+            Schedule(**base, **kw)
 
 
 def test_missing_dataset_is_a_clear_cli_error(tmp_path, family, capsys):

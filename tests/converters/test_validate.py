@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -50,9 +52,55 @@ def test_judge_threshold_is_inclusive_and_configurable():
     assert validate.judge(0.78, 0.80, 2.0) == ("ok", "")  # exactly 2 points: allowed
     assert validate.judge(0.7799, 0.80, 2.0)[0] == "rejected"
     assert validate.judge(0.80, 0.80, 0.0)[0] == "ok"
-    assert validate.judge(0.81, 0.80, 0.0)[0] == "ok"  # better than Keras is never a drop
+    assert validate.judge(0.81, 0.80, 1.0)[0] == "ok"  # better by up to max_drop points: allowed
     status, reason = validate.judge(0.80, 0.80, -1.0)  # negative max drop: must beat Keras by a point
     assert status == "rejected" and "max drop -1.00" in reason
+
+
+def test_judge_rejects_an_artifact_far_above_keras():
+    # Symmetric: an artifact much better than its source does not compute the source's function either.
+    assert validate.judge(0.82, 0.80, 2.0) == ("ok", "")  # exactly 2 points above: allowed
+    status, reason = validate.judge(0.8201, 0.80, 2.0)
+    assert status == "rejected" and "points above" in reason and "below" not in reason
+    status, reason = validate.judge(0.90, 0.80, 2.0)
+    assert status == "rejected"
+    assert "90.00%" in reason and "10.00 points above" in reason and "80.00%" in reason and "max change 2.00" in reason
+    assert validate.judge(0.81, 0.80, 0.0)[0] == "rejected"
+    assert validate.judge(0.90, 0.80, 10.0)[0] == "ok"
+
+
+def test_judge_rejects_low_agreement_whatever_the_accuracy():
+    assert validate.MIN_AGREEMENT == 0.90
+    assert validate.judge(0.80, 0.80, 2.0, agreement=0.90) == ("ok", "")  # the minimum itself passes
+    assert validate.judge(0.80, 0.80, 2.0, agreement=None) == ("ok", "")  # not measured: not judged
+    status, reason = validate.judge(0.80, 0.80, 2.0, agreement=0.8999)
+    assert status == "rejected" and "agrees" in reason and "89.99%" in reason and "minimum 90%" in reason
+    # A drop is still reported as a drop (checked first).
+    status, reason = validate.judge(0.70, 0.80, 2.0, agreement=0.5)
+    assert status == "rejected" and "points below" in reason
+
+
+def test_compare_and_rejudge_use_the_agreement():
+    # Same accuracy as Keras (50%), but the artifact's top-1 differs on 3 of 4 images.
+    labels = np.array([0, 1, 2, 3])
+    ref = np.zeros((4, 10), np.float32)
+    ref[[0, 1, 2, 3], [0, 1, 5, 5]] = 5  # Keras: 0, 1, 5, 5 -> right on 2
+    scores = np.zeros((4, 10), np.float32)
+    scores[[0, 1, 2, 3], [7, 7, 2, 3]] = 5  # artifact: 7, 7, 2, 3 -> right on 2, agrees on none
+    v = validate.compare(scores, labels, ref, max_drop=2.0)
+    assert v.accuracy == v.keras_accuracy == 0.5 and v.agreement == 0.0
+    assert v.status == "rejected" and "agrees" in v.reason
+    same = validate.compare(ref.copy(), labels, ref, max_drop=2.0)
+    assert same.agreement == 1.0 and same.status == "ok"
+    # rejudge reads the record's agreement: a looser accuracy threshold does not rescue it.
+    rec = validate.apply_validation(_record(), v)
+    assert rec.agreement == 0.0
+    again = validate.rejudge(rec, 50.0)
+    assert again.status == "rejected" and "agrees" in again.reason
+    ok = validate.apply_validation(_record(), same)
+    assert validate.rejudge(ok, 2.0).status == "ok"
+    high = validate.rejudge(dataclasses.replace(ok, host_accuracy=0.9, keras_accuracy=0.5), 2.0)
+    assert high.status == "rejected" and "points above" in high.reason
 
 
 def test_nan_outputs_are_rejected_and_json_safe():
