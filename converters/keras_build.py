@@ -93,7 +93,7 @@ def _outputs_probabilities(model) -> bool:
 
 
 def _view(x, view: str, i: int):
-    """``x`` (N, H, W, C) seen as ``view``: itself, mirrored, or moved one pixel (zero filled) by padding and cropping."""
+    """``x`` (N, H, W, C) seen as ``view``: itself, mirrored, or moved one pixel (zero filled: pad, then crop)."""
     import keras
 
     from converters.layers import Flip
