@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from edge.tensors import dequantize_output, prepare_input
 OVERHEAD_ALPHA = 0.1  # EWMA weight of the measured serving overhead
 OVERHEAD_INITIAL_MS = 0.05
 OVERHEAD_MAX_MS = 20.0
+QUEUE_PLAN = 16  # waiting requests (earliest deadlines first) the adaptive policy leaves room for
 
 # What ``submit`` says happened to a request.
 RUN = "run"  # it holds a slot: run it now
@@ -328,11 +330,29 @@ class Scheduler:
         req.result = res
         return res
 
+    def _budget_ms(self, req: InferenceRequest, sel: Selector, now: float) -> float:
+        """The time ``req`` may spend in inference: its own time left minus the serving overhead, and,
+        for a policy that plans the queue (adaptive), no more than leaves each waiting request (in
+        EDF order, the first QUEUE_PLAN of them) time for the overhead and the fastest variant. A
+        waiting request that would miss even so does not hold the head back: nothing saves it."""
+        left = (req.abs_deadline - now) * 1000.0 - self.overhead_ms
+        if not sel.plans_queue or not self._heap:
+            return left
+        with self._lock:
+            waiting = heapq.nsmallest(QUEUE_PLAN, self._heap)
+        per = self.overhead_ms + sel.predict(0)  # what each waiting request needs at the least
+        floor = sel.predict(0)
+        for k, (deadline, _, _) in enumerate(waiting, 1):
+            room = (deadline - now) * 1000.0 - self.overhead_ms - math.ceil(k / self.workers) * per
+            if floor <= room < left:
+                left = room
+        return left
+
     def _run(self, req: InferenceRequest) -> InferenceResult:
         t_deq = time.perf_counter()
         state = self.state
         sel = state.selector
-        d = sel.select((req.abs_deadline - t_deq) * 1000.0 - self.overhead_ms)
+        d = sel.select(self._budget_ms(req, sel, t_deq))
         if d.reject:
             return self._reject(req, sel, d.predicted_ms, t_deq)
         assert d.variant is not None  # a decision that does not reject names its variant

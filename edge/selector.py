@@ -8,7 +8,9 @@ on the time left instead of once per variant.
 
 Policies (``--policy``):
 
-- ``adaptive``        quantile latency x online slowdown factor (the default).
+- ``adaptive``        quantile latency x online slowdown factor (the default); with requests
+                      waiting, it picks no variant that would leave one of them (EDF order)
+                      without time for the fastest variant.
 - ``quantile-table``  quantile latency, no online correction (ablation of the filter);
                       ``oracle-free`` is accepted as an alias.
 - ``mean-table``      the paper's baseline: mean latency, no correction.
@@ -104,6 +106,9 @@ class Selector:
         self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
         # Baselines that trust the table do not correct; the filter still runs for metrics.
         self.corrects = kind == "adaptive"
+        # Adaptive also leaves the requests waiting behind this one time to meet their deadlines
+        # (edge.scheduler); the paper's policy and the other baselines look at one request alone.
+        self.plans_queue = kind == "adaptive"
         self._fixed: int | None = None
         if kind == "fastest":
             self._fixed = 0

@@ -267,3 +267,20 @@ def test_input_preparer_matches_prepare_input(dtype, scale, zp):
     got = InputPreparer(spec)(x)
     want = prepare_input(x, spec)
     assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("policy, waiting_ms, want", [
+    ("adaptive", 30.0, "fast"),  # the slow variant (50 ms) would leave the waiter no time: fast for the head
+    ("adaptive", 0.5, "slow"),  # a waiter nothing can save does not hold the head back
+    ("adaptive", 5000.0, "slow"),  # a waiter with room to spare does not either
+    ("mean-table", 30.0, "slow"),  # the paper's policy looks at the head alone
+    ("quantile-table", 30.0, "slow"),
+])
+def test_adaptive_leaves_the_waiting_requests_time(policy, waiting_ms, want):
+    m = FakeModel()
+    s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], policy=policy)
+    head = InferenceRequest(img(0), deadline_ms=1000)
+    assert s.submit(head) == RUN
+    assert s.submit(InferenceRequest(img(1), deadline_ms=waiting_ms)) == QUEUED
+    assert s.run(head).variant == {"fast": ROWS[0].variant, "slow": ROWS[1].variant}[want]
+    s.release(head)
