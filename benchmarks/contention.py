@@ -1,8 +1,9 @@
 """Bounded contention for a policy comparison: CPU hogs on the daemon's cores, a CPU-bandwidth
-throttle on the daemon (the kernel's CPU quota, a stand-in for thermal throttling), or
-memory-bandwidth load.
+throttle on the daemon (the kernel's CPU quota, a stand-in for thermal throttling),
+memory-bandwidth load, or a periodic real-time task on the daemon's cores (it preempts the
+daemon every ~100 us: a fine-grained stand-in for a throttled clock or a control loop).
 
-Each kind stops by itself: a hog or memory process exits after its duration or when its
+Each kind stops by itself: a hog, memory or real-time process exits after its duration or when its
 parent dies, and the parent kills it on stop(), on exit and on context-manager exit; the
 throttle's cgroup is removed on stop() and at exit, and the daemon moved back first.
 ``ContentionSchedule`` turns an episode on and off by request index, the same for every policy.
@@ -15,6 +16,7 @@ import atexit
 import errno
 import math
 import os
+import select
 import subprocess
 import sys
 import time
@@ -25,9 +27,10 @@ from benchmarks.placement import Placement
 from edge.errors import EdgekitError, UsageError
 
 MAX_HOG_S = 3600.0
-KINDS = ("cpu", "quota", "membw")
+KINDS = ("cpu", "quota", "membw", "rt")
 QUOTA_PERIOD_US = 1000  # the kernel's smallest CFS period: throttling at a 1 ms grain, like a slow clock
 MEMBW_BYTES = 64 << 20  # per copy: far beyond any cache
+RT_BUSY_US, RT_IDLE_US = 50, 50  # the rt task's period: busy, then asleep (sleep overshoots: ~0.4 busy)
 
 
 class ContentionError(EdgekitError, RuntimeError):
@@ -41,7 +44,8 @@ class ContentionSpec:
     ``none``; ``half`` / ``full`` / a SHARE in (0, 1] (a CPU hog on each of the daemon's cores
     for the middle SHARE of the requests); or ``KIND`` / ``KIND:half`` / ``KIND:SHARE`` with
     KIND one of ``cpu``, ``quota`` (the daemon gets ``quota`` of one core's time, at a 1 ms
-    grain) or ``membw`` (memory-bandwidth load on the other cores). A KIND alone means half."""
+    grain), ``membw`` (memory-bandwidth load on the other cores) or ``rt`` (a SCHED_FIFO task on
+    each of the daemon's cores, busy 50 us of every 100 us). A KIND alone means half."""
 
     share: float = 0.0
     load: float = 1.0
@@ -90,6 +94,8 @@ class ContentionSpec:
             "cpu": "one busy process on each of the daemon's cores",
             "quota": f"the daemon throttled to {self.quota:g} of one core (CPU quota, {QUOTA_PERIOD_US} us period)",
             "membw": "memory-bandwidth load (large copies) on the other cores",
+            "rt": f"a periodic real-time task on each of the daemon's cores (SCHED_FIFO, busy {RT_BUSY_US} us "
+                  f"of every {RT_BUSY_US + RT_IDLE_US} us)",
         }[self.kind]
 
     def window(self, count: int) -> tuple[int, int]:
@@ -129,6 +135,18 @@ def _spin(duration_s: float, load: float, parent: int) -> None:
             time.sleep(period * (1.0 - load))
 
 
+def _rt(duration_s: float, parent: int) -> None:
+    """Busy RT_BUSY_US, asleep RT_IDLE_US, repeatedly. Run under SCHED_FIFO it preempts whatever else is
+    on its core each time it wakes. The kernel's RT throttling (sched_rt_runtime_us, 950000 of every
+    1000000 by default) leaves the core's other tasks 5% even if this loop misbehaves."""
+    busy, idle = RT_BUSY_US / 1e6, RT_IDLE_US / 1e6
+    for _ in _ticks(duration_s, parent):
+        until = time.perf_counter() + busy
+        while time.perf_counter() < until:
+            pass
+        time.sleep(idle)
+
+
 def _copy(duration_s: float, parent: int) -> None:
     """Stream large copies for ``duration_s``: memory bandwidth, not cache, is what it uses."""
     import numpy as np
@@ -142,19 +160,23 @@ def _copy(duration_s: float, parent: int) -> None:
 
 class CpuHog:
     """Start with ``start()``; it stops by itself after ``duration_s`` or on ``stop()``/exit.
-    With ``memory`` it streams large copies instead of spinning (memory-bandwidth load)."""
+    With ``memory`` it streams large copies instead of spinning (memory-bandwidth load); with ``rt``
+    it is a periodic SCHED_FIFO task (``_rt``), and start() raises ContentionError if the kernel refuses."""
 
     memory = False
 
-    def __init__(self, duration_s: float, load: float = 1.0, cpu: int | None = None, memory: bool = False):
+    def __init__(self, duration_s: float, load: float = 1.0, cpu: int | None = None, memory: bool = False,
+                 rt: bool = False):
         if not 0 < duration_s <= MAX_HOG_S:
             raise UsageError(f"CPU hog duration must be in (0, {MAX_HOG_S:g}] s, got {duration_s}")
         if not 0 < load <= 1.0:
             raise UsageError(f"CPU hog load must be in (0, 1], got {load}")
+        if memory and rt:
+            raise UsageError("a hog is either a memory-bandwidth or a real-time one, not both")
         self.duration_s = float(duration_s)
         self.load = float(load)
         self.cpu = cpu
-        self.memory = memory
+        self.memory, self.rt = memory, rt
         self._proc: subprocess.Popen | None = None
         self.started_at: float | None = None
         self.stopped_at: float | None = None
@@ -184,11 +206,41 @@ class CpuHog:
             cmd += ["--cpu", str(int(self.cpu))]
         if self.memory:
             cmd.append("--memory")
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        if self.rt:
+            cmd.append("--rt")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE if self.rt else subprocess.DEVNULL)
         self.started_at = time.monotonic()
         self.stopped_at = None
         atexit.register(self.stop)
+        if self.rt:
+            self._check_rt()
         return self
+
+    def _check_rt(self, timeout: float = 5.0) -> None:
+        """Read the rt child's report ("ok" or "refused: WHY"); stop it and raise unless "ok"."""
+        p = self._proc
+        assert p is not None and p.stdout is not None
+        fd, buf, end, eof = p.stdout.fileno(), b"", time.monotonic() + timeout, False
+        while b"\n" not in buf and (left := end - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 256)
+            eof = not chunk  # the child is gone
+            if eof:
+                break
+            buf += chunk
+        p.stdout.close()
+        line = buf.decode(errors="replace").partition("\n")[0].strip()
+        if line == "ok":
+            return
+        self.stop()
+        if line.startswith("refused:"):
+            raise ContentionError(
+                f"the kernel refused real-time scheduling (SCHED_FIFO) for the rt contention "
+                f"({line.partition(':')[2].strip()}); run as root or give the process CAP_SYS_NICE "
+                "(or raise RLIMIT_RTPRIO), or use --contention quota, cpu or membw")
+        why = f"exited (status {p.returncode})" if eof or line else f"did not report within {timeout:g} s"
+        raise ContentionError(f"the rt contention process {why} before saying whether it runs real-time"
+                              + (f" ({line})" if line else "") + "; use --contention quota, cpu or membw")
 
     def stop(self, timeout: float = 2.0) -> None:
         """Kill the hog (if still running) and reap it; safe to call more than once."""
@@ -322,9 +374,9 @@ class Contention:
     def start(self) -> "Contention":
         k = self.spec.kind
         try:
-            if k == "cpu":
+            if k in ("cpu", "rt"):
                 for c in sorted(self.cpus) if self.cpus else [None]:
-                    self.parts.append(CpuHog(self.duration_s, load=self.spec.load, cpu=c).start())
+                    self.parts.append(CpuHog(self.duration_s, load=self.spec.load, cpu=c, rt=k == "rt").start())
             elif k == "quota":
                 self.parts.append(CpuQuota(self.pid, self.spec.quota).start())
             elif k == "membw":
@@ -397,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parent", type=int, default=None, help="exit when this process is no longer the parent")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core (Linux)")
     ap.add_argument("--memory", action="store_true", help="stream large copies (memory bandwidth) instead of spinning")
+    ap.add_argument("--rt", action="store_true", help="with --cpu: a periodic SCHED_FIFO task; prints 'ok' or "
+                    "'refused: WHY' (then exits 3)")
     a = ap.parse_args(argv)
     duration = min(max(a.duration, 0.0), MAX_HOG_S)
     load = min(max(a.load, 0.01), 1.0)
@@ -406,7 +460,15 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
     parent = a.parent if a.parent is not None else os.getppid()
-    if a.memory:
+    if a.rt:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        except OSError as exc:  # PermissionError included: no CAP_SYS_NICE and RLIMIT_RTPRIO 0
+            print(f"refused: {exc.strerror}", flush=True)
+            return 3
+        print("ok", flush=True)
+        _rt(duration, parent)
+    elif a.memory:
         _copy(duration, parent)
     else:
         _spin(duration, load, parent)

@@ -121,3 +121,179 @@ def test_memory_bandwidth_hog_runs_and_stops():
         time.sleep(0.5)
         assert hog.running()
     assert not hog.running()
+
+
+# --- rt: a periodic SCHED_FIFO task on the daemon's cores ---
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _core() -> int:
+    return max(os.sched_getaffinity(0))
+
+
+def _rt_hog(duration_s: float, cpu: int) -> CpuHog:
+    from benchmarks.contention import ContentionError
+
+    try:
+        return CpuHog(duration_s, cpu=cpu, rt=True).start()
+    except ContentionError as exc:  # not root / no CAP_SYS_NICE: the message says so
+        assert "CAP_SYS_NICE" in str(exc)
+        pytest.skip(str(exc))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_rt_kind_parse_describe_what():
+    from benchmarks.contention import KINDS
+
+    assert "rt" in KINDS
+    s = ContentionSpec.parse("rt")
+    assert s.kind == "rt" and s.share == 0.5 and s.describe() == "rt:half"
+    assert ContentionSpec.parse("rt:half") == s
+    s = ContentionSpec.parse("rt:0.3")
+    assert s.kind == "rt" and s.share == 0.3 and s.describe() == "rt:0.3"
+    assert ContentionSpec.parse("rt:full").window(10) == (0, 10)
+    assert "SCHED_FIFO" in s.what() and "real-time" in s.what() and "50 us of every 100 us" in s.what()
+    with pytest.raises(ValueError, match="contention"):
+        ContentionSpec.parse("rt:lots")
+    with pytest.raises(ValueError, match="real-time"):
+        CpuHog(1, memory=True, rt=True)
+
+
+def _work(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x = (x * 1103515245 + i) & 0x7FFFFFFF
+    return x
+
+
+def _median_s(n: int, runs: int = 30) -> float:
+    import statistics
+
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        _work(n)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="SCHED_FIFO needs root here")
+def test_rt_hog_slows_work_on_its_core():
+    core, before = _core(), os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        n = max(1000, int(10_000 * 1e-3 / _median_s(10_000, runs=10)))  # ~1 ms of work alone
+        alone = _median_s(n)
+        hog = _rt_hog(3.0, core)
+        try:
+            assert os.sched_getscheduler(hog.pid or 0) == os.SCHED_FIFO
+            loaded = _median_s(n)
+            assert hog.running()
+        finally:
+            hog.stop()
+    finally:
+        os.sched_setaffinity(0, before)
+    ratio = loaded / alone
+    print(f"rt slowdown: {alone * 1e3:.3f} ms alone, {loaded * 1e3:.3f} ms with the rt hog: {ratio:.2f}x")
+    assert ratio >= 1.3, f"{alone * 1e3:.3f} ms alone vs {loaded * 1e3:.3f} ms with the rt hog ({ratio:.2f}x)"
+
+
+def _drop_rt_rights() -> None:
+    """In the child, before exec: RLIMIT_RTPRIO 0 and, as root, CAP_SYS_NICE out of the bounding set (so
+    root loses it across exec). Switching to user nobody instead would fail here: the interpreter lives
+    under /root (mode 700). Either way the kernel itself refuses SCHED_FIFO (EPERM)."""
+    import ctypes
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
+    if os.geteuid() == 0:
+        ctypes.CDLL(None, use_errno=True).prctl(24, 23, 0, 0, 0)  # PR_CAPBSET_DROP, CAP_SYS_NICE
+
+
+def test_rt_refused_by_the_kernel_says_what_to_do():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom benchmarks.contention import ContentionError, CpuHog\n"
+            "try:\n    CpuHog(5, cpu=int(sys.argv[1]), rt=True).start().stop()\n    print('accepted')\n"
+            "except ContentionError as exc:\n    print(exc)\n")
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                              preexec_fn=_drop_rt_rights)
+
+    r = run("-c", code, str(_core()))
+    if r.returncode != 0:
+        pytest.skip(f"cannot run the module without real-time rights here: {r.stderr[-300:]}")
+    if r.stdout.strip() == "accepted":
+        pytest.skip("the kernel grants SCHED_FIFO even without root and with RLIMIT_RTPRIO 0 (CAP_SYS_NICE?)")
+    msg = r.stdout
+    assert "refused real-time scheduling (SCHED_FIFO)" in msg and "CAP_SYS_NICE" in msg, msg
+    assert "Operation not permitted" in msg, msg  # the kernel's own reason, passed on
+    r = run("-m", "benchmarks.contention", "--duration", "5", "--cpu", str(_core()), "--rt")
+    assert r.returncode == 3 and r.stdout.startswith("refused: "), (r.returncode, r.stdout, r.stderr)
+
+
+def test_rt_hog_stops_by_itself_and_on_stop():
+    from benchmarks.contention import Contention
+
+    hog = _rt_hog(0.6, _core())
+    try:
+        assert os.sched_getscheduler(hog.pid or 0) == os.SCHED_FIFO
+        t0 = time.monotonic()
+        assert hog.wait(timeout=10) == 0, "the rt hog should exit on its own with status 0"
+        assert 0.4 < time.monotonic() - t0 < 8
+    finally:
+        hog.stop()
+    c = Contention(ContentionSpec.parse("rt"), os.getpid(), {_core()}, None, 30).start()
+    pid = c.parts[0].pid
+    assert c.parts[0].rt and c.parts[0].running() and os.sched_getscheduler(pid) == os.SCHED_FIFO
+    c.stop()
+    assert _gone(pid)
+
+
+def test_rt_hog_exits_when_its_parent_dies():
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom benchmarks.contention import ContentionError, CpuHog\n"
+            "try:\n    print(CpuHog(30, cpu=int(sys.argv[1]), rt=True).start().pid, flush=True)\n"
+            "except ContentionError as exc:\n    print(exc, flush=True)\nos._exit(0)\n")  # no atexit: orphan it
+    r = subprocess.run([sys.executable, "-c", code, str(_core())], cwd=ROOT, capture_output=True, text=True,
+                       timeout=30)
+    if not r.stdout.strip().isdigit():
+        assert "CAP_SYS_NICE" in r.stdout, (r.stdout, r.stderr)
+        pytest.skip(r.stdout)
+    pid = int(r.stdout)
+    try:
+        end = time.monotonic() + 5
+        while not _gone(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _gone(pid), "the orphaned rt hog should notice its parent is gone and exit"
+    finally:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_rt_hog_that_dies_before_reporting_is_a_clear_error(monkeypatch):
+    import shutil
+    import sys
+
+    from benchmarks.contention import ContentionError
+
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no 'false' program")
+    monkeypatch.setattr(sys, "executable", false)  # the child exits at once, status 1, without a word
+    hog = CpuHog(5, cpu=_core(), rt=True)
+    with pytest.raises(ContentionError, match=r"exited \(status 1\) before saying whether it runs real-time"):
+        hog.start()
+    assert not hog.running()
