@@ -194,8 +194,7 @@ def probe_serving(bundle: str, table: str, variant: str, profile: str | None, mi
 
 
 def _floors(probe: dict, contended: dict | None, count: int, cspec: ContentionSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Per request, the serving overhead end to end and on the daemon's clock: the quiet probe's, and
-    inside the contention window the contended probe's."""
+    """Per request, the serving overhead end to end and on the daemon's clock (contended in the window)."""
     e2e, daemon = np.full(count, probe["e2e_overhead_ms"]), np.full(count, probe["floor_ms"])
     if contended is not None:
         a, z = cspec.window(count)
@@ -288,8 +287,7 @@ def evaluate(
             say(f"evaluate: serving floor {probe['floor_ms']:.3f} ms on the daemon's clock "
                 f"({probe['e2e_overhead_ms']:.3f} ms end to end)")
             results["probe"] = {"fastest": probe}
-            # The floor inside the contention window, for the oracle and the best static CNN.
-            if cspec.active and ("oracle" in policies or "best-static" in policies):
+            if cspec.active and ("oracle" in policies or "best-static" in policies):  # the floor in the window
                 probe_c = probe_serving(bundle, table, rows[0].variant, profile, miss, images, labels, placement,
                                         out / "daemon-probe-contention.log", start_timeout_s, token, contention=cspec)
                 results["probe"]["fastest_under_contention"] = probe_c
