@@ -123,9 +123,12 @@ def _ticks(duration_s: float, parent: int):
         yield now, end
 
 
-def _spin(duration_s: float, load: float, parent: int) -> None:
-    """Busy-loop for ``duration_s`` (``load`` share of each 10 ms period busy), then return."""
-    period = 0.010
+def _spin(duration_s: float, load: float, parent: int, period: float = 0.010) -> None:
+    """Busy-loop for ``duration_s`` (``load`` share of each ``period`` seconds busy), then return.
+
+    Run under SCHED_FIFO at a 100 us period (the rt kind) it preempts whatever else is on its core
+    each time it wakes; the kernel's RT throttling (sched_rt_runtime_us, 950000 of every 1000000 by
+    default) leaves the core's other tasks 5% even if the loop misbehaves."""
     x = 0
     for now, end in _ticks(duration_s, parent):
         busy_until = min(end, now + period * load)
@@ -133,18 +136,6 @@ def _spin(duration_s: float, load: float, parent: int) -> None:
             x = (x * 1103515245 + 12345) & 0x7FFFFFFF
         if load < 1.0:
             time.sleep(period * (1.0 - load))
-
-
-def _rt(duration_s: float, parent: int) -> None:
-    """Busy RT_BUSY_US, asleep RT_IDLE_US, repeatedly. Run under SCHED_FIFO it preempts whatever else is
-    on its core each time it wakes. The kernel's RT throttling (sched_rt_runtime_us, 950000 of every
-    1000000 by default) leaves the core's other tasks 5% even if this loop misbehaves."""
-    busy, idle = RT_BUSY_US / 1e6, RT_IDLE_US / 1e6
-    for _ in _ticks(duration_s, parent):
-        until = time.perf_counter() + busy
-        while time.perf_counter() < until:
-            pass
-        time.sleep(idle)
 
 
 def _copy(duration_s: float, parent: int) -> None:
@@ -161,7 +152,8 @@ def _copy(duration_s: float, parent: int) -> None:
 class CpuHog:
     """Start with ``start()``; it stops by itself after ``duration_s`` or on ``stop()``/exit.
     With ``memory`` it streams large copies instead of spinning (memory-bandwidth load); with ``rt``
-    it is a periodic SCHED_FIFO task (``_rt``), and start() raises ContentionError if the kernel refuses."""
+    it is a periodic SCHED_FIFO task (``_spin`` at a 100 us period), and start() raises ContentionError
+    if the kernel refuses."""
 
     memory = False
 
@@ -467,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refused: {exc.strerror}", flush=True)
             return 3
         print("ok", flush=True)
-        _rt(duration, parent)
+        period = (RT_BUSY_US + RT_IDLE_US) / 1e6
+        _spin(duration, RT_BUSY_US / (RT_BUSY_US + RT_IDLE_US), parent, period=period)
     elif a.memory:
         _copy(duration, parent)
     else:

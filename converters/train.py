@@ -12,6 +12,7 @@ import dataclasses
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -302,11 +303,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _recipe_counts(specs) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for spec in specs:
-        if spec.recipe:
-            counts[spec.recipe] = counts.get(spec.recipe, 0) + 1
-    return counts
+    return dict(Counter(spec.recipe for spec in specs if spec.recipe))
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

@@ -64,7 +64,7 @@ def train_subset(splits, schedule: Schedule, seed: int) -> tuple[np.ndarray, np.
 
 def spec_schedule(spec, schedule: Schedule) -> Schedule:
     """The schedule ``spec`` trains with: its named recipe if it has one, else the run's."""
-    return RECIPES[spec.recipe] if getattr(spec, "recipe", "") else schedule
+    return RECIPES[spec.recipe] if spec.recipe else schedule
 
 
 def _optimizer(schedule: Schedule, steps_per_epoch: int):

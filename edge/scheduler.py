@@ -340,8 +340,8 @@ class Scheduler:
             return left
         with self._lock:
             waiting = heapq.nsmallest(QUEUE_PLAN, self._heap)
-        per = self.overhead_ms + sel.predict(0)  # what each waiting request needs at the least
         floor = sel.predict(0)
+        per = self.overhead_ms + floor  # what each waiting request needs at the least
         for k, (deadline, _, _) in enumerate(waiting, 1):
             room = (deadline - now) * 1000.0 - self.overhead_ms - math.ceil(k / self.workers) * per
             if floor <= room < left:

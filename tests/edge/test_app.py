@@ -155,7 +155,7 @@ def test_keep_alive_survives_errors(srv):
 
 
 # The codec's malformed-request table (tests/edge/test_protocol.py), here sent over HTTP.
-from tests.edge.test_protocol import MALFORMED  # noqa: E402
+from tests.edge.test_protocol import MALFORMED, mutate_keys  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
@@ -257,12 +257,7 @@ def mutated_requests(draw):
     obj = {"top": d, "param": d["parameters"], "input": d["inputs"][0]}.get(target)
     if obj is None:
         obj = d["inputs"][0].setdefault("parameters", {})
-    for _ in range(draw(st.integers(1, 3))):
-        key = draw(_keys)
-        if draw(st.booleans()):
-            obj[key] = draw(_json_values)
-        else:
-            obj.pop(key, None)
+    mutate_keys(draw, obj, _keys, _json_values)
     return json.dumps(d).encode(), {}
 
 

@@ -319,6 +319,16 @@ _keys = st.sampled_from(["inputs", "parameters", "outputs", "id", "deadline_ms",
 _SMALL = (2, 2, 1)
 
 
+def mutate_keys(draw, obj: dict, keys, values) -> None:
+    """Set (to a drawn value) or remove 1-3 drawn keys of ``obj``, in place."""
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(keys)
+        if draw(st.booleans()):
+            obj[key] = draw(values)
+        else:
+            obj.pop(key, None)
+
+
 @st.composite
 def _mutated(draw) -> tuple[bytes, str | None]:
     """A valid small request (JSON or binary) with a few keys replaced or removed, maybe truncated."""
@@ -334,12 +344,7 @@ def _mutated(draw) -> tuple[bytes, str | None]:
            "output_param": d["outputs"][0]["parameters"]}.get(target)
     if obj is None:
         obj = d["inputs"][0].setdefault("parameters", {})
-    for _ in range(draw(st.integers(1, 3))):
-        key = draw(_keys)
-        if draw(st.booleans()):
-            obj[key] = draw(_json_values)
-        else:
-            obj.pop(key, None)
+    mutate_keys(draw, obj, _keys, _json_values)
     js = json.dumps(d).encode()  # may hold NaN/Infinity: the parser must refuse them
     body = js + body[n:]
     if draw(st.booleans()):
