@@ -12,9 +12,9 @@ try:
 except ImportError:  # Python 3.10 (e.g. JetPack 6 boards)
     import tomli as tomllib  # type: ignore[no-redef]
 
-# The format vocabulary has one home, edge/formats.py (stdlib only, imports nothing else of edge).
-from edge.errors import EdgekitError
-from edge.formats import BACKENDS, FORMATS, format_for_backend
+# The format vocabulary has one home, edge/artifacts/formats.py (stdlib only, imports nothing else of edge).
+from edge.artifacts.formats import BACKENDS, FORMATS, format_for_backend
+from edge.core.errors import EdgekitError
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,21 +7,21 @@ import importlib
 import importlib.util
 import sys
 
-from edge.errors import EdgekitError
+from edge.core.errors import EdgekitError
 
 # name -> (module, one-line help). The module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("device_profiles.cli", "list the device profiles (built-in and from files)"),
-    "train": ("converters.train", "train the specs of a CNN family on a dataset (workstation)"),
-    "convert": ("converters.convert", "quantize and convert trained models for device profiles (workstation)"),
-    "bundle": ("converters.bundle", "pack what one device profile needs into a folder or tar.gz (workstation)"),
-    "verify": ("edge.verify", "verify a bundle's checksums and run its canary check (device)"),
-    "bench": ("benchmarks.bench", "benchmark every artifact of a bundle on this device (device)"),
-    "report": ("benchmarks.report", "render latency tables as a Markdown/HTML report with plots"),
-    "select": ("edge.front", "choose the monotonic (Pareto) subset of a latency table (device)"),
-    "serve": ("edge.server", "run the deadline-aware inference daemon (device)"),
-    "loadgen": ("benchmarks.loadgen", "send a deadline workload to a running daemon"),
-    "evaluate": ("benchmarks.evaluate", "compare serving policies on the same workload"),
+    "train": ("converters.train.sweep", "train the specs of a CNN family on a dataset (workstation)"),
+    "convert": ("converters.convert.command", "quantize and convert trained models for device profiles (workstation)"),
+    "bundle": ("converters.pack.packer", "pack what one device profile needs into a folder or tar.gz (workstation)"),
+    "verify": ("edge.bundle.verify", "verify a bundle's checksums and run its canary check (device)"),
+    "bench": ("benchmarks.bench.command", "benchmark every artifact of a bundle on this device (device)"),
+    "report": ("benchmarks.bench.report", "render latency tables as a Markdown/HTML report with plots"),
+    "select": ("edge.tables.selection", "choose the monotonic (Pareto) subset of a latency table (device)"),
+    "serve": ("edge.serve.command", "run the deadline-aware inference daemon (device)"),
+    "loadgen": ("benchmarks.evaluate.loadgen", "send a deadline workload to a running daemon"),
+    "evaluate": ("benchmarks.evaluate.command", "compare serving policies on the same workload"),
     "demo": ("edgekit.demo", "run the whole pipeline end to end on the embedded default"),
 }
 

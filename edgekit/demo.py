@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_profiles import host_profile_name
-from edge.atomic import atomic_write_json, read_json
-from edge.errors import UsageError
+from edge.core.atomic import atomic_write_json, read_json
+from edge.core.errors import UsageError
 
 
 @dataclass(frozen=True)

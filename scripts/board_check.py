@@ -12,9 +12,9 @@ What it does, each step timed and reported:
 5. on the workstation (this host): trains 3 small CNNs, converts them for ``rpi4`` (LiteRT)
    and ``jetson-orin-nano`` (ONNX Runtime) and packs one bundle per profile;
 6. inside the root: ``edgekit verify``, a short ``edgekit bench``, ``edgekit select`` and
-   ``edgekit serve`` on each bundle, with requests sent from the host with ``edge/client.py``;
+   ``edgekit serve`` on each bundle, with requests sent from the host with ``edge/v2/client.py``;
 7. measures the canary drift of every artifact between this host and aarch64
-   (``benchmarks/canary_drift.py``), which is what the int8 canary tolerance is set from.
+   (``benchmarks/perf/canary_drift.py``), which is what the int8 canary tolerance is set from.
 
 Emulation is not a board: QEMU user mode runs aarch64 code through a translator on this
 host's CPU, so every timing printed here is an emulated timing, labelled as such, and says
@@ -143,12 +143,12 @@ def free_port() -> int:
 def serve_and_query(
     opts: BoardCheckOptions, emulation: str, profile: str, bundle_in_root: str, selected_in_root: str, host_bundle: Path
 ) -> dict:
-    """Start the daemon inside the root, send requests from the host with edge/client.py, stop it."""
+    """Start the daemon inside the root, send requests from the host with edge/v2/client.py, stop it."""
     import numpy as np
 
     sys.path.insert(0, str(REPO))
-    from edge.bundle import open_bundle
-    from edge.client import Client
+    from edge.bundle.reader import open_bundle
+    from edge.v2.client import Client
 
     port = free_port()
     proc = in_root(
@@ -369,7 +369,7 @@ def measure_drift(opts: BoardCheckOptions, emulation: str, profile: str, bundle_
     in_root(
         opts,
         emulation,
-        f"cd {IN_ROOT_SRC} && .venv/bin/python -m benchmarks.canary_drift scores {bundle_in_root} "
+        f"cd {IN_ROOT_SRC} && .venv/bin/python -m benchmarks.perf.canary_drift scores {bundle_in_root} "
         f"--profile {profile} --images {opts.drift_images} --out {out_in}",
         timeout=3600,
     )
@@ -381,7 +381,7 @@ def measure_drift(opts: BoardCheckOptions, emulation: str, profile: str, bundle_
         [
             sys.executable,
             "-m",
-            "benchmarks.canary_drift",
+            "benchmarks.perf.canary_drift",
             "scores",
             str(bundle),
             "--profile",
@@ -398,7 +398,7 @@ def measure_drift(opts: BoardCheckOptions, emulation: str, profile: str, bundle_
     if r.returncode != 0:
         raise BoardCheckError(f"scoring on the host failed: {r.stderr.strip()[-600:]}")
     r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.canary_drift", "compare", str(host), str(arm), "--json"],
+        [sys.executable, "-m", "benchmarks.perf.canary_drift", "compare", str(host), str(arm), "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -28,7 +28,7 @@ CANARY_SIZE = 8
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """A minimal gzipped IDX reader (uint8 data only), so the tests do not depend on converters.datasets."""
+    """A minimal gzipped IDX reader (uint8 data only), so the tests do not depend on converters.data.datasets."""
     with gzip.open(path, "rb") as fh:
         raw = fh.read()
     ndim = raw[3]
@@ -127,7 +127,7 @@ def to_tflite(model, precision: str, calib: np.ndarray | None = None) -> bytes:
 
 def time_predict(model, image: np.ndarray, runs: int) -> np.ndarray:
     """Milliseconds of ``runs`` predictions of one image by a loaded edge model, after 5 warm-up runs."""
-    from edge.tensors import prepare_input
+    from edge.artifacts.tensors import prepare_input
 
     x = prepare_input(image, model.input_spec)
     for _ in range(5):
@@ -142,7 +142,7 @@ def time_predict(model, image: np.ndarray, runs: int) -> np.ndarray:
 
 def latency_row(rec, setting, provider: str, t: np.ndarray, accuracy: float, eval_count: int):
     """A LatencyRow for artifact ``rec`` under ``setting`` from the timings ``t`` (ms); the rest is placeholder."""
-    from edge.table import LatencyRow
+    from edge.tables.table import LatencyRow
 
     q = lambda p: float(np.percentile(t, p))  # noqa: E731
     return LatencyRow(
@@ -160,7 +160,7 @@ def latency_row(rec, setting, provider: str, t: np.ndarray, accuracy: float, eva
 
 @dataclasses.dataclass(frozen=True)
 class Added:
-    record: Any  # edge.manifest.ArtifactRecord
+    record: Any  # edge.artifacts.manifest.ArtifactRecord
     timings_ms: np.ndarray | None  # with timing_runs > 0
 
 
@@ -180,12 +180,12 @@ class BundleWriter:
 
         ``fields`` go into the ArtifactRecord as they are (params, macs, keras_accuracy...).
         """
-        from edge.atomic import atomic_write_bytes, sha256_bytes
+        from edge.artifacts.formats import get_format
+        from edge.artifacts.manifest import ArtifactRecord, artifact_id
+        from edge.artifacts.tensors import dequantize_output, prepare_input
+        from edge.artifacts.tensors import scores as model_scores
         from edge.backends import get_backend
-        from edge.formats import get_format
-        from edge.manifest import ArtifactRecord, artifact_id
-        from edge.tensors import dequantize_output, prepare_input
-        from edge.tensors import scores as model_scores
+        from edge.core.atomic import atomic_write_bytes, sha256_bytes
 
         aid = artifact_id(model_id, fmt, precision)
         rel = f"artifacts/{aid}.{get_format(fmt).extension}"
@@ -209,8 +209,8 @@ class BundleWriter:
 
     def finish(self, sort_by_id: bool = True):
         """Write eval.npz, canary.npz and manifest.json (artifacts by id, or as added); returns the Manifest."""
-        from edge.atomic import atomic_write_bytes, sha256_bytes
-        from edge.manifest import Manifest
+        from edge.artifacts.manifest import Manifest
+        from edge.core.atomic import atomic_write_bytes, sha256_bytes
 
         def npz(name: str, **arrays: np.ndarray) -> str:
             buf = io.BytesIO()

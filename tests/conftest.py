@@ -18,10 +18,10 @@ REAL_RUN_PROFILES = ("rpi4", "jetson-orin-nano")  # together they build all 7 fo
 
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Path:
-    from converters.convert import convert_run
-    from converters.dataset_files import DatasetNotFound
-    from converters.train import train_sweep
-    from converters.train_options import Schedule, SplitOptions, TrainOptions
+    from converters.convert.command import convert_run
+    from converters.data.files import DatasetNotFound
+    from converters.train.options import Schedule, SplitOptions, TrainOptions
+    from converters.train.sweep import train_sweep
 
     run = tmp_path_factory.mktemp("real-run") / "run"
     log = io.StringIO()

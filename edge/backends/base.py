@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 
 from device_profiles import RuntimeSetting
-from edge.errors import EdgekitError, UsageError
-from edge.manifest import TensorSpec
+from edge.artifacts.manifest import TensorSpec
+from edge.core.errors import EdgekitError, UsageError
 
 
 class BackendUnavailable(EdgekitError, RuntimeError):

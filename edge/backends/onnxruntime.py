@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from device_profiles import RuntimeSetting
+from edge.artifacts.manifest import TensorSpec
 from edge.backends.base import Backend, BackendUnavailable, LoadedModel
-from edge.errors import StepFailed, UsageError
-from edge.manifest import TensorSpec
+from edge.core.errors import StepFailed, UsageError
 
 _ORT_TYPES = {
     "tensor(float)": "float32",

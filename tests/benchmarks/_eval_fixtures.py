@@ -113,7 +113,7 @@ class EvalBundle:
 def make_eval_bundle(root: str | Path, n_eval: int = 120, runs: int = 60) -> EvalBundle:
     """Write ROOT/bundle (CONTRACTS layout) and ROOT/selected.json (kind 'selected')."""
     from device_profiles import load_profile
-    from edge.table import DeviceHeader, SelectedTable, SelectionParams
+    from edge.tables.table import DeviceHeader, SelectedTable, SelectionParams
 
     root = Path(root)
     xtr, ytr, xte, yte = data()

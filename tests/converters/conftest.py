@@ -6,20 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.converters.formats import fashion_subset, tiny_model
-from tests.converters.test_datasets import write_idx_set
-from tests.converters.test_train import TINY_FAMILY
+from tests.converters.convert.exporters import fashion_subset, tiny_model
+from tests.converters.data.test_datasets import write_idx_set
+from tests.converters.train.test_sweep import TINY_FAMILY
 
 
 @pytest.fixture(scope="module")
 def data():
-    """(x_train, y_train, x_test, y_test) of tests.converters.formats.fashion_subset()."""
+    """(x_train, y_train, x_test, y_test) of tests.converters.convert.exporters.fashion_subset()."""
     return fashion_subset()
 
 
 @pytest.fixture(scope="module")
 def model():
-    """tests.converters.formats.tiny_model(): shared, do not modify it."""
+    """tests.converters.convert.exporters.tiny_model(): shared, do not modify it."""
     return tiny_model()
 
 
@@ -33,7 +33,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> Path:
-    """tests.converters.test_train.TINY_FAMILY as a family file."""
+    """tests.converters.train.test_sweep.TINY_FAMILY as a family file."""
     p = tmp_path_factory.mktemp("fam") / "tiny.toml"
     p.write_text(TINY_FAMILY)
     return p

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters import train as tr
-from converters.family_file import load_family, parse_family
-from converters.family_spec import EnsembleDecl, EnsembleNotReady
-from converters.specs import EnsembleSpec, FamilyError, ModelSpec, load_spec
-from converters.train_options import Schedule, SplitOptions, TrainOptions
-from tests.converters.test_datasets import REAL_FASHION, write_idx_set
+from converters.family.family import EnsembleDecl, EnsembleNotReady
+from converters.family.specs import EnsembleSpec, FamilyError, ModelSpec, load_spec
+from converters.family.toml_file import load_family, parse_family
+from converters.train import sweep as tr
+from converters.train.options import Schedule, SplitOptions, TrainOptions
+from tests.converters.data.test_datasets import REAL_FASHION, write_idx_set
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside keras.saving
 
@@ -74,7 +74,7 @@ def test_family_ensembles_parse():
 @pytest.mark.parametrize("body, message", [
     ('[[ensemble]]\nmembers = ["c1-f4-k3-max-d0-vip0-ps0"]\n',  # a near miss (no -flatten)
      r"ensemble\[2\]\.members: 'c1-f4-k3-max-d0-vip0-ps0' is not a model id of family 'tinyens'; did you mean "
-     r"\['c1-f4-k3-max-d0-vip0-ps0-flatten'.*list the family's ids with: python -m converters.families"),
+     r"\['c1-f4-k3-max-d0-vip0-ps0-flatten'.*list the family's ids with: python -m converters.family.listing"),
     (f'[[ensemble]]\nmembers = ["{PLAIN}"]\n', r"ensemble\[2\]\.members: an ensemble needs at least 2 members"),
     (f'[[ensemble]]\nmembers = ["{PLAIN}", "{WIDE}", "{PLAIN}"]\n', r"members: '.*' is listed twice"),
     ('[[ensemble]]\nmembers = []\n', r"ensemble\[2\]\.members: empty"),
@@ -99,7 +99,7 @@ def test_ensemble_must_be_tables(tmp_path):
         parse_family(_fam(head="ensemble = 3\n" + head))
     p = tmp_path / "fam.toml"  # a file: the error names it, and the listing hint uses its path
     p.write_text(head + '[[ensemble]]\nmembers = ["nope", "c1"]\n')
-    listing = rf"{re.escape(str(p))}: ensemble\[0\].*converters.families {re.escape(str(p))}"
+    listing = rf"{re.escape(str(p))}: ensemble\[0\].*converters.family.listing {re.escape(str(p))}"
     with pytest.raises(FamilyError, match=listing):
         load_family(p)
 
@@ -155,7 +155,7 @@ def test_top_k_picks_by_validation_accuracy():
 def test_build_ensemble_averages_softmax_and_reloads_with_custom_layers(tmp_path):
     import keras
 
-    from converters.keras_build import build_ensemble, build_model, count_params_macs, load_keras_model
+    from converters.family.keras_build import build_ensemble, build_model, count_params_macs, load_keras_model
 
     keras.utils.set_random_seed(0)
     fam = parse_family(_fam())
@@ -198,8 +198,8 @@ def _shift(x: np.ndarray, view: str) -> np.ndarray:
 def test_views_average_every_member_on_every_shifted_image(tmp_path):
     import keras
 
-    from converters.keras_build import build_ensemble, build_model, load_keras_model
-    from converters.specs import ENSEMBLE_VIEWS
+    from converters.family.keras_build import build_ensemble, build_model, load_keras_model
+    from converters.family.specs import ENSEMBLE_VIEWS
 
     keras.utils.set_random_seed(1)
     fam = parse_family(_fam())
@@ -286,8 +286,8 @@ def test_sweep_builds_ensembles_after_members(setup):
 def test_ensemble_output_is_the_mean_of_member_softmax_and_its_accuracy_is_recorded(setup):
     import keras
 
-    from converters.datasets import splits_for_run
-    from converters.keras_build import load_keras_model
+    from converters.data.datasets import splits_for_run
+    from converters.family.keras_build import load_keras_model
 
     _, _, run_dir, _, _ = setup
     ens = EnsembleSpec(members=(PLAIN, CUSTOM))
@@ -316,7 +316,7 @@ def test_resume_skips_ensembles_and_rebuilds_when_a_member_changes(setup, tmp_pa
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.keras")} == mtimes
 
     # A member's model.keras changes (retrained elsewhere): the ensembles holding it are rebuilt from it.
-    from converters.keras_build import load_keras_model
+    from converters.family.keras_build import load_keras_model
 
     wide = run_dir / "models" / WIDE / "model.keras"
     m = load_keras_model(wide)
@@ -347,7 +347,7 @@ def test_limited_sweep_skips_ensembles_with_untrained_members(setup, tmp_path):
 
 
 def test_convert_builds_and_validates_every_desktop_target_of_an_ensemble(setup, tmp_path):
-    from edge.manifest import Manifest
+    from edge.artifacts.manifest import Manifest
     from edgekit.cli import main
 
     _, _, src, first, _ = setup

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters.specs import ModelSpec
+from converters.family.specs import ModelSpec
 
 keras = pytest.importorskip("keras")
 
-from converters.keras_build import build_ensemble, build_model, load_keras_model  # noqa: E402
-from converters.layers import Flip  # noqa: E402
+from converters.family.keras_build import build_ensemble, build_model, load_keras_model  # noqa: E402
+from converters.family.layers import Flip  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside keras.saving
 
@@ -105,8 +105,8 @@ def test_batch_norm_members_run_in_inference_mode(bn_ensemble):
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_batch_norm_ensemble_converts_with_keras_outputs(bn_ensemble, tmp_path, fmt):
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")
-    from converters.formats import export_model
-    from converters.validate import keras_outputs, run_artifact
+    from converters.convert.exporters import export_model
+    from converters.convert.validate import keras_outputs, run_artifact
 
     ens, _ = bn_ensemble
     res = export_model(ens, tmp_path / f"ensbn.{fmt}", fmt, "fp32")

@@ -10,7 +10,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from tests.converters.test_bundle import MODEL_ID, make_tiny_run
+from tests.converters.pack.test_packer import MODEL_ID, make_tiny_run
 
 TFLITE_FP32 = f"{MODEL_ID}.tflite-fp32"
 TFLITE_INT8 = f"{MODEL_ID}.tflite-int8"
@@ -19,7 +19,7 @@ ONNX_FP32 = f"{MODEL_ID}.onnx-fp32"
 
 def build_desktop_bundle(base: Path) -> Path:
     """A desktop-cpu bundle folder under ``base``."""
-    from converters.bundle import build_bundle
+    from converters.pack.packer import build_bundle
 
     run = make_tiny_run(base / "run")
     folder = base / "desktop"

@@ -2,7 +2,7 @@
 
 The bundle follows the CONTRACTS layout by hand (no converters): three untrained Keras
 CNNs of very different cost, converted in this process to TFLite (one of them int8), a
-manifest written with edge.manifest, eval.npz, and canary.npz whose host scores come from
+manifest written with edge.artifacts.manifest, eval.npz, and canary.npz whose host scores come from
 edge.backends.  A small profile TOML runs every artifact under two LiteRT settings
 (XNNPACK on and off), so the latency table has the same artifact under two runtime
 settings.  Latencies are measured here with the real runtime; accuracies are assigned
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.daemon_proc import Daemon
+from benchmarks.evaluate.daemon_proc import Daemon
 from tests._bundle_builder import (
     INPUT_SHAPE,
     BundleWriter,
@@ -84,8 +84,8 @@ def _build(root: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from device_profiles import load_profile
     from edge.backends import get_backend
-    from edge.front import select_subset
-    from edge.table import DeviceHeader, LatencyTable
+    from edge.tables.selection import select_subset
+    from edge.tables.table import DeviceHeader, LatencyTable
 
     bundle = root / "bundle"
     (root / "profile.toml").write_text(PROFILE_TOML)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from tests.converters.test_bundle import make_tiny_run
+from tests.converters.pack.test_packer import make_tiny_run
 
 REPO = Path(__file__).resolve().parents[2]
 BANNED = ("tensorflow", "keras", "tf_keras", "tensorflow_lite", "tf2onnx")
@@ -102,8 +102,8 @@ attempts.clear()
 from edgekit.cli import main
 from device_profiles import load_profile
 from edge.backends import get_backend
-from edge.bundle import open_bundle
-from edge.canary import check_canary
+from edge.bundle.reader import open_bundle
+from edge.bundle.canary import check_canary
 
 bundles = sys.argv[2:]
 rcs = [main(["verify", b, "--profile", "desktop-cpu"]) for b in bundles]
@@ -126,7 +126,7 @@ print("RESULT " + json.dumps({"rcs": rcs, "results": results, "importable": impo
 def board_bundles(request, tmp_path_factory):
     """(rpi4 archive, jetson-orin-nano folder, artifact ids): from the real pipeline when the real
     Fashion-MNIST is installed (every format and precision), else from the synthetic tiny run."""
-    from converters.bundle import build_bundle
+    from converters.pack.packer import build_bundle
 
     base = tmp_path_factory.mktemp("runtime-venv")
     try:

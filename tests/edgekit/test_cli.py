@@ -8,7 +8,7 @@ import types
 import pytest
 
 import edgekit.cli as cli
-from edge.errors import EdgekitError, MissingError, StepFailed, UsageError
+from edge.core.errors import EdgekitError, MissingError, StepFailed, UsageError
 
 
 def _fake_command(monkeypatch, exc: BaseException):
@@ -43,7 +43,7 @@ def test_user_errors_are_still_their_builtin_kinds():
     assert issubclass(UsageError, ValueError) and issubclass(MissingError, FileNotFoundError)
     assert issubclass(StepFailed, RuntimeError) and issubclass(UsageError, EdgekitError)
     from device_profiles import ProfileError
-    from edge.bundle import BundleError
-    from edge.table import TableError
+    from edge.bundle.reader import BundleError
+    from edge.tables.table import TableError
 
     assert all(issubclass(e, EdgekitError) for e in (BundleError, TableError, ProfileError))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from device_profiles import RuntimeSetting
+from edge.artifacts.tensors import dequantize_output, prepare_input
 from edge.backends import BackendUnavailable, get_backend
-from edge.tensors import dequantize_output, prepare_input
 from tests.benchmarks import _fixtures as fx
 
 ai_edge_litert = pytest.importorskip("ai_edge_litert")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from device_profiles import RuntimeSetting
+from edge.artifacts.tensors import prepare_input
 from edge.backends import BackendUnavailable, get_backend
-from edge.tensors import prepare_input
 from tests.benchmarks import _fixtures as fx
 
 ort = pytest.importorskip("onnxruntime")

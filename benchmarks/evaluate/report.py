@@ -1,0 +1,288 @@
+"""The policy-comparison report: text and Markdown tables, PNG plots (accuracy/miss per policy, request timelines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.core.atomic import atomic_write_bytes, atomic_write_text
+from edge.core.textable import format_table
+
+POLICY_COLORS = {
+    "adaptive": "#1f77b4",
+    "mean-table": "#ff7f0e",
+    "quantile-table": "#8c564b",
+    "best-static": "#e377c2",
+    "most-accurate": "#d62728",
+    "fastest": "#7f7f7f",
+    "oracle": "#2ca02c",
+}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def comparison_table(results: dict[str, Any], markdown: bool = False) -> str:
+    labels = results["variant_labels"]
+    head = ["policy", "accuracy", "miss (daemon clock)", "miss (end to end)", "goodput/s", "p50 ms", "p99 ms",
+            "req/s", "variants used"]
+    body = []
+    for name, pol in results["policies"].items():
+        s = pol["summary"]
+        used = " ".join(f"{labels.get(v, v)}:{c}"
+                        for v, c in sorted(s["variants"].items(), key=lambda kv: labels.get(kv[0], kv[0])))
+        gp = s.get("goodput_rps")
+        body.append([
+            name, _pct(s["accuracy"]), _pct(s["server_miss_rate"]), _pct(s["miss_rate"]),
+            "-" if gp is None else f"{gp:.1f}", _ms(s["p50_ms"]), _ms(s["p99_ms"]),
+            "-" if s["throughput_rps"] is None else f"{s['throughput_rps']:.1f}", used or "-",
+        ])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        out += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(out)
+    return format_table(head, body, align="l" + "r" * (len(head) - 2) + "l", rule=True)
+
+
+def variant_legend(results: dict[str, Any], markdown: bool = False) -> str:
+    rows = results["variants"]
+    if markdown:
+        out = ["| label | variant | table accuracy | p50 ms | p95 ms |", "|---|---|---|---|---|"]
+        out += [f"| {v['label']} | `{v['variant']}` | {v['accuracy'] * 100:.2f}% | {v['p50_ms']:.3f} "
+                f"| {v['p95_ms']:.3f} |" for v in rows]
+        return "\n".join(out)
+    return "\n".join(
+        f"  {v['label']:>3}  acc {v['accuracy'] * 100:6.2f}%  p95 {v['p95_ms']:8.3f} ms  {v['variant']}" for v in rows
+    )
+
+
+def context_lines(results: dict[str, Any]) -> str:
+    """What the table was measured under: placement, floor, deadlines, contention and its effect."""
+    lines = []
+    pl = results.get("placement") or {}
+    if pl.get("server_cpus") is not None:
+        lines.append(f"placement: daemon on cpu {pl['server_cpus']}, load generator on cpu {pl['client_cpus']}")
+    pr = (results.get("probe") or {}).get("fastest")
+    if pr:
+        lines.append(f"serving floor (fastest variant, daemon clock, p50): {pr['floor_ms']:.3f} ms; "
+                     f"end to end {pr['e2e_overhead_ms']:.3f} ms")
+    wl = results.get("workload") or {}
+    if wl:
+        lines.append(f"deadlines: {wl.get('deadline')} ms; arrivals: {wl.get('arrival')}")
+    ov = results.get("overload")
+    if ov:
+        lines.append(f"overload: {ov['factor']:g}x the most accurate variant's capacity ({ov['capacity_rps']:.0f}/s) "
+                     f"= {ov['rate_rps']:.0f} requests/s")
+    c = results.get("contention") or {}
+    if c.get("share"):
+        sd = c.get("achieved_slowdown")
+        lines.append(f"contention: {c['spec']}: {c['what']}; achieved slowdown of served inferences "
+                     f"(median observed/table inside vs outside the window): "
+                     f"{'-' if sd is None else f'{sd:.2f}x'}")
+    ho = results.get("held_out")
+    if ho:
+        gaps = [v["gap"] for v in ho["variants"].values()]
+        lines.append("served minus table accuracy per variant (held-out images): "
+                     + ", ".join(f"{k} {v['gap'] * 100:+.2f}" for k, v in ho["variants"].items())
+                     + f" points (mean {np.mean(gaps) * 100:+.2f})")
+    bs = results.get("best_static")
+    if bs:
+        lines.append(f"best static CNN: {bs['label']} ({bs['variant']})")
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def render_text(results: dict[str, Any]) -> str:
+    """``table.txt``: the comparison table, the variant legend and what it was measured under."""
+    return (comparison_table(results) + "\n\nvariants (by table latency):\n" + variant_legend(results) + "\n"
+            + context_lines(results))
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # boards and CI have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _color(name: str, k: int) -> str:
+    return POLICY_COLORS.get(name, f"C{(k + 4) % 10}")
+
+
+def plot_policies(results: dict[str, Any], path: Path) -> Path:
+    """Two bar charts side by side: accuracy and deadline-miss rate per policy."""
+    plt = _plt()
+    names = list(results["policies"])
+    acc = [100 * (results["policies"][n]["summary"]["accuracy"] or 0.0) for n in names]
+    miss = [100 * (results["policies"][n]["summary"]["server_miss_rate"] or 0.0) for n in names]
+    colors = [_color(n, k) for k, n in enumerate(names)]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(names) * 2), 4.2))
+    x = np.arange(len(names))
+    a1.bar(x, acc, color=colors)
+    a1.set_title("accuracy on the eval labels")
+    a1.set_ylabel("%")
+    lo = max(0.0, min(acc) - 10) if acc else 0.0
+    a1.set_ylim(lo, min(100.0, max(acc) + 3) if acc else 100.0)
+    a2.bar(x, miss, color=colors)
+    a2.set_title("deadline-miss rate (daemon clock)")
+    a2.set_ylim(0, max(1.0, max(miss) * 1.15) if miss else 1.0)
+    a2.set_ylabel("%")
+    for ax, vals in ((a1, acc), (a2, miss)):
+        ax.set_xticks(x, names, rotation=20, ha="right")
+        for xi, v in zip(x, vals):
+            ax.annotate(f"{v:.1f}", (xi, v), ha="center", va="bottom", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    c = results.get("contention", {})
+    w = results.get("workload", {})
+    fig.suptitle(f"{w.get('count')} requests, deadlines {w.get('deadline')} ms, arrivals {w.get('arrival')}, "
+                 f"contention {c.get('spec', 'none')}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, 110)
+    plt.close(fig)
+    return path
+
+
+def plot_timeline(results: dict[str, Any], path: Path) -> Path:
+    """Per policy: deadline and end-to-end latency per request (misses in red), and the chosen
+    variant with the daemon's slowdown factor; the contention window is shaded."""
+    plt = _plt()
+    names = list(results["policies"])
+    labels = results.get("variant_labels", {})
+    rank = {v: int(lbl[1:]) for v, lbl in labels.items() if lbl[1:].isdigit()}
+    nv = max(len(rank), 1)
+    window = results.get("contention", {}).get("window", [0, 0])
+    fig, axes = plt.subplots(len(names), 2, figsize=(13, 2.4 * len(names) + 0.6), squeeze=False, sharex=True)
+    for k, name in enumerate(names):
+        recs = results["policies"][name]["records"]
+        idx = np.asarray([r["index"] for r in recs])
+        dl = np.asarray([r["deadline_ms"] for r in recs], dtype=float)
+        e2e = np.asarray([r["e2e_ms"] if r["status"] == 200 else np.nan for r in recs], dtype=float)
+        met = np.asarray([bool(r["deadline_met"]) for r in recs])
+        var = np.asarray([rank.get(r["variant"], -1) if r["variant"] else -1 for r in recs], dtype=float)
+        var[var < 0] = np.nan
+        slow = np.asarray([np.nan if r.get("slowdown") is None else r["slowdown"] for r in recs], dtype=float)
+        a, b = axes[k]
+        for ax in (a, b):
+            if window[1] > window[0]:
+                ax.axvspan(window[0], window[1] - 1, color="#f4c7c3", alpha=0.45, lw=0,
+                           label="contention" if ax is a and k == 0 else None)
+        if idx.size:
+            # Keep the deadlines readable: latencies far above them are drawn as ^ on the top edge.
+            finite = e2e[np.isfinite(e2e)]
+            top = max(1.6 * float(np.max(dl)), float(np.percentile(finite, 97)) * 1.05 if finite.size else 0.0)
+            clipped = np.isfinite(e2e) & (e2e > top)
+            shown = np.where(clipped, np.nan, e2e)
+            a.scatter(idx, dl, s=14, color="0.35", marker="_", lw=1.0, label="deadline")
+            a.scatter(idx[met], shown[met], s=6, color="#2ca02c", label="latency (met)")
+            a.scatter(idx[~met], shown[~met], s=9, color="#d62728", marker="x", label="latency (missed)")
+            if clipped.any():
+                a.scatter(idx[clipped], np.full(int(clipped.sum()), top * 0.985), s=12, color="#d62728", marker="^",
+                          label=f"> {top:.3g} ms")
+            a.set_ylim(0, top)
+            b.scatter(idx, var, s=7, color=_color(name, k), label="variant")
+        a.set_ylabel(f"{name}\nms")
+        b.set_ylabel("variant (V#)")
+        b.set_ylim(-0.5, nv - 0.5)
+        b.set_yticks(range(nv))
+        if np.isfinite(slow).any():
+            tb = b.twinx()
+            tb.plot(idx, slow, color="#9467bd", lw=0.9, label="slowdown")
+            tb.set_ylabel("slowdown", color="#9467bd")
+            tb.tick_params(axis="y", colors="#9467bd")
+            if k == 0:
+                tb.legend(loc="upper right", fontsize=7)
+        if k == 0:
+            a.legend(loc="upper right", fontsize=7, ncol=2)
+            b.legend(loc="upper left", fontsize=7)
+            a.set_title("deadline and end-to-end latency per request")
+            b.set_title("chosen variant (by table latency) and the daemon's slowdown factor")
+    for ax in axes[-1]:
+        ax.set_xlabel("request")
+    fig.tight_layout()
+    _save(fig, path, 100)
+    plt.close(fig)
+    return path
+
+
+def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
+    w = results["workload"]
+    c = results["contention"]
+    h = results.get("host", {})
+    lines = [
+        "# edgekit policy comparison",
+        "",
+        f"- date: {results['created']}",
+        f"- host: {h.get('cpu_model', '')} ({h.get('cores', '?')} cores, {h.get('machine', '')}, {h.get('os', '')})",
+        f"- bundle: `{results['bundle']}`, selected table: `{results['table']}`, profile: {results.get('profile')}",
+        f"- workload: {w['count']} requests per policy, deadlines `{w['deadline']}` ms"
+        + (" (auto: from floor + the fastest p95 to floor + 1.1 x the slowest p95)"
+           if results.get("deadline_spec") == "auto" else "")
+        + f", arrivals `{w['arrival']}`, seed {w['seed']}, {results.get('warmup', 0)} unmeasured warm-up requests",
+        f"- contention: {c['spec']}"
+        + (f" ({c.get('what', '')} while requests {c['window'][0]}..{c['window'][1] - 1} were issued; achieved "
+           f"slowdown {c['achieved_slowdown']}x)" if c["window"][1] > c["window"][0] else ""),
+        "",
+        "## Results",
+        "",
+        comparison_table(results, markdown=True),
+        "",
+        "Accuracy is top-1 on the bundle's serving images over all requests (an unanswered or rejected request "
+        "counts as wrong). A miss is a request not answered within its deadline on the daemon's clock (from when "
+        "its first bytes reached the daemon's socket to the answer written), which is what deadline_ms means; "
+        "end to end (as the load generator measured it over HTTP) is beside it. Goodput is the answers that were "
+        "correct and on time per second.",
+        "",
+        "```",
+        context_lines(results).strip(),
+        "```",
+        "",
+    ]
+    for key, title in (("policies", "Accuracy and miss rate per policy"), ("timeline", "Timeline")):
+        if key in images:
+            lines += [f"## {title}", "", f"![{title}]({images[key]})", ""]
+    lines += ["## Variants", "", variant_legend(results, markdown=True), ""]
+    if "oracle" in results:
+        o = results["oracle"]
+        lines += ["## Oracle", "", o["method"], "",
+                  f"Serving overhead added: {o['overhead_ms']:.3f} ms end to end, "
+                  f"{o.get('daemon_overhead_ms', o['overhead_ms']):.3f} ms on the daemon's clock "
+                  f"(from the {o['overhead_source'] or 'no'} run).", ""]
+    trunc = [n for n, p in results["policies"].items() if p.get("truncated")]
+    if trunc:
+        lines += [f"Stopped early by the duration limit: {', '.join(trunc)}.", ""]
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write policies.png, timeline.png and report.md into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    if results.get("policies"):
+        paths["policies"] = plot_policies(results, out / "policies.png")
+        paths["timeline"] = plot_timeline(results, out / "timeline.png")
+    md = render_markdown(results, {k: p.name for k, p in paths.items()})
+    paths["report"] = atomic_write_text(out / "report.md", md)
+    return paths

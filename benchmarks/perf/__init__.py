@@ -1,0 +1,2 @@
+"""The project's own measurements of itself (overheads, soak, repeatability, throughput); no product module
+imports them."""

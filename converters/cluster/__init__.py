@@ -1,0 +1,1 @@
+"""Running sweep tasks on Ray, and importing TensorFlow quietly."""

@@ -1,0 +1,1 @@
+"""`edgekit bundle`: packing what one device profile needs into a folder or tar.gz."""

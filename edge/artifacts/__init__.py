@@ -1,0 +1,1 @@
+"""What a converted model is: the format vocabulary, the manifest, and the tensors in and out."""

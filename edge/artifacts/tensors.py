@@ -1,0 +1,56 @@
+"""Tensor conversions around a model: uint8 images in, as the artifact's input spec says; float32 scores out."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+
+from edge.artifacts.manifest import TensorSpec
+from edge.core.errors import UsageError
+
+
+def prepare_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """uint8 NHWC images (pixel values 0..255) -> the tensor this artifact takes.
+
+    Every model in a family takes raw pixel values as float and normalises inside the
+    graph, so a float input is just a cast and an int8/uint8 input is quantized with
+    the artifact's recorded scale and zero point.
+    """
+    x = np.asarray(images)
+    if x.ndim == len(spec.shape) - 1:
+        x = x[None, ...]
+    want = tuple(s for s in spec.shape[1:])
+    if tuple(x.shape[1:]) != want:
+        raise UsageError(f"input shape {tuple(x.shape[1:])} does not match the model's {want} (NHWC, no batch)")
+    dt = np.dtype(spec.dtype)
+    if spec.quantized:  # so scale and zero point are recorded
+        info = np.iinfo(dt)
+        q = np.round(x.astype(np.float32) / cast(float, spec.scale) + cast(int, spec.zero_point))
+        return np.clip(q, info.min, info.max).astype(dt)
+    return x.astype(dt)
+
+
+def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Model output -> float32 scores, undoing output quantization."""
+    if spec.quantized:
+        return (y.astype(np.float32) - cast(int, spec.zero_point)) * cast(float, spec.scale)
+    return y.astype(np.float32)
+
+
+def scores(model: Any, images: np.ndarray, batch_size: int = 1, prepared: bool = False) -> np.ndarray:
+    """Dequantized float32 scores (N, classes) of a loaded model for uint8 NHWC images.
+
+    ``batch_size`` images per call (1 by default: some artifacts have a fixed batch of 1, and the
+    canary must run exactly what the device runs). ``prepared``: the images already went through
+    :func:`prepare_input` (the benchmark prepares them once, outside its timed loop). The daemon's
+    and the oracle's timed paths do not use this: they time the runtime call alone.
+    """
+    x = np.asarray(images)
+    outs = []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i : i + batch_size]
+        raw = model.predict(chunk if prepared else prepare_input(chunk, model.input_spec))
+        y = dequantize_output(np.asarray(raw), model.output_spec)
+        outs.append(y.reshape(1, -1) if len(chunk) == 1 else y)  # a batch-1 model may drop the batch axis
+    return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0), np.float32)

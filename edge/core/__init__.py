@@ -1,0 +1,1 @@
+"""Shared utilities of every stage: errors, atomic files and digests, progress bars, text tables, memory."""

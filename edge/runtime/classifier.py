@@ -1,0 +1,249 @@
+"""The embeddable adaptive runtime: ``AdaptiveClassifier.open(bundle, table).classify(image, deadline_ms)``.
+
+It is what a camera application on a board imports when it wants no HTTP (the paper's
+own setting), and what ``edgekit serve`` is a thin transport over.  It opens a bundle, a
+selected table and a device profile; loads every selected variant once per slot, checks
+its sha256 against the manifest and its canary, warms it; and answers each image with the
+most accurate variant predicted to fit the time left to its deadline, correcting the
+prediction online when the board runs slower than its table.  Threads that call
+``classify`` at once share one earliest-deadline-first order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edge.core.errors import UsageError
+from edge.runtime.scheduler import DONE, InferenceRequest, InferenceResult, Scheduler
+from edge.runtime.selector import MISS_POLICIES, Policy
+from edge.runtime.slowdown import FILTERS, make_filter
+from edge.runtime.variants import ModelHost, VariantInfo
+from edge.tables.table import QUANTILES
+
+__all__ = ["AdaptiveClassifier", "RuntimeOptions", "InferenceResult", "VariantInfo", "ReloadResult"]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the runtime chooses and serves; the defaults are what ``edgekit serve`` uses."""
+
+    policy: Policy = Policy("adaptive")
+    miss: str = "best-effort"  # best-effort | reject: what to do when no variant fits
+    quantile: str | None = None  # table latency to predict with (None: the one the table was selected on)
+    slowdown_filter: str = "kalman"
+    queue_size: int = 64  # waiting requests beyond the running ones; more raise QueueFull
+    workers: int | None = None  # slots (loaded copies of every variant); None: the profile's
+    inject_delay_ms: float = 0.0  # testing: every inference takes this much longer, as on a slower board
+    warmup: int = 5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.policy, str):
+            object.__setattr__(self, "policy", Policy.from_string(self.policy))
+        if self.miss not in MISS_POLICIES:
+            raise UsageError(f"unknown miss policy '{self.miss}'; available: {list(MISS_POLICIES)}")
+        if self.quantile is not None and self.quantile not in QUANTILES:
+            raise UsageError(f"unknown latency quantile '{self.quantile}'; available: {list(QUANTILES)}")
+        if self.slowdown_filter not in FILTERS:
+            raise UsageError(f"unknown slowdown filter '{self.slowdown_filter}'; available: {sorted(FILTERS)}")
+        if self.queue_size < 1:
+            raise UsageError(f"queue size must be at least 1, got {self.queue_size}")
+        if self.workers is not None and not 1 <= self.workers <= 64:
+            raise UsageError(f"workers must be 1..64, got {self.workers}")
+        if not (self.inject_delay_ms >= 0 and self.inject_delay_ms < 1e7):
+            raise UsageError("inject_delay_ms must be >= 0")
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    message: str
+    variants: tuple[str, ...] = ()
+
+
+class AdaptiveClassifier:
+    """Deadline-aware classification over a bundle's selected variants, in process.
+
+    >>> clf = AdaptiveClassifier.open("rpi4-bundle.tar.gz", "rpi4-selected.json")
+    >>> r = clf.classify(image_uint8_hwc, deadline_ms=30.0)
+    >>> r.label, r.variant, r.deadline_met
+    """
+
+    def __init__(self, bundle, table, profile, table_path: str = "", options: RuntimeOptions | None = None,
+                 log: Callable[[str], Any] | None = None, bundle_verified: bool = False, t0: float | None = None):
+        """``bundle_verified``: every file's sha256 was checked when the bundle was opened, so the
+        first load need not hash the served artifacts again (a reload always does)."""
+        self.options = opts = options or RuntimeOptions()
+        self.log = log or (lambda msg: None)
+        t0 = time.perf_counter() if t0 is None else t0
+        self.bundle = bundle
+        self.profile = profile
+        self.table = table
+        self.table_path = str(table_path)
+        self.workers = int(opts.workers or profile.workers)
+        self.host = ModelHost(bundle, profile, self.workers, warmup=opts.warmup, log=self.log)
+        self.filter = make_filter(opts.slowdown_filter)
+        self.policy = opts.policy
+        self._selector_args = dict(policy=opts.policy, miss=opts.miss)
+        self._check_static(table)
+        state = self.host.state_for(table, self._selector_args_for(table), self.filter, self.table_path, 0,
+                                    verify=not bundle_verified)
+        self.input_hwc = tuple(self.host.input_hwc or ())
+        self.classes = int(self.host.classes or 0)
+        self.labels = tuple(bundle.class_names)
+        self.scheduler = Scheduler(state, queue_size=opts.queue_size, workers=self.workers,
+                                   inject_delay_ms=opts.inject_delay_ms)
+        self._reload_lock = threading.Lock()
+        self.load_s = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, bundle: str, table: str, profile: str | None = None, options: RuntimeOptions | None = None,
+             log: Callable[[str], Any] | None = None, **kw) -> "AdaptiveClassifier":
+        """Open a bundle (folder or .tar.gz, checksums verified) and a selected table.
+
+        ``profile`` is a device profile name or TOML path (default: the bundle's). Keyword
+        arguments are ``RuntimeOptions`` fields (``policy="mean-table"``, ``miss="reject"``...)."""
+        from device_profiles import load_profile
+        from edge.bundle.reader import open_bundle
+        from edge.tables.table import SelectedTable
+
+        if options is None:
+            options = RuntimeOptions(**kw)
+        elif kw:
+            raise TypeError("pass either options or keyword options, not both")
+        t0 = time.perf_counter()
+        b = open_bundle(bundle, verify=True)
+        name = profile or b.profile
+        if not name:
+            raise UsageError("the bundle names no device profile; pass profile=")
+        prof = load_profile(name)
+        t = SelectedTable.load(table, profile=prof.name)
+        return cls(b, t, prof, table_path=str(table), options=options, log=log, bundle_verified=True, t0=t0)
+
+    def _selector_args_for(self, table) -> dict:
+        return dict(self._selector_args, quantile=self.options.quantile or table.params.quantile)
+
+    def _check_static(self, table) -> None:
+        if self.policy.kind == "static" and self.policy.variant not in table.variants:
+            raise UsageError(f"the static policy's variant '{self.policy.variant}' is not in the table; "
+                             f"available: {list(table.variants)}")
+
+    # ---------------------------------------------------------------- serving
+
+    def check_image(self, image: np.ndarray) -> np.ndarray:
+        """``image`` as one (1, H, W, C) batch of uint8 (or float 0..255) pixels; ValueError if it cannot be."""
+        x = np.asarray(image)
+        if x.ndim == len(self.input_hwc):
+            x = x[None]
+        if x.shape[1:] != self.input_hwc or x.shape[0] != 1:
+            raise UsageError(f"expected one image of shape {self.input_hwc} (or (1, *that)), got {np.shape(image)}")
+        if x.dtype != np.uint8:
+            if x.dtype.kind not in "iuf":
+                raise UsageError(f"expected uint8 pixels (or numbers 0..255), got dtype {x.dtype}")
+            x = x.astype(np.float32)
+            if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255:
+                raise UsageError("pixel values must be finite and within 0..255")
+        return x
+
+    def classify(self, image: np.ndarray, deadline_ms: float, arrival: float | None = None,
+                 timeout: float | None = None) -> InferenceResult:
+        """The most accurate variant's answer that is predicted to fit ``deadline_ms``.
+
+        ``arrival`` (``time.perf_counter()`` seconds) is when the deadline started, if
+        earlier than the call (for example when the camera delivered the frame). Raises
+        ``QueueFull`` when more than ``queue_size`` calls wait, ``ShuttingDown`` after ``close``.
+        The result's ``outcome`` is ``ok``, ``rejected`` (``miss="reject"`` and nothing fits)
+        or ``error`` (the runtime failed; ``message`` says why)."""
+        if not (deadline_ms > 0 and deadline_ms < float("inf")):
+            raise UsageError(f"deadline_ms must be a finite number > 0, got {deadline_ms}")
+        req = InferenceRequest(self.check_image(image), float(deadline_ms),
+                               time.perf_counter() if arrival is None else float(arrival))
+        s = self.scheduler
+        if s.acquire(req, timeout) == DONE:
+            assert req.result is not None
+            return req.result
+        try:
+            res = s.run(req)
+            if res.hold_ms > 0:
+                time.sleep(res.hold_ms / 1000.0)
+            if res.outcome == "ok":
+                res.total_ms = (time.perf_counter() - req.arrival) * 1000.0
+                res.deadline_met = res.total_ms <= req.deadline_ms
+        finally:
+            s.release(req)
+        return res
+
+    # ---------------------------------------------------------------- reload
+
+    def reload(self, table_path: str | None = None) -> ReloadResult:
+        """Re-read the selected table (``table_path`` or the current one) and serve it.
+
+        A table that cannot be read, is malformed, names variants that do not load or fail
+        their sha256 or canary check keeps the current table serving; the result says why.
+        Never raises for a bad table."""
+        from edge.tables.table import SelectedTable
+
+        with self._reload_lock:
+            target = str(table_path or self.table_path)
+            sched = self.scheduler
+            try:
+                table = SelectedTable.load(target, profile=self.profile.name)
+                self._check_static(table)
+                state = self.host.state_for(table, self._selector_args_for(table), self.filter, target,
+                                            sched.state.generation + 1)
+            except Exception as exc:  # noqa: BLE001 - whatever the file holds, the old table keeps serving
+                if not isinstance(exc, (ValueError, OSError)):
+                    self.log("reload: unexpected error (please report):\n" + traceback.format_exc())
+                self.host.retain(set(sched.state.selector.variants))
+                return ReloadResult(False, f"reload failed, still serving {self.table_path} "
+                                           f"({len(sched.state.selector)} variants): {exc}",
+                                    tuple(sched.state.selector.variants))
+            sched.swap(state)
+            self.host.retain(set(state.selector.variants))
+            self.table = table
+            self.table_path = target
+            return ReloadResult(True, f"reloaded {target}: serving {len(state.selector)} variants "
+                                      f"{list(state.selector.variants)}", tuple(state.selector.variants))
+
+    # ---------------------------------------------------------------- descriptions
+
+    @property
+    def selector(self):
+        return self.scheduler.state.selector
+
+    @property
+    def generation(self) -> int:
+        return self.scheduler.state.generation
+
+    def variants_status(self) -> list[dict]:
+        sel = self.selector
+        serving = set(sel.variants)
+        out = []
+        for row in self.table.rows:
+            info = self.host.info.get(row.variant)
+            out.append({
+                "variant": row.variant,
+                "ready": row.variant in serving,
+                "reason": "" if info is None else info.reason,
+                "provider": "" if info is None else info.provider,
+                f"{sel.quantile}_ms": row.latency(sel.quantile),
+                "accuracy": row.accuracy,
+            })
+        return out
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> int:
+        """Stop accepting; with ``drain`` wait for running and queued calls to finish."""
+        return self.scheduler.close(drain=drain, timeout=timeout)
+
+    def __enter__(self) -> "AdaptiveClassifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(drain=False)

@@ -1,0 +1,388 @@
+"""Earliest-deadline-first admission to the inference slots, and the one step that serves a request.
+
+A *slot* is one set of loaded variants (an interpreter is not safe to share between
+threads, so each slot has its own copies).  A request that finds a slot free and nobody
+waiting takes it at once, in the caller's own thread: an idle runtime adds no hand-off.
+Otherwise it waits in a bounded heap ordered by absolute deadline, and a slot that frees
+goes to the head of the heap.  Time spent waiting counts against the deadline: the
+selector sees only the time still left when the request runs.
+
+Two kinds of caller share this:
+
+- in-process threads (``edge.runtime.classifier.AdaptiveClassifier.classify``): ``acquire`` blocks
+  until the request holds a slot; ``release`` hands the slot to the next waiter directly;
+- the daemon's event loop (``edge.serve.app``): ``submit`` never blocks, ``take`` pops the
+  earliest deadline when a slot is free, and ``on_free`` tells the loop a slot freed so
+  that it reads what arrived meanwhile before it picks the next request.
+
+Under the ``reject`` miss policy a request that no variant can meet is answered at once,
+on arrival and again when it reaches a slot.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, cast
+
+import numpy as np
+
+from edge.artifacts.manifest import TensorSpec
+from edge.artifacts.tensors import dequantize_output, prepare_input
+from edge.backends.base import LoadedModel
+from edge.core.errors import UsageError
+from edge.runtime.selector import Selector
+
+OVERHEAD_ALPHA = 0.1  # EWMA weight of the measured serving overhead
+OVERHEAD_INITIAL_MS = 0.05
+OVERHEAD_MAX_MS = 20.0
+QUEUE_PLAN = 16  # waiting requests (earliest deadlines first) the adaptive policy leaves room for
+
+# What ``submit`` says happened to a request.
+RUN = "run"  # it holds a slot: run it now
+QUEUED = "queued"  # it waits for a slot
+DONE = "done"  # answered already (rejected: its deadline cannot be met)
+
+
+class QueueFull(RuntimeError):
+    """The EDF queue holds ``queue_size`` requests already."""
+
+
+class ShuttingDown(RuntimeError):
+    """The scheduler stopped accepting requests (graceful shutdown)."""
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What the slots serve with; swapped as one reference on hot reload.
+
+    ``models[s][variant]`` is slot s's own loaded copy of a variant.
+    """
+
+    selector: Selector
+    models: tuple[dict[str, LoadedModel], ...]
+    table_path: str = ""
+    generation: int = 0
+
+
+@dataclass
+class InferenceResult:
+    outcome: str  # ok | rejected | error
+    variant: str | None = None
+    predicted_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0  # arrival to result ready (a transport adds its encoding time)
+    deadline_ms: float = 0.0
+    deadline_met: bool = False
+    slowdown: float = 1.0
+    policy: str = ""
+    scores: np.ndarray | None = None  # float32 (1, classes), dequantized
+    label: int = -1
+    message: str = ""
+    dispatch_seq: int = -1  # order in which requests got a slot
+    hold_ms: float = 0.0  # testing (--inject-delay-ms): keep the slot this much longer
+
+
+@dataclass(eq=False)
+class InferenceRequest:
+    """One image (batch 1, NHWC, uint8 or float32 pixel values) and its relative deadline."""
+
+    image: np.ndarray
+    deadline_ms: float
+    arrival: float = field(default_factory=time.perf_counter)  # perf_counter (CLOCK_MONOTONIC) seconds
+    id: str = ""
+    result: InferenceResult | None = None
+    slot: int = -1
+    context: Any = None  # the transport's own (the daemon keeps its connection here)
+    _granted: threading.Event | None = field(default=None, repr=False)
+
+    @property
+    def abs_deadline(self) -> float:
+        return self.arrival + self.deadline_ms / 1000.0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until this request holds a slot or has a result (``acquire``'s waiters only)."""
+        if self._granted is None:
+            return self.slot >= 0 or self.result is not None
+        return self._granted.wait(timeout)
+
+
+class InputPreparer:
+    """uint8 pixels -> a model's input tensor, through a 256-entry table when the input is
+    quantized (one gather instead of scale, round, clip and cast on every request)."""
+
+    __slots__ = ("spec", "dtype", "lut")
+
+    def __init__(self, spec: TensorSpec):
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.lut = None
+        if spec.quantized:  # the same arithmetic as edge.artifacts.tensors.prepare_input, once per pixel value
+            info = np.iinfo(self.dtype)
+            scale, zero_point = cast(float, spec.scale), cast(int, spec.zero_point)  # recorded when quantized
+            q = np.round(np.arange(256, dtype=np.uint8).astype(np.float32) / scale + zero_point)
+            self.lut = np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if image.dtype == np.uint8:
+            if self.lut is not None:
+                return self.lut[image]
+            return image.astype(self.dtype)
+        return prepare_input(image, self.spec)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        state: ServingState,
+        queue_size: int = 64,
+        workers: int | None = None,
+        inject_delay_ms: float = 0.0,
+        on_free: Callable[[], Any] | None = None,
+    ):
+        if queue_size < 1:
+            raise UsageError(f"queue size must be at least 1, got {queue_size}")
+        self.state = state
+        self.queue_size = int(queue_size)
+        self.workers = int(workers if workers is not None else len(state.models))
+        if self.workers < 1 or len(state.models) < self.workers:
+            raise UsageError(f"{self.workers} slots need {self.workers} model sets, got {len(state.models)}")
+        self._heap: list[tuple[float, int, InferenceRequest]] = []
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._free = list(range(self.workers - 1, -1, -1))  # pop() gives slot 0 first
+        self._seq = itertools.count()
+        self._dispatch = 0
+        self._closing = False
+        self.overhead_ms = OVERHEAD_INITIAL_MS
+        self.on_free = on_free
+        self.inject_delay_ms = float(inject_delay_ms)
+        self._prep: dict[int, InputPreparer] = {}
+
+    # ------------------------------------------------------------------ control
+
+    def swap(self, state: ServingState) -> None:
+        """Serve new requests with ``state``; requests already running finish with the old one."""
+        if len(state.models) < self.workers:
+            raise UsageError(f"the new state has {len(state.models)} model sets for {self.workers} slots")
+        self.state = state
+        self._prep = {}
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> int:
+        """Stop accepting; without ``drain`` answer queued requests with an error at once.
+        With ``drain``, wait (up to ``timeout``) until every slot is free and nothing waits.
+        Returns the number of requests dropped."""
+        dropped: list[InferenceRequest] = []
+        with self._lock:
+            self._closing = True
+            if not drain:
+                dropped = [r for _, _, r in self._heap]
+                self._heap.clear()
+        for r in dropped:
+            self._finish(r, InferenceResult("error", message="the daemon is shutting down", deadline_ms=r.deadline_ms))
+        if drain:
+            self.wait_idle(timeout)
+        return len(dropped)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._heap or len(self._free) < self.workers:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left if left is None else min(left, 0.1))
+        return True
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def depth(self) -> int:
+        return len(self._heap)
+
+    @property
+    def busy(self) -> int:
+        return self.workers - len(self._free)
+
+    def record_overhead(self, ms: float) -> None:
+        """Serving time after the inference (encode, write), subtracted from the time left."""
+        if 0 <= ms < 1e4:
+            self.overhead_ms = min(OVERHEAD_MAX_MS, self.overhead_ms + OVERHEAD_ALPHA * (ms - self.overhead_ms))
+
+    # ------------------------------------------------------------------ admission
+
+    def submit(self, req: InferenceRequest, wait: bool = False, defer: bool = False) -> str:
+        """Admit ``req``: RUN (it holds a free slot now), QUEUED, or DONE (rejected at once).
+
+        Raises QueueFull when the heap is full and ShuttingDown after ``close``. With
+        ``wait`` a queued request gets an event that ``release`` sets (see ``acquire``).
+        With ``defer`` it is queued even when a slot is free: an event loop that reads
+        several requests in one pass queues them all, then ``take``s in deadline order."""
+        sel = self.state.selector
+        if sel.reject_on_miss:
+            now = time.perf_counter()
+            d = sel.select((req.abs_deadline - now) * 1000.0 - self.overhead_ms)
+            if d.reject:
+                self._reject(req, sel, d.predicted_ms, now)
+                return DONE
+        with self._lock:
+            if self._closing:
+                raise ShuttingDown("the daemon is shutting down; retry against its replacement")
+            if self._free and not self._heap and not defer:
+                req.slot = self._free.pop()
+                req.result = None
+                return RUN
+            if len(self._heap) >= self.queue_size:
+                raise QueueFull(f"queue full ({len(self._heap)} waiting); retry later")
+            if wait:
+                req._granted = threading.Event()
+            heapq.heappush(self._heap, (req.abs_deadline, next(self._seq), req))
+        return QUEUED
+
+    def take(self) -> InferenceRequest | None:
+        """The earliest-deadline waiting request, holding a free slot; None if none or no slot."""
+        with self._lock:
+            if not self._heap or not self._free:
+                return None
+            req = heapq.heappop(self._heap)[2]
+            req.slot = self._free.pop()
+            return req
+
+    def acquire(self, req: InferenceRequest, timeout: float | None = None) -> str:
+        """Admit ``req`` and block until it holds a slot (RUN) or was answered (DONE)."""
+        how = self.submit(req, wait=True)
+        if how == QUEUED:
+            if not req.wait(timeout):
+                with self._lock:  # gave up waiting: leave the heap unless granted meanwhile
+                    for i, (_, _, r) in enumerate(self._heap):
+                        if r is req:
+                            self._heap.pop(i)
+                            heapq.heapify(self._heap)
+                            raise TimeoutError("no inference slot within the timeout")
+            return RUN if req.result is None else DONE
+        return how
+
+    def release(self, req: InferenceRequest) -> None:
+        """Give ``req``'s slot back: to the earliest waiter that blocks in ``acquire``, or to the pool."""
+        slot, req.slot = req.slot, -1
+        if slot < 0:
+            return
+        notify = False
+        with self._lock:
+            head = self._heap[0][2] if self._heap else None
+            if head is not None and head._granted is not None:
+                heapq.heappop(self._heap)
+                head.slot = slot
+                head._granted.set()
+            else:
+                self._free.append(slot)
+                notify = head is not None
+            self._idle.notify_all()
+        if notify and self.on_free is not None:
+            self.on_free()
+
+    # ------------------------------------------------------------------ serving
+
+    def _reject(self, req: InferenceRequest, sel: Selector, predicted: float, now: float) -> InferenceResult:
+        left = (req.abs_deadline - now) * 1000.0
+        res = InferenceResult(
+            "rejected",
+            predicted_ms=predicted,
+            queue_ms=(now - req.arrival) * 1000.0,
+            total_ms=(now - req.arrival) * 1000.0,
+            deadline_ms=req.deadline_ms,
+            deadline_met=False,
+            slowdown=sel.factor,
+            policy=str(sel.policy),
+            message=(
+                f"deadline cannot be met: {left:.2f} ms left, the fastest variant '{sel.variants[0]}' "
+                f"is predicted to take {predicted:.2f} ms (+{self.overhead_ms:.2f} ms overhead)"
+            ),
+        )
+        self._finish(req, res)
+        return res
+
+    @staticmethod
+    def _finish(req: InferenceRequest, res: InferenceResult) -> None:
+        req.result = res
+        if req._granted is not None:
+            req._granted.set()
+
+    def run(self, req: InferenceRequest) -> InferenceResult:
+        """Serve ``req`` on the slot it holds: select, infer, correct the slowdown estimate.
+
+        Does not release the slot (the caller does, after ``hold_ms`` when testing). A failing
+        model gives an ``error`` result, never an exception."""
+        seq = self._dispatch
+        self._dispatch += 1
+        try:
+            res = self._run(req)
+        except Exception as exc:  # never lose the slot's caller; the request gets a 500 with the reason
+            res = InferenceResult("error", message=f"inference failed: {exc}", deadline_ms=req.deadline_ms)
+        res.dispatch_seq = seq
+        req.result = res
+        return res
+
+    def _budget_ms(self, req: InferenceRequest, sel: Selector, now: float) -> float:
+        """The time ``req`` may spend in inference: its own time left minus the serving overhead, and,
+        for a policy that plans the queue (adaptive), no more than leaves each waiting request (in
+        EDF order, the first QUEUE_PLAN of them) time for the overhead and the fastest variant. A
+        waiting request that would miss even so does not hold the head back: nothing saves it."""
+        left = (req.abs_deadline - now) * 1000.0 - self.overhead_ms
+        if not sel.plans_queue or not self._heap:
+            return left
+        with self._lock:
+            waiting = heapq.nsmallest(QUEUE_PLAN, self._heap)
+        floor = sel.predict(0)
+        per = self.overhead_ms + floor  # what each waiting request needs at the least
+        for k, (deadline, _, _) in enumerate(waiting, 1):
+            room = (deadline - now) * 1000.0 - self.overhead_ms - math.ceil(k / self.workers) * per
+            if floor <= room < left:
+                left = room
+        return left
+
+    def _run(self, req: InferenceRequest) -> InferenceResult:
+        t_deq = time.perf_counter()
+        state = self.state
+        sel = state.selector
+        d = sel.select(self._budget_ms(req, sel, t_deq))
+        if d.reject:
+            return self._reject(req, sel, d.predicted_ms, t_deq)
+        assert d.variant is not None  # a decision that does not reject names its variant
+        model = state.models[req.slot][d.variant]
+        prep = self._prep.get(id(model))
+        if prep is None or prep.spec is not model.input_spec:
+            prep = self._prep[id(model)] = InputPreparer(model.input_spec)
+        model.set_input(prep(req.image))
+        # Time the invoke alone, the span the latency table measured, so that the
+        # observed/expected ratio is ~1 on a healthy board even for microsecond models.
+        t0 = time.perf_counter()
+        model.invoke_prepared()
+        t1 = time.perf_counter()
+        raw = model.output()
+        inf_ms = (t1 - t0) * 1000.0 + self.inject_delay_ms
+        factor = sel.observe(d.index, inf_ms)
+        scores = dequantize_output(raw, model.output_spec)
+        total = (time.perf_counter() - req.arrival) * 1000.0 + self.inject_delay_ms
+        return InferenceResult(
+            "ok",
+            variant=d.variant,
+            predicted_ms=d.predicted_ms,
+            queue_ms=(t_deq - req.arrival) * 1000.0,
+            inference_ms=inf_ms,
+            total_ms=total,
+            deadline_ms=req.deadline_ms,
+            deadline_met=total <= req.deadline_ms,
+            slowdown=factor,
+            policy=str(sel.policy),
+            scores=scores,
+            label=int(scores[0].argmax()),
+            hold_ms=self.inject_delay_ms,
+        )

@@ -1,0 +1,182 @@
+"""Run-time selection: the most accurate variant whose predicted latency fits the time left (O(log K)).
+
+The selected table's variants are sorted by latency and accuracy together, so "the most
+accurate variant that fits" is "the last variant whose predicted latency is <= the time
+left": one ``bisect`` over a precomputed array.  Predicted latency = the variant's table
+quantile x the online slowdown factor (``edge.runtime.slowdown``), so the division is done once
+on the time left instead of once per variant.
+
+Policies (``--policy``):
+
+- ``adaptive``        quantile latency x online slowdown factor (the default); with requests
+                      waiting, it picks no variant that would leave one of them (EDF order)
+                      without time for the fastest variant.
+- ``quantile-table``  quantile latency, no online correction (ablation of the filter);
+                      ``oracle-free`` is accepted as an alias.
+- ``mean-table``      the paper's baseline: mean latency, no correction.
+- ``fastest``, ``most-accurate``, ``static:<variant>``: fixed choices, for comparison.
+
+When nothing fits, the miss policy decides: ``best-effort`` runs the fastest variant and
+flags the miss; ``reject`` answers at once that the deadline cannot be met.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+from edge.core.errors import UsageError
+from edge.runtime.slowdown import NoSlowdown, SlowdownFilter, make_filter
+from edge.tables.table import QUANTILES, LatencyRow
+
+POLICIES = ("adaptive", "quantile-table", "mean-table", "fastest", "most-accurate", "static:<variant>")
+POLICY_ALIASES = {"oracle-free": "quantile-table"}
+MISS_POLICIES = ("best-effort", "reject")
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str  # adaptive | quantile-table | mean-table | fastest | most-accurate | static
+    variant: str | None = None  # for static
+
+    @classmethod
+    def from_string(cls, s: str) -> "Policy":
+        s = str(s).strip()
+        if s.startswith("static:"):
+            v = s[len("static:"):]
+            if not v:
+                raise UsageError("static policy needs a variant: static:<artifact_id>@<setting>")
+            return cls("static", v)
+        s = POLICY_ALIASES.get(s, s)
+        if s not in POLICIES or s.startswith("static"):
+            raise UsageError(f"unknown policy '{s}'; available: {list(POLICIES) + sorted(POLICY_ALIASES)}")
+        return cls(s)
+
+    def __str__(self) -> str:
+        return f"static:{self.variant}" if self.kind == "static" else self.kind
+
+
+class Decision(NamedTuple):
+    index: int  # type: ignore[assignment]  # into Selector.variants (-1 when rejected); shadows tuple.index
+    variant: str | None
+    predicted_ms: float  # predicted latency of the chosen variant (of the fastest when rejected)
+    fits: bool  # predicted_ms <= the time left
+    reject: bool  # nothing fits and the miss policy is reject
+
+
+class Selector:
+    """Picks a variant per request from a monotonic table; thread-safe (the filter locks itself)."""
+
+    def __init__(
+        self,
+        rows: Sequence[LatencyRow],
+        quantile: str = "p95",
+        policy: str | Policy = "adaptive",
+        miss: str = "best-effort",
+        slowdown: SlowdownFilter | None = None,
+    ):
+        if not rows:
+            raise UsageError("the selector needs at least one variant")
+        if quantile not in QUANTILES:
+            raise UsageError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
+        if miss not in MISS_POLICIES:
+            raise UsageError(f"unknown miss policy '{miss}'; available: {list(MISS_POLICIES)}")
+        self.policy = policy if isinstance(policy, Policy) else Policy.from_string(policy)
+        self.quantile = quantile
+        self.miss = miss
+        self.reject_on_miss = miss == "reject"
+        rows = sorted(rows, key=lambda r: (r.latency(quantile), r.accuracy))
+        self.rows = tuple(rows)
+        self.variants = tuple(r.variant for r in rows)
+        self.index = {v: i for i, v in enumerate(self.variants)}
+        self.accuracy = tuple(float(r.accuracy) for r in rows)
+        # What the ratio is observed against: the median, so that ratio ~ 1 on a healthy board
+        # and quantile x factor keeps predicting the tail.
+        self.median = tuple(max(float(r.p50_ms), 1e-6) for r in rows)
+        kind = self.policy.kind
+        self.base = tuple(float(r.mean_ms if kind == "mean-table" else r.latency(quantile)) for r in rows)
+        # Suffix minimum of the base latencies: non-decreasing, and the last i with
+        # base[i] <= t is the last i with suffix_min[i] <= t. It equals ``base`` when the
+        # table is monotonic in the latency used; mean-table may not be.
+        suf = list(self.base)
+        for i in range(len(suf) - 2, -1, -1):
+            suf[i] = min(suf[i], suf[i + 1])
+        self._suffix_min = suf
+        self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
+        # Baselines that trust the table do not correct; the filter still runs for metrics.
+        self.corrects = kind == "adaptive"
+        # Adaptive also leaves the requests waiting behind this one time to meet their deadlines
+        # (edge.runtime.scheduler); the paper's policy and the other baselines look at one request alone.
+        self.plans_queue = kind == "adaptive"
+        self._fixed: int | None = None
+        if kind == "fastest":
+            self._fixed = 0
+        elif kind == "most-accurate":
+            self._fixed = len(rows) - 1
+        elif kind == "static":
+            if self.policy.variant not in self.index:
+                raise UsageError(
+                    f"static policy names unknown variant '{self.policy.variant}'; available: {list(self.variants)}"
+                )
+            self._fixed = self.index[self.policy.variant]
+
+    def __len__(self) -> int:
+        return len(self.variants)
+
+    @property
+    def factor(self) -> float:
+        """The slowdown factor this policy applies (1 for the non-adaptive ones)."""
+        return self.slowdown.factor if self.corrects else 1.0
+
+    def predict(self, index: int) -> float:
+        return self.base[index] * (self.slowdown.factor if self.corrects else 1.0)
+
+    def select(self, remaining_ms: float) -> Decision:
+        """The variant for a request with ``remaining_ms`` left (after queueing and overhead)."""
+        f = self.slowdown.factor if self.corrects else 1.0
+        fixed = self._fixed
+        if fixed is not None:
+            pred = self.base[fixed] * f
+            if pred <= remaining_ms:
+                return Decision(fixed, self.variants[fixed], pred, True, False)
+            if self.reject_on_miss:
+                return Decision(-1, None, pred, False, True)
+            return Decision(fixed, self.variants[fixed], pred, False, False)
+        i = bisect.bisect_right(self._suffix_min, remaining_ms / f) - 1
+        if i >= 0:
+            return Decision(i, self.variants[i], self.base[i] * f, True, False)
+        pred = self.base[0] * f
+        if self.reject_on_miss:
+            return Decision(-1, None, pred, False, True)
+        return Decision(0, self.variants[0], pred, False, False)
+
+    def observe(self, index: int, observed_ms: float) -> float:
+        """Feed the measured inference time of variant ``index``; returns the new factor."""
+        return self.slowdown.update(observed_ms, self.median[index])
+
+    def describe(self) -> dict:
+        return {
+            "policy": str(self.policy),
+            "miss": self.miss,
+            "quantile": self.quantile,
+            "slowdown": self.slowdown.describe(),
+            "variants": [
+                {"variant": v, "base_ms": b, "accuracy": a, "predicted_ms": self.predict(i)}
+                for i, (v, b, a) in enumerate(zip(self.variants, self.base, self.accuracy))
+            ],
+        }
+
+
+def make_selector(
+    rows: Sequence[LatencyRow],
+    quantile: str = "p95",
+    policy: str = "adaptive",
+    miss: str = "best-effort",
+    filter_name: str = "kalman",
+    slowdown: SlowdownFilter | None = None,
+) -> Selector:
+    """A selector with its own filter (``filter_name``), or sharing ``slowdown`` across reloads."""
+    if slowdown is None:
+        slowdown = make_filter(filter_name) if filter_name else NoSlowdown()
+    return Selector(rows, quantile=quantile, policy=policy, miss=miss, slowdown=slowdown)

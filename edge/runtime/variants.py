@@ -1,0 +1,136 @@
+"""Loading, checksum-checking, canary-checking and warming the variants of a selected table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.core.errors import UsageError
+from edge.runtime.scheduler import ServingState
+from edge.runtime.selector import Selector
+
+WARMUP_RUNS = 5
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    variant: str
+    artifact_id: str
+    setting: str
+    ready: bool
+    reason: str = ""
+    provider: str = ""
+
+
+class ModelHost:
+    """Loads each variant once per slot; a variant is served only if its file matches the
+    manifest's sha256 when it is first loaded (at start or on a reload) and its canary passes."""
+
+    def __init__(self, bundle, profile, slots: int, warmup: int = WARMUP_RUNS, log=None):
+        self.bundle = bundle
+        self.profile = profile
+        self.slots = slots
+        self.warmup = warmup
+        self.log = log or (lambda msg: None)
+        # variant -> per-slot loaded copies (only variants that passed every check)
+        self.loaded: dict[str, list] = {}
+        self.info: dict[str, VariantInfo] = {}
+        self.input_hwc: tuple[int, ...] | None = None
+        self.classes: int | None = None
+
+    def _setting(self, row):
+        for s in self.profile.settings:
+            if s.name == row.setting:
+                if s.backend != row.backend:
+                    raise UsageError(f"profile runs setting '{s.name}' with {s.backend}, the table with {row.backend}")
+                return s
+        raise UsageError(
+            f"profile '{self.profile.name}' has no runtime setting '{row.setting}' "
+            f"(has {[s.name for s in self.profile.settings]}); benchmark with this profile"
+        )
+
+    def _warm(self, model) -> None:
+        from edge.artifacts.tensors import prepare_input
+
+        imgs = self.bundle.canary().images
+        img = imgs[:1] if len(imgs) else np.zeros((1, *self.input_hwc), np.uint8)  # type: ignore[misc]
+        x = prepare_input(img, model.input_spec)
+        for _ in range(self.warmup):
+            model.predict(x)
+
+    def _fail(self, row, reason: str, provider: str = "") -> VariantInfo:
+        info = VariantInfo(row.variant, row.artifact_id, row.setting, False, reason, provider)
+        self.info[row.variant] = info
+        return info
+
+    def load_variant(self, row, verify: bool = True) -> VariantInfo:
+        """Load ``row``'s variant once per slot; check its sha256 (unless the caller has just verified
+        the whole bundle) and run the canary on the first copy."""
+        from edge.backends import BackendUnavailable, get_backend
+        from edge.bundle.canary import check_canary
+        from edge.bundle.reader import BundleError
+
+        v = row.variant
+        if v in self.loaded:
+            return self.info[v]
+        try:
+            setting = self._setting(row)
+            path = (self.bundle.verified_artifact_path if verify else self.bundle.artifact_path)(row.artifact_id)
+            backend = get_backend(setting.backend)
+            first = backend.load(path, setting)
+        except (BackendUnavailable, BundleError, ValueError, OSError) as exc:
+            return self._fail(row, f"cannot load: {exc}")
+        hwc = tuple(int(s) for s in first.input_spec.shape[1:])
+        classes = int(first.output_spec.shape[-1])
+        if self.input_hwc is not None and (hwc != self.input_hwc or classes != self.classes):
+            first.close()
+            return self._fail(row, f"takes {hwc} -> {classes} classes, the other variants "
+                                   f"{self.input_hwc} -> {self.classes}")
+        try:
+            res = check_canary(self.bundle, row.artifact_id, first)
+            ok, msg = bool(res.ok), str(res.message)
+        except (BundleError, ValueError) as exc:
+            ok, msg = False, f"canary could not run: {exc}"
+        if not ok:
+            first.close()
+            return self._fail(row, msg, first.provider)
+        if self.input_hwc is None:
+            self.input_hwc, self.classes = hwc, classes
+        copies = [first]
+        try:
+            for _ in range(1, self.slots):
+                copies.append(backend.load(path, setting))
+            for m in copies:
+                self._warm(m)
+        except (ValueError, OSError, RuntimeError) as exc:
+            return self._fail(row, f"warm-up failed: {exc}", first.provider)
+        self.loaded[v] = copies
+        info = VariantInfo(v, row.artifact_id, row.setting, True, msg, first.provider)
+        self.info[v] = info
+        return info
+
+    def retain(self, variants: set[str]) -> None:
+        """Forget the loaded copies of variants no longer served (requests still running on them
+        hold their own references, so the runtime frees them once those finish)."""
+        for v in list(self.loaded):
+            if v not in variants:
+                del self.loaded[v]
+
+    def state_for(self, table, selector_args: dict, slowdown, table_path: str, generation: int,
+                  verify: bool = True) -> ServingState:
+        """Load what ``table`` needs and build a serving state; ValueError if no variant is usable."""
+        rows = []
+        for row in table.rows:
+            info = self.load_variant(row, verify)
+            if info.ready:
+                rows.append(row)
+            else:
+                self.log(f"variant {row.variant} is NOT ready and is excluded: {info.reason}")
+        if not rows:
+            raise UsageError(
+                f"no variant of {table_path} could be loaded and passed its canary check; see the messages above"
+            )
+        selector = Selector(rows, slowdown=slowdown, **selector_args)
+        models = tuple({r.variant: self.loaded[r.variant][w] for r in rows} for w in range(self.slots))
+        return ServingState(selector=selector, models=models, table_path=table_path, generation=generation)

@@ -1,0 +1,326 @@
+"""The Open Inference Protocol (KServe v2) codec: constants, errors, the daemon's side (check requests, encode answers).
+
+The client side (encode requests, decode answers), for ``edge.v2.client`` and the load generator,
+is ``edge.v2.client_codec``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+import numpy as np
+
+from edge.core.errors import UsageError
+
+MODEL_VERSION = "1"
+MAX_DEADLINE_MS = 3_600_000.0  # an hour: anything longer is a unit mistake
+MAX_JSON_HEADER = 1 << 20  # JSON part of a binary request
+EXTENSIONS = ["binary_tensor_data", "model_repository", "edgekit_deadline"]
+INPUT_DTYPES: dict[str, np.dtype] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
+OUTPUTS = ("logits", "class")
+INFER_HEADER_LENGTH = "Inference-Header-Content-Length"  # binary tensor extension: length of the JSON part
+
+JSON_SEPARATORS = (",", ":")  # compact JSON, as every v2 body is written
+
+
+# ============================================================================ errors
+
+
+class ProtocolError(Exception):
+    """A request the daemon must refuse: ``status`` (4xx), ``message``, extra response headers and body."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, body: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.body = body
+
+
+def encode_error(message: str, body: dict | None = None) -> bytes:
+    """A JSON error body: ``body`` (if any) with ``"error": message`` added unless it already has one."""
+    doc = dict(body) if body else {}
+    doc.setdefault("error", message)
+    return json.dumps(doc, separators=JSON_SEPARATORS).encode()
+
+
+# ============================================================================ JSON helpers
+
+
+def _no_constants(name: str) -> Any:
+    raise UsageError(f"'{name}' is not a valid JSON number")
+
+
+def loads_json(data: bytes | bytearray | memoryview, what: str) -> Any:
+    """Parse strict JSON (UTF-8, no NaN/Infinity); ProtocolError(400) naming ``what`` otherwise."""
+    try:
+        return json.loads(str(data, "utf-8"), parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise ProtocolError(400, f"{what} is not UTF-8 text") from None
+    except RecursionError:
+        raise ProtocolError(400, f"{what} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise ProtocolError(400, f"{what} is not valid JSON: {exc}") from None
+
+
+def is_int(x: Any) -> TypeGuard[int]:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# ============================================================================ server side: requests
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A validated infer request."""
+
+    image: np.ndarray  # (1, H, W, C) uint8 or float32 (read-only when it came as binary data)
+    deadline_ms: float
+    request_id: str | None
+    outputs: tuple[tuple[str, bool], ...]  # (name, binary)
+
+
+def parse_infer_request(
+    body: bytes | memoryview,
+    header_len: str | None,
+    input_hwc: tuple[int, ...],
+    default_deadline_ms: float | None,
+) -> InferRequest:
+    """Validate a v2 infer request (JSON or binary extension); ProtocolError(4xx) names what is wrong.
+
+    ``header_len`` is the Inference-Header-Content-Length header (None when absent).
+    """
+    if header_len is not None:
+        try:
+            n = int(header_len.strip())
+        except ValueError:
+            raise ProtocolError(
+                400, f"Inference-Header-Content-Length must be an integer, got {header_len!r}"
+            ) from None
+        if not 0 <= n <= len(body):
+            raise ProtocolError(400, f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes")
+        if n > MAX_JSON_HEADER:
+            raise ProtocolError(413, f"the JSON header is {n} bytes; at most {MAX_JSON_HEADER}")
+        mv = memoryview(body)
+        doc = loads_json(mv[:n], "the JSON header")
+        binary = mv[n:]
+    else:
+        if not len(body):
+            raise ProtocolError(
+                400,
+                "empty body; send a v2 inference request: {\"inputs\": [...], \"parameters\": {\"deadline_ms\": ...}}",
+            )
+        doc = loads_json(body, "the request body")
+        binary = memoryview(b"")
+    if not isinstance(doc, dict):
+        raise ProtocolError(400, f"the request must be a JSON object, got {type(doc).__name__}")
+
+    rid = doc.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise ProtocolError(400, f"'id' must be a string, got {type(rid).__name__}")
+    params = doc.get("parameters", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ProtocolError(400, f"'parameters' must be an object, got {type(params).__name__}")
+
+    # --- deadline
+    if "deadline_ms" in params:
+        dl = params["deadline_ms"]
+        if not _is_num(dl):
+            raise ProtocolError(
+                400, f"parameters.deadline_ms must be a number of milliseconds, got {json.dumps(dl)[:60]}"
+            )
+        try:
+            dl = float(dl)
+        except OverflowError:  # an integer too large for a float
+            dl = math.inf if dl > 0 else -math.inf
+        if not math.isfinite(dl) or dl <= 0:
+            raise ProtocolError(400, f"parameters.deadline_ms must be a finite number > 0, got {dl}")
+        if dl > MAX_DEADLINE_MS:
+            raise ProtocolError(
+                400, f"parameters.deadline_ms {dl:g} is over {MAX_DEADLINE_MS:g} ms; it is relative, in ms"
+            )
+    elif default_deadline_ms is not None:
+        dl = float(default_deadline_ms)
+    else:
+        raise ProtocolError(
+            400, "missing parameters.deadline_ms: the time allowed for this request, in ms (relative, > 0)"
+        )
+
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ProtocolError(400, "parameters.binary_data_output must be true or false")
+
+    # --- inputs
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ProtocolError(400, "'inputs' must be a non-empty list with one tensor named 'input'")
+    if len(inputs) != 1:
+        raise ProtocolError(400, f"expected exactly one input tensor ('input'), got {len(inputs)}")
+    t = inputs[0]
+    if not isinstance(t, dict):
+        raise ProtocolError(400, "each input must be an object with name, shape, datatype and data")
+    name = t.get("name")
+    if name != "input":
+        raise ProtocolError(400, f"unknown input {json.dumps(name)[:60]}; this model takes one input named 'input'")
+    dtype_name = t.get("datatype")
+    if not isinstance(dtype_name, str) or dtype_name not in INPUT_DTYPES:
+        raise ProtocolError(400, f"input datatype must be one of {sorted(INPUT_DTYPES)} (pixel values 0..255), "
+                                 f"got {json.dumps(dtype_name)[:40]}")
+    dt = INPUT_DTYPES[dtype_name]
+    shape = t.get("shape")
+    if not isinstance(shape, list) or not all(is_int(s) for s in shape):
+        raise ProtocolError(400, f"input shape must be a list of integers, got {json.dumps(shape)[:60]}")
+    want = list(input_hwc)
+    if shape == [1, *want] or shape == want:
+        pass
+    elif len(shape) == len(want) + 1 and shape[1:] == want:
+        raise ProtocolError(
+            400, f"batch size must be 1 (one image per request, each with its own deadline), got {shape[0]}"
+        )
+    else:
+        raise ProtocolError(
+            400, f"input shape {shape} does not match the model's [1, {', '.join(map(str, want))}] (NHWC)"
+        )
+    count = math.prod(want)
+    tparams = t.get("parameters", {}) or {}
+    if not isinstance(tparams, dict):
+        raise ProtocolError(400, "input 'parameters' must be an object")
+
+    if "binary_data_size" in tparams:
+        size = tparams["binary_data_size"]
+        if not is_int(size) or size < 0:
+            raise ProtocolError(400, f"binary_data_size must be a non-negative integer, got {json.dumps(size)[:40]}")
+        if header_len is None:
+            raise ProtocolError(400, "binary_data_size given but no Inference-Header-Content-Length header; "
+                                     "send the JSON length in that header and the tensor bytes after the JSON")
+        need = count * dt.itemsize
+        if size != need:
+            raise ProtocolError(400, f"binary_data_size is {size} bytes; a {dtype_name} {shape} tensor is {need} bytes")
+        if len(binary) != size:
+            raise ProtocolError(
+                400, f"the body carries {len(binary)} bytes after the JSON header; binary_data_size says {size}"
+            )
+        if "data" in t:
+            raise ProtocolError(400, "input has both 'data' and binary_data_size; send one")
+        arr = np.frombuffer(binary, dtype=dt, count=count)
+    else:
+        if len(binary):
+            raise ProtocolError(400, f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
+        if "data" not in t:
+            raise ProtocolError(400, "input has no 'data' (or binary_data_size with the binary tensor extension)")
+        arr = _json_tensor(t["data"], count, dtype_name)
+    if dtype_name == "FP32":
+        a = arr
+        if not np.all(np.isfinite(a)):
+            raise ProtocolError(400, "input has NaN or infinite values; send pixel values 0..255")
+        if a.size and (float(a.min()) < 0.0 or float(a.max()) > 255.0):
+            raise ProtocolError(400, f"FP32 input values must be pixel values in 0..255, "
+                                     f"got {float(a.min()):g}..{float(a.max()):g}")
+        arr = a.astype(np.float32, copy=False)
+    image = arr.reshape((1, *want))
+
+    # --- outputs
+    outs = doc.get("outputs")
+    selected: list[tuple[str, bool]] = []
+    if outs is not None:
+        if not isinstance(outs, list):
+            raise ProtocolError(400, "'outputs' must be a list of {\"name\": ...} objects")
+        for o in outs:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str) or o["name"] not in OUTPUTS:
+                nm = o.get("name") if isinstance(o, dict) else o
+                raise ProtocolError(400, f"unknown output {json.dumps(nm)[:60]}; this model has {list(OUTPUTS)}")
+            op = o.get("parameters", {}) or {}
+            if not isinstance(op, dict):
+                raise ProtocolError(400, "output 'parameters' must be an object")
+            b = op.get("binary_data", binary_default)
+            if not isinstance(b, bool):
+                raise ProtocolError(400, "output parameters.binary_data must be true or false")
+            if "classification" in op:
+                raise ProtocolError(400, "the classification extension is not supported; read the 'class' output")
+            selected.append((o["name"], b))
+    if not selected:
+        return InferRequest(image, dl, rid, tuple((n, binary_default) for n in OUTPUTS))
+    return InferRequest(image, dl, rid, tuple(selected))
+
+
+def _json_tensor(data: Any, count: int, dtype_name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ProtocolError(400, f"input 'data' must be a list of numbers, got {type(data).__name__}")
+    try:
+        a = np.asarray(data)
+    except (ValueError, OverflowError, TypeError, RecursionError):
+        raise ProtocolError(
+            400, "input 'data' is a ragged nested list; send a flat (or regularly nested) list of numbers"
+        ) from None
+    if a.dtype.kind not in "iuf":
+        raise ProtocolError(400, "input 'data' must hold only numbers (no strings, booleans or nulls)")
+    if a.size != count:
+        raise ProtocolError(400, f"input 'data' has {a.size} values; the shape needs {count}")
+    a = a.reshape(-1)
+    if dtype_name == "UINT8":
+        if a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)):
+                raise ProtocolError(400, "UINT8 input has NaN or infinite values")
+            if not np.all(a == np.floor(a)):
+                raise ProtocolError(400, "UINT8 input must hold integers 0..255")
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise ProtocolError(400, f"UINT8 input values must be in 0..255, got {a.min()}..{a.max()}")
+        return a.astype(np.uint8)
+    return a.astype(np.float64)
+
+
+# ============================================================================ server side: responses
+
+
+def encode_infer_response(
+    label: int,
+    scores: np.ndarray | None,
+    outputs: tuple[tuple[str, bool], ...] | list[tuple[str, bool]],
+    model_name: str,
+    request_id: str | None,
+    params: dict,
+) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of a v2 infer response; outputs asked for as binary go after the JSON (binary extension)."""
+    out_json = []
+    blobs: list[bytes] = []
+    if scores is None:
+        scores = np.zeros((1, 0), np.float32)
+    for name, binary in outputs:
+        if name == "logits":
+            t: dict[str, Any] = {"name": "logits", "datatype": "FP32", "shape": [1, int(scores.shape[-1])]}
+            if binary:
+                b = np.ascontiguousarray(scores, dtype="<f4").tobytes()
+                t["parameters"] = {"binary_data_size": len(b)}
+                blobs.append(b)
+            else:
+                t["data"] = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+        else:
+            t = {"name": "class", "datatype": "INT64", "shape": [1]}
+            if binary:
+                b = np.asarray([label], dtype="<i8").tobytes()
+                t["parameters"] = {"binary_data_size": len(b)}
+                blobs.append(b)
+            else:
+                t["data"] = [int(label)]
+        out_json.append(t)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["parameters"] = params
+    doc["outputs"] = out_json
+    head = json.dumps(doc, separators=JSON_SEPARATORS).encode()
+    if blobs:
+        return head + b"".join(blobs), {
+            "Content-Type": "application/octet-stream",
+            INFER_HEADER_LENGTH: str(len(head)),
+        }
+    return head, {"Content-Type": "application/json"}

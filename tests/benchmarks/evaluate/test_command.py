@@ -1,0 +1,166 @@
+"""Policy comparison: the oracle, the table, and `edgekit evaluate` end to end against the real daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.evaluate import command as ev
+from benchmarks.evaluate.loadgen import RequestRecord
+from tests.benchmarks._eval_fixtures import make_eval_bundle
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def evb(tmp_path_factory):
+    return make_eval_bundle(tmp_path_factory.mktemp("evaluate"))
+
+
+def _rows(evb):
+    table, _ = ev.load_selected(evb.table)
+    return table.rows
+
+
+def test_auto_deadline_starts_at_the_serving_floor(evb):
+    rows = _rows(evb)
+    lo, hi = (float(x) for x in ev.auto_deadline(rows, floor_ms=0.25).split(":")[1:])
+    assert lo == pytest.approx(0.25 + rows[0].p95_ms, rel=1e-3)
+    assert hi == pytest.approx(0.25 + 1.1 * rows[-1].p95_ms, rel=1e-3)
+
+
+def test_achieved_slowdown_compares_inside_and_outside_the_window(evb):
+    rows = _rows(evb)
+    v = rows[0]
+
+    def rec(i, inf):
+        return RequestRecord(i, 0, 0, 5, 0, 0, 1.0, 200, variant=v.variant, inference_ms=inf)
+
+    recs = [rec(i, v.p50_ms * (3.0 if 20 <= i < 40 else 1.0)) for i in range(60)]
+    s = ev.achieved_slowdown(recs, rows, (20, 40))
+    assert s["slowdown"] == pytest.approx(3.0) and s["outside_ratio"] == pytest.approx(1.0)
+    assert ev.achieved_slowdown(recs, rows, (0, 0))["slowdown"] is None
+    # A policy that moves to another variant under contention does not fake a slowdown.
+    w = rows[1]
+    mixed = [rec(i, v.p50_ms) for i in range(30)] + [
+        RequestRecord(30 + i, 0, 0, 5, 0, 0, 1.0, 200, variant=w.variant, inference_ms=w.p50_ms * 5) for i in range(30)]
+    assert ev.achieved_slowdown(mixed, rows, (30, 60))["slowdown"] is None  # no variant on both sides
+
+
+def test_parse_policies():
+    assert ev.parse_policies("adaptive, oracle") == ["adaptive", "oracle"]
+    assert ev.parse_policies("static:a@b,oracle-free") == ["static:a@b", "oracle-free"]
+    with pytest.raises(ValueError, match="unknown policy 'best'"):
+        ev.parse_policies("adaptive,best")
+    with pytest.raises(ValueError, match="twice"):
+        ev.parse_policies("adaptive,adaptive")
+    with pytest.raises(ValueError, match="empty"):
+        ev.parse_policies(" , ")
+
+
+def test_evaluate_end_to_end(evb, tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "evaluate", str(evb.bundle), "--table", str(evb.table),
+         "--policies", "adaptive,mean-table,quantile-table,most-accurate,best-static,fastest,oracle",
+         "--count", "30", "--warmup", "3",
+         "--deadline", "uniform:1:6", "--contention", "half", "--seed", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=400, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    for word in ("policy", "accuracy", "miss (daemon clock)", "goodput/s", "p99 ms", "req/s", "variants used",
+                 "adaptive", "oracle", "serving floor", "achieved slowdown", "placement"):
+        assert word in text, word
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["policies"]) == ["adaptive", "mean-table", "quantile-table", "most-accurate", "best-static",
+                                     "fastest", "oracle"]
+    assert res["policies"]["best-static"]["served_as"] == "static:" + res["best_static"]["variant"]
+    assert res["probe"]["fastest"]["floor_ms"] > 0
+    assert res["placement"]["server_cpus"] != res["placement"]["client_cpus"] or res["placement"]["server_cpus"] is None
+    assert res["contention"]["kind"] == "cpu"
+    assert res["complete"] is True
+    assert res["contention"]["window"] == [7, 22]
+    wl = res["workload"]
+    assert wl["count"] == 30 and wl["deadline"] == "uniform:1:6"
+    for name, pol in res["policies"].items():
+        recs = pol["records"]
+        assert len(recs) == 30, name
+        # Same images and deadlines for every policy.
+        assert [r["image_index"] for r in recs] == wl["image_indices"]
+        assert [round(r["deadline_ms"], 3) for r in recs] == [round(d, 3) for d in wl["deadlines_ms"]]
+        s = pol["summary"]
+        assert 0 <= s["accuracy"] <= 1 and 0 <= s["miss_rate"] <= 1 and s["p99_ms"] >= s["p50_ms"] > 0
+        assert len(pol["contention_s"]) == 1, name
+    # Fixed policies use one variant each.
+    v = [r["variant"] for r in res["variants"]]
+    assert set(res["policies"]["fastest"]["summary"]["variants"]) == {v[0]}
+    assert set(res["policies"]["most-accurate"]["summary"]["variants"]) == {v[-1]}
+    o = res["oracle"]
+    assert o["overhead_source"] == "probe" and o["overhead_ms"] > 0
+    assert np.asarray(o["latency_ms"]).shape == (30, 3)
+    assert not (out / "results.partial.json").exists()
+    assert "variants used" in (out / "table.txt").read_text()
+    for f in ("report.md", "policies.png", "timeline.png", "daemon-adaptive.log"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    md = (out / "report.md").read_text()
+    assert "| policy |" in md and "![Timeline](timeline.png)" in md and "Oracle" in md
+
+
+def test_evaluate_rejects_bad_input(evb, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "edgekit.cli", "evaluate", *args], capture_output=True,
+                              text=True, timeout=60, cwd=REPO)
+
+    p = cli(str(evb.bundle), "--table", str(evb.table), "--policies", "adaptive,best")
+    assert p.returncode == 2 and "unknown policy 'best'" in p.stderr
+    p = cli(str(evb.bundle), "--table", str(evb.table), "--contention", "lots")
+    assert p.returncode == 2 and "contention" in p.stderr
+    p = cli(str(evb.bundle), "--table", str(tmp_path / "nope.json"), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "not found" in p.stderr
+    p = cli(str(evb.bundle), "--table", str(evb.table), "--deadline", "uniform:5:1", "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "LO (5) is above HI (1)" in p.stderr
+
+
+def test_no_tensorflow_in_the_evaluation_modules():
+    code = ("import sys, benchmarks.evaluate.workload, benchmarks.evaluate.loadgen, benchmarks.evaluate.contention, benchmarks.evaluate.command, "
+            "benchmarks.evaluate.report, benchmarks.evaluate.oracle, benchmarks.evaluate.daemon_proc; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_sigterm_stops_the_daemon_and_the_hog(evb, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "ev"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli", "evaluate", str(evb.bundle), "--table", str(evb.table),
+         "--policies", "adaptive", "--count", "100000", "--warmup", "0", "--deadline", "fixed:20",
+         "--contention", "full", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (out / "daemon-adaptive.log").exists():
+            time.sleep(0.2)
+        time.sleep(3)  # the daemon is up and the hog is spinning
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "expected the daemon and the hog as children"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        time.sleep(0.5)
+        for pid in children:
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", pid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

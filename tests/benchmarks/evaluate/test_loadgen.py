@@ -1,0 +1,244 @@
+"""The load generator against the real daemon (`edgekit serve` subprocess), plus edge cases against a stub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.evaluate import loadgen
+from benchmarks.evaluate.daemon_proc import Daemon, serve_argv
+from benchmarks.evaluate.workload import make_workload
+from tests.benchmarks._eval_fixtures import make_eval_bundle
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def evb(tmp_path_factory):
+    return make_eval_bundle(tmp_path_factory.mktemp("loadgen"))
+
+
+@pytest.fixture(scope="module")
+def daemon(evb, tmp_path_factory):
+    log = tmp_path_factory.mktemp("daemon") / "daemon.log"
+    d = Daemon(serve_argv(str(evb.bundle), str(evb.table), "adaptive", None, "best-effort", None), log, 120)
+    d.start()
+    loadgen.wait_ready(d.url, timeout_s=30)
+    yield d
+    rc = d.stop()
+    assert rc is not None
+
+
+# ----------------------------------------------------------------------------- the real daemon
+
+
+def test_closed_loop_against_the_daemon(evb, daemon):
+    images, labels, _ = loadgen.load_eval_set(str(evb.bundle))
+    wl = make_workload(len(images), 40, "uniform:2:30", "closed", seed=1)
+    res = loadgen.run_load(daemon.url, images, labels, wl, duration_s=60)
+    assert not res.truncated and len(res.records) == 40
+    assert [r.index for r in res.records] == list(range(40))
+    s = res.summary()
+    assert s["answered"] == 40 and s["errors"] == 0, [r.error for r in res.records if r.error][:3]
+    for r in res.records:
+        assert r.status == 200
+        assert r.variant in evb.variants
+        assert r.label == int(labels[r.image_index])
+        assert r.correct == (r.pred == r.label)
+        assert r.deadline_met == (r.e2e_ms <= r.deadline_ms)
+        assert r.inference_ms is not None and r.total_ms is not None and r.e2e_ms >= r.inference_ms
+        assert r.server_deadline_met is not None and r.policy == "adaptive"
+    # The variants are linear classifiers with 64-82% accuracy on Fashion-MNIST.
+    assert 0.4 <= s["accuracy"] <= 1.0
+    assert s["p50_ms"] > 0 and s["throughput_rps"] > 0
+
+
+def test_poisson_against_the_daemon(evb, daemon):
+    images, labels, _ = loadgen.load_eval_set(str(evb.bundle))
+    wl = make_workload(len(images), 40, "fixed:50", "poisson:100", seed=2)
+    res = loadgen.run_load(daemon.url, images, labels, wl, duration_s=60, workers=4)
+    assert len(res.records) == 40 and [r.index for r in res.records] == list(range(40))
+    # Latency counts from the scheduled arrival, and requests were sent no earlier than scheduled.
+    for r in res.records:
+        assert r.sent_s >= r.arrival_s - 1e-3
+        assert r.status in (200, 503)
+    assert res.summary()["answered"] >= 30
+
+
+def test_duration_bound(evb, daemon):
+    images, labels, _ = loadgen.load_eval_set(str(evb.bundle))
+    wl = make_workload(len(images), 5000, "fixed:50", "poisson:20", seed=3)  # ~250 s of arrivals
+    res = loadgen.run_load(daemon.url, images, labels, wl, duration_s=0.5, workers=2)
+    assert res.truncated and 1 <= len(res.records) < 60
+    assert res.workload.count == len(res.records)
+
+
+def test_cli_against_the_daemon(evb, daemon, tmp_path):
+    out = tmp_path / "lg.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "loadgen", daemon.url, "--bundle", str(evb.bundle), "--count", "15",
+         "--deadline", "fixed:20", "--seed", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy" in proc.stdout and "variants used" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["count"] == 15 and len(doc["records"]) == 15
+    assert doc["workload"]["deadline"] == "fixed:20" and doc["workload"]["seed"] == 4
+    rec = doc["records"][0]
+    for key in ("correct", "variant", "e2e_ms", "deadline_met", "predicted_ms", "queue_ms", "inference_ms", "slowdown"):
+        assert key in rec
+
+
+def test_cli_refuses_remote_and_bad_specs(evb):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "edgekit.cli", "loadgen", *args], capture_output=True, text=True,
+                              timeout=60, cwd=REPO)
+
+    p = cli("http://192.0.2.1:8000", "--bundle", str(evb.bundle))
+    assert p.returncode == 2 and "non-loopback" in p.stderr and "--allow-remote" in p.stderr
+    p = cli("http://127.0.0.1:9", "--bundle", str(evb.bundle), "--deadline", "uniform:20:2")
+    assert p.returncode == 2 and "LO (20) is above HI (2)" in p.stderr
+    p = cli("http://127.0.0.1:9", "--bundle", str(evb.bundle), "--count", "0")
+    assert p.returncode == 2 and "--count" in p.stderr
+
+
+# ----------------------------------------------------------------------------- a stub for rare answers
+
+
+class _Stub(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def _send(self, code: int, doc: dict) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200, {"live": True})
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        dl = req["parameters"]["deadline_ms"]
+        data = req["inputs"][0]["data"]
+        if dl < 2:
+            return self._send(408, {"error": "deadline cannot be met: 1 ms < fastest 3 ms",
+                                    "parameters": {"deadline_met": False}})
+        if dl < 4:
+            return self._send(503, {"error": "queue full (64 waiting); retry later"})
+        logits = [0.0] * 10
+        logits[sum(data) % 10] = 1.0  # no "class" output: the client falls back to argmax
+        self._send(200, {"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "data": logits}],
+                         "parameters": {"variant": "stub@x", "predicted_ms": 1.0, "queue_ms": 0.0,
+                                        "inference_ms": 0.5, "total_ms": 0.7, "deadline_ms": dl,
+                                        "deadline_met": True, "slowdown": 1.0, "policy": "stub"}})
+
+
+def test_rejected_overloaded_and_logits_only_answers():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (20, 4, 4, 1), dtype=np.uint8)
+        labels = np.asarray([int(im.astype(np.int64).sum()) % 10 for im in images])
+        wl = make_workload(20, 30, "uniform:0.5:8", seed=0)
+        res = loadgen.run_load(url, images, labels, wl, duration_s=30)
+        s = res.summary()
+        n408 = int(np.sum(wl.deadlines_ms < 2))
+        n503 = int(np.sum((wl.deadlines_ms >= 2) & (wl.deadlines_ms < 4)))
+        assert s["rejected"] == n408 and s["overloaded"] == n503 and s["errors"] == 0
+        for r in res.records:
+            if r.status == 200:
+                assert r.correct and r.pred == r.label and r.variant == "stub@x"
+            else:
+                assert not r.correct and not r.deadline_met and r.error
+        rej = [r for r in res.records if r.status == 408]
+        assert all(r.server_deadline_met is False and "cannot be met" in r.error for r in rej)
+        assert s["accuracy"] == pytest.approx((30 - n408 - n503) / 30, abs=1e-3)
+        assert s["variants"] == {"stub@x": 30 - n408 - n503}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_url_checks():
+    assert loadgen.parse_url("http://127.0.0.1:8000/") == ("127.0.0.1", 8000, "")
+    assert loadgen.parse_url("http://localhost:81")[0] == "localhost"
+    assert loadgen.parse_url("http://[::1]:81")[0] == "::1"
+    with pytest.raises(ValueError, match="non-loopback"):
+        loadgen.parse_url("http://10.0.0.5:8000")
+    assert loadgen.parse_url("http://10.0.0.5:8000", allow_remote=True)[1] == 8000
+    with pytest.raises(ValueError, match="http://"):
+        loadgen.parse_url("https://127.0.0.1:8000")
+    with pytest.raises(ValueError, match="no host"):
+        loadgen.parse_url("http://:80")
+
+
+def test_unreachable_daemon_is_recorded_not_raised():
+    images = np.zeros((3, 2, 2, 1), np.uint8)
+    wl = make_workload(3, 3, "fixed:5", seed=0)
+    # Port 9 (discard) is closed on loopback: every request fails fast with status 0.
+    res = loadgen.run_load("http://127.0.0.1:9", images, np.zeros(3, np.int64), wl, duration_s=10, timeout_s=2)
+    assert [r.status for r in res.records] == [0, 0, 0]
+    assert all("Connection" in r.error or "refused" in r.error.lower() for r in res.records)
+    with pytest.raises(RuntimeError, match="not ready"):
+        loadgen.wait_ready("http://127.0.0.1:9", timeout_s=0.3)
+
+
+class _CodecStub(_Stub):
+    """Answers with edge.v2.codec, as the daemon does: class = pixel sum mod 10."""
+
+    def do_POST(self):
+        from edge.v2.codec import ProtocolError, encode_error, encode_infer_response, parse_infer_request
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        try:
+            req = parse_infer_request(body, self.headers.get("Inference-Header-Content-Length"), (4, 4, 1), None)
+        except ProtocolError as e:
+            data, headers, code = encode_error(e.message), {"Content-Type": "application/json"}, e.status
+        else:
+            label = int(req.image.astype(np.int64).sum()) % 10
+            scores = np.eye(10, dtype=np.float32)[label][None]
+            data, headers = encode_infer_response(label, scores, req.outputs, "edgekit", req.request_id,
+                                                  {"variant": "stub@x", "deadline_met": True})
+            code = 200
+        self.send_response(code)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_json_and_binary_requests_through_the_codec(binary):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _CodecStub)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        rng = np.random.default_rng(1)
+        images = rng.integers(0, 256, (8, 4, 4, 1), dtype=np.uint8)
+        labels = np.asarray([int(im.astype(np.int64).sum()) % 10 for im in images])
+        wl = make_workload(8, 12, "fixed:50", seed=0)
+        res = loadgen.run_load(url, images, labels, wl, duration_s=30, binary=binary)
+        assert [r.status for r in res.records] == [200] * 12, [r.error for r in res.records]
+        assert all(r.correct and r.variant == "stub@x" and r.server_deadline_met for r in res.records)
+    finally:
+        srv.shutdown()
+        srv.server_close()

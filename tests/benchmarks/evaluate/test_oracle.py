@@ -1,0 +1,105 @@
+"""The oracle of a policy comparison: its in-process pass, its choice per request, and the best static CNN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.evaluate import oracle
+from benchmarks.evaluate.command import load_selected
+from benchmarks.evaluate.contention import ContentionSchedule, ContentionSpec
+from benchmarks.evaluate.loadgen import RequestRecord, load_eval_set
+from benchmarks.evaluate.oracle import OraclePass
+from benchmarks.evaluate.workload import make_workload
+from tests.benchmarks._eval_fixtures import make_eval_bundle
+
+
+@pytest.fixture(scope="module")
+def evb(tmp_path_factory):
+    return make_eval_bundle(tmp_path_factory.mktemp("oracle"))
+
+
+def _rows(evb):
+    table, _ = load_selected(evb.table)
+    return table.rows
+
+
+def test_best_static_is_the_most_accurate_variant_that_rarely_misses(evb):
+    rows = _rows(evb)
+    n = 100
+    op = OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 3.0], (n, 1)), np.zeros((n, 3), np.int64), [], 0)
+    wl = make_workload(10, n, "fixed:2.6", seed=0)
+    miss = oracle.static_miss_rates(op, wl, overhead_ms=0.5)
+    assert list(miss) == [0.0, 0.0, 1.0]
+    assert oracle.best_static(rows, miss) == 1
+    assert oracle.best_static(rows, np.asarray([0.5, 0.5, 0.5])) == 0  # nothing qualifies: the fastest
+
+
+def test_oracle_pass_and_choice(evb):
+    rows = _rows(evb)
+    images, labels, b = load_eval_set(str(evb.bundle))
+    wl = make_workload(len(images), 12, "uniform:0.01:2", seed=0)
+    sched = ContentionSchedule(ContentionSpec.parse("half"), wl.count, max_s=30)
+    op = oracle.oracle_pass(b, rows, images, wl, "desktop-cpu", sched)
+    assert op.latency_ms.shape == (12, 3) and np.all(op.latency_ms > 0)
+    assert len(op.intervals) == 1 and op.intervals[0][1] > op.intervals[0][0]  # the hog ran, then stopped
+    assert sched.active is None
+    # Predictions match running each variant alone.
+    from device_profiles import load_profile
+    from edge.artifacts.tensors import dequantize_output, prepare_input
+    from edge.backends import get_backend
+
+    setting = load_profile("desktop-cpu").settings[1]
+    for j, r in enumerate(rows):
+        m = get_backend("onnxruntime").load(b.artifact_path(r.artifact_id), setting)
+        x = prepare_input(images[wl.image_indices], m.input_spec)
+        np.testing.assert_array_equal(np.argmax(dequantize_output(m.predict(x), m.output_spec), 1), op.preds[:, j])
+
+    # Synthetic latencies make the choice checkable: variant j takes j+1 ms, overhead 0.5 ms.
+    op.latency_ms[:] = np.arange(1, 4)[None, :]
+    wl2 = make_workload(len(images), 12, "fixed:1", seed=0)
+    object.__setattr__(wl2, "deadlines_ms", np.asarray([1.0, 1.6, 2.5, 3.6, 9.0, 0.1] * 2))
+    recs, wall = oracle.oracle_records(op, rows, wl2, labels, overhead_ms=0.5)
+    picks = [rows.index(next(r for r in rows if r.variant == rec.variant)) for rec in recs[:6]]
+    assert picks == [0, 0, 1, 2, 2, 0]
+    assert [rec.deadline_met for rec in recs[:6]] == [False, True, True, True, True, False]
+    assert recs[0].e2e_ms == pytest.approx(1.5) and recs[3].e2e_ms == pytest.approx(3.5)
+    for rec in recs:
+        j = [r.variant for r in rows].index(rec.variant)
+        assert rec.correct == (op.preds[rec.index, j] == labels[rec.image_index])
+    assert wall == pytest.approx(sum(r.e2e_ms for r in recs) / 1000)
+
+
+def test_oracle_waits_for_itself_under_poisson(evb):
+    rows = _rows(evb)
+    n = 3
+    op = OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 30.0], (n, 1)), np.zeros((n, 3), np.int64), [], 0)
+    wl = make_workload(10, n, "fixed:30.5", "poisson:1", seed=0)
+    object.__setattr__(wl, "arrivals_s", np.asarray([0.0, 0.001, 0.002]))
+    recs, _ = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=0.0)
+    assert recs[0].variant == rows[2].variant and recs[0].deadline_met
+    # The second request waits 29 ms for the first: only the fastest fits in the 1.5 ms left.
+    assert recs[1].queue_ms == pytest.approx(29.0) and recs[1].variant == rows[0].variant and recs[1].deadline_met
+
+
+def test_serving_overhead():
+    def rec(e2e, inf, status=200):
+        return RequestRecord(0, 0, 0, 5, 0, 0, e2e, status, inference_ms=inf)
+
+    assert oracle.serving_overhead_ms([rec(3, 1), rec(4, 1), rec(10, 1), rec(9, None, 408)]) == pytest.approx(3.0)
+    queued = rec(10, 1)
+    queued.queue_ms = 6.0
+    assert oracle.serving_overhead_ms([queued]) == pytest.approx(3.0)
+    assert oracle.serving_overhead_ms([rec(9, None, 408)]) is None
+
+
+def test_oracle_daemon_clock_view(evb):
+    rows = _rows(evb)
+    op = OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 3.0], (2, 1)), np.zeros((2, 3), np.int64), [], 0)
+    wl = make_workload(10, 2, "fixed:3.2", seed=0)
+    recs, _ = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=1.0, daemon_overhead_ms=0.1)
+    # Chosen on the daemon's clock, the primary one (3 + 0.1 <= 3.2), as the daemon's policies choose;
+    # end to end the same choice takes 3 + 1 = 4 ms and misses.
+    assert recs[0].variant == rows[2].variant and recs[0].server_deadline_met
+    assert recs[0].total_ms == pytest.approx(3.1)
+    assert recs[0].e2e_ms == pytest.approx(4.0) and not recs[0].deadline_met

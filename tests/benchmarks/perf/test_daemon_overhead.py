@@ -1,0 +1,19 @@
+"""The serving-overhead benchmark runs end to end on the small test bundle (its numbers are not checked: timings are for benchmarks)."""
+
+from __future__ import annotations
+
+from benchmarks.perf import daemon_overhead as bo
+from tests.edge._fixtures import edge_fixture
+
+
+def test_every_path_is_measured_and_compared_with_the_floor():
+    fx = edge_fixture()
+    r = bo.run_benchmark(str(fx.bundle), str(fx.selected_table), str(fx.profile), requests=100, say=lambda *a: None)
+    for path in ("bare", "classify", "daemon binary", "daemon json", "reference"):
+        assert r[path]["e2e_p50"] > 0, path
+    for path in ("daemon binary", "daemon json", "reference"):
+        assert r[path]["inside_p50"] >= 0 and r[path]["inference_p50"] > 0, path
+    assert r["stamp"]["n"] == 200
+    text = bo.format_results(r)
+    for word in ("reference", "classify() adds", "arrival stamp vs client send", "goal daemon e2e p50"):
+        assert word in text

@@ -1,0 +1,47 @@
+"""The sweep report's counting: the front, strict domination, and 'beaten by a smaller model'."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.perf.sweep_report import Point, build, front_stats
+
+
+def test_front_and_domination_counts():
+    pts = [
+        Point("a", macs=10, latency_ms=1.0, accuracy=0.80),
+        Point("b", macs=20, latency_ms=2.0, accuracy=0.85),
+        Point("c", macs=40, latency_ms=3.0, accuracy=0.84),  # beaten by b on both, and by smaller b
+        Point("d", macs=80, latency_ms=4.0, accuracy=0.90),
+        Point("e", macs=5, latency_ms=2.0, accuracy=0.80),  # same accuracy as a, slower: not strictly beaten
+    ]
+    s = front_stats("models", pts)
+    assert s.front == ("a", "b", "d")
+    assert (s.count, s.on_front, s.dominated, s.beaten_by_smaller) == (5, 3, 1, 1)
+    assert s.dominated_share == pytest.approx(0.2)
+
+
+def test_build_writes_the_report(tmp_path):
+    from edge.tables.table import DeviceHeader, LatencyRow, LatencyTable
+
+    def row(mid, fmt, prec, p95, acc, macs):
+        return LatencyRow(variant=f"{mid}.{fmt}-{prec}@s", artifact_id=f"{mid}.{fmt}-{prec}", model_id=mid, format=fmt,
+                          precision=prec, setting="s", backend="litert", provider="cpu", threads=1, accuracy=acc,
+                          eval_count=100, samples=50, mean_ms=p95, std_ms=0.0, min_ms=p95, p50_ms=p95, p90_ms=p95,
+                          p95_ms=p95, p99_ms=p95, max_ms=p95, load_ms=1.0, first_inference_ms=1.0, preprocess_ms=0.0,
+                          peak_rss_mb=1.0, size_bytes=100, params=10, macs=macs)
+
+    rows = (row("m1", "tflite", "fp32", 0.01, 0.80, 1000), row("m2", "tflite", "fp32", 0.02, 0.85, 4000),
+            row("m3", "tflite", "fp32", 0.03, 0.83, 9000), row("m1", "tflite", "int8", 0.005, 0.79, 1000))
+    LatencyTable(header=DeviceHeader(profile="p", cpu_model="cpu"), rows=rows).save(tmp_path / "t.json")
+    s = build(tmp_path / "t.json", tmp_path / "out", "tflite-fp32", None)
+    models, artifacts = s["stats"]
+    assert (models["count"], models["on_front"], models["dominated"]) == (3, 2, 1)
+    assert artifacts["count"] == 4 and artifacts["on_front"] == 3
+    for f in ("report.md", "summary.json", "accuracy_vs_p95.png", "accuracy_vs_macs.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["reference"] == "tflite-fp32"
+    with pytest.raises(SystemExit, match="--reference one of"):
+        build(tmp_path / "t.json", tmp_path / "out2", "onnx-fp32", None)

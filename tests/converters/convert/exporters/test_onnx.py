@@ -1,0 +1,102 @@
+"""ONNX export: fp32/fp16/int8 load with the edge ONNX Runtime backend, agree with Keras, batch is dynamic."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from converters.convert.exporters import export_model, get_exporter, precisions_for
+from converters.convert.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_onnx
+from device_profiles import RuntimeSetting
+from edge.artifacts.tensors import dequantize_output, prepare_input
+from edge.backends import get_backend
+from edge.core.atomic import sha256_file
+from tests.converters.convert.exporters import keras_logits
+
+SETTING = RuntimeSetting(name="test", backend="onnxruntime", threads=1)
+AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.95}
+MAX_DIFF = {"fp32": 1e-3, "fp16": 0.05, "int8": 2.0}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, model, data):
+    out = tmp_path_factory.mktemp("onnx")
+    return {p: export_onnx(model, out / f"tiny-{p}.onnx", p, calib_images=data[0][:100]) for p in precisions_for("onnx")}
+
+
+def run(path, x):
+    with get_backend("onnxruntime").load(path, SETTING) as lm:
+        return dequantize_output(lm.predict(prepare_input(x, lm.input_spec)), lm.output_spec), lm.input_spec, lm.output_spec
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_each_precision_loads_and_agrees_with_keras(exported, model, data, precision):
+    xte = data[2]
+    res = exported[precision]
+    assert res.path.is_file() and res.path.suffix == ".onnx"
+    assert sha256_file(res.path) == res.sha256 and res.path.stat().st_size == res.size_bytes
+    assert not [p.name for p in res.path.parent.iterdir() if p.suffix != ".onnx"]  # no temp files left
+    scores, ispec, ospec = run(res.path, xte)
+    assert (ispec, ospec) == (res.input, res.output)
+    ref = keras_logits(model, xte)
+    agreement = float((scores.argmax(1) == ref.argmax(1)).mean())
+    assert agreement >= AGREEMENT[precision], agreement
+    assert float(np.abs(scores - ref).max()) <= MAX_DIFF[precision]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_stable_names_float_io_and_dynamic_batch(exported, data, precision):
+    r = exported[precision]
+    # The Keras Input is called "pixels"; every ONNX artifact still takes "input".
+    assert r.input.name == INPUT_NAME == "input"
+    assert r.output.name == OUTPUT_NAME == "logits"
+    assert r.input.dtype == "float32" and r.output.dtype == "float32"
+    assert r.input.shape == (-1, 28, 28, 1) and r.output.shape == (-1, 10)
+    g = onnx.load(str(r.path)).graph
+    for vi in (g.input[0], g.output[0]):
+        d0 = vi.type.tensor_type.shape.dim[0]
+        assert d0.dim_param == BATCH_DIM and not d0.HasField("dim_value")
+    x = data[2][:6]
+    whole, _, _ = run(r.path, x)
+    one, _, _ = run(r.path, x[:1])
+    assert whole.shape == (6, 10)
+    np.testing.assert_allclose(one, whole[:1], atol=1e-4)
+
+
+def test_fp16_stores_half_weights(exported):
+    g = onnx.load(str(exported["fp16"].path)).graph
+    dtypes = {numpy_helper.to_array(t).dtype.name for t in g.initializer if numpy_helper.to_array(t).size > 16}
+    assert "float16" in dtypes and "float32" not in dtypes
+    assert exported["fp16"].size_bytes < exported["fp32"].size_bytes
+
+
+def test_int8_is_per_channel_qdq(exported):
+    m = onnx.load(str(exported["int8"].path))
+    ops = [n.op_type for n in m.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    int8_weights = [a for a in inits.values() if a.dtype == np.int8 and a.ndim >= 2]
+    assert int8_weights, "weights should be stored as int8"
+    # Per-channel: the conv weight's DequantizeLinear has one scale per output channel (8 filters).
+    per_channel = [
+        n for n in m.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 8
+    ]
+    assert per_channel
+
+
+def test_int8_needs_calibration_images(model, tmp_path):
+    with pytest.raises(ValueError, match="calibration"):
+        export_onnx(model, tmp_path / "m.onnx", "int8", calib_images=np.zeros((0, 28, 28, 1), np.uint8))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_registry_rejects_precisions_onnx_lacks(model, tmp_path):
+    assert get_exporter("onnx") is export_onnx
+    with pytest.raises(ValueError, match=r"unknown precision 'dynamic' for format 'onnx'; available: \['fp32', 'fp16', 'int8'\]"):
+        export_model(model, tmp_path / "m.onnx", "onnx", "dynamic")
+    with pytest.raises(ValueError, match=r"unknown precision 'int4'"):
+        export_onnx(model, tmp_path / "m.onnx", "int4")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,327 @@
+"""`edgekit convert` end to end on a real (tiny) training run: build, validate, manifest, skip, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.convert import command as convert
+from converters.convert.record import LOCK_FILE, Outcome
+from device_profiles import BuildTarget
+from edge.artifacts.manifest import Manifest
+from edge.core.atomic import atomic_write_json, sha256_file
+from edgekit.cli import main
+
+# Two 1-block specs: a plain CNN and one with ViP + pSConv (the family's custom layers).
+TINY_FAMILY = """
+name = "tiny"
+mode = "grid"
+input_size = [28, 28]
+
+[[space]]
+blocks = 1
+width = 4
+pool = "max"
+
+[[space]]
+blocks = 1
+width = 4
+pool = "max"
+vip = "last"
+psconv = true
+"""
+
+ONE_TARGET_PROFILE = """
+name = "tiny-board"
+arch = "aarch64"
+memory_budget_mb = 64
+
+[[build]]
+format = "tflite"
+precisions = ["int8"]
+
+[[runtime]]
+backend = "litert"
+threads = 1
+"""
+
+LIMIT_TEST = 200
+DESKTOP_TARGETS = 7  # tflite fp32/fp16/dynamic/int8 + onnx fp32/fp16/int8
+
+
+def _train_tiny_run(run_dir: Path, family: Path) -> None:
+    """The real pipeline (edgekit train's library API), one short epoch per model."""
+    from converters.train.options import Schedule, SplitOptions, TrainOptions
+    from converters.train.sweep import train_sweep
+
+    opts = TrainOptions(
+        run_dir=run_dir,
+        family=str(family),
+        schedule=Schedule(mode="quick", epochs=1, patience=1, batch_size=64, learning_rate=3e-3),
+        splits=SplitOptions(val_fraction=0.1, calib_size=64, limit_train=1500, limit_test=400),
+        progress=False,
+    )
+    train_sweep(opts, out=io.StringIO())
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A run directory with two finished models and no artifacts yet (copy it before converting)."""
+    root = tmp_path_factory.mktemp("convert")
+    family = root / "tiny.toml"
+    family.write_text(TINY_FAMILY)
+    run_dir = root / "trained"
+    _train_tiny_run(run_dir, family)
+    # An unfinished model (no train.json) must be ignored.
+    (run_dir / "models" / "unfinished-model").mkdir()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def converted(trained_run, tmp_path_factory):
+    """The run after one `edgekit convert --profile desktop-cpu`, with its captured output."""
+    run_dir = tmp_path_factory.mktemp("converted") / "run"
+    shutil.copytree(trained_run, run_dir)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["convert", str(run_dir), "--profile", "desktop-cpu", "--limit-test", str(LIMIT_TEST),
+                   "--no-progress"])
+    return run_dir, rc, out.getvalue(), err.getvalue()
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _models(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "models").iterdir() if (p / "train.json").exists())
+
+
+def _state(run_dir: Path) -> dict[str, tuple[int, str]]:
+    return {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in sorted((run_dir / "artifacts").iterdir())}
+
+
+def test_convert_builds_validates_and_records_every_target(converted):
+    run_dir, rc, out, err = converted
+    assert rc == 0, err
+    models = _models(run_dir)
+    assert len(models) == 2
+    m = Manifest.load(run_dir / "manifest.json")
+    assert m.dataset == "fashion_mnist" and len(m.labels) == 10
+    assert len(m.artifacts) == 2 * DESKTOP_TARGETS
+    assert {a.model_id for a in m.artifacts} == set(models)
+    for a in m.artifacts:
+        path = run_dir / a.path
+        assert a.path == f"artifacts/{a.artifact_id}.{a.format}" and path.is_file()
+        assert sha256_file(path) == a.sha256 and path.stat().st_size == a.size_bytes
+        assert a.source_sha256 == sha256_file(run_dir / "models" / a.model_id / "model.keras")
+        assert a.eval_count == LIMIT_TEST
+        assert a.params > 0 and a.macs > 0
+        assert a.host_accuracy is not None and a.agreement is not None and a.max_abs_diff is not None
+        # Status follows the numbers and the default 2-point threshold.
+        drop = 100 * (a.keras_accuracy - a.host_accuracy)
+        assert a.status == ("rejected" if drop > 2.0 else "ok"), (a.artifact_id, drop, a.reason)
+        if a.precision in ("fp32", "fp16"):
+            assert a.status == "ok" and a.agreement >= 0.98
+        if a.format == "onnx":
+            assert a.input.name == "input"
+        if (a.format, a.precision) == ("tflite", "int8"):
+            assert a.input.dtype == "int8" and a.input.scale is not None and a.input.zero_point == -128
+    assert "unfinished-model" not in {a.model_id for a in m.artifacts}
+    assert not [p for p in (run_dir / "artifacts").iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_convert_prints_table_and_precision_summary(converted):
+    run_dir, rc, out, _ = converted
+    for col in ("model", "format-precision", "size (KB)", "accuracy", "Δ vs Keras", "agreement", "max diff", "status"):
+        assert col in out
+    for model_id in _models(run_dir):
+        assert f"built {model_id}.onnx-int8" in out
+    assert "mean accuracy change int8 vs fp32: tflite" in out and "onnx" in out
+    assert "mean accuracy change fp16 vs fp32" in out
+    assert f"{2 * DESKTOP_TARGETS} built, 0 skipped" in out
+
+
+def test_rerun_skips_unchanged_artifacts(converted, tmp_path):
+    run_dir = _copy(converted[0], tmp_path)
+    before = _state(run_dir)
+    manifest_before = Manifest.load(run_dir / "manifest.json")
+    buf = io.StringIO()
+    result = convert.convert_run(run_dir, ["desktop-cpu"], limit_test=LIMIT_TEST, out=buf, progress=False)
+    out = buf.getvalue()
+    assert [o.action for o in result.outcomes] == ["skip"] * (2 * DESKTOP_TARGETS)
+    for a in manifest_before.artifacts:
+        assert f"skip  {a.artifact_id} (unchanged)" in out
+    assert _state(run_dir) == before  # same mtime and sha256 for every file
+    assert Manifest.load(run_dir / "manifest.json") == manifest_before
+    assert "0 built, 14 skipped" in convert.format_summary(result)
+
+
+def test_interrupted_convert_resumes_with_the_missing_artifact(converted, tmp_path):
+    run_dir = _copy(converted[0], tmp_path)
+    m = Manifest.load(run_dir / "manifest.json")
+    victim = m.artifacts[3]
+    # As if killed after writing the artifact but before the manifest recorded it, plus a stale temp file.
+    dataclasses.replace(m, artifacts=tuple(a for a in m.artifacts if a != victim)).save(run_dir / "manifest.json")
+    (run_dir / "artifacts" / ".half-written.tflite.abc.tmp").write_bytes(b"junk")
+    before = _state(run_dir)
+    result = convert.convert_run(run_dir, ["desktop-cpu"], limit_test=LIMIT_TEST, out=io.StringIO(), progress=False)
+    built = [o.artifact_id for o in result.outcomes if o.action == "built"]
+    assert built == [victim.artifact_id]
+    after = _state(run_dir)
+    assert ".half-written.tflite.abc.tmp" not in after
+    for name, st in after.items():
+        if name != Path(victim.path).name:
+            assert st == before[name]
+    assert len(Manifest.load(run_dir / "manifest.json").artifacts) == 2 * DESKTOP_TARGETS
+
+
+def test_changed_model_or_artifact_is_rebuilt(converted, tmp_path):
+    run_dir = _copy(converted[0], tmp_path)
+    m = Manifest.load(run_dir / "manifest.json")
+    first, second = _models(run_dir)
+    keras_path = run_dir / "models" / first / "model.keras"
+    keras_path.write_bytes(keras_path.read_bytes())  # same bytes: still unchanged
+    # A different model.keras for the first model (retrained): new weights, same architecture.
+    from converters.family.keras_build import load_keras_model
+
+    model = load_keras_model(keras_path)
+    model.set_weights([w * 1.01 for w in model.get_weights()])
+    model.save(keras_path)
+    # And a corrupted artifact of the second model.
+    corrupt = next(a for a in m.artifacts if a.model_id == second and a.precision == "fp32" and a.format == "onnx")
+    (run_dir / corrupt.path).write_bytes(b"corrupted")
+    result = convert.convert_run(run_dir, ["desktop-cpu"], limit_test=LIMIT_TEST, out=io.StringIO(), progress=False)
+    built = {o.artifact_id for o in result.outcomes if o.action == "built"}
+    assert built == {a.artifact_id for a in m.artifacts if a.model_id == first} | {corrupt.artifact_id}
+    new = Manifest.load(run_dir / "manifest.json")
+    new_sha = sha256_file(keras_path)
+    assert all(a.source_sha256 == new_sha for a in new.artifacts if a.model_id == first)
+    assert sha256_file(run_dir / corrupt.path) == new.get(corrupt.artifact_id).sha256
+
+
+def test_max_drop_is_reapplied_to_skipped_artifacts(converted, tmp_path, capsys):
+    run_dir = _copy(converted[0], tmp_path)
+    rc = main(["convert", str(run_dir), "--profile", "desktop-cpu", "--max-drop", "-100", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    m = Manifest.load(run_dir / "manifest.json")
+    assert all(a.status == "rejected" and "max drop -100.00" in a.reason for a in m.artifacts)
+    assert "rejected (skip)" in out and "14 rejected" in out
+    main(["convert", str(run_dir), "--profile", "desktop-cpu", "--max-drop", "100", "--no-progress"])
+    assert all(a.status == "ok" and a.reason == "" for a in Manifest.load(run_dir / "manifest.json").artifacts)
+
+
+def test_profile_with_one_target_builds_only_that(trained_run, tmp_path):
+    run_dir = _copy(trained_run, tmp_path)
+    profile = tmp_path / "tiny-board.toml"
+    profile.write_text(ONE_TARGET_PROFILE)
+    result = convert.convert_run(run_dir, [str(profile)], limit_test=100, out=io.StringIO(), progress=False)
+    assert {(o.format, o.precision, o.action) for o in result.outcomes} == {("tflite", "int8", "built")}
+    assert sorted(p.suffix for p in (run_dir / "artifacts").iterdir()) == [".tflite", ".tflite"]
+    assert len(Manifest.load(run_dir / "manifest.json").artifacts) == 2
+
+
+def test_targets_are_the_union_of_profiles_in_fixed_order():
+    t = convert.targets_for(["rpi4", "jetson-orin-nano"])
+    assert [x.key for x in t] == ["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
+                                  "onnx-fp32", "onnx-fp16", "onnx-int8"]
+    assert convert.targets_for(["rpi4", "rpi4"]) == convert.targets_for(["rpi4"])
+    assert BuildTarget("onnx", "fp16") in convert.targets_for(["desktop-cuda"])
+
+
+def test_unknown_profile_is_a_clear_cli_error(trained_run, capsys):
+    rc = main(["convert", str(trained_run), "--profile", "no-such-board"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "edgekit convert: error: unknown profile 'no-such-board'; available:" in err
+
+
+def test_run_without_finished_models_is_a_clear_cli_error(tmp_path, capsys):
+    run_dir = tmp_path / "empty"
+    (run_dir / "models" / "half-trained").mkdir(parents=True)
+    atomic_write_json(run_dir / "run.json", {"dataset": "fashion_mnist", "class_names": [str(i) for i in range(10)]})
+    rc = main(["convert", str(run_dir), "--profile", "desktop-cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no finished models" in err and "edgekit train" in err
+    rc = main(["convert", str(tmp_path / "missing"), "--profile", "desktop-cpu"])
+    assert rc == 2 and "run file" in capsys.readouterr().err
+
+
+def test_manifest_of_another_dataset_is_refused(converted, tmp_path, capsys):
+    run_dir = _copy(converted[0], tmp_path)
+    m = Manifest.load(run_dir / "manifest.json")
+    dataclasses.replace(m, dataset="cifar10").save(run_dir / "manifest.json")
+    rc = main(["convert", str(run_dir), "--profile", "desktop-cpu", "--no-progress"])
+    assert rc == 2 and "dataset 'cifar10'" in capsys.readouterr().err
+
+
+def test_failed_conversion_is_reported_and_drops_stale_record(converted, tmp_path, monkeypatch):
+    run_dir = _copy(converted[0], tmp_path)
+    first = _models(run_dir)[0]
+    keras_path = run_dir / "models" / first / "model.keras"
+    keras_path.write_bytes(keras_path.read_bytes() + b"\0")  # different sha256, still a valid zip
+
+    from converters.convert.exporters import onnx as onnx_fmt
+
+    def boom(*a, **k):
+        raise RuntimeError("ONNX export (Keras model.export) failed: unsupported op FancyOp")
+
+    monkeypatch.setattr(onnx_fmt, "_export_fp32", boom)
+    buf = io.StringIO()
+    result = convert.convert_run(run_dir, ["desktop-cpu"], limit_test=100, out=buf, progress=False)
+    failed = {o.artifact_id for o in result.failed}
+    assert failed == {f"{first}.onnx-{p}" for p in ("fp32", "fp16", "int8")}
+    assert "FAIL  " in buf.getvalue() and "FancyOp" in buf.getvalue()
+    m = Manifest.load(run_dir / "manifest.json")
+    for aid in failed:  # the stale artifact from the old model.keras must not survive
+        assert aid not in m.by_id()
+        assert not (run_dir / f"artifacts/{aid}.onnx").exists()
+    table = convert.format_table(result)
+    assert table.count("failed") == 3
+
+
+def test_summary_means_are_against_the_same_models_fp32(converted):
+    run_dir = converted[0]
+    m = Manifest.load(run_dir / "manifest.json")
+    outcomes = tuple(Outcome(a.artifact_id, a.model_id, a.format, a.precision, "skip") for a in m.artifacts)
+    deltas = convert.precision_deltas(convert.ConvertResult(m, outcomes))
+    lower = [("tflite", "int8"), ("onnx", "int8"), ("tflite", "fp16"), ("onnx", "fp16"), ("tflite", "dynamic")]
+    for fmt, prec in lower:
+        want = np.mean([
+            100 * (m.get(f"{mid}.{fmt}-{prec}").host_accuracy - m.get(f"{mid}.{fmt}-fp32").host_accuracy)
+            for mid in _models(run_dir)
+        ])
+        assert deltas[(fmt, prec)] == (pytest.approx(want), 2)
+
+
+def test_unloadable_model_fails_alone_and_exits_nonzero(converted, tmp_path, capsys):
+    run_dir = _copy(converted[0], tmp_path)
+    first, second = _models(run_dir)
+    (run_dir / "models" / first / "model.keras").write_bytes(b"not a zip")
+    rc = main(["convert", str(run_dir), "--profile", "rpi4", "--limit-test", "100", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 1 and "failed to convert" in cap.err
+    assert f"FAIL  {first}: cannot load" in cap.out
+    assert f"skip  {second}.tflite-int8 (unchanged)" in cap.out
+    m = Manifest.load(run_dir / "manifest.json")
+    assert not [a for a in m.artifacts if a.model_id == first and a.format == "tflite"]
+    assert not list((run_dir / "artifacts").glob(f"{first}.tflite-*"))
+    assert len([a for a in m.artifacts if a.model_id == first and a.format == "onnx"]) == 3  # not asked for: kept
+
+
+def test_concurrent_convert_on_the_same_run_is_refused(converted, tmp_path):
+    import fcntl
+
+    run_dir = _copy(converted[0], tmp_path)
+    with open(run_dir / LOCK_FILE, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="another 'edgekit convert' is using"):
+            convert.convert_run(run_dir, ["desktop-cpu"], out=io.StringIO(), progress=False)

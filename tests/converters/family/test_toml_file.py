@@ -1,0 +1,153 @@
+"""Tests for converters/family/toml_file.py: built-in families, family TOML parsing and validation errors."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import pytest
+
+from converters.family.family import FamilySpec
+from converters.family.specs import FamilyError
+from converters.family.toml_file import list_families, load_family, parse_family
+
+ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def write_family(tmp_path, body: str, name: str = "fam.toml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+# --- built-in families ------------------------------------------------------------------------
+
+
+def test_builtin_families_listed():
+    assert {"default", "demo"} <= set(list_families())
+
+
+def test_default_family_size_and_range():
+    fam = load_family("default")
+    assert isinstance(fam, FamilySpec) and fam.name == "default"
+    specs = fam.expand()
+    ids = [s.model_id for s in specs]
+    assert len(specs) >= 200
+    assert len(set(ids)) == len(ids) == len(set(specs))
+    assert all(ID_RE.match(i) for i in ids)
+    macs = [s.estimate_macs((28, 28, 1), 10) for s in specs]
+    assert min(macs) < 10_000  # a few thousand MACs
+    assert max(macs) > 20_000_000  # tens of MMACs
+    assert any(s.uses_vip for s in specs) and any(s.psconv for s in specs)
+    # The first dozen already span sizes and include ViP and pSConv (for --limit 12).
+    first = specs[:12]
+    assert any(s.uses_vip for s in first) and any(s.psconv for s in first)
+    assert len({s.blocks for s in first}) >= 3
+
+
+def test_demo_family():
+    fam = load_family("demo")
+    specs = fam.expand()
+    assert len(specs) == 13 and len({s.model_id for s in specs}) == 13
+    quick = [s for s in specs if not s.recipe]
+    long = [s for s in specs if s.recipe]
+    assert len(quick) == 10 and len(long) == 3
+    # The three long-recipe specs are the batch-norm ones, and they close the list.
+    assert specs[-3:] == long and all(s.model_id.endswith("-bn-long") for s in long)
+    assert all(s.batch_norm and s.recipe == "long" for s in long) and not any(s.batch_norm for s in quick)
+    assert {s.head for s in long} == {"gap", "flatten"} and {s.dense for s in long} == {0, 128}
+    macs = sorted(s.estimate_macs() for s in quick)
+    assert macs[0] < 50_000 and 1_000_000 < macs[-1] <= 5_000_000
+    assert all(30_000_000 < s.estimate_macs() < 40_000_000 for s in long)
+    assert sum(s.uses_vip for s in specs) >= 3 and sum(s.psconv for s in specs) >= 2
+    assert any(s.uses_vip and s.psconv for s in specs)
+    assert [(e.top, e.views) for e in fam.ensembles] == [(3, ("id",)), (2, ("id", "flip")), (3, ("id", "flip"))]
+
+
+# --- family files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, key, reason",
+    [
+        ("colour = 1\n[[space]]\nblocks = 1\nwidth = 8\n", "colour", "unknown key"),
+        ("[[space]]\nblocks = 1\nwidth = 8\nkernal = 3\n", "space[0].kernal", "unknown key"),
+        ("[[space]]\nblocks = [4, 5]\nwidth = 8\npool = 'max'\n", "space[0].blocks", "5 blocks with max downsampling"),
+        ("[[space]]\nblocks = 4\nwidth = 8\nkernel = [3, 5]\n", "space[0].blocks", "smaller than the 5x5 kernel"),
+        ("input_size = [4, 4]\n[[space]]\nblocks = 1\nwidth = 8\nkernel = 5\n", "space[0].kernel",
+         "larger than the 4x4 input"),
+        ("[[space]]\nblocks = 2\nwidth = [8, -8]\n", "space[0].width", "not a positive integer"),
+        ("[[space]]\nfilters = [[8, 0]]\n", "space[0].filters", "filters must be > 0"),
+        ("[[space]]\nblocks = 2\nwidth = '8'\n", "space[0].width", "not an integer"),
+        ("[[space]]\nblocks = 2\nwidth = 8\ndropout = 1.5\n", "space[0].dropout", "[0, 1)"),
+        ("[[space]]\nblocks = 2\nwidth = 8\npool = 'mean'\n", "space[0].pool", "one of"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nkernel = [3, 5]\npsconv = [false, true]\n", "space[0].psconv", "kernel 3"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nvip = [0, 1, 1]\n", "space[0].vip", "3 entries but the spec has 2 blocks"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nvip = 'middle'\n", "space[0].vip", "one of"),
+        ("[[space]]\nblocks = [2, 2]\nwidth = 8\n", "space[0].blocks", "repeated"),
+        ("[[space]]\nfilters = [[8]]\nblocks = 1\n", "space[0].blocks", "either filters or blocks"),
+        ("[[space]]\nwidth = 8\n", "space[0].blocks", "missing"),
+        ("name = 'x'\n", "space", "missing"),
+        ("mode = 'sweep'\n[[space]]\nblocks = 1\nwidth = 8\n", "mode", "one of"),
+        ("mode = 'random'\n[[space]]\nblocks = 1\nwidth = 8\n", "count", "positive integer"),
+        ("mode = 'random'\ncount = 3\n[[space]]\nblocks = 1\nwidth = 8\n", "count", "holds only 1"),
+        ("seed = 3\n[[space]]\nblocks = 1\nwidth = 8\n", "seed", "only used with mode"),
+        ("preprocess = 'standardize'\n[[space]]\nblocks = 1\nwidth = 8\n", "mean/std", "needs mean and std"),
+        ("[[space]]\nblocks = 2\nwidth = 8\npsconv = 'yes'\n", "space[0].psconv", "true or false"),
+        ("[[space]]\nblocks = 1\nwidth = {min = 8, max = 4}\n", "space[0].width", "bad range"),
+        ("[[space]]\nblocks = 1\nwidth = 8\nrecipe = 'slow'\n", "space[0].recipe", "'slow' is not one of ['', 'long']"),
+        ("recipe = ['long', 'fast']\n[[space]]\nblocks = 1\nwidth = 8\n", "space[0].recipe", "'fast' is not one of"),
+        ("[[space]]\nblocks = 1\nwidth = 8\nbatch_norm = 'yes'\n", "space[0].batch_norm", "true or false"),
+        ("[[space]]\nblocks = 1\nwidth = 8\nbatch_norm = [true, true]\n", "space[0].batch_norm", "repeated"),
+    ],
+)
+def test_bad_family_files_name_the_key(tmp_path, body, key, reason):
+    p = write_family(tmp_path, body)
+    with pytest.raises(FamilyError) as ei:
+        load_family(p)
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}: {key}:"), msg
+    assert reason in msg, msg
+
+
+def test_bad_toml_and_unknown_family(tmp_path):
+    p = write_family(tmp_path, "[[space]\nblocks = 1\n")
+    with pytest.raises(FamilyError, match="not valid TOML"):
+        load_family(p)
+    with pytest.raises(FamilyError, match="unknown family 'nope'; built-in: .*default"):
+        load_family("nope")
+    with pytest.raises(FamilyError, match="no such family file"):
+        load_family(tmp_path / "missing.toml")
+
+
+def test_parse_family_top_level_defaults_apply_to_spaces():
+    fam = parse_family(
+        {"kernel": 5, "dense": 16, "space": [{"blocks": 1, "width": 4}, {"filters": [8, 16], "kernel": 3}]}
+    )
+    a, b = fam.expand()
+    assert (a.kernel, a.dense) == (5, 16) and (b.kernel, b.dense, b.filters) == (3, 16, (8, 16))
+
+
+def test_builtin_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    # `edgekit demo` writes to ./demo; `--family demo` must still mean the built-in family.
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_family("demo").name == "demo"
+
+
+def test_batch_norm_and_recipe_axes(tmp_path):
+    p = write_family(tmp_path, """
+        batch_norm = true
+        [[space]]
+        blocks = 1
+        width = 4
+        batch_norm = [false, true]
+        recipe = "long"
+        [[space]]
+        blocks = 1
+        width = 8
+        """)
+    specs = load_family(p).expand()
+    assert [(s.batch_norm, s.recipe) for s in specs] == [(False, "long"), (True, "long"), (True, "")]
+    assert [s.model_id for s in specs] == ["c1-f4-k3-max-d0-vip0-ps0-long", "c1-f4-k3-max-d0-vip0-ps0-bn-long",
+                                           "c1-f8-k3-max-d0-vip0-ps0-bn"]

@@ -1,0 +1,129 @@
+"""The embeddable runtime, in process, on the real test bundle: classify, EDF across threads, reload, errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge.runtime.classifier import AdaptiveClassifier, RuntimeOptions
+from edge.runtime.scheduler import QueueFull, ShuttingDown
+from tests.edge._fixtures import edge_fixture
+
+
+@pytest.fixture(scope="module")
+def fx():
+    return edge_fixture()
+
+
+@pytest.fixture(scope="module")
+def clf(fx):
+    c = AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile))
+    yield c
+    c.close(drain=False)
+
+
+def canary(fx, i: int = 0):
+    with np.load(fx.bundle / "canary.npz") as z:
+        return z["images"][i], {k.split("/", 1)[1]: z[k][i] for k in z.files if k.startswith("scores/")}
+
+
+def test_classify_answers_with_the_most_accurate_variant_that_fits(fx, clf):
+    img, host = canary(fx)
+    r = clf.classify(img, deadline_ms=10_000)
+    assert r.outcome == "ok" and r.variant == fx.variants[-1] and r.deadline_met
+    aid = r.variant.split("@")[0]
+    np.testing.assert_allclose(r.scores[0], host[aid], atol=1e-3)
+    assert r.label == int(np.argmax(host[aid]))
+    # A deadline nothing meets: best effort runs the fastest and flags the miss.
+    r = clf.classify(img, deadline_ms=1e-4)
+    assert r.variant == fx.variants[0] and not r.deadline_met
+
+
+def test_classify_takes_hwc_or_nhwc_and_refuses_wrong_shapes(fx, clf):
+    img, _ = canary(fx)
+    assert clf.classify(img[None], 10_000).outcome == "ok"
+    assert clf.classify(img.astype(np.float32), 10_000).outcome == "ok"
+    with pytest.raises(ValueError, match="expected one image of shape"):
+        clf.classify(np.zeros((2, *img.shape), np.uint8), 10_000)
+    with pytest.raises(ValueError, match="within 0..255"):
+        clf.classify(np.full(img.shape, 300.0), 10_000)
+    with pytest.raises(ValueError, match="deadline_ms"):
+        clf.classify(img, float("nan"))
+
+
+def test_threads_calling_at_once_share_one_edf_order(fx):
+    """With every inference held 200 ms, the first call holds the only slot; later calls are served
+    in deadline order, not arrival order."""
+    img, _ = canary(fx)
+    c = AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile),
+                                policy="fastest", inject_delay_ms=200)
+    try:
+        done: list[tuple[str, float]] = []
+        lock = threading.Lock()
+
+        def call(name: str, dl: float) -> None:
+            r = c.classify(img, dl)
+            with lock:
+                done.append((name, r.dispatch_seq))
+        ts = [threading.Thread(target=call, args=("first", 60_000))]
+        ts[0].start()
+        time.sleep(0.1)
+        for name, dl in (("late", 50_000), ("early", 10_000), ("mid", 30_000)):
+            ts.append(threading.Thread(target=call, args=(name, dl)))
+            ts[-1].start()
+            time.sleep(0.03)
+        for t in ts:
+            t.join(10)
+        order = [n for n, _ in sorted(done, key=lambda x: x[1])]
+        assert order == ["first", "early", "mid", "late"], done
+    finally:
+        c.close(drain=False)
+
+
+def test_queue_bound_and_close(fx):
+    img, _ = canary(fx)
+    c = AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile),
+                                options=RuntimeOptions(queue_size=1, inject_delay_ms=300))
+    out: list = []
+    ts = [threading.Thread(target=lambda: out.append(c.classify(img, 60_000))) for _ in range(2)]
+    for t in ts:
+        t.start()
+        time.sleep(0.05)
+    with pytest.raises(QueueFull):
+        c.classify(img, 60_000)
+    for t in ts:
+        t.join(10)
+    assert [r.outcome for r in out] == ["ok", "ok"]
+    c.close()
+    with pytest.raises(ShuttingDown):
+        c.classify(img, 60_000)
+
+
+def test_reload_keeps_serving_on_a_bad_table(fx, tmp_path):
+    img, _ = canary(fx)
+    table = tmp_path / "sel.json"
+    doc = json.loads(fx.selected_table.read_text())
+    with AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile)) as c:
+        doc["rows"] = doc["rows"][:1]
+        table.write_text(json.dumps(doc))
+        r = c.reload(str(table))
+        assert r.ok and r.variants == (fx.variants[0],)
+        assert c.classify(img, 10_000).variant == fx.variants[0]
+        table.write_text('{"rows": [{"accuracy": null}]}')
+        r = c.reload()
+        assert not r.ok and "still serving" in r.message
+        assert c.classify(img, 10_000).variant == fx.variants[0]
+        assert c.reload(str(fx.selected_table)).ok and c.classify(img, 10_000).variant == fx.variants[-1]
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="unknown policy"):
+        RuntimeOptions(policy="fastest-please")
+    with pytest.raises(ValueError, match="miss"):
+        RuntimeOptions(miss="ignore")
+    with pytest.raises(ValueError, match="queue size"):
+        RuntimeOptions(queue_size=0)

@@ -1,0 +1,130 @@
+"""Tests for edge.runtime.selector: O(log K) choice, slowdown correction, miss policies, baselines, speed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.runtime.selector import Policy, Selector, make_selector
+from edge.runtime.slowdown import KalmanSlowdown, NoSlowdown
+from tests.edge.tables.test_selection import row
+
+ROWS = [row("a", 1.0, 0.60), row("b", 2.0, 0.70), row("c", 4.0, 0.80), row("d", 8.0, 0.90)]
+
+
+def test_most_accurate_that_fits():
+    s = Selector(ROWS, slowdown=NoSlowdown())
+    assert s.select(100).variant == "d@litert-xnnpack-t1"
+    assert s.select(8.0).index == 3  # exactly equal fits
+    assert s.select(7.99).index == 2
+    assert s.select(2.5).index == 1
+    d = s.select(1.0)
+    assert (d.index, d.fits, d.reject, d.predicted_ms) == (0, True, False, 1.0)
+
+
+def test_nothing_fits_best_effort_and_reject():
+    s = Selector(ROWS, miss="best-effort", slowdown=NoSlowdown())
+    d = s.select(0.5)
+    assert d.index == 0 and not d.fits and not d.reject and d.variant == "a@litert-xnnpack-t1"
+    d = s.select(-3.0)  # already late
+    assert d.index == 0 and not d.fits
+    r = Selector(ROWS, miss="reject", slowdown=NoSlowdown())
+    d = r.select(0.5)
+    assert d.reject and d.index == -1 and d.variant is None and d.predicted_ms == 1.0
+
+
+def test_slowdown_moves_to_faster_variants_and_back():
+    s = Selector(ROWS, slowdown=KalmanSlowdown())
+    assert s.select(4.5).index == 2
+    # Contention: everything runs ~2x slower than its table median (p50 = 0.7 * p95 here).
+    for _ in range(30):
+        d = s.select(4.5)
+        s.observe(d.index, 2.0 * s.median[d.index])
+    assert s.factor == pytest.approx(2.0, rel=0.1)
+    d = s.select(4.5)
+    assert d.index == 1 and d.predicted_ms == pytest.approx(2.0 * 2.0, rel=0.1)
+    # Recovery: the variant it now runs reports normal latency, so it climbs back.
+    for _ in range(30):
+        d = s.select(4.5)
+        s.observe(d.index, 1.0 * s.median[d.index])
+    assert s.select(4.5).index == 2
+
+
+def test_mean_table_uses_mean_without_correction():
+    rows = [row("a", 1.0, 0.6, mean=0.5), row("b", 2.0, 0.7, mean=3.0), row("c", 4.0, 0.8, mean=2.0)]
+    s = Selector(rows, policy="mean-table", slowdown=KalmanSlowdown())
+    for _ in range(20):
+        s.observe(0, 10 * s.median[0])  # the filter runs, but mean-table ignores it
+    assert s.factor == 1.0 and s.slowdown.factor > 5
+    # Means are not monotonic (b's mean > c's): the last variant whose mean fits wins.
+    assert s.select(2.5).variant == "c@litert-xnnpack-t1"
+    assert s.select(1.0).variant == "a@litert-xnnpack-t1"
+    assert s.select(3.0).variant == "c@litert-xnnpack-t1"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(0.1, 50), min_size=1, max_size=12), st.floats(-5, 80))
+def test_bisect_equals_linear_scan_for_any_base(means, t):
+    rows = [row(f"m{i}", float(i + 1), 0.1 + 0.05 * i, mean=m) for i, m in enumerate(means)]
+    s = Selector(rows, policy="mean-table", miss="reject")
+    fitting = [i for i, m in enumerate(means) if m <= t]
+    d = s.select(t)
+    if fitting:
+        assert d.index == max(fitting)
+    else:
+        assert d.reject
+
+
+def test_fixed_policies():
+    f = Selector(ROWS, policy="fastest", slowdown=NoSlowdown())
+    assert f.select(100).index == 0
+    m = Selector(ROWS, policy="most-accurate", slowdown=NoSlowdown())
+    assert m.select(0.1).index == 3 and not m.select(0.1).fits
+    st_ = Selector(ROWS, policy="static:b@litert-xnnpack-t1", slowdown=NoSlowdown(), miss="reject")
+    assert st_.select(100).variant == "b@litert-xnnpack-t1"
+    assert st_.select(1.0).reject
+    with pytest.raises(ValueError, match="unknown variant"):
+        Selector(ROWS, policy="static:nope")
+
+
+def test_policy_parsing():
+    assert Policy.from_string("adaptive").kind == "adaptive"
+    assert Policy.from_string("oracle-free").kind == "quantile-table"
+    p = Policy.from_string("static:x@y")
+    assert (p.kind, p.variant, str(p)) == ("static", "x@y", "static:x@y")
+    for bad in ("static:", "oracle", "bogus", ""):
+        with pytest.raises(ValueError):
+            Policy.from_string(bad)
+    with pytest.raises(ValueError, match="miss"):
+        Selector(ROWS, miss="drop")
+    with pytest.raises(ValueError, match="at least one"):
+        Selector([])
+
+
+def test_quantile_table_ablation_ignores_the_filter():
+    s = make_selector(ROWS, policy="quantile-table")
+    for _ in range(20):
+        s.observe(3, 5 * s.median[3])
+    assert s.factor == 1.0 and s.select(8.0).index == 3
+
+
+def test_unsorted_rows_are_sorted():
+    s = Selector(list(reversed(ROWS)), slowdown=NoSlowdown())
+    assert s.variants[0] == "a@litert-xnnpack-t1"
+
+
+def test_decision_takes_well_under_10_microseconds():
+    rows = [row(f"m{i}", 1.0 + i, 0.5 + i * 0.001) for i in range(64)]
+    s = Selector(rows)
+    n = 50_000
+    deadlines = [0.5 + (i % 97) for i in range(n)]
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for dl in deadlines:
+            s.select(dl)
+        best = min(best, (time.perf_counter() - t) / n * 1e6)
+    assert best < 10.0, f"{best:.2f} us per decision"

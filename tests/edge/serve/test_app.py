@@ -1,0 +1,293 @@
+"""The daemon's routes (edge/serve/app.py) over HTTP: start-up, metadata, inference, malformed requests, fuzzing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.edge._daemon_http import (
+    INFER,
+    VALID,
+    C,
+    H,
+    W,
+    binary_body,
+    call,
+    host_scores,
+    infer_doc,
+    jcall,
+)
+
+# ----------------------------------------------------------------------------- startup and metadata
+
+
+def test_startup_prints_memory_and_no_tensorflow(srv):
+    out = "".join(srv.stdout)
+    assert "resident memory with variants loaded:" in out and " MB" in out
+    assert "tensorflow in sys.modules: no" in out
+    assert f"listening on http://127.0.0.1:{srv.port}" in out
+
+
+def test_health_and_metadata(srv, fx):
+    assert jcall(srv, "GET", "/v2/health/live")[::2] == (200, {"live": True})
+    assert jcall(srv, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
+    s, _, doc = jcall(srv, "GET", "/v2")
+    assert s == 200 and doc["name"] == "edgekit" and "binary_tensor_data" in doc["extensions"]
+    s, _, doc = jcall(srv, "GET", "/v2/models/edgekit")
+    assert s == 200 and doc["name"] == "edgekit" and doc["versions"] == ["1"]
+    assert doc["inputs"] == [{"name": "input", "datatype": "UINT8", "shape": [-1, H, W, C]}]
+    assert [o["name"] for o in doc["outputs"]] == ["logits", "class"]
+    assert [v["variant"] for v in doc["variants"]] == list(fx.variants)
+    assert all(v["ready"] for v in doc["variants"])
+    assert jcall(srv, "GET", "/v2/models/edgekit/ready")[::2] == (200, {"name": "edgekit", "ready": True})
+    assert jcall(srv, "GET", "/v2/models/edgekit/versions/1/ready")[0] == 200
+    for path in ("/v2/models/resnet", "/v2/models/resnet/ready", "/v2/models/edgekit/versions/7"):
+        s, _, doc = jcall(srv, "GET", path)
+        assert s == 404 and "unknown" in doc["error"]
+    s, h, doc = jcall(srv, "GET", INFER)
+    assert s == 405 and h["allow"] == "POST"
+    assert jcall(srv, "GET", "/nope")[0] == 404
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def test_json_infer_matches_the_host_scores(srv, fx):
+    big = fx.variants[-1]
+    scores, image = host_scores(fx, big, 3)
+    s, h, doc = jcall(srv, "POST", INFER, infer_doc(image[None], deadline=10_000, id="req-7"))
+    assert s == 200, doc
+    assert h["content-type"] == "application/json"
+    assert doc["model_name"] == "edgekit" and doc["id"] == "req-7"
+    p = doc["parameters"]
+    assert set(p) >= {"variant", "predicted_ms", "queue_ms", "inference_ms", "total_ms", "deadline_ms",
+                      "deadline_met", "slowdown", "policy"}
+    assert p["variant"] == big and p["deadline_met"] is True and p["policy"] == "adaptive"
+    assert p["deadline_ms"] == 10_000 and p["total_ms"] >= p["inference_ms"] > 0
+    logits = {o["name"]: o for o in doc["outputs"]}
+    assert logits["logits"]["shape"] == [1, 10] and logits["logits"]["datatype"] == "FP32"
+    np.testing.assert_allclose(logits["logits"]["data"], scores, rtol=1e-5, atol=1e-5)
+    assert logits["class"] == {"name": "class", "datatype": "INT64", "shape": [1], "data": [int(np.argmax(scores))]}
+
+
+def test_json_infer_variants_of_input(srv):
+    img = np.arange(H * W * C).reshape(1, H, W, C) % 256
+    # No batch dimension; nested data; FP32 pixel values.
+    doc = infer_doc(img.astype(np.uint8), shape=[H, W, C])
+    doc["inputs"][0]["data"] = img.reshape(H, W, C).tolist()
+    assert jcall(srv, "POST", INFER, doc)[0] == 200
+    s, _, doc32 = jcall(srv, "POST", INFER, infer_doc(img.astype(np.float32), dtype="FP32"))
+    s8, _, doc8 = jcall(srv, "POST", INFER, infer_doc(img.astype(np.uint8)))
+    assert s == s8 == 200
+    # Only the outputs asked for.
+    s, _, doc = jcall(srv, "POST", INFER, infer_doc(outputs=[{"name": "class"}]))
+    assert s == 200 and [o["name"] for o in doc["outputs"]] == ["class"]
+    # Without a deadline parameter object but with curl's default content type.
+    s, _, _ = jcall(srv, "POST", INFER, infer_doc(), {"Content-Type": "application/x-www-form-urlencoded"})
+    assert s == 200
+
+
+def test_binary_infer(srv, fx):
+    big = fx.variants[-1]
+    scores, image = host_scores(fx, big, 5)
+    body, headers = binary_body(image[None], 10_000, binary_out=True)
+    s, h, data = call(srv, "POST", INFER, body, headers)
+    assert s == 200
+    n = int(h["inference-header-content-length"])
+    head = json.loads(data[:n])
+    assert h["content-type"] == "application/octet-stream"
+    outs = head["outputs"]
+    assert [o["name"] for o in outs] == ["logits", "class"]
+    assert outs[0]["parameters"]["binary_data_size"] == 40 and "data" not in outs[0]
+    assert outs[1]["parameters"]["binary_data_size"] == 8
+    blob = data[n:]
+    assert len(blob) == 48
+    np.testing.assert_allclose(np.frombuffer(blob[:40], "<f4"), scores, rtol=1e-5, atol=1e-5)
+    assert int(np.frombuffer(blob[40:], "<i8")[0]) == int(np.argmax(scores))
+    assert head["parameters"]["variant"] == big
+
+    # Binary input, JSON output (binary_data_output false), and FP32 binary input.
+    body, headers = binary_body(image[None], 10_000, binary_out=False)
+    s, h, data = call(srv, "POST", INFER, body, headers)
+    assert s == 200 and "inference-header-content-length" not in h
+    np.testing.assert_allclose(json.loads(data)["outputs"][0]["data"], scores, rtol=1e-5, atol=1e-5)
+    body, headers = binary_body(image[None].astype(np.float32), 10_000, dtype="FP32")
+    assert call(srv, "POST", INFER, body, headers)[0] == 200
+
+    # A JSON request asking for one binary output.
+    doc = infer_doc(image[None], deadline=10_000, outputs=[{"name": "logits", "parameters": {"binary_data": True}}])
+    s, h, data = call(srv, "POST", INFER, json.dumps(doc).encode())
+    n = int(h["inference-header-content-length"])
+    assert s == 200 and len(data) == n + 40
+
+
+def test_deadline_met_and_missed(srv, fx):
+    s, _, doc = jcall(srv, "POST", INFER, infer_doc(deadline=10_000))
+    assert s == 200 and doc["parameters"]["deadline_met"] is True
+    assert doc["parameters"]["variant"] == fx.variants[-1]
+    # 1 microsecond: nothing fits; best-effort runs the fastest and flags the miss.
+    s, _, doc = jcall(srv, "POST", INFER, infer_doc(deadline=0.001))
+    assert s == 200
+    p = doc["parameters"]
+    assert p["deadline_met"] is False and p["variant"] == fx.variants[0]
+    assert p["total_ms"] > p["deadline_ms"]
+
+
+def test_keep_alive_survives_errors(srv):
+    c = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
+    try:
+        for body, want in [(infer_doc(), 200), (b"{bad json", 400), (infer_doc(deadline=-1), 400), (infer_doc(), 200)]:
+            c.request("POST", INFER, body=body if isinstance(body, bytes) else json.dumps(body).encode())
+            r = c.getresponse()
+            r.read()
+            assert r.status == want
+    finally:
+        c.close()
+
+
+# ----------------------------------------------------------------------------- malformed requests
+
+
+
+# The codec's malformed-request table (tests/edge/v2/test_codec.py), here sent over HTTP.
+from tests.edge.v2.test_codec import MALFORMED, mutate_keys  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_requests_get_4xx_with_a_message(srv, name):
+    body, status, words = MALFORMED[name]
+    s, _, data = call(srv, "POST", INFER, body, {"Content-Type": "application/json"})
+    doc = json.loads(data)
+    assert s == status, doc
+    assert doc["error"] and words in doc["error"]
+
+
+def test_malformed_binary_requests(srv):
+    img = np.zeros((1, H, W, C), np.uint8)
+    body, headers = binary_body(img, 50)
+    cases = [
+        (body, dict(headers, **{"Inference-Header-Content-Length": "abc"}), "must be an integer"),
+        (body, dict(headers, **{"Inference-Header-Content-Length": str(len(body) + 5)}), "outside the body"),
+        (body[:-10], headers, "bytes after the JSON header"),
+        (body + b"xx", headers, "bytes after the JSON header"),
+        (body[: int(headers["Inference-Header-Content-Length"])] + b"", headers, "binary_data_size says"),
+        (body, {"Content-Type": "application/json"}, "not valid JSON"),
+    ]
+    head = json.loads(body[: int(headers["Inference-Header-Content-Length"])])
+    head["inputs"][0]["parameters"]["binary_data_size"] = 10
+    js = json.dumps(head).encode()
+    cases.append((js + b"x" * 10, {"Inference-Header-Content-Length": str(len(js))}, "is 784 bytes"))
+    for b, h, words in cases:
+        s, _, data = call(srv, "POST", INFER, b, h)
+        assert s == 400, (words, data)
+        assert words in json.loads(data)["error"]
+    # FP32 NaN through the binary path.
+    nan = np.full((1, H, W, C), np.nan, np.float32)
+    b, h = binary_body(nan, 50, dtype="FP32")
+    s, _, data = call(srv, "POST", INFER, b, h)
+    assert s == 400 and "NaN" in json.loads(data)["error"]
+
+
+def test_protocol_errors(srv):
+    # Unknown model, unsupported encoding, no Content-Length, chunked, method not allowed.
+    s, _, doc = jcall(srv, "POST", "/v2/models/other/infer", VALID)
+    assert s == 404 and "unknown model 'other'" in doc["error"]
+    s, _, doc = jcall(srv, "POST", INFER, VALID, {"Content-Encoding": "gzip"})
+    assert s == 415 and "Content-Encoding" in doc["error"]
+    c = http.client.HTTPConnection(srv.host, srv.port, timeout=10)
+    c.putrequest("POST", INFER)
+    c.putheader("Transfer-Encoding", "chunked")
+    c.endheaders()
+    c.send(b"5\r\nhello\r\n0\r\n\r\n")
+    r = c.getresponse()
+    assert r.status == 411 and "Content-Length" in json.loads(r.read())["error"]
+    c.close()
+    s, _, doc = jcall(srv, "DELETE", "/v2/health/live")
+    assert s == 405
+    s, _, doc = jcall(srv, "BREW", "/v2")
+    assert s == 405 and "BREW" in doc["error"]
+    s, h, body = call(srv, "HEAD", "/v2/health/ready")
+    assert s == 200 and body == b"" and int(h["content-length"]) > 0
+
+
+def test_oversize_body_gets_413_and_the_daemon_keeps_serving(srv):
+    body = b"{" + b" " * (9 * 1024 * 1024) + b"}"
+    s, h, data = call(srv, "POST", INFER, body)
+    assert s == 413 and "at most" in json.loads(data)["error"]
+    assert h.get("connection") == "close"
+    assert jcall(srv, "POST", INFER, VALID)[0] == 200
+
+
+def test_metrics(srv):
+    jcall(srv, "POST", INFER, VALID)
+    jcall(srv, "POST", INFER, b"{bad")
+    s, h, data = call(srv, "GET", "/metrics")
+    text = data.decode()
+    assert s == 200 and h["content-type"].startswith("text/plain; version=0.0.4")
+    for name in ("edgekit_requests_total{outcome=\"met\"}", "edgekit_requests_total{outcome=\"invalid\"}",
+                 "edgekit_deadline_misses_total", "edgekit_variant_requests_total{variant=",
+                 "edgekit_queue_depth", "edgekit_slowdown_factor", "edgekit_request_duration_seconds_bucket{le=\"+Inf\"}",
+                 "edgekit_inference_duration_seconds_count{variant=", "edgekit_queue_wait_seconds_sum",
+                 "edgekit_variant_ready{variant="):
+        assert name in text, name
+    for line in text.splitlines():
+        assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=20,
+)
+_keys = st.sampled_from(["inputs", "parameters", "outputs", "id", "deadline_ms", "name", "shape", "datatype", "data",
+                         "binary_data_size", "binary_data_output", "binary_data"])
+
+
+@st.composite
+def mutated_requests(draw):
+    d = json.loads(json.dumps(VALID))
+    target = draw(st.sampled_from(["top", "param", "input", "input_param"]))
+    obj = {"top": d, "param": d["parameters"], "input": d["inputs"][0]}.get(target)
+    if obj is None:
+        obj = d["inputs"][0].setdefault("parameters", {})
+    mutate_keys(draw, obj, _keys, _json_values)
+    return json.dumps(d).encode(), {}
+
+
+@st.composite
+def bodies(draw):
+    kind = draw(st.sampled_from(["bytes", "json", "mutated", "binary"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300)), {}
+    if kind == "json":
+        return json.dumps(draw(_json_values)).encode(), {}
+    if kind == "mutated":
+        return draw(mutated_requests())
+    body, headers = binary_body(np.zeros((1, H, W, C), np.uint8), 50)
+    cut = draw(st.integers(0, len(body)))
+    hl = draw(st.one_of(st.just(headers["Inference-Header-Content-Length"]), st.integers(-5, 2000).map(str),
+                        st.text(max_size=5)))
+    hl = "".join(ch for ch in hl if 32 < ord(ch) < 127) or "0"
+    return body[:cut], {"Inference-Header-Content-Length": hl}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(bodies())
+def test_fuzz_no_5xx(srv, case):
+    body, headers = case
+    s, _, data = call(srv, "POST", INFER, body, headers)
+    assert s < 500, data[:300]
+    if s >= 400:
+        assert json.loads(data)["error"]
+
+
+def test_still_alive_after_fuzzing(srv):
+    assert srv.proc.poll() is None
+    assert jcall(srv, "POST", INFER, VALID)[0] == 200
