@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.evaluate.workload import MAX_COUNT, Workload, WorkloadError, make_workload
 from edge.core.atomic import atomic_write_json
 from edge.core.errors import StepFailed, UsageError
-from edge.v2.client import Connection
+from edge.v2.client import ClientConnection
 from edge.v2.client_codec import RequestEncoder, summarize_infer_response
 
 DEFAULT_COUNT = 200
@@ -117,7 +117,7 @@ def wait_ready(url: str, timeout_s: float = 30.0, allow_remote: bool = False) ->
     end = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < end:
-        c = Connection(host, port, 5.0)
+        c = ClientConnection(host, port, 5.0)
         try:
             status, _, body = c.request("GET", base + "/v2/health/ready")
             if status == 200:
@@ -181,7 +181,7 @@ def summarize(records: list[RequestRecord], wall_s: float) -> dict[str, Any]:
 
 
 def _one(
-    conn: Connection,
+    conn: ClientConnection,
     path: str,
     headers: dict[str, str],
     enc: RequestEncoder,
@@ -274,7 +274,7 @@ def run_load(
     truncated = False
 
     if workload.closed:
-        conn = Connection(host, port, timeout_s)
+        conn = ClientConnection(host, port, timeout_s)
         conn.connect()
         t0 = time.perf_counter()
         deadline_t = t0 + duration_s
@@ -301,7 +301,7 @@ def run_load(
     t0 = 0.0  # set once every sender is connected
 
     def sender() -> None:
-        conn = Connection(host, port, timeout_s)
+        conn = ClientConnection(host, port, timeout_s)
         conn.connect()
         try:
             ready.wait(timeout=timeout_s)

@@ -166,13 +166,13 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
     out: dict = {"variant": row.variant, "requests": requests, "placement": placement}
     try:
         host, port = dproc.host, dproc.port
-        from edge.v2.client import Connection
+        from edge.v2.client import ClientConnection
         from edge.v2.client_codec import decode_infer_response
 
         # Every HTTP path gets the same client work: a prepared body on one keep-alive
         # http.client connection; decoding the answer happens outside the timed span.
-        conns = {"daemon binary": Connection(host, port), "daemon json": Connection(host, port),
-                 "reference": Connection(rproc.host, rproc.port)}
+        conns = {"daemon binary": ClientConnection(host, port), "daemon json": ClientConnection(host, port),
+                 "reference": ClientConnection(rproc.host, rproc.port)}
         bodies = {m: [encode_infer_request(images[i: i + 1], 60_000, binary=(m != "daemon json"))
                       for i in range(len(images))] for m in conns}
         infer = "/v2/models/edgekit/infer"

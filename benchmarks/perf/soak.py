@@ -62,7 +62,7 @@ def run(bundle: str, table: str, profile: str | None, seconds: float, clients: i
 def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, server_cpus) -> dict:
     import tempfile
 
-    from edge.v2.client import Connection
+    from edge.v2.client import ClientConnection
     from edge.v2.client_codec import encode_infer_request
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -95,7 +95,7 @@ def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, serve
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
-        c = Connection(host, port_i, timeout=30)
+        c = ClientConnection(host, port_i, timeout=30)
         local: collections.Counter = collections.Counter()
         while not stop.is_set():
             body, hdrs = rng.choice(bodies)[rng.randrange(len(images))]
@@ -141,7 +141,7 @@ def _soak(bundle, table, profile, seconds, clients, idle, say, hi, images, serve
         for t in threads:
             t.join(30)
         try:
-            c = Connection(host, port_i, timeout=10)
+            c = ClientConnection(host, port_i, timeout=10)
             _, _, data = c.request("GET", "/admin/status")
             status = json.loads(data)
             c.close()

@@ -23,7 +23,7 @@ from edge.core.errors import UsageError
 from edge.runtime.scheduler import DONE, InferenceRequest, InferenceResult, Scheduler
 from edge.runtime.selector import MISS_POLICIES, Policy
 from edge.runtime.slowdown import FILTERS, make_filter
-from edge.runtime.variants import ModelHost, VariantInfo
+from edge.runtime.variants import VariantInfo, VariantPool
 from edge.tables.table import QUANTILES
 
 __all__ = ["AdaptiveClassifier", "RuntimeOptions", "InferenceResult", "VariantInfo", "ReloadResult"]
@@ -86,7 +86,7 @@ class AdaptiveClassifier:
         self.table = table
         self.table_path = str(table_path)
         self.workers = int(opts.workers or profile.workers)
-        self.host = ModelHost(bundle, profile, self.workers, warmup=opts.warmup, log=self.log)
+        self.host = VariantPool(bundle, profile, self.workers, warmup=opts.warmup, log=self.log)
         self.filter = make_filter(opts.slowdown_filter)
         self.policy = opts.policy
         self._selector_args = dict(policy=opts.policy, miss=opts.miss)

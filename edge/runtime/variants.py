@@ -23,7 +23,7 @@ class VariantInfo:
     provider: str = ""
 
 
-class ModelHost:
+class VariantPool:
     """Loads each variant once per slot; a variant is served only if its file matches the
     manifest's sha256 when it is first loaded (at start or on a reload) and its canary passes."""
 

@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 from edge.runtime.classifier import AdaptiveClassifier, RuntimeOptions
 from edge.runtime.scheduler import DONE, InferenceRequest, QueueFull, ShuttingDown
-from edge.serve.http.connection import Connection, HttpError, Request
-from edge.serve.http.listener import Server, TransportLimits, loop_name
+from edge.serve.http.connection import HttpConnection, Request
+from edge.serve.http.listener import Listener, TransportLimits, loop_name
 from edge.v2.codec import (
     EXTENSIONS,
     INPUT_DTYPES,
@@ -71,7 +71,7 @@ class V2App:
         self.sched.on_free = self._on_free
         self.workers = clf.workers
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edgekit-infer") if self.workers > 1 else None
-        self.server = Server(self, loop, cfg.limits, on_event=self._on_transport_event)
+        self.server = Listener(self, loop, cfg.limits, on_event=self._on_transport_event)
         self.metrics = ServerMetrics(queue_depth=lambda: self.sched.depth, slowdown=lambda: clf.filter.factor,
                                      connections=lambda: self.server.open_connections)
         self.metrics_content_type = CONTENT_TYPE
@@ -87,7 +87,7 @@ class V2App:
     def error_body(self, message: str) -> bytes:
         return json.dumps({"error": message}, separators=(",", ":")).encode()
 
-    def authorize(self, method: str, target: str, headers: dict[str, str]) -> HttpError | None:
+    def authorize(self, method: str, target: str, headers: dict[str, str]) -> ProtocolError | None:
         if self._token is None or target.startswith("/v2/health/"):
             return None
         got = headers.get("authorization", "")
@@ -95,7 +95,7 @@ class V2App:
         if scheme.lower() == "bearer" and hmac.compare_digest(cred.strip().encode("utf-8", "replace"), self._token):
             return None
         self.metrics.count("unauthorized")
-        return HttpError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+        return ProtocolError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                          {"WWW-Authenticate": 'Bearer realm="edgekit"'})
 
     def _on_transport_event(self, kind: str, reason: str) -> None:
@@ -104,7 +104,7 @@ class V2App:
         elif kind == "refused":
             self.metrics.count("invalid")
 
-    def handle(self, conn: Connection, req: Request) -> None:
+    def handle(self, conn: HttpConnection, req: Request) -> None:
         try:
             self._route(conn, req)
         except ProtocolError as e:
@@ -122,11 +122,11 @@ class V2App:
 
     # ------------------------------------------------------------ responses
 
-    def _json(self, conn: Connection, req: Request, status: int, doc: Any, headers: dict[str, str] | None = None,
+    def _json(self, conn: HttpConnection, req: Request, status: int, doc: Any, headers: dict[str, str] | None = None,
               close: bool = False) -> None:
         conn.respond(status, json.dumps(doc, separators=(",", ":")).encode(), headers, close, req)
 
-    def _error(self, conn: Connection, req: Request, status: int, message: str, headers: dict | None = None,
+    def _error(self, conn: HttpConnection, req: Request, status: int, message: str, headers: dict | None = None,
                body: dict | None = None, close: bool = False) -> None:
         doc = dict(body) if body else {}
         doc.setdefault("error", message)
@@ -147,7 +147,7 @@ class V2App:
     def ready(self) -> bool:
         return not self.server.draining and len(self.clf.selector) > 0
 
-    def _route(self, conn: Connection, req: Request) -> None:
+    def _route(self, conn: HttpConnection, req: Request) -> None:
         path = req.target.split("?", 1)[0] if req.target.startswith("/") else urlsplit(req.target).path
         if path.endswith("/infer") and req.method == "POST":
             p = path.split("/")
@@ -202,7 +202,7 @@ class V2App:
 
     # ------------------------------------------------------------ inference
 
-    def _infer(self, conn: Connection, req: Request) -> None:
+    def _infer(self, conn: HttpConnection, req: Request) -> None:
         if self.server.draining:
             self.metrics.count("shutting_down")
             raise ProtocolError(503, "the daemon is shutting down; retry later", headers={"Retry-After": "1"})
@@ -311,7 +311,7 @@ class V2App:
 
     # ------------------------------------------------------------ reload
 
-    def _reload_request(self, conn: Connection, req: Request) -> None:
+    def _reload_request(self, conn: HttpConnection, req: Request) -> None:
         path = None
         if req.body.strip():
             doc = loads_json(req.body, "the reload request")

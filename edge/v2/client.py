@@ -25,12 +25,13 @@ from edge.v2.client_codec import (  # re-exported: edge.v2.client is where calle
     split_binary,
 )
 
-__all__ = ["Classification", "Client", "ClientError", "Connection", "decode_response", "output_arrays", "split_binary"]
+__all__ = ["Classification", "Client", "ClientConnection", "ClientError", "decode_response", "output_arrays",
+           "split_binary"]
 
 decode_response = decode_infer_response  # the old name
 
 
-class Connection:
+class ClientConnection:
     """One keep-alive HTTP/1.1 connection, reopened when the daemon closes it (shared by loadgen)."""
 
     def __init__(self, host: str, port: int, timeout: float = 30.0):
@@ -88,7 +89,7 @@ class Connection:
             finally:
                 self._conn = None
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> "ClientConnection":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -110,7 +111,7 @@ class Client:
         self.token = token
         self.binary = binary
         self.timeout = timeout
-        self._conn = Connection(self.host, self.port, timeout)
+        self._conn = ClientConnection(self.host, self.port, timeout)
 
     # ------------------------------------------------------------ transport
 

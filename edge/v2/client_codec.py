@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import EdgekitError, UsageError
-from edge.v2.codec import INFER_HEADER_LENGTH, JSON_SEPARATORS, is_int
+from edge.v2.codec import INFER_HEADER_LENGTH, is_int
+from edge.v2.errors import JSON_SEPARATORS
 
 # Output datatypes a decoder understands (anything else is read as FP32, as before).
 _OUT_DTYPES = {"FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "UINT8": "<u1", "FP16": "<f2", "FP64": "<f8"}
@@ -92,7 +93,7 @@ class Classification:
 def split_binary(headers: dict[str, str], data: bytes) -> tuple[dict, bytes]:
     """(JSON header, the binary part) of a response that may use the binary tensor extension.
 
-    ``headers`` has lower-cased names (as ``edge.v2.client.Connection`` returns them).
+    ``headers`` has lower-cased names (as ``edge.v2.client.ClientConnection`` returns them).
     """
     n = headers.get("inference-header-content-length")
     if n is None:

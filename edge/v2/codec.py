@@ -14,6 +14,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from edge.core.errors import UsageError
+from edge.v2.errors import JSON_SEPARATORS, ProtocolError
 
 MODEL_VERSION = "1"
 MAX_DEADLINE_MS = 3_600_000.0  # an hour: anything longer is a unit mistake
@@ -23,28 +24,6 @@ INPUT_DTYPES: dict[str, np.dtype] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype(
 OUTPUTS = ("logits", "class")
 INFER_HEADER_LENGTH = "Inference-Header-Content-Length"  # binary tensor extension: length of the JSON part
 
-JSON_SEPARATORS = (",", ":")  # compact JSON, as every v2 body is written
-
-
-# ============================================================================ errors
-
-
-class ProtocolError(Exception):
-    """A request the daemon must refuse: ``status`` (4xx), ``message``, extra response headers and body."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, body: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-        self.body = body
-
-
-def encode_error(message: str, body: dict | None = None) -> bytes:
-    """A JSON error body: ``body`` (if any) with ``"error": message`` added unless it already has one."""
-    doc = dict(body) if body else {}
-    doc.setdefault("error", message)
-    return json.dumps(doc, separators=JSON_SEPARATORS).encode()
 
 
 # ============================================================================ JSON helpers

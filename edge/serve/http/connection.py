@@ -26,6 +26,7 @@ from typing import Protocol
 import httptools
 
 from edge.core.errors import UsageError
+from edge.v2.errors import ProtocolError
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
 _TS = struct.Struct("@ll")  # struct timespec
@@ -35,14 +36,6 @@ _REQUEST_LINE = re.compile(rb"([A-Za-z]{1,20}) [^ \r\n]+ HTTP/1\.[01]\r?\n")
 LINGER_BYTES = 16 << 20  # after refusing a request, read and drop this much of what the client still sends
 LINGER_S = 2.0
 READ_SIZE = 1 << 16
-
-
-class HttpError(Exception):
-    """A request the transport refuses before the application sees it (or that the app refuses early)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
 
 
 @dataclass
@@ -58,10 +51,10 @@ class Request:
 
 
 class App(Protocol):
-    def authorize(self, method: str, target: str, headers: dict[str, str]) -> HttpError | None:
+    def authorize(self, method: str, target: str, headers: dict[str, str]) -> ProtocolError | None:
         """Called when the headers end, before the body is read: an error to refuse the request."""
 
-    def handle(self, conn: "Connection", req: Request) -> None:
+    def handle(self, conn: "HttpConnection", req: Request) -> None:
         """Answer ``req`` now or later with ``conn.respond``, exactly once."""
 
     def error_body(self, message: str) -> bytes: ...
@@ -89,8 +82,8 @@ class TransportLimits:
                 raise UsageError(f"{k} must be a positive number of seconds")
 
 
-class Host(Protocol):
-    """What a connection needs from the listener that accepted it (edge.serve.http.listener.Server)."""
+class ConnectionOwner(Protocol):
+    """What a connection needs from the listener that accepted it (edge.serve.http.listener.Listener)."""
 
     app: App
     loop: asyncio.AbstractEventLoop
@@ -100,7 +93,7 @@ class Host(Protocol):
 
     def on_refused(self, status: int) -> None: ...
 
-    def forget(self, conn: "Connection") -> None: ...
+    def forget(self, conn: "HttpConnection") -> None: ...
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -140,7 +133,7 @@ def encode_head(status: int, length: int, headers: dict[str, str] | None, close:
     return b"".join(parts)
 
 
-class Connection:
+class HttpConnection:
     """One client connection: reads with ``recvmsg``, parses, answers in order."""
 
     __slots__ = ("server", "sock", "fd", "parser", "reading", "closed", "busy", "pipeline", "out",
@@ -148,7 +141,7 @@ class Connection:
                  "_url", "_headers", "_hbytes", "_body", "_keep", "_stamp", "_stamp_read",
                  "linger_until", "linger_left")
 
-    def __init__(self, server: Host, sock: socket.socket):
+    def __init__(self, server: ConnectionOwner, sock: socket.socket):
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
@@ -186,16 +179,17 @@ class Connection:
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.server.limits.max_header_bytes:
-            raise HttpError(414, "the request target is too long")
+            raise ProtocolError(414, "the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._hbytes += len(name) + len(value) + 4
         lim = self.server.limits
         if self._hbytes > lim.max_header_bytes or len(self._headers) >= lim.max_headers:
-            raise HttpError(431, f"request headers are over {lim.max_header_bytes} bytes or {lim.max_headers} fields")
+            raise ProtocolError(431, f"request headers are over {lim.max_header_bytes} bytes or "
+                                     f"{lim.max_headers} fields")
         key = name.decode("latin-1").lower()
         if key == "content-length" and not _DIGITS.fullmatch(value):
-            raise HttpError(400, "Content-Length must be decimal digits only")
+            raise ProtocolError(400, "Content-Length must be decimal digits only")
         self._headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -204,25 +198,25 @@ class Connection:
         self.headers_done_at = time.perf_counter()
         version = p.get_http_version()
         if version != "1.1" and version != "1.0":
-            raise HttpError(505, "only HTTP/1.1 and HTTP/1.0 are served")
+            raise ProtocolError(505, "only HTTP/1.1 and HTTP/1.0 are served")
         if version == "1.1" and "host" not in h:
-            raise HttpError(400, "HTTP/1.1 requests need a Host header")
+            raise ProtocolError(400, "HTTP/1.1 requests need a Host header")
         if "transfer-encoding" in h:
-            raise HttpError(411, "chunked transfer encoding is not supported; send a Content-Length")
+            raise ProtocolError(411, "chunked transfer encoding is not supported; send a Content-Length")
         method = p.get_method().decode("latin-1")
         n = int(h.get("content-length", "0"))
         if method == "POST" and "content-length" not in h:
-            raise HttpError(411, "missing Content-Length header")
+            raise ProtocolError(411, "missing Content-Length header")
         app = self.server.app
         err = app.authorize(method, self._url.decode("latin-1"), h)
         if err is not None:
             raise err
         if n > self.server.limits.max_body_bytes:
-            raise HttpError(413, f"request body is {n} bytes; this daemon accepts at most "
+            raise ProtocolError(413, f"request body is {n} bytes; this daemon accepts at most "
                                  f"{self.server.limits.max_body_bytes}")
         enc = h.get("content-encoding")
         if n and enc and enc.lower() != "identity":
-            raise HttpError(415, f"Content-Encoding {enc[:40]!r} is not supported; send the body uncompressed")
+            raise ProtocolError(415, f"Content-Encoding {enc[:40]!r} is not supported; send the body uncompressed")
         self._keep = p.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
@@ -288,12 +282,12 @@ class Connection:
         self._stamp, self._stamp_read = arrival, now
         try:
             self.parser.feed_data(data)
-        except HttpError as e:
+        except ProtocolError as e:
             self.fail(e.status, e.message, e.headers)
             return
         except httptools.HttpParserCallbackError as exc:  # our own refusal, raised in a parser callback
             inner = exc.__context__
-            if isinstance(inner, HttpError):
+            if isinstance(inner, ProtocolError):
                 self.fail(inner.status, inner.message, inner.headers)
             else:
                 self.fail(400, f"malformed HTTP request: {inner or exc}")

@@ -1,6 +1,6 @@
 """The daemon's HTTP/1.1 listener on an event loop (uvloop when installed): connection caps, deadlines, draining.
 
-One thread, no thread per connection (each is an ``edge.serve.http.connection.Connection``).  Each
+One thread, no thread per connection (each is an ``edge.serve.http.connection.HttpConnection``).  Each
 request is stamped with the time its first bytes reached the kernel (``SO_TIMESTAMPNS``
 through ``recvmsg``), so time spent behind a running inference, in the socket buffer,
 counts against the request's deadline even though the loop reads it only when the
@@ -30,7 +30,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from edge.serve.http.connection import SO_TIMESTAMPNS, App, Connection, TransportLimits
+from edge.serve.http.connection import SO_TIMESTAMPNS, App, HttpConnection, TransportLimits
 
 FD_RESERVE = 64  # descriptors kept free for model files, table reloads and logs
 
@@ -39,7 +39,7 @@ def _realtime_offset_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-class Server:
+class Listener:
     """Accepts connections on a listening socket and feeds complete requests to ``app``."""
 
     def __init__(self, app: App, loop: asyncio.AbstractEventLoop, limits: TransportLimits,
@@ -47,7 +47,7 @@ class Server:
         self.app = app
         self.loop = loop
         self.limits = limits
-        self.conns: set[Connection] = set()
+        self.conns: set[HttpConnection] = set()
         self.draining = False
         self.listener: socket.socket | None = None
         self.on_event = on_event or (lambda kind, reason: None)
@@ -107,7 +107,7 @@ class Server:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             except OSError:
                 pass
-        conn = Connection(self, sock)
+        conn = HttpConnection(self, sock)
         self.conns.add(conn)
         if len(self.conns) > self.max_connections:
             self._shed(spare=conn, reason="cap")
@@ -132,18 +132,18 @@ class Server:
                 self.loop.add_reader(self.listener.fileno(), self._on_accept)
         self.loop.call_later(seconds, again)
 
-    def _shed(self, spare: Connection | None = None, reason: str = "cap") -> None:
+    def _shed(self, spare: HttpConnection | None = None, reason: str = "cap") -> None:
         victims = [c for c in self.conns if not c.busy and not c.pipeline and c is not spare]
         if not victims:
             if spare is not None:  # everyone is being served: the newcomer waits its turn elsewhere
                 spare.close()
                 self.on_event("shed", reason)
             return
-        victim = min(victims, key=Connection.shed_key)
+        victim = min(victims, key=HttpConnection.shed_key)
         victim.close()
         self.on_event("shed", reason)
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: HttpConnection) -> None:
         self.conns.discard(conn)
 
     def _sweep(self) -> None:

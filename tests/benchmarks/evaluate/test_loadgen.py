@@ -204,7 +204,8 @@ class _CodecStub(_Stub):
     """Answers with edge.v2.codec, as the daemon does: class = pixel sum mod 10."""
 
     def do_POST(self):
-        from edge.v2.codec import ProtocolError, encode_error, encode_infer_response, parse_infer_request
+        from edge.v2.codec import encode_infer_response, parse_infer_request
+        from edge.v2.errors import ProtocolError, encode_error
 
         body = self.rfile.read(int(self.headers["Content-Length"]))
         try:

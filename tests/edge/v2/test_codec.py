@@ -24,12 +24,11 @@ from edge.v2.client_codec import (
 )
 from edge.v2.codec import (
     InferRequest,
-    ProtocolError,
-    encode_error,
     encode_infer_response,
     loads_json,
     parse_infer_request,
 )
+from edge.v2.errors import ProtocolError, encode_error
 
 H, W, C = 28, 28, 1
 HWC = (H, W, C)
