@@ -1,8 +1,10 @@
-"""A small Python client for the edgekit daemon: ``Client(url).classify(image, deadline_ms)``.
+"""The Python client for the edgekit daemon, the module a user imports: ``from edge.v2.client import Client``.
 
-Speaks the Open Inference Protocol over one keep-alive HTTP/1.1 connection (stdlib only),
-sending the image as a binary tensor by default.  One Client per thread: the connection
-is not shared between threads.
+``Client(url).classify(image, deadline_ms)`` speaks the Open Inference Protocol over one keep-alive
+HTTP/1.1 connection (stdlib only), sending the image as a binary tensor by default.  One Client per
+thread: the connection is not shared between threads.  What it answers (``Classification``) and
+raises (``ClientError``) live with the codec's client side, ``edge.v2.client_codec``; the daemon's
+side is ``edge.v2.codec``.
 """
 
 from __future__ import annotations
@@ -16,19 +18,9 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import UsageError
-from edge.v2.client_codec import (  # re-exported: edge.v2.client is where callers have always found them
-    Classification,
-    ClientError,
-    decode_infer_response,
-    encode_infer_request,
-    output_arrays,
-    split_binary,
-)
+from edge.v2 import client_codec  # the module, not its names: Classification and ClientError are imported from there
 
-__all__ = ["Classification", "Client", "ClientConnection", "ClientError", "decode_response", "output_arrays",
-           "split_binary"]
-
-decode_response = decode_infer_response  # the old name
+__all__ = ["Client", "ClientConnection"]
 
 
 class ClientConnection:
@@ -137,7 +129,7 @@ class Client:
         try:
             return status, json.loads(data) if data else None
         except ValueError:
-            raise ClientError(status, f"answer is not JSON: {data[:100]!r}") from None
+            raise client_codec.ClientError(status, f"answer is not JSON: {data[:100]!r}") from None
 
     # ------------------------------------------------------------ API
 
@@ -150,7 +142,8 @@ class Client:
     def metadata(self) -> dict:
         status, doc = self._get_json(f"/v2/models/{urllib.parse.quote(self.model, safe='')}")
         if status != 200:
-            raise ClientError(status, (doc or {}).get("error", "") if isinstance(doc, dict) else str(doc))
+            message = (doc or {}).get("error", "") if isinstance(doc, dict) else str(doc)
+            raise client_codec.ClientError(status, message)
         return doc
 
     def reload(self, table: str | None = None) -> dict:
@@ -158,19 +151,21 @@ class Client:
         status, _, data = self.request("POST", "/admin/reload", body, {"Content-Type": "application/json"})
         doc = json.loads(data) if data else {}
         if status != 200:
-            raise ClientError(status, doc.get("error", ""))
+            raise client_codec.ClientError(status, doc.get("error", ""))
         return doc
 
     def encode(
         self, image: np.ndarray, deadline_ms: float, request_id: str | None = None
     ) -> tuple[bytes, dict[str, str]]:
         """The request body and headers ``classify`` sends (exposed for load generators)."""
-        return encode_infer_request(image, deadline_ms, request_id, self.binary)
+        return client_codec.encode_infer_request(image, deadline_ms, request_id, self.binary)
 
-    def classify(self, image: np.ndarray, deadline_ms: float, request_id: str | None = None) -> Classification:
+    def classify(
+        self, image: np.ndarray, deadline_ms: float, request_id: str | None = None
+    ) -> client_codec.Classification:
         """Classify one uint8 (or 0..255 float) image with a relative deadline in ms."""
         body, headers = self.encode(image, deadline_ms, request_id)
         status, rh, data = self.request(
             "POST", f"/v2/models/{urllib.parse.quote(self.model, safe='')}/infer", body, headers
         )
-        return decode_infer_response(status, rh, data)
+        return client_codec.decode_infer_response(status, rh, data)

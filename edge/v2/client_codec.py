@@ -1,6 +1,9 @@
-"""The client side of the v2 codec (``edge.v2.codec``): infer requests encoded, the daemon's answers decoded.
+"""The client's side of the v2 codec: infer requests encoded, the daemon's answers decoded, load-generator bodies.
 
-``edge.v2.client`` and the load generator use it; the daemon's side is ``edge.v2.codec``.
+The codec has two sides: this one and the daemon's, ``edge.v2.codec``. A Python user imports the
+client, ``from edge.v2.client import Client``, which builds on this module, and from here only the
+names of what it answers and raises (``Classification``, ``ClientError``); the load generator uses
+``RequestEncoder`` and ``summarize_infer_response``.
 """
 
 from __future__ import annotations

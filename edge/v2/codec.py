@@ -1,13 +1,15 @@
-"""The Open Inference Protocol (KServe v2) codec: constants, errors, the daemon's side (check requests, encode answers).
+"""The daemon's side of the v2 (Open Inference Protocol, KServe v2) codec: constants, requests checked, answers encoded.
 
-The client side (encode requests, decode answers), for ``edge.v2.client`` and the load generator,
-is ``edge.v2.client_codec``.
+The codec has two sides: this one, which ``edgekit serve`` runs, and ``edge.v2.client_codec``,
+the client's (requests encoded, answers decoded). A Python user imports neither: the client is
+``from edge.v2.client import Client``. The refusal error both sides share is ``edge.v2.errors``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -23,6 +25,7 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "edgekit_deadline"]
 INPUT_DTYPES: dict[str, np.dtype] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 OUTPUTS = ("logits", "class")
 INFER_HEADER_LENGTH = "Inference-Header-Content-Length"  # binary tensor extension: length of the JSON part
+_HEADER_LENGTH_TEXT = re.compile(r"-?[0-9]{1,15}")  # as strict as Content-Length (edge.serve.http)
 
 
 
@@ -75,35 +78,62 @@ def parse_infer_request(
     """Validate a v2 infer request (JSON or binary extension); ProtocolError(4xx) names what is wrong.
 
     ``header_len`` is the Inference-Header-Content-Length header (None when absent).
+    The checks run in a fixed order (framing, the document, parameters, the input, the outputs),
+    so a request with several faults always gets the same message.
     """
+    doc, binary = _split_body(body, header_len)
+    rid = _request_id(doc)
+    dl, binary_default = _request_parameters(doc, default_deadline_ms)
+    # --- inputs
+    tensor = _input_tensor(doc, input_hwc)
+    image = _input_pixels(tensor, binary, header_len is not None).reshape((1, *input_hwc))
+    # --- outputs
+    return InferRequest(image, dl, rid, _outputs(doc, binary_default))
+
+
+def _split_body(body: bytes | memoryview, header_len: str | None) -> tuple[Any, memoryview]:
+    """(the parsed JSON document, the binary part after it: empty unless the binary extension is used)."""
     if header_len is not None:
-        try:
-            n = int(header_len.strip())
-        except ValueError:
-            raise ProtocolError(
-                400, f"Inference-Header-Content-Length must be an integer, got {header_len!r}"
-            ) from None
-        if not 0 <= n <= len(body):
-            raise ProtocolError(400, f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes")
-        if n > MAX_JSON_HEADER:
-            raise ProtocolError(413, f"the JSON header is {n} bytes; at most {MAX_JSON_HEADER}")
+        n = _header_length(header_len, len(body))
         mv = memoryview(body)
-        doc = loads_json(mv[:n], "the JSON header")
-        binary = mv[n:]
-    else:
-        if not len(body):
-            raise ProtocolError(
-                400,
-                "empty body; send a v2 inference request: {\"inputs\": [...], \"parameters\": {\"deadline_ms\": ...}}",
-            )
-        doc = loads_json(body, "the request body")
-        binary = memoryview(b"")
+        return loads_json(mv[:n], "the JSON header"), mv[n:]
+    if not len(body):
+        raise ProtocolError(
+            400,
+            "empty body; send a v2 inference request: {\"inputs\": [...], \"parameters\": {\"deadline_ms\": ...}}",
+        )
+    return loads_json(body, "the request body"), memoryview(b"")
+
+
+def _header_length(header_len: str, body_len: int) -> int:
+    """The Inference-Header-Content-Length value: written like Content-Length, within the body, not over the cap."""
+    # No int() leniency (spaces, '+', '_', non-ASCII digits): the framing is as strict as Content-Length's.
+    # A leading '-' still parses, so that a negative length (even -0) is refused as outside the body.
+    if not _HEADER_LENGTH_TEXT.fullmatch(header_len):
+        raise ProtocolError(
+            400, f"{INFER_HEADER_LENGTH} must be an integer in decimal digits only (at most 15, no spaces or '+'), "
+                 f"got {header_len[:40]!r}"
+        )
+    n = int(header_len)
+    if header_len.startswith("-") or n > body_len:
+        raise ProtocolError(400, f"{INFER_HEADER_LENGTH} {header_len} is outside the body's {body_len} bytes")
+    if n > MAX_JSON_HEADER:
+        raise ProtocolError(413, f"the JSON header is {n} bytes; at most {MAX_JSON_HEADER}")
+    return n
+
+
+def _request_id(doc: Any) -> str | None:
+    """The request's 'id', once the document is known to be a JSON object."""
     if not isinstance(doc, dict):
         raise ProtocolError(400, f"the request must be a JSON object, got {type(doc).__name__}")
-
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise ProtocolError(400, f"'id' must be a string, got {type(rid).__name__}")
+    return rid
+
+
+def _request_parameters(doc: dict, default_deadline_ms: float | None) -> tuple[float, bool]:
+    """(deadline in ms, whether outputs are binary unless an output says otherwise) from the request 'parameters'."""
     params = doc.get("parameters", {})
     if params is None:
         params = {}
@@ -111,6 +141,15 @@ def parse_infer_request(
         raise ProtocolError(400, f"'parameters' must be an object, got {type(params).__name__}")
 
     # --- deadline
+    dl = _deadline_ms(params, default_deadline_ms)
+
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ProtocolError(400, "parameters.binary_data_output must be true or false")
+    return dl, binary_default
+
+
+def _deadline_ms(params: dict, default_deadline_ms: float | None) -> float:
     if "deadline_ms" in params:
         dl = params["deadline_ms"]
         if not _is_num(dl):
@@ -127,18 +166,26 @@ def parse_infer_request(
             raise ProtocolError(
                 400, f"parameters.deadline_ms {dl:g} is over {MAX_DEADLINE_MS:g} ms; it is relative, in ms"
             )
-    elif default_deadline_ms is not None:
-        dl = float(default_deadline_ms)
-    else:
-        raise ProtocolError(
-            400, "missing parameters.deadline_ms: the time allowed for this request, in ms (relative, > 0)"
-        )
+        return dl
+    if default_deadline_ms is not None:
+        return float(default_deadline_ms)
+    raise ProtocolError(
+        400, "missing parameters.deadline_ms: the time allowed for this request, in ms (relative, > 0)"
+    )
 
-    binary_default = params.get("binary_data_output", False)
-    if not isinstance(binary_default, bool):
-        raise ProtocolError(400, "parameters.binary_data_output must be true or false")
 
-    # --- inputs
+@dataclass(frozen=True)
+class _InputTensor:
+    """The one input tensor of a request, its name, datatype and shape checked against the model."""
+
+    tensor: dict  # the request's input object, for its 'data'
+    dtype_name: str  # a key of INPUT_DTYPES
+    shape: list[int]  # as sent: [1, H, W, C] or [H, W, C]
+    count: int  # values in one image
+    params: dict  # the input's 'parameters'
+
+
+def _input_tensor(doc: dict, input_hwc: tuple[int, ...]) -> _InputTensor:
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError(400, "'inputs' must be a non-empty list with one tensor named 'input'")
@@ -154,7 +201,6 @@ def parse_infer_request(
     if not isinstance(dtype_name, str) or dtype_name not in INPUT_DTYPES:
         raise ProtocolError(400, f"input datatype must be one of {sorted(INPUT_DTYPES)} (pixel values 0..255), "
                                  f"got {json.dumps(dtype_name)[:40]}")
-    dt = INPUT_DTYPES[dtype_name]
     shape = t.get("shape")
     if not isinstance(shape, list) or not all(is_int(s) for s in shape):
         raise ProtocolError(400, f"input shape must be a list of integers, got {json.dumps(shape)[:60]}")
@@ -169,45 +215,59 @@ def parse_infer_request(
         raise ProtocolError(
             400, f"input shape {shape} does not match the model's [1, {', '.join(map(str, want))}] (NHWC)"
         )
-    count = math.prod(want)
     tparams = t.get("parameters", {}) or {}
     if not isinstance(tparams, dict):
         raise ProtocolError(400, "input 'parameters' must be an object")
+    return _InputTensor(t, dtype_name, shape, math.prod(want), tparams)
 
-    if "binary_data_size" in tparams:
-        size = tparams["binary_data_size"]
-        if not is_int(size) or size < 0:
-            raise ProtocolError(400, f"binary_data_size must be a non-negative integer, got {json.dumps(size)[:40]}")
-        if header_len is None:
-            raise ProtocolError(400, "binary_data_size given but no Inference-Header-Content-Length header; "
-                                     "send the JSON length in that header and the tensor bytes after the JSON")
-        need = count * dt.itemsize
-        if size != need:
-            raise ProtocolError(400, f"binary_data_size is {size} bytes; a {dtype_name} {shape} tensor is {need} bytes")
-        if len(binary) != size:
-            raise ProtocolError(
-                400, f"the body carries {len(binary)} bytes after the JSON header; binary_data_size says {size}"
-            )
-        if "data" in t:
-            raise ProtocolError(400, "input has both 'data' and binary_data_size; send one")
-        arr = np.frombuffer(binary, dtype=dt, count=count)
+
+def _input_pixels(inp: _InputTensor, binary: memoryview, has_header: bool) -> np.ndarray:
+    """The input's values, flat: from the binary part or from 'data'; FP32 ones checked as pixels."""
+    if "binary_data_size" in inp.params:
+        arr = _binary_tensor(inp, binary, has_header)
     else:
         if len(binary):
             raise ProtocolError(400, f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
-        if "data" not in t:
+        if "data" not in inp.tensor:
             raise ProtocolError(400, "input has no 'data' (or binary_data_size with the binary tensor extension)")
-        arr = _json_tensor(t["data"], count, dtype_name)
-    if dtype_name == "FP32":
-        a = arr
-        if not np.all(np.isfinite(a)):
-            raise ProtocolError(400, "input has NaN or infinite values; send pixel values 0..255")
-        if a.size and (float(a.min()) < 0.0 or float(a.max()) > 255.0):
-            raise ProtocolError(400, f"FP32 input values must be pixel values in 0..255, "
-                                     f"got {float(a.min()):g}..{float(a.max()):g}")
-        arr = a.astype(np.float32, copy=False)
-    image = arr.reshape((1, *want))
+        arr = _json_tensor(inp.tensor["data"], inp.count, inp.dtype_name)
+    if inp.dtype_name == "FP32":
+        return _fp32_pixels(arr)
+    return arr
 
-    # --- outputs
+
+def _binary_tensor(inp: _InputTensor, binary: memoryview, has_header: bool) -> np.ndarray:
+    size = inp.params["binary_data_size"]
+    if not is_int(size) or size < 0:
+        raise ProtocolError(400, f"binary_data_size must be a non-negative integer, got {json.dumps(size)[:40]}")
+    if not has_header:
+        raise ProtocolError(400, "binary_data_size given but no Inference-Header-Content-Length header; "
+                                 "send the JSON length in that header and the tensor bytes after the JSON")
+    dt = INPUT_DTYPES[inp.dtype_name]
+    need = inp.count * dt.itemsize
+    if size != need:
+        raise ProtocolError(400, f"binary_data_size is {size} bytes; a {inp.dtype_name} {inp.shape} tensor is "
+                                 f"{need} bytes")
+    if len(binary) != size:
+        raise ProtocolError(
+            400, f"the body carries {len(binary)} bytes after the JSON header; binary_data_size says {size}"
+        )
+    if "data" in inp.tensor:
+        raise ProtocolError(400, "input has both 'data' and binary_data_size; send one")
+    return np.frombuffer(binary, dtype=dt, count=inp.count)
+
+
+def _fp32_pixels(a: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(a)):
+        raise ProtocolError(400, "input has NaN or infinite values; send pixel values 0..255")
+    if a.size and (float(a.min()) < 0.0 or float(a.max()) > 255.0):
+        raise ProtocolError(400, f"FP32 input values must be pixel values in 0..255, "
+                                 f"got {float(a.min()):g}..{float(a.max()):g}")
+    return a.astype(np.float32, copy=False)
+
+
+def _outputs(doc: dict, binary_default: bool) -> tuple[tuple[str, bool], ...]:
+    """(name, binary) of each output asked for; every output (as ``binary_default``) when none is named."""
     outs = doc.get("outputs")
     selected: list[tuple[str, bool]] = []
     if outs is not None:
@@ -227,8 +287,8 @@ def parse_infer_request(
                 raise ProtocolError(400, "the classification extension is not supported; read the 'class' output")
             selected.append((o["name"], b))
     if not selected:
-        return InferRequest(image, dl, rid, tuple((n, binary_default) for n in OUTPUTS))
-    return InferRequest(image, dl, rid, tuple(selected))
+        return tuple((n, binary_default) for n in OUTPUTS)
+    return tuple(selected)
 
 
 def _json_tensor(data: Any, count: int, dtype_name: str) -> np.ndarray:
@@ -241,6 +301,11 @@ def _json_tensor(data: Any, count: int, dtype_name: str) -> np.ndarray:
             400, "input 'data' is a ragged nested list; send a flat (or regularly nested) list of numbers"
         ) from None
     if a.dtype.kind not in "iuf":
+        # numpy keeps integers beyond 64 bits as Python objects: those are numbers, but out of range.
+        big = _widest_int(a)
+        if big is not None:
+            raise ProtocolError(400, f"input 'input' holds {big}, out of range for its datatype {dtype_name}; "
+                                     f"send pixel values 0..255")
         raise ProtocolError(400, "input 'data' must hold only numbers (no strings, booleans or nulls)")
     if a.size != count:
         raise ProtocolError(400, f"input 'data' has {a.size} values; the shape needs {count}")
@@ -255,6 +320,17 @@ def _json_tensor(data: Any, count: int, dtype_name: str) -> np.ndarray:
             raise ProtocolError(400, f"UINT8 input values must be in 0..255, got {a.min()}..{a.max()}")
         return a.astype(np.uint8)
     return a.astype(np.float64)
+
+
+def _widest_int(a: np.ndarray) -> str | None:
+    """The largest-magnitude integer of an object array that holds only numbers, in words; None otherwise."""
+    if a.dtype.kind != "O" or not all(_is_num(x) for x in a.flat):
+        return None
+    big = max((x for x in a.flat if is_int(x)), key=abs, default=None)
+    if big is None:
+        return None
+    digits = str(abs(big))  # JSON integers have at most 4300 digits (Python's str limit), so this converts
+    return f"the integer {big}" if len(digits) <= 20 else f"an integer of {len(digits)} digits"
 
 
 # ============================================================================ server side: responses

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.v2.client import Classification, Client, ClientError
+from edge.v2.client import Client
+from edge.v2.client_codec import Classification, ClientError
 from tests.edge._fixtures import edge_fixture, start_daemon
 
 

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.v2 import client_codec as PC
 from edge.v2 import codec as P
 from edge.v2.client_codec import (
     Classification,
@@ -185,13 +184,14 @@ def test_error_bodies_decode():
     assert "neither" in summarize_infer_response(200, b'{"outputs": [5, {"name": "class", "data": []}]}')["error"]
 
 
-def test_client_and_loadgen_reexport_the_codec():
+def test_client_builds_on_the_codec_without_reexporting_it():
     from benchmarks.evaluate import loadgen
     from edge.v2 import client
 
-    assert client.Classification is Classification and client.ClientError is ClientError
-    assert client.decode_response is decode_infer_response
-    assert client.split_binary is PC.split_binary and client.output_arrays is PC.output_arrays
+    # 0.1.0 had no users to keep: the codec's names are imported from edge.v2.client_codec only.
+    assert client.__all__ == ["Client", "ClientConnection"]
+    for old in ("decode_response", "Classification", "ClientError", "split_binary", "output_arrays"):
+        assert not hasattr(client, old), old
     assert loadgen.RequestEncoder is RequestEncoder and loadgen.parse_response is summarize_infer_response
     body, headers = client.Client("http://127.0.0.1:9", binary=False).encode(image(), 5, "a")
     assert (body, headers) == encode_infer_request(image(), 5, "a", binary=False)
@@ -246,6 +246,8 @@ MALFORMED = {
     "classification extension": (_mut(lambda d: d.update(outputs=[{"name": "class", "parameters": {"classification": 3}}])),
                                  400, "classification extension"),
     "id not string": (_mut(lambda d: d.update(id=5)), 400, "'id' must be a string"),
+    "integer of 400 digits": (_mut(lambda d: d["inputs"][0]["data"].__setitem__(0, 10**399)), 400,
+                              "an integer of 400 digits, out of range for its datatype UINT8"),
     "deep nesting": (b"[" * 100_000 + b"]" * 100_000, 400, ""),
 }
 
@@ -293,6 +295,50 @@ def test_malformed_binary_requests():
         b, h = encode_infer_request(np.full((1, *HWC), bad, np.float32), 50, binary=True)
         with pytest.raises(ProtocolError, match=words):
             parse(b, h)
+
+
+def _with_data(dtype: str, data: list) -> bytes:
+    return _mut(lambda d: d["inputs"][0].update(datatype=dtype, data=data))
+
+
+@pytest.mark.parametrize("dtype", ["UINT8", "FP32"])
+@pytest.mark.parametrize("value, words", [
+    (10**399, "an integer of 400 digits"),
+    (-(10**399), "an integer of 400 digits"),
+    (2**64, f"the integer {2**64}"),
+    (-(2**63) - 1, f"the integer {-(2**63) - 1}"),
+], ids=["400 digits", "-400 digits", "2**64", "-2**63-1"])
+def test_integers_beyond_64_bits_are_out_of_range(dtype, value, words):
+    # numpy keeps them as Python objects; they are numbers, so "no strings, booleans or nulls" would be wrong.
+    n = H * W * C
+    for data in ([value] + [0] * (n - 1), [[0] * (n - 1) + [value]], [1.5, value] + [0] * (n - 2)):
+        with pytest.raises(ProtocolError) as e:
+            parse(_with_data(dtype, data))
+        msg = e.value.message
+        assert e.value.status == 400 and words in msg, msg
+        assert "input 'input'" in msg and f"out of range for its datatype {dtype}" in msg and "no strings" not in msg
+    # A string, boolean or null beside such an integer is still what the message names.
+    for other in ("x", True, None):
+        with pytest.raises(ProtocolError, match="no strings, booleans or nulls"):
+            parse(_with_data(dtype, [value, other] + [0] * (n - 2)))
+
+
+def test_header_length_is_decimal_digits_only():
+    body, headers = encode_infer_request(np.zeros((1, *HWC), np.uint8), 50, binary=True)
+    n = headers[HL]
+    assert parse_infer_request(body, n, HWC, None).deadline_ms == 50.0
+    assert parse_infer_request(body, "0" + n, HWC, None).deadline_ms == 50.0  # leading zeros, as Content-Length
+    arabic = n.translate(str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"))
+    # Each of these says the right length, written in a way int() forgives but Content-Length does not.
+    for bad in (" " + n, n + " ", "\t" + n, n + "\n", "+" + n, n[0] + "_" + n[1:], arabic, "0" * 14 + n):
+        with pytest.raises(ProtocolError) as e:
+            parse_infer_request(body, bad, HWC, None)
+        assert e.value.status == 400 and e.value.message.startswith(HL), (bad, e.value.message)
+        assert "decimal digits only" in e.value.message, (bad, e.value.message)
+    # "-0" is a negative length, not an empty JSON header.
+    with pytest.raises(ProtocolError) as e:
+        parse_infer_request(body, "-0", HWC, None)
+    assert e.value.message.startswith(HL) and "outside the body" in e.value.message, e.value.message
 
 
 def test_loads_json_is_strict():
