@@ -4,27 +4,31 @@ Every daemon policy gets a fresh `edgekit serve` subprocess and exactly the same
 (images, deadlines, arrival times, contention window). The oracle is computed from a
 separate in-process pass that runs every selected variant on every request's image, back
 to back, under the same contention schedule (``benchmarks.evaluate.oracle``).
+
+``evaluate`` runs the phases below in order: the plan, the serving-floor probes, the workload,
+the oracle's timing pass and the best static CNN, one run per daemon policy, the oracle's
+choices, the summary, and the files; the results are a ``benchmarks.evaluate.results.Evaluation``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import platform
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from benchmarks.evaluate.contention import Contention, ContentionSchedule, ContentionSpec
+from benchmarks.evaluate.contention import ContentionSchedule, ContentionSpec
 from benchmarks.evaluate.daemon_proc import Daemon, serve_argv
 from benchmarks.evaluate.loadgen import (
     DEFAULT_DURATION_S,
     MAX_DURATION_S,
-    LoadResult,
     RequestRecord,
     load_eval_set,
     run_load,
@@ -34,22 +38,38 @@ from benchmarks.evaluate.loadgen import (
 from benchmarks.evaluate.oracle import (
     BEST_STATIC_MAX_MISS,
     ORACLE_METHOD,
+    OraclePass,
     best_static,
     oracle_pass,
     oracle_records,
     static_miss_rates,
 )
-from benchmarks.evaluate.placement import Placement, place
+from benchmarks.evaluate.placement import Placement, client_side, place
+from benchmarks.evaluate.probe import PROBE_COUNT, probe_serving
 from benchmarks.evaluate.report import render_text, write_report
-from benchmarks.evaluate.workload import MAX_COUNT, WorkloadError, make_workload
+from benchmarks.evaluate.results import (
+    BestStatic,
+    DaemonRun,
+    Evaluation,
+    HeldOut,
+    HeldOutAccuracy,
+    Host,
+    OracleResult,
+    Overload,
+    PolicyResult,
+    Probes,
+    ServingProbe,
+    Slowdown,
+    variant_labels,
+)
+from benchmarks.evaluate.workload import MAX_COUNT, Workload, WorkloadError, make_workload
 from edge.core.atomic import atomic_write_json, atomic_write_text
-from edge.core.errors import StepFailed, UsageError
+from edge.core.errors import UsageError
 from edge.runtime.selector import POLICIES, POLICY_ALIASES, Policy
 from edge.tables.table import QUANTILES, LatencyRow, LatencyTable
 
 EVALUATE_ONLY = ("best-static", "oracle")  # computed here, not daemon policies (benchmarks.evaluate.oracle)
 DEFAULT_POLICIES = ("adaptive", "mean-table", "quantile-table", "most-accurate", "best-static", "oracle")
-PROBE_COUNT = 300  # requests in the serving-floor probe
 DEFAULT_COUNT = 300
 WARMUP_SEED_OFFSET = 7919  # warm-up requests come from a different stream than the measured ones
 
@@ -92,52 +112,95 @@ def parse_policies(text: str) -> list[str]:
     return pols
 
 
-# ----------------------------------------------------------------------------- the comparison
-
-
-def achieved_slowdown(records: list[RequestRecord], rows: tuple[LatencyRow, ...], window: tuple[int, int],
-                      min_samples: int = 20) -> dict:
-    """How much the contention slowed the served model: per variant, the median of observed inference
-    time / table p50 inside the window over the same median outside it, combined over the variants
-    served often enough on both sides (geometric mean weighted by the requests inside). Per variant,
-    because a policy that moves to other variants under contention changes the mix, and microsecond
-    variants run further from their table than millisecond ones even at rest."""
-    p50 = {r.variant: r.p50_ms for r in rows}
-    a, z = window
-    ins: dict[str, list[float]] = {}
-    outs: dict[str, list[float]] = {}
-    for r in records:
-        if r.status != 200 or r.inference_ms is None or r.variant not in p50:
-            continue
-        (ins if a <= r.index < z else outs).setdefault(r.variant, []).append(r.inference_ms / p50[r.variant])
-    per = {v: (float(np.median(ins[v])), float(np.median(outs[v])), len(ins[v]))
-           for v in ins if v in outs and len(ins[v]) >= min_samples and len(outs[v]) >= min_samples}
-    if not per:
-        return {"slowdown": None, "inside_ratio": None, "outside_ratio": None, "variants": {}}
-    w = np.asarray([n for _, _, n in per.values()], dtype=np.float64)
-    logs = np.asarray([np.log(i / o) for i, o, _ in per.values()])
-    mi = float(np.exp(np.average(np.log([i for i, _, _ in per.values()]), weights=w)))
-    mo = float(np.exp(np.average(np.log([o for _, o, _ in per.values()]), weights=w)))
-    return {"slowdown": round(float(np.exp(np.average(logs, weights=w))), 3), "inside_ratio": round(mi, 3),
-            "outside_ratio": round(mo, 3),
-            "variants": {v: round(i / o, 3) for v, (i, o, _) in per.items()}}
-
-
-def variant_labels(rows: tuple[LatencyRow, ...]) -> dict[str, str]:
-    """Short names V0..Vk-1 in latency order, for tables and plots."""
-    return {r.variant: f"V{j}" for j, r in enumerate(rows)}
-
-
-def _host() -> dict[str, Any]:
-    info: dict[str, Any] = {"machine": platform.machine(), "os": platform.platform(), "cores": os.cpu_count() or 1,
-                            "python": platform.python_version()}
+def overload_factor(arrival: str) -> float | None:
+    """FACTOR of ``--arrival overload[:FACTOR]`` (1.2 when left out); None for any other arrival."""
+    if not arrival.startswith("overload"):
+        return None
+    _, _, f = arrival.partition(":")
     try:
-        from benchmarks.bench.sysinfo import device_name as cpu_model
+        factor = float(f) if f else 1.2
+    except ValueError:
+        raise UsageError(f"bad --arrival {arrival!r}: use overload[:FACTOR], e.g. overload:1.2") from None
+    if not 0.1 <= factor <= 10:
+        raise UsageError(f"--arrival overload factor must be in [0.1, 10], got {factor:g}")
+    return factor
 
-        info["cpu_model"] = cpu_model()
-    except Exception:
-        info["cpu_model"] = platform.processor() or ""
-    return info
+
+# ----------------------------------------------------------------------------- options and plan
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What one comparison was asked for; checked when built."""
+
+    bundle: str
+    table: str
+    out: Path
+    policies: tuple[str, ...] = DEFAULT_POLICIES  # in the order they run
+    profile: str | None = None  # the daemon's; None: the bundle's (the oracle pass: the table's)
+    count: int = DEFAULT_COUNT
+    deadline: str = "auto"
+    arrival: str = "closed"
+    contention: ContentionSpec = ContentionSpec()
+    seed: int = 0
+    duration_s: float = DEFAULT_DURATION_S  # cap on each policy's run
+    warmup: int = 20
+    miss: str = "best-effort"
+    quantile: str | None = None
+    start_timeout_s: float = 180.0
+    plots: bool = True
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_COUNT:
+            raise UsageError(f"--count must be in [1, {MAX_COUNT}], got {self.count}")
+        if not 0 < self.duration_s <= MAX_DURATION_S:
+            raise UsageError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds per policy, "
+                             f"got {self.duration_s:g}")
+        if not 0 <= self.warmup <= 1000:
+            raise UsageError(f"--warmup must be in [0, 1000], got {self.warmup}")
+        overload_factor(self.arrival)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EvaluateOptions:
+        return cls(
+            bundle=args.bundle, table=args.table, out=Path(args.out), policies=tuple(parse_policies(args.policies)),
+            profile=args.profile, count=args.count, deadline=args.deadline, arrival=args.arrival,
+            contention=ContentionSpec.parse(args.contention, quota=args.quota), seed=args.seed,
+            duration_s=args.duration, warmup=args.warmup, miss=args.miss, quantile=args.quantile,
+            plots=not args.no_plots,
+        )
+
+    @property
+    def overload(self) -> float | None:
+        return overload_factor(self.arrival)
+
+    @property
+    def needs_oracle_pass(self) -> bool:
+        """The oracle and the best static CNN both come from the oracle's timing pass."""
+        return "oracle" in self.policies or "best-static" in self.policies
+
+
+@dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
+class Plan:
+    """What every phase reads, loaded once: the options, the front, the serving images, the cores."""
+
+    opts: EvaluateOptions
+    rows: tuple[LatencyRow, ...]  # the selected variants in latency order
+    selection: Mapping[str, Any]
+    images: np.ndarray
+    labels: np.ndarray
+    bundle: Any  # the opened bundle (``edge.bundle.reader``), for the oracle pass
+    profile: str  # the runtime settings the table was measured with, for the oracle pass
+    token: str | None
+    placement: Placement
+
+    def say(self, text: str) -> None:
+        if not self.opts.quiet:
+            print(text, flush=True)
+
+    def progress(self, label: str) -> Callable[[int, int], None] | None:
+        return None if self.opts.quiet else _progress(label)
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -158,280 +221,291 @@ def _progress(label: str) -> Callable[[int, int], None]:
     return cb
 
 
-def probe_serving(bundle: str, table: str, variant: str, profile: str | None, miss: str, images: np.ndarray,
-                  labels: np.ndarray, placement: Placement, log: Path, start_timeout_s: float,
-                  token: str | None, count: int = PROBE_COUNT,
-                  contention: ContentionSpec | None = None) -> dict[str, float]:
-    """Serve ``count`` closed-loop requests with ``static:variant`` and no deadline pressure, with the
-    same client as the comparison (under ``contention`` for all of them when given). Returns the serving
-    floor on the daemon's clock (p50 of total minus inference), the same on the end-to-end clock, and
-    the closed-loop throughput (requests/s)."""
-    wl = make_workload(images.shape[0], count, "fixed:60000", "closed", 104729)
-    d = Daemon(serve_argv(bundle, table, f"static:{variant}", profile, miss, None), log, start_timeout_s,
-               cpus=placement.server)
-    try:
-        url = d.start()
-        wait_ready(url, timeout_s=30.0)
-        run_load(url, images, labels, wl.head(min(50, count)), token=token, binary=True)
-        assert d.proc is not None
-        c = Contention(contention, d.proc.pid, placement.server and set(placement.server),
-                       placement.client and set(placement.client), 120.0).start() if contention else None
-        try:
-            res = run_load(url, images, labels, wl, token=token, binary=True)
-        finally:
-            if c is not None:
-                c.stop()
-    finally:
-        d.stop()
-    ok = [r for r in res.records if r.status == 200 and r.inference_ms is not None and r.total_ms is not None]
-    if len(ok) < count // 2:
-        raise StepFailed(f"the serving probe with {variant} got {len(ok)} answers out of {count}; see {log}")
-    return {
-        "floor_ms": round(float(np.median([r.total_ms - r.inference_ms for r in ok])), 4),
-        "e2e_overhead_ms": round(float(np.median([r.e2e_ms - r.inference_ms for r in ok])), 4),
-        "inference_p50_ms": round(float(np.median([r.inference_ms for r in ok])), 4),
-        "throughput_rps": round(len(ok) / res.wall_s, 1),
-    }
+def make_plan(opts: EvaluateOptions) -> Plan:
+    """Load the selected table and the bundle's serving images, and place the daemon and the client."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    sel, selection = load_selected(opts.table)
+    images, labels, b = load_eval_set(opts.bundle)
+    # The daemon resolves its own profile (the bundle's unless told); the oracle pass needs the
+    # runtime settings the table was measured with.
+    prof = opts.profile or sel.header.profile or b.profile
+    token = os.environ.get("EDGEKIT_TOKEN")  # the daemon requires it when set in its environment
+    return Plan(opts, sel.rows, selection, images, labels, b, prof, token, place())
 
 
-def _floors(probe: dict, contended: dict | None, count: int, cspec: ContentionSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Per request, the serving overhead end to end and on the daemon's clock (contended in the window)."""
-    e2e, daemon = np.full(count, probe["e2e_overhead_ms"]), np.full(count, probe["floor_ms"])
+# ----------------------------------------------------------------------------- the serving floor
+
+
+def _probe(plan: Plan, variant: str, log: str, contention: ContentionSpec | None = None) -> ServingProbe:
+    o = plan.opts
+    return probe_serving(o.bundle, o.table, variant, o.profile, o.miss, plan.images, plan.labels, plan.placement,
+                         o.out / log, o.start_timeout_s, plan.token, contention=contention)
+
+
+def probe_floors(plan: Plan) -> Probes | None:
+    """The serving floor, measured with the same client and the fastest variant (quiet, and under
+    contention for the oracle pass), and the most accurate variant's capacity for overload arrivals;
+    None when nothing needs them."""
+    o = plan.opts
+    if not (o.deadline == "auto" or o.needs_oracle_pass or o.overload):
+        return None
+    plan.say(f"evaluate: probing the serving floor with the fastest variant ({PROBE_COUNT} requests)")
+    fastest = _probe(plan, plan.rows[0].variant, "daemon-probe-fastest.log")
+    plan.say(f"evaluate: serving floor {fastest.floor_ms:.3f} ms on the daemon's clock "
+             f"({fastest.e2e_overhead_ms:.3f} ms end to end)")
+    contended = None
+    # The floor inside the contention window, for the oracle and the best static CNN.
+    if o.contention.active and o.needs_oracle_pass:
+        contended = _probe(plan, plan.rows[0].variant, "daemon-probe-contention.log", contention=o.contention)
+        plan.say(f"evaluate: serving floor under {o.contention.describe()}: {contended.floor_ms:.3f} ms on the "
+                 f"daemon's clock ({contended.e2e_overhead_ms:.3f} ms end to end)")
+    capacity = _probe(plan, plan.rows[-1].variant, "daemon-probe-most-accurate.log") if o.overload else None
+    return Probes(fastest, contended, capacity)
+
+
+def _floors(probe: ServingProbe, contended: ServingProbe | None, count: int,
+            cspec: ContentionSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per request, the serving overhead end to end and on the daemon's clock: the quiet probe's, and
+    inside the contention window the contended probe's."""
+    e2e, daemon = np.full(count, probe.e2e_overhead_ms), np.full(count, probe.floor_ms)
     if contended is not None:
         a, z = cspec.window(count)
-        e2e[a:z], daemon[a:z] = contended["e2e_overhead_ms"], contended["floor_ms"]
+        e2e[a:z], daemon[a:z] = contended.e2e_overhead_ms, contended.floor_ms
     return e2e, daemon
 
 
-def evaluate(
-    bundle: str,
-    table: str,
-    out_dir: str | Path,
-    *,
-    policies: list[str] = list(DEFAULT_POLICIES),
-    profile: str | None = None,
-    count: int = DEFAULT_COUNT,
-    deadline: str = "auto",
-    arrival: str = "closed",
-    contention: str = "none",
-    quota: float = 0.4,
-    seed: int = 0,
-    duration_s: float = DEFAULT_DURATION_S,
-    warmup: int = 20,
-    miss: str = "best-effort",
-    quantile: str | None = None,
-    start_timeout_s: float = 180.0,
-    plots: bool = True,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Run the comparison and write ``results.json`` and the report into ``out_dir``; returns the results."""
-    say = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not 1 <= count <= MAX_COUNT:
-        raise UsageError(f"--count must be in [1, {MAX_COUNT}], got {count}")
-    if not 0 < duration_s <= MAX_DURATION_S:
-        raise UsageError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds per policy, got {duration_s:g}")
-    if not 0 <= warmup <= 1000:
-        raise UsageError(f"--warmup must be in [0, 1000], got {warmup}")
-    cspec = ContentionSpec.parse(contention, quota=quota)
-    overload = None
-    if arrival.startswith("overload"):
-        _, _, f = arrival.partition(":")
-        try:
-            overload = float(f) if f else 1.2
-        except ValueError:
-            raise UsageError(f"bad --arrival {arrival!r}: use overload[:FACTOR], e.g. overload:1.2") from None
-        if not 0.1 <= overload <= 10:
-            raise UsageError(f"--arrival overload factor must be in [0.1, 10], got {overload:g}")
-    sel, selection = load_selected(table)
-    rows = sel.rows
-    images, labels, b = load_eval_set(bundle)
-    # The daemon resolves its own profile (the bundle's unless told); the oracle pass needs the
-    # runtime settings the table was measured with.
-    prof = profile or sel.header.profile or b.profile
-    token = os.environ.get("EDGEKIT_TOKEN")  # the daemon requires it when set in its environment
-    placement = place()
-    restore = placement.pin_self("client")
-    say(f"evaluate: {placement.describe()}")
-    labels_short = variant_labels(rows)
-    results: dict[str, Any] = {
-        "kind": "policy-comparison",
-        "version": 2,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": _host(),
-        "placement": placement.to_dict(),
-        "bundle": str(bundle),
-        "table": str(table),
-        "profile": prof,
-        "selection": selection,
-        "deadline_spec": deadline,
-        "warmup": warmup,
-        "duration_limit_s": duration_s,
-        "variants": [
-            {"label": labels_short[r.variant], "variant": r.variant, "accuracy": r.accuracy,
-             "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "p99_ms": r.p99_ms, "mean_ms": r.mean_ms}
-            for r in rows
-        ],
-        "variant_labels": labels_short,
-        "complete": False,
-        "policies": {},
-    }
-    schedule: ContentionSchedule | None = None
+# ----------------------------------------------------------------------------- the workload
+
+
+def overload_arrivals(plan: Plan, probes: Probes | None) -> Overload | None:
+    """With ``--arrival overload``: the Poisson rate, from the most accurate variant's measured capacity."""
+    factor = plan.opts.overload
+    if factor is None:
+        return None
+    assert probes is not None and probes.most_accurate is not None
+    capacity = probes.most_accurate.throughput_rps
+    rate = factor * capacity
+    plan.say(f"evaluate: overload: the most accurate variant serves {capacity:.0f} requests/s "
+             f"closed loop; open-loop Poisson arrivals at {factor:g}x = {rate:.0f}/s")
+    return Overload(factor=factor, capacity_rps=capacity, rate_rps=round(rate, 1))
+
+
+def draw_workload(plan: Plan, probes: Probes | None, overload: Overload | None) -> tuple[Workload, Workload | None]:
+    """The requests every policy gets, and the unmeasured warm-up requests (None without warm-up)."""
+    o = plan.opts
+    floor = probes.fastest.floor_ms if probes else 0.0
+    dspec = auto_deadline(plan.rows, floor) if o.deadline == "auto" else o.deadline
+    arrival = f"poisson:{overload.factor * overload.capacity_rps:.1f}" if overload else o.arrival
+    n_images = plan.images.shape[0]
     try:
-        # --- the serving floor, measured with the same client and the fastest variant
-        probe = None
-        if deadline == "auto" or "oracle" in policies or "best-static" in policies or overload:
-            say(f"evaluate: probing the serving floor with the fastest variant ({PROBE_COUNT} requests)")
-            probe = probe_serving(bundle, table, rows[0].variant, profile, miss, images, labels, placement,
-                                  out / "daemon-probe-fastest.log", start_timeout_s, token)
-            say(f"evaluate: serving floor {probe['floor_ms']:.3f} ms on the daemon's clock "
-                f"({probe['e2e_overhead_ms']:.3f} ms end to end)")
-            results["probe"] = {"fastest": probe}
-            if cspec.active and ("oracle" in policies or "best-static" in policies):  # the floor in the window
-                probe_c = probe_serving(bundle, table, rows[0].variant, profile, miss, images, labels, placement,
-                                        out / "daemon-probe-contention.log", start_timeout_s, token, contention=cspec)
-                results["probe"]["fastest_under_contention"] = probe_c
-                say(f"evaluate: serving floor under {cspec.describe()}: {probe_c['floor_ms']:.3f} ms on the "
-                    f"daemon's clock ({probe_c['e2e_overhead_ms']:.3f} ms end to end)")
-        dspec = auto_deadline(rows, probe["floor_ms"] if probe else 0.0) if deadline == "auto" else deadline
-        if overload:
-            cap = probe_serving(bundle, table, rows[-1].variant, profile, miss, images, labels, placement,
-                                out / "daemon-probe-most-accurate.log", start_timeout_s, token)
-            results["probe"]["most_accurate"] = cap
-            rate = overload * cap["throughput_rps"]
-            arrival = f"poisson:{rate:.1f}"
-            say(f"evaluate: overload: the most accurate variant serves {cap['throughput_rps']:.0f} requests/s "
-                f"closed loop; open-loop Poisson arrivals at {overload:g}x = {rate:.0f}/s")
-            results["overload"] = {"factor": overload, "capacity_rps": cap["throughput_rps"],
-                                   "rate_rps": round(rate, 1)}
-        try:
-            wl = make_workload(images.shape[0], count, dspec, arrival, seed)
-            warm = make_workload(images.shape[0], max(1, warmup), dspec, "closed", seed + WARMUP_SEED_OFFSET) \
-                if warmup else None
-        except WorkloadError as exc:
-            raise UsageError(str(exc)) from None
-        results["workload"] = wl.to_dict()
-        results["contention"] = {"spec": cspec.describe(), "kind": cspec.kind, "what": cspec.what(),
-                                 "share": cspec.share, "load": cspec.load, "quota": cspec.quota,
-                                 "window": list(cspec.window(wl.count))}
-        say(f"evaluate: {len(rows)} selected variants, {wl.count} requests per policy, deadlines {wl.deadline} ms, "
-            f"arrivals {wl.arrival}, contention {cspec.describe()}, seed {seed}")
-        if cspec.active:
-            a, z = cspec.window(wl.count)
-            say(f"evaluate: contention while requests {a}..{z - 1} are issued (same for every policy): {cspec.what()}")
-        schedule = ContentionSchedule(cspec, wl.count, max_s=min(MAX_DURATION_S, duration_s + 60), placement=placement)
+        wl = make_workload(n_images, o.count, dspec, arrival, o.seed)
+        warm = make_workload(n_images, max(1, o.warmup), dspec, "closed", o.seed + WARMUP_SEED_OFFSET) \
+            if o.warmup else None
+    except WorkloadError as exc:
+        raise UsageError(str(exc)) from None
+    cspec = o.contention
+    plan.say(f"evaluate: {len(plan.rows)} selected variants, {wl.count} requests per policy, deadlines "
+             f"{wl.deadline} ms, arrivals {wl.arrival}, contention {cspec.describe()}, seed {o.seed}")
+    if cspec.active:
+        a, z = cspec.window(wl.count)
+        plan.say(f"evaluate: contention while requests {a}..{z - 1} are issued (same for every policy): "
+                 f"{cspec.what()}")
+    return wl, warm
 
-        # --- the oracle pass (and from it the best static CNN), on the daemon's cores
-        op = None
-        if "oracle" in policies or "best-static" in policies:
-            assert probe is not None
-            say(f"evaluate: oracle: timing all {len(rows)} variants on every request")
-            placement.pin_self("server")
-            schedule.target(os.getpid())
-            try:
-                op = oracle_pass(b, rows, images, wl, prof, schedule,
-                                 progress=None if quiet else _progress("oracle pass"))
-            finally:
-                placement.pin_self("client")
-            served = np.mean(op.preds == labels[wl.image_indices][:, None], axis=0)
-            results["held_out"] = {
-                "note": "table accuracy: the benchmark's 'select' half of the eval set; served: this workload's "
-                        "images, drawn from the disjoint 'serve' half",
-                "variants": {labels_short[r.variant]: {"table": round(r.accuracy, 4), "served": round(float(a), 4),
-                                                       "gap": round(float(a) - r.accuracy, 4)}
-                             for r, a in zip(rows, served)},
-            }
-            floors = _floors(probe, results["probe"].get("fastest_under_contention"), wl.count, cspec)
-            miss_rates = static_miss_rates(op, wl, floors[1])  # on the daemon's clock
-            pick = best_static(rows, miss_rates)
-            results["best_static"] = {
-                "variant": rows[pick].variant, "label": labels_short[rows[pick].variant],
-                "max_miss": BEST_STATIC_MAX_MISS,
-                "predicted_miss_rates": {labels_short[r.variant]: round(float(m), 4) for r, m in zip(rows, miss_rates)},
-            }
-            say(f"evaluate: best static CNN (most accurate with at most {BEST_STATIC_MAX_MISS:.0%} misses in the "
-                f"oracle pass): {labels_short[rows[pick].variant]} {rows[pick].variant}")
 
-        # --- every daemon policy, the same requests
-        runs: dict[str, LoadResult] = {}
-        for pol in policies:
-            if pol == "oracle":
-                continue
-            served = pol
-            if pol == "best-static":
-                served = f"static:{results['best_static']['variant']}"
-            say(f"evaluate: policy {pol}: starting the daemon")
-            log = out / f"daemon-{pol.replace(':', '_').replace('/', '_')}.log"
-            d = Daemon(serve_argv(bundle, table, served, profile, miss, quantile), log, start_timeout_s,
-                       cpus=placement.server)
-            try:
-                url = d.start()
-                wait_ready(url, timeout_s=30.0)
-                if warm is not None:
-                    run_load(url, images, labels, warm, token=token, duration_s=min(duration_s, 60.0), binary=True)
-                schedule.reset()
-                assert d.proc is not None
-                schedule.target(d.proc.pid)
-                res = run_load(url, images, labels, wl, token=token, duration_s=duration_s, on_request=schedule,
-                               progress=None if quiet else _progress(pol), binary=True)
-            finally:
-                schedule.halt()
-                d.stop()
-            runs[pol] = res
-            s = res.summary()
-            s["slowdown"] = achieved_slowdown(res.records, rows, cspec.window(wl.count)) if cspec.active else None
-            results["policies"][pol] = {
-                "summary": s, "truncated": res.truncated, "contention_s": schedule.record(),
-                "daemon_log": log.name, "records": [r.to_dict() for r in res.records],
-                "served_as": served,
-            }
-            if s["slowdown"] and s["slowdown"]["slowdown"] is not None:
-                say(f"evaluate: policy {pol}: contention slowed served inferences {s['slowdown']['slowdown']:.2f}x "
-                    f"(median observed/table {s['slowdown']['inside_ratio']:.2f} inside the window, "
-                    f"{s['slowdown']['outside_ratio']:.2f} outside)")
-            if res.truncated:
-                say(f"evaluate: policy {pol}: stopped by --duration {duration_s:g} s after {len(res.records)} requests")
-            # A partial file beside the final one, so an interrupted run leaves its finished policies.
-            atomic_write_json(out / "results.partial.json", results)
+# ----------------------------------------------------------------------------- the oracle pass
 
-        if "oracle" in policies and op is not None and probe is not None:
-            recs, wall = oracle_records(op, rows, wl, labels, *floors)
-            results["policies"]["oracle"] = {
-                "summary": summarize(recs, wall), "truncated": False, "contention_s": op.intervals,
-                "records": [r.to_dict() for r in recs],
-            }
-            results["oracle"] = {
-                "method": ORACLE_METHOD,
-                "overhead_ms": probe["e2e_overhead_ms"],
-                "daemon_overhead_ms": probe["floor_ms"],
-                "overhead_source": "probe",
-                "pass_wall_s": round(op.wall_s, 3),
-                "variants": op.variants,
-                "latency_ms": np.round(op.latency_ms, 4).tolist(),
-                "preds": op.preds.tolist(),
-                "variant_accuracy_on_workload": {
-                    v: round(float(np.mean(op.preds[:, j] == labels[wl.image_indices])), 4)
-                    for j, v in enumerate(op.variants)
-                },
-            }
-        slow = [p["summary"]["slowdown"]["slowdown"] for p in results["policies"].values()
-                if p["summary"].get("slowdown") and p["summary"]["slowdown"]["slowdown"] is not None]
-        results["contention"]["achieved_slowdown"] = round(float(np.median(slow)), 3) if slow else None
+
+def time_oracle(plan: Plan, wl: Workload, schedule: ContentionSchedule) -> OraclePass:
+    """Every selected variant on every request, on the daemon's cores, under the same contention schedule."""
+    plan.say(f"evaluate: oracle: timing all {len(plan.rows)} variants on every request")
+    plan.placement.pin_self("server")
+    schedule.target(os.getpid())
+    try:
+        return oracle_pass(plan.bundle, plan.rows, plan.images, wl, plan.profile, schedule,
+                           progress=plan.progress("oracle pass"))
     finally:
-        if schedule is not None:
-            schedule.halt()
-        if restore is not None:
-            os.sched_setaffinity(0, restore)
+        plan.placement.pin_self("client")
 
-    results["complete"] = True
+
+def held_out(plan: Plan, wl: Workload, op: OraclePass) -> HeldOut:
+    """Each variant's accuracy on this workload's images against its table's."""
+    served = np.mean(op.preds == plan.labels[wl.image_indices][:, None], axis=0)
+    labels = variant_labels(plan.rows)
+    return HeldOut({labels[r.variant]: HeldOutAccuracy(table=round(r.accuracy, 4), served=round(float(a), 4),
+                                                       gap=round(float(a) - r.accuracy, 4))
+                    for r, a in zip(plan.rows, served)})
+
+
+def pick_best_static(plan: Plan, wl: Workload, op: OraclePass, daemon_floor: np.ndarray) -> BestStatic:
+    """The most accurate variant that would have missed at most BEST_STATIC_MAX_MISS serving every request."""
+    labels = variant_labels(plan.rows)
+    miss_rates = static_miss_rates(op, wl, daemon_floor)  # on the daemon's clock
+    pick = plan.rows[best_static(plan.rows, miss_rates)]
+    plan.say(f"evaluate: best static CNN (most accurate with at most {BEST_STATIC_MAX_MISS:.0%} misses in the "
+             f"oracle pass): {labels[pick.variant]} {pick.variant}")
+    return BestStatic(variant=pick.variant, label=labels[pick.variant], max_miss=BEST_STATIC_MAX_MISS,
+                      predicted_miss_rates={labels[r.variant]: round(float(m), 4)
+                                            for r, m in zip(plan.rows, miss_rates)})
+
+
+# ----------------------------------------------------------------------------- the policies
+
+
+def achieved_slowdown(records: list[RequestRecord], rows: tuple[LatencyRow, ...], window: tuple[int, int],
+                      min_samples: int = 20) -> Slowdown:
+    """How much the contention slowed the served model: per variant, the median of observed inference
+    time / table p50 inside the window over the same median outside it, combined over the variants
+    served often enough on both sides (geometric mean weighted by the requests inside). Per variant,
+    because a policy that moves to other variants under contention changes the mix, and microsecond
+    variants run further from their table than millisecond ones even at rest."""
+    p50 = {r.variant: r.p50_ms for r in rows}
+    a, z = window
+    ins: dict[str, list[float]] = {}
+    outs: dict[str, list[float]] = {}
+    for r in records:
+        if r.status != 200 or r.inference_ms is None or r.variant not in p50:
+            continue
+        (ins if a <= r.index < z else outs).setdefault(r.variant, []).append(r.inference_ms / p50[r.variant])
+    per = {v: (float(np.median(ins[v])), float(np.median(outs[v])), len(ins[v]))
+           for v in ins if v in outs and len(ins[v]) >= min_samples and len(outs[v]) >= min_samples}
+    if not per:
+        return Slowdown(None, None, None, {})
+    w = np.asarray([n for _, _, n in per.values()], dtype=np.float64)
+    logs = np.asarray([np.log(i / o) for i, o, _ in per.values()])
+    mi = float(np.exp(np.average(np.log([i for i, _, _ in per.values()]), weights=w)))
+    mo = float(np.exp(np.average(np.log([o for _, o, _ in per.values()]), weights=w)))
+    return Slowdown(slowdown=round(float(np.exp(np.average(logs, weights=w))), 3), inside_ratio=round(mi, 3),
+                    outside_ratio=round(mo, 3), variants={v: round(i / o, 3) for v, (i, o, _) in per.items()})
+
+
+def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Workload | None,
+               schedule: ContentionSchedule) -> PolicyResult:
+    """One daemon policy: a fresh daemon, the warm-up, then the workload under the contention schedule."""
+    o = plan.opts
+    plan.say(f"evaluate: policy {policy}: starting the daemon")
+    log = o.out / f"daemon-{policy.replace(':', '_').replace('/', '_')}.log"
+    d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, o.quantile), log, o.start_timeout_s,
+               cpus=plan.placement.server)
+    try:
+        url = d.start()
+        wait_ready(url, timeout_s=30.0)
+        if warm is not None:
+            run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(o.duration_s, 60.0),
+                     binary=True)
+        schedule.reset()
+        assert d.proc is not None
+        schedule.target(d.proc.pid)
+        res = run_load(url, plan.images, plan.labels, wl, token=plan.token, duration_s=o.duration_s,
+                       on_request=schedule, progress=plan.progress(policy), binary=True)
+    finally:
+        schedule.halt()
+        d.stop()
+    slowdown = achieved_slowdown(res.records, plan.rows, o.contention.window(wl.count)) \
+        if o.contention.active else None
+    if slowdown is not None and slowdown.slowdown is not None:
+        plan.say(f"evaluate: policy {policy}: contention slowed served inferences {slowdown.slowdown:.2f}x "
+                 f"(median observed/table {slowdown.inside_ratio:.2f} inside the window, "
+                 f"{slowdown.outside_ratio:.2f} outside)")
+    if res.truncated:
+        plan.say(f"evaluate: policy {policy}: stopped by --duration {o.duration_s:g} s after {len(res.records)} "
+                 f"requests")
+    return PolicyResult(summary=res.summary(), records=tuple(res.records), truncated=res.truncated,
+                        contention_s=tuple((on, off) for on, off in schedule.record()),
+                        daemon=DaemonRun(served_as=served_as, daemon_log=log.name, slowdown=slowdown))
+
+
+def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, probe: ServingProbe,
+                  floors: tuple[np.ndarray, np.ndarray]) -> tuple[PolicyResult, OracleResult]:
+    """The oracle's choice per request from the timing pass, with the probe's serving floor added."""
+    recs, wall = oracle_records(op, plan.rows, wl, plan.labels, *floors)
+    run = PolicyResult(summary=summarize(recs, wall), records=tuple(recs), truncated=False,
+                       contention_s=tuple((on, off) for on, off in op.intervals))
+    oracle = OracleResult(
+        method=ORACLE_METHOD,
+        overhead_ms=probe.e2e_overhead_ms,
+        daemon_overhead_ms=probe.floor_ms,
+        overhead_source="probe",
+        pass_wall_s=round(op.wall_s, 3),
+        variants=tuple(op.variants),
+        latency_ms=op.latency_ms,
+        preds=op.preds,
+        variant_accuracy_on_workload={v: round(float(np.mean(op.preds[:, j] == plan.labels[wl.image_indices])), 4)
+                                      for j, v in enumerate(op.variants)},
+    )
+    return run, oracle
+
+
+def median_slowdown(policies: Mapping[str, PolicyResult]) -> float | None:
+    """The achieved slowdown of the comparison: the median over the policies where it was measured."""
+    slow = [p.daemon.slowdown.slowdown for p in policies.values()
+            if p.daemon is not None and p.daemon.slowdown is not None and p.daemon.slowdown.slowdown is not None]
+    return round(float(np.median(slow)), 3) if slow else None
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+def write_results(ev: Evaluation, out: Path, plots: bool) -> None:
+    """The report and plots (unless ``plots`` is False), ``table.txt``, then ``results.json``."""
     if plots:
-        write_report(results, out)
-    atomic_write_text(out / "table.txt", render_text(results))
+        write_report(ev, out)
+    atomic_write_text(out / "table.txt", render_text(ev))
     # results.json last: its presence means the comparison finished.
-    atomic_write_json(out / "results.json", results)
+    atomic_write_json(out / "results.json", ev.to_json())
     (out / "results.partial.json").unlink(missing_ok=True)
-    return results
+
+
+def evaluate(opts: EvaluateOptions) -> Evaluation:
+    """Run the comparison and write ``results.json`` and the report into ``opts.out``; returns the results."""
+    plan = make_plan(opts)
+    schedule: ContentionSchedule | None = None
+    with client_side(plan.placement):
+        plan.say(f"evaluate: {plan.placement.describe()}")
+        created, host = datetime.now(timezone.utc).isoformat(timespec="seconds"), Host.here()
+        try:
+            # --- the serving floor, measured with the same client and the fastest variant
+            probes = probe_floors(plan)
+            overload = overload_arrivals(plan, probes)
+            wl, warm = draw_workload(plan, probes, overload)
+            schedule = ContentionSchedule(opts.contention, wl.count, max_s=min(MAX_DURATION_S, opts.duration_s + 60),
+                                          placement=plan.placement)
+            ev = Evaluation(
+                created=created, host=host, placement=plan.placement, bundle=str(opts.bundle), table=str(opts.table),
+                profile=plan.profile, selection=plan.selection, deadline_spec=opts.deadline, warmup=opts.warmup,
+                duration_limit_s=opts.duration_s, rows=plan.rows, workload=wl, contention=opts.contention,
+                probes=probes, overload=overload,
+            )
+            # --- the oracle pass (and from it the best static CNN), on the daemon's cores
+            op, floors = None, None
+            if opts.needs_oracle_pass:
+                assert probes is not None
+                op = time_oracle(plan, wl, schedule)
+                floors = _floors(probes.fastest, probes.fastest_under_contention, wl.count, opts.contention)
+                ev = dataclasses.replace(ev, held_out=held_out(plan, wl, op),
+                                         best_static=pick_best_static(plan, wl, op, floors[1]))
+            # --- every daemon policy, the same requests
+            for pol in opts.policies:
+                if pol == "oracle":
+                    continue
+                served = pol
+                if pol == "best-static":
+                    assert ev.best_static is not None  # picked from the oracle pass, which best-static runs
+                    served = f"static:{ev.best_static.variant}"
+                run = run_policy(plan, pol, served, wl, warm, schedule)
+                ev = dataclasses.replace(ev, policies={**ev.policies, pol: run})
+                # A partial file beside the final one, so an interrupted run leaves its finished policies.
+                atomic_write_json(opts.out / "results.partial.json", ev.to_json())
+            if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
+                run, oracle = oracle_policy(plan, wl, op, probes.fastest, floors)
+                ev = dataclasses.replace(ev, policies={**ev.policies, "oracle": run}, oracle=oracle)
+            ev = dataclasses.replace(ev, achieved_slowdown=median_slowdown(ev.policies))
+        finally:
+            if schedule is not None:
+                schedule.halt()
+    ev = dataclasses.replace(ev, complete=True)
+    write_results(ev, opts.out, opts.plots)
+    return ev
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -477,24 +551,15 @@ def _terminate(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    policies = parse_policies(args.policies)
-    ContentionSpec.parse(args.contention, quota=args.quota)
+    opts = EvaluateOptions.from_args(args)
     old = signal.signal(signal.SIGTERM, _terminate)
     try:
-        results = evaluate(
-            args.bundle, args.table, args.out,
-            policies=policies, profile=args.profile, count=args.count, deadline=args.deadline,
-            arrival=args.arrival, contention=args.contention, quota=args.quota, seed=args.seed,
-            duration_s=args.duration,
-            warmup=args.warmup, miss=args.miss, quantile=args.quantile, plots=not args.no_plots,
-        )
+        ev = evaluate(opts)
     finally:
         signal.signal(signal.SIGTERM, old)
-    out = Path(args.out)
     print()
-    print((out / "table.txt").read_text(), end="")
-    truncated = [n for n, p in results["policies"].items() if p.get("truncated")]
-    if truncated:
-        print(f"\nnote: stopped by --duration before the last request: {', '.join(truncated)}")
-    print(f"\nresults: {out / 'results.json'}" + ("" if args.no_plots else f"\nreport:  {out / 'report.md'}"))
+    print((opts.out / "table.txt").read_text(), end="")
+    if ev.truncated:
+        print(f"\nnote: stopped by --duration before the last request: {', '.join(ev.truncated)}")
+    print(f"\nresults: {opts.out / 'results.json'}" + (f"\nreport:  {opts.out / 'report.md'}" if opts.plots else ""))
     return 0

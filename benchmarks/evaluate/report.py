@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from benchmarks.evaluate.results import Evaluation
 from edge.core.atomic import atomic_write_bytes, atomic_write_text
 from edge.core.textable import format_table
 
@@ -32,13 +32,13 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def comparison_table(results: dict[str, Any], markdown: bool = False) -> str:
-    labels = results["variant_labels"]
+def comparison_table(ev: Evaluation, markdown: bool = False) -> str:
+    labels = ev.labels
     head = ["policy", "accuracy", "miss (daemon clock)", "miss (end to end)", "goodput/s", "p50 ms", "p99 ms",
             "req/s", "variants used"]
     body = []
-    for name, pol in results["policies"].items():
-        s = pol["summary"]
+    for name, pol in ev.policies.items():
+        s = pol.summary
         used = " ".join(f"{labels.get(v, v)}:{c}"
                         for v, c in sorted(s["variants"].items(), key=lambda kv: labels.get(kv[0], kv[0])))
         gp = s.get("goodput_rps")
@@ -54,57 +54,54 @@ def comparison_table(results: dict[str, Any], markdown: bool = False) -> str:
     return format_table(head, body, align="l" + "r" * (len(head) - 2) + "l", rule=True)
 
 
-def variant_legend(results: dict[str, Any], markdown: bool = False) -> str:
-    rows = results["variants"]
+def variant_legend(ev: Evaluation, markdown: bool = False) -> str:
+    labels = ev.labels
     if markdown:
         out = ["| label | variant | table accuracy | p50 ms | p95 ms |", "|---|---|---|---|---|"]
-        out += [f"| {v['label']} | `{v['variant']}` | {v['accuracy'] * 100:.2f}% | {v['p50_ms']:.3f} "
-                f"| {v['p95_ms']:.3f} |" for v in rows]
+        out += [f"| {labels[r.variant]} | `{r.variant}` | {r.accuracy * 100:.2f}% | {r.p50_ms:.3f} "
+                f"| {r.p95_ms:.3f} |" for r in ev.rows]
         return "\n".join(out)
     return "\n".join(
-        f"  {v['label']:>3}  acc {v['accuracy'] * 100:6.2f}%  p95 {v['p95_ms']:8.3f} ms  {v['variant']}" for v in rows
+        f"  {labels[r.variant]:>3}  acc {r.accuracy * 100:6.2f}%  p95 {r.p95_ms:8.3f} ms  {r.variant}" for r in ev.rows
     )
 
 
-def context_lines(results: dict[str, Any]) -> str:
+def context_lines(ev: Evaluation) -> str:
     """What the table was measured under: placement, floor, deadlines, contention and its effect."""
     lines = []
-    pl = results.get("placement") or {}
-    if pl.get("server_cpus") is not None:
-        lines.append(f"placement: daemon on cpu {pl['server_cpus']}, load generator on cpu {pl['client_cpus']}")
-    pr = (results.get("probe") or {}).get("fastest")
-    if pr:
-        lines.append(f"serving floor (fastest variant, daemon clock, p50): {pr['floor_ms']:.3f} ms; "
-                     f"end to end {pr['e2e_overhead_ms']:.3f} ms")
-    wl = results.get("workload") or {}
-    if wl:
-        lines.append(f"deadlines: {wl.get('deadline')} ms; arrivals: {wl.get('arrival')}")
-    ov = results.get("overload")
-    if ov:
-        lines.append(f"overload: {ov['factor']:g}x the most accurate variant's capacity ({ov['capacity_rps']:.0f}/s) "
-                     f"= {ov['rate_rps']:.0f} requests/s")
-    c = results.get("contention") or {}
-    if c.get("share"):
-        sd = c.get("achieved_slowdown")
-        lines.append(f"contention: {c['spec']}: {c['what']}; achieved slowdown of served inferences "
+    if ev.placement.server is not None:
+        lines.append(f"placement: {ev.placement.describe()}")
+    if ev.probes is not None:
+        pr = ev.probes.fastest
+        lines.append(f"serving floor (fastest variant, daemon clock, p50): {pr.floor_ms:.3f} ms; "
+                     f"end to end {pr.e2e_overhead_ms:.3f} ms")
+    lines.append(f"deadlines: {ev.workload.deadline} ms; arrivals: {ev.workload.arrival}")
+    ov = ev.overload
+    if ov is not None:
+        lines.append(f"overload: {ov.factor:g}x the most accurate variant's capacity ({ov.capacity_rps:.0f}/s) "
+                     f"= {ov.rate_rps:.0f} requests/s")
+    c = ev.contention
+    if c.active:
+        sd = ev.achieved_slowdown
+        lines.append(f"contention: {c.describe()}: {c.what()}; achieved slowdown of served inferences "
                      f"(median observed/table inside vs outside the window): "
                      f"{'-' if sd is None else f'{sd:.2f}x'}")
-    ho = results.get("held_out")
-    if ho:
-        gaps = [v["gap"] for v in ho["variants"].values()]
+    ho = ev.held_out
+    if ho is not None:
+        gaps = [v.gap for v in ho.variants.values()]
         lines.append("served minus table accuracy per variant (held-out images): "
-                     + ", ".join(f"{k} {v['gap'] * 100:+.2f}" for k, v in ho["variants"].items())
+                     + ", ".join(f"{k} {v.gap * 100:+.2f}" for k, v in ho.variants.items())
                      + f" points (mean {np.mean(gaps) * 100:+.2f})")
-    bs = results.get("best_static")
-    if bs:
-        lines.append(f"best static CNN: {bs['label']} ({bs['variant']})")
+    bs = ev.best_static
+    if bs is not None:
+        lines.append(f"best static CNN: {bs.label} ({bs.variant})")
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
-def render_text(results: dict[str, Any]) -> str:
+def render_text(ev: Evaluation) -> str:
     """``table.txt``: the comparison table, the variant legend and what it was measured under."""
-    return (comparison_table(results) + "\n\nvariants (by table latency):\n" + variant_legend(results) + "\n"
-            + context_lines(results))
+    return (comparison_table(ev) + "\n\nvariants (by table latency):\n" + variant_legend(ev) + "\n"
+            + context_lines(ev))
 
 
 # ----------------------------------------------------------------------------- plots
@@ -131,12 +128,12 @@ def _color(name: str, k: int) -> str:
     return POLICY_COLORS.get(name, f"C{(k + 4) % 10}")
 
 
-def plot_policies(results: dict[str, Any], path: Path) -> Path:
+def plot_policies(ev: Evaluation, path: Path) -> Path:
     """Two bar charts side by side: accuracy and deadline-miss rate per policy."""
     plt = _plt()
-    names = list(results["policies"])
-    acc = [100 * (results["policies"][n]["summary"]["accuracy"] or 0.0) for n in names]
-    miss = [100 * (results["policies"][n]["summary"]["server_miss_rate"] or 0.0) for n in names]
+    names = list(ev.policies)
+    acc = [100 * (ev.policies[n].summary["accuracy"] or 0.0) for n in names]
+    miss = [100 * (ev.policies[n].summary["server_miss_rate"] or 0.0) for n in names]
     colors = [_color(n, k) for k, n in enumerate(names)]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(names) * 2), 4.2))
     x = np.arange(len(names))
@@ -154,35 +151,35 @@ def plot_policies(results: dict[str, Any], path: Path) -> Path:
         for xi, v in zip(x, vals):
             ax.annotate(f"{v:.1f}", (xi, v), ha="center", va="bottom", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    c = results.get("contention", {})
-    w = results.get("workload", {})
-    fig.suptitle(f"{w.get('count')} requests, deadlines {w.get('deadline')} ms, arrivals {w.get('arrival')}, "
-                 f"contention {c.get('spec', 'none')}", fontsize=10)
+    w = ev.workload
+    fig.suptitle(f"{w.count} requests, deadlines {w.deadline} ms, arrivals {w.arrival}, "
+                 f"contention {ev.contention.describe()}", fontsize=10)
     fig.tight_layout()
     _save(fig, path, 110)
     plt.close(fig)
     return path
 
 
-def plot_timeline(results: dict[str, Any], path: Path) -> Path:
+def plot_timeline(ev: Evaluation, path: Path) -> Path:
     """Per policy: deadline and end-to-end latency per request (misses in red), and the chosen
     variant with the daemon's slowdown factor; the contention window is shaded."""
     plt = _plt()
-    names = list(results["policies"])
-    labels = results.get("variant_labels", {})
+    names = list(ev.policies)
+    labels = ev.labels
     rank = {v: int(lbl[1:]) for v, lbl in labels.items() if lbl[1:].isdigit()}
     nv = max(len(rank), 1)
-    window = results.get("contention", {}).get("window", [0, 0])
+    window = ev.window
     fig, axes = plt.subplots(len(names), 2, figsize=(13, 2.4 * len(names) + 0.6), squeeze=False, sharex=True)
     for k, name in enumerate(names):
-        recs = results["policies"][name]["records"]
+        # The values as results.json holds them (rounded), so a plot drawn again from the file is the same.
+        recs = [r.to_dict() for r in ev.policies[name].records]
         idx = np.asarray([r["index"] for r in recs])
         dl = np.asarray([r["deadline_ms"] for r in recs], dtype=float)
         e2e = np.asarray([r["e2e_ms"] if r["status"] == 200 else np.nan for r in recs], dtype=float)
         met = np.asarray([bool(r["deadline_met"]) for r in recs])
         var = np.asarray([rank.get(r["variant"], -1) if r["variant"] else -1 for r in recs], dtype=float)
         var[var < 0] = np.nan
-        slow = np.asarray([np.nan if r.get("slowdown") is None else r["slowdown"] for r in recs], dtype=float)
+        slow = np.asarray([np.nan if r["slowdown"] is None else r["slowdown"] for r in recs], dtype=float)
         a, b = axes[k]
         for ax in (a, b):
             if window[1] > window[0]:
@@ -226,27 +223,29 @@ def plot_timeline(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
-    w = results["workload"]
-    c = results["contention"]
-    h = results.get("host", {})
+def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
+    w = ev.workload
+    c = ev.contention
+    a, z = ev.window
+    h = ev.host
     lines = [
         "# edgekit policy comparison",
         "",
-        f"- date: {results['created']}",
-        f"- host: {h.get('cpu_model', '')} ({h.get('cores', '?')} cores, {h.get('machine', '')}, {h.get('os', '')})",
-        f"- bundle: `{results['bundle']}`, selected table: `{results['table']}`, profile: {results.get('profile')}",
-        f"- workload: {w['count']} requests per policy, deadlines `{w['deadline']}` ms"
+        f"- date: {ev.created}",
+        f"- host: {h.cpu_model} ({h.cores} cores, {h.machine}, {h.os})",
+        f"- bundle: `{ev.bundle}`, selected table: `{ev.table}`, profile: {ev.profile}",
+        f"- workload: {w.count} requests per policy, deadlines `{w.deadline}` ms"
         + (" (auto: from floor + the fastest p95 to floor + 1.1 x the slowest p95)"
-           if results.get("deadline_spec") == "auto" else "")
-        + f", arrivals `{w['arrival']}`, seed {w['seed']}, {results.get('warmup', 0)} unmeasured warm-up requests",
-        f"- contention: {c['spec']}"
-        + (f" ({c.get('what', '')} while requests {c['window'][0]}..{c['window'][1] - 1} were issued; achieved "
-           f"slowdown {c['achieved_slowdown']}x)" if c["window"][1] > c["window"][0] else ""),
+           if ev.deadline_spec == "auto" else "")
+        + f", arrivals `{w.arrival}`, seed {w.seed}, {ev.warmup} unmeasured warm-up requests",
+        f"- contention: {c.describe()}"
+        + (f" ({c.what()} while requests {a}..{z - 1} were issued; achieved "
+           f"slowdown {'-' if ev.achieved_slowdown is None else f'{ev.achieved_slowdown}x'})"
+           if z > a else ""),
         "",
         "## Results",
         "",
-        comparison_table(results, markdown=True),
+        comparison_table(ev, markdown=True),
         "",
         "Accuracy is top-1 on the bundle's serving images over all requests (an unanswered or rejected request "
         "counts as wrong). A miss is a request not answered within its deadline on the daemon's clock (from when "
@@ -255,34 +254,33 @@ def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         "correct and on time per second.",
         "",
         "```",
-        context_lines(results).strip(),
+        context_lines(ev).strip(),
         "```",
         "",
     ]
     for key, title in (("policies", "Accuracy and miss rate per policy"), ("timeline", "Timeline")):
         if key in images:
             lines += [f"## {title}", "", f"![{title}]({images[key]})", ""]
-    lines += ["## Variants", "", variant_legend(results, markdown=True), ""]
-    if "oracle" in results:
-        o = results["oracle"]
-        lines += ["## Oracle", "", o["method"], "",
-                  f"Serving overhead added: {o['overhead_ms']:.3f} ms end to end, "
-                  f"{o.get('daemon_overhead_ms', o['overhead_ms']):.3f} ms on the daemon's clock "
-                  f"(from the {o['overhead_source'] or 'no'} run).", ""]
-    trunc = [n for n, p in results["policies"].items() if p.get("truncated")]
-    if trunc:
-        lines += [f"Stopped early by the duration limit: {', '.join(trunc)}.", ""]
+    lines += ["## Variants", "", variant_legend(ev, markdown=True), ""]
+    if ev.oracle is not None:
+        o = ev.oracle
+        lines += ["## Oracle", "", o.method, "",
+                  f"Serving overhead added: {o.overhead_ms:.3f} ms end to end, "
+                  f"{o.daemon_overhead_ms:.3f} ms on the daemon's clock "
+                  f"(from the {o.overhead_source or 'no'} run).", ""]
+    if ev.truncated:
+        lines += [f"Stopped early by the duration limit: {', '.join(ev.truncated)}.", ""]
     return "\n".join(lines)
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     """Write policies.png, timeline.png and report.md into ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    if results.get("policies"):
-        paths["policies"] = plot_policies(results, out / "policies.png")
-        paths["timeline"] = plot_timeline(results, out / "timeline.png")
-    md = render_markdown(results, {k: p.name for k, p in paths.items()})
+    if ev.policies:
+        paths["policies"] = plot_policies(ev, out / "policies.png")
+        paths["timeline"] = plot_timeline(ev, out / "timeline.png")
+    md = render_markdown(ev, {k: p.name for k, p in paths.items()})
     paths["report"] = atomic_write_text(out / "report.md", md)
     return paths

@@ -43,13 +43,13 @@ def test_achieved_slowdown_compares_inside_and_outside_the_window(evb):
 
     recs = [rec(i, v.p50_ms * (3.0 if 20 <= i < 40 else 1.0)) for i in range(60)]
     s = ev.achieved_slowdown(recs, rows, (20, 40))
-    assert s["slowdown"] == pytest.approx(3.0) and s["outside_ratio"] == pytest.approx(1.0)
-    assert ev.achieved_slowdown(recs, rows, (0, 0))["slowdown"] is None
+    assert s.slowdown == pytest.approx(3.0) and s.outside_ratio == pytest.approx(1.0)
+    assert ev.achieved_slowdown(recs, rows, (0, 0)).slowdown is None
     # A policy that moves to another variant under contention does not fake a slowdown.
     w = rows[1]
     mixed = [rec(i, v.p50_ms) for i in range(30)] + [
         RequestRecord(30 + i, 0, 0, 5, 0, 0, 1.0, 200, variant=w.variant, inference_ms=w.p50_ms * 5) for i in range(30)]
-    assert ev.achieved_slowdown(mixed, rows, (30, 60))["slowdown"] is None  # no variant on both sides
+    assert ev.achieved_slowdown(mixed, rows, (30, 60)).slowdown is None  # no variant on both sides
 
 
 def test_parse_policies():
@@ -61,6 +61,34 @@ def test_parse_policies():
         ev.parse_policies("adaptive,adaptive")
     with pytest.raises(ValueError, match="empty"):
         ev.parse_policies(" , ")
+
+
+def test_options_come_from_the_real_command_line_and_are_checked(tmp_path):
+    from edgekit.cli import build_parser
+
+    def opts(*extra):
+        args = build_parser(only="evaluate").parse_args(["evaluate", "b", "--table", "t.json", "--out",
+                                                         str(tmp_path / "o"), *extra])
+        return ev.EvaluateOptions.from_args(args)
+
+    o = opts("--policies", "adaptive,oracle", "--contention", "quota:full", "--quota", "0.3", "--no-plots")
+    assert o.policies == ("adaptive", "oracle") and o.out == tmp_path / "o" and o.plots is False
+    assert (o.contention.kind, o.contention.share, o.contention.quota) == ("quota", 1.0, 0.3)
+    assert o.needs_oracle_pass and o.overload is None
+    assert not opts("--policies", "adaptive").needs_oracle_pass
+    assert opts("--arrival", "overload").overload == 1.2 and opts("--arrival", "overload:2").overload == 2.0
+    d = opts()
+    assert (d.policies, d.count, d.deadline, d.arrival, d.contention.active, d.warmup) == (
+        ev.DEFAULT_POLICIES, ev.DEFAULT_COUNT, "auto", "closed", False, 20)
+    for extra, words in ((("--count", "0"), "--count must be in [1, 100000], got 0"),
+                         (("--duration", "0"), "--duration must be in (0, 3600] seconds per policy, got 0"),
+                         (("--warmup", "1001"), "--warmup must be in [0, 1000], got 1001"),
+                         (("--arrival", "overload:x"), "bad --arrival 'overload:x': use overload[:FACTOR]"),
+                         (("--arrival", "overload:20"), "--arrival overload factor must be in [0.1, 10], got 20")):
+        with pytest.raises(ValueError) as e:
+            opts(*extra)
+        assert words in str(e.value), (extra, str(e.value))
+    assert not (tmp_path / "o").exists()  # checked before anything is written
 
 
 def test_evaluate_end_to_end(evb, tmp_path):

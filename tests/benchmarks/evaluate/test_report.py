@@ -1,0 +1,67 @@
+"""Tests for benchmarks/evaluate/report.py: table.txt, report.md and the plots, from an evaluation built by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from benchmarks.evaluate import report
+from benchmarks.evaluate.placement import Placement
+from tests.benchmarks.evaluate._evaluation import ROWS, evaluation
+
+
+def test_text_table_has_every_policy_the_legend_and_the_context():
+    text = report.render_text(evaluation())
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["policy", "accuracy", "miss"]
+    assert [ln.split()[0] for ln in lines[2:5]] == ["adaptive", "fastest", "oracle"]
+    assert "V1:20 V2:20" in lines[2] and "V0:40" in lines[3]
+    assert f"   V2  acc  83.00%  p95    3.250 ms  {ROWS[2].variant}" in text
+    for line in ("placement: daemon on cpu [0], load generator on cpu [1]",
+                 "serving floor (fastest variant, daemon clock, p50): 0.250 ms; end to end 0.610 ms",
+                 "deadlines: uniform:1:6 ms; arrivals: closed",
+                 "overload: 1.2x the most accurate variant's capacity (400/s) = 480 requests/s",
+                 "contention: cpu:half: one busy process on each of the daemon's cores; achieved slowdown of served "
+                 "inferences (median observed/table inside vs outside the window): 1.50x",
+                 "served minus table accuracy per variant (held-out images): V0 -1.00, V1 +2.00, V2 -3.00 points "
+                 "(mean -0.67)",
+                 f"best static CNN: V1 ({ROWS[1].variant})"):
+        assert line in lines, line
+
+
+def test_context_leaves_out_what_did_not_run():
+    ev = dataclasses.replace(evaluation(), placement=Placement(None, None), probes=None, overload=None,
+                             held_out=None, best_static=None, achieved_slowdown=None)
+    ctx = report.context_lines(ev)
+    assert ctx.strip().splitlines()[0] == "deadlines: uniform:1:6 ms; arrivals: closed"
+    assert "(median observed/table inside vs outside the window): -" in ctx
+    for word in ("placement", "serving floor", "overload", "held-out", "best static"):
+        assert word not in ctx, word
+
+
+def test_report_writes_the_plots_and_the_markdown(tmp_path):
+    paths = report.write_report(evaluation(truncated=True), tmp_path)
+    assert sorted(paths) == ["policies", "report", "timeline"]
+    for name in ("policies.png", "timeline.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    md = (tmp_path / "report.md").read_text()
+    assert "- date: 2026-01-02T03:04:05+00:00" in md
+    assert "- host: Test CPU (2 cores, x86_64, Linux-6.1-x86_64)" in md
+    assert "- bundle: `/b/bundle`, selected table: `/b/selected.json`, profile: desktop-cpu" in md
+    assert ("- workload: 40 requests per policy, deadlines `uniform:1:6` ms, arrivals `closed`, seed 3, "
+            "3 unmeasured warm-up requests") in md
+    assert ("- contention: cpu:half (one busy process on each of the daemon's cores while requests 10..29 were "
+            "issued; achieved slowdown 1.5x)") in md
+    assert "| policy | accuracy |" in md and "| adaptive |" in md
+    assert "![Timeline](timeline.png)" in md and "![Accuracy and miss rate per policy](policies.png)" in md
+    assert f"| V0 | `{ROWS[0].variant}` | 61.00% | 0.200 | 0.260 |" in md
+    assert "## Oracle\n\nthe oracle's method\n\nServing overhead added: 0.610 ms end to end, 0.250 ms on the " \
+           "daemon's clock (from the probe run)." in md
+    assert md.rstrip().endswith("Stopped early by the duration limit: adaptive.")
+
+
+def test_report_without_oracle_or_policies(tmp_path):
+    ev = dataclasses.replace(evaluation(complete=False), policies={})
+    paths = report.write_report(ev, tmp_path)
+    assert list(paths) == ["report"] and not (tmp_path / "timeline.png").exists()
+    md = (tmp_path / "report.md").read_text()
+    assert "## Oracle" not in md and "Stopped early" not in md and "![" not in md
