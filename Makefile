@@ -10,6 +10,7 @@ demo: setup
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache  # the contracts in pyproject.toml's [tool.importlinter]
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 # What a board installs: the runtime extra only, no TensorFlow.

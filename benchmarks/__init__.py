@@ -1,1 +1,1 @@
-"""On-device benchmark harness, load generator, policy comparison and reports."""
+"""On-device stage: bench (latency tables, reports), evaluate (loadgen, policies compared); perf: the project's own."""

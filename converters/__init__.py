@@ -1,1 +1,1 @@
-"""Workstation side of edgekit: datasets, CNN families, training, conversion and bundles."""
+"""Workstation side of edgekit: data, family, train, convert (exporters), pack (bundles) and cluster (Ray)."""

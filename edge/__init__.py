@@ -1,1 +1,1 @@
-"""Device side of edgekit: runtimes, latency tables, selection and the daemon (never TensorFlow)."""
+"""Device side of edgekit, never TensorFlow: core, artifacts, backends, bundle, tables, runtime, v2 and serve."""

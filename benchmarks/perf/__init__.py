@@ -1,2 +1,1 @@
-"""The project's own measurements of itself (overheads, soak, repeatability, throughput); no product module
-imports them."""
+"""The project's own measurements (overheads, soak, repeatability, throughput); no product module imports them."""

@@ -1,1 +1,1 @@
-"""Latency tables and selection: the table model, the Pareto front (`edgekit select`), the significance test."""
+"""Latency tables: the model and its JSON field checks, the Pareto front (`edgekit select`), the significance test."""

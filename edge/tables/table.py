@@ -6,22 +6,21 @@ import csv
 import dataclasses
 import io
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Self
+from typing import Any, Self
 
 import numpy as np
 
 from edge.core.atomic import atomic_write_json, atomic_write_text, read_json
 from edge.core.errors import EdgekitError, UsageError
+from edge.tables.json_fields import SAFE_NAME, assert_checkable, checked_fields, json_type, refuse_unknown
 
 TABLE_VERSION = 1
 QUANTILES = ("mean", "p50", "p90", "p95", "p99", "max")
 KINDS = ("latency", "selected")
 MAX_TABLE_BYTES = 16 << 20  # a table of thousands of variants is a few MB
 MAX_TABLE_ITEMS = 500_000  # JSON values (commas + brackets) a table may hold (~17k rows): bounds its parsed memory
-INT_LIMIT = 1 << 63  # integer fields must lie in [-INT_LIMIT, INT_LIMIT)
 REGENERATE = {
     "latency": "re-run 'edgekit bench' to regenerate it",
     "selected": "re-run 'edgekit select' to regenerate it",
@@ -225,12 +224,12 @@ class LatencyTable(Table):
         _check_kind_version(d, src, kind)
         hint = REGENERATE.get(kind, REGENERATE["latency"])
         known = {"kind", "version", "header", "rows"} | ({"selection"} if kind == "selected" else set())
-        _refuse_unknown(d, known, f"{src} is malformed: the top level", hint)
+        refuse_unknown(d, known, f"{src} is malformed: the top level", hint, error=TableError)
         for key in ("header", "rows"):
             if key not in d:
                 raise TableError(f"{src} is malformed: the top level lacks the required key '{key}'; {hint}")
         where = f"{src} is malformed: 'header'"
-        header = DeviceHeader(**checked_fields(DeviceHeader, d["header"], where, hint, allow_nan))
+        header = DeviceHeader(**checked_fields(DeviceHeader, d["header"], where, hint, allow_nan, error=TableError))
         rows = tuple(_row(r, i, src, hint, allow_nan) for i, r in enumerate(_rows_list(d["rows"], src, hint)))
         return cls(header=header, rows=rows, version=TABLE_VERSION, kind=kind)
 
@@ -261,7 +260,7 @@ class SelectionParams:
     def from_dict(cls, d: Any, src: str = "<table>") -> SelectionParams:
         """Every key checked against its field type (unknown keys refused, missing ones take defaults)."""
         where, hint = f"{src} is malformed: 'selection'", REGENERATE["selected"]
-        kw = checked_fields(cls, d, where, hint)
+        kw = checked_fields(cls, d, where, hint, error=TableError)
         if kw.get("quantile", "p95") not in QUANTILES:
             raise TableError(f"{where}: key 'quantile' must be one of {list(QUANTILES)}; {hint}")
         return cls(**kw)
@@ -342,152 +341,16 @@ def _rows_list(rows: Any, src: str, hint: str) -> list:
     return rows
 
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_.@+:=-]{1,200}")
-
-
 def row_label(i: int, variant: Any) -> str:
     """"row I ('VARIANT')" for messages; the variant only when it looks like one (never a long or odd string)."""
-    if isinstance(variant, str) and _SAFE_NAME.fullmatch(variant):
+    if isinstance(variant, str) and SAFE_NAME.fullmatch(variant):
         return f"row {i} ('{variant}')"
     return f"row {i}"
 
 
 def _row(r: Any, i: int, src: str, hint: str, allow_nan: bool) -> LatencyRow:
     where = f"{src} is malformed: {row_label(i, r.get('variant') if isinstance(r, dict) else None)}"
-    return LatencyRow(**checked_fields(LatencyRow, r, where, hint, allow_nan))
-
-
-def json_type(v: Any) -> str:
-    """The JSON type of ``v`` in words, to say what a key held without quoting it."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, float):
-        return "a number" if math.isfinite(v) else ("NaN" if math.isnan(v) else "infinity")
-    if isinstance(v, list):
-        return "an array"
-    return "an object"
-
-
-class _Bad(Exception):
-    """A value is not of its field's type; ``expected`` says what it must be."""
-
-    def __init__(self, expected: str):
-        super().__init__(expected)
-        self.expected = expected
-
-
-def _as_str(v: Any, allow_nan: bool) -> str:
-    if not isinstance(v, str):
-        raise _Bad("a string")
-    return v
-
-
-def _as_int(v: Any, allow_nan: bool) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _Bad("an integer")
-    if not -INT_LIMIT <= v < INT_LIMIT:
-        raise _Bad("an integer within 64 bits")
-    return v
-
-
-def _as_float(v: Any, allow_nan: bool) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _Bad("a number")
-    try:
-        x = float(v)
-    except OverflowError:
-        raise _Bad("a number within the float range") from None
-    if math.isinf(x) or (math.isnan(x) and not allow_nan):
-        raise _Bad("a finite number")
-    return x
-
-
-def _as_str_dict(v: Any, allow_nan: bool) -> dict[str, str]:
-    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
-        raise _Bad("an object whose values are strings")
-    return dict(v)
-
-
-def _as_dict(v: Any, allow_nan: bool) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise _Bad("an object")
-    return v
-
-
-def _as_float_pair(v: Any, allow_nan: bool) -> tuple[float, float]:
-    try:
-        if not isinstance(v, list) or len(v) != 2:
-            raise _Bad("")
-        return (_as_float(v[0], False), _as_float(v[1], False))
-    except _Bad:
-        raise _Bad("an array of two finite numbers") from None
-
-
-# Checkers by the annotation text of a dataclass field (this module uses ``from __future__ import
-# annotations``, so field types are these strings).
-_CHECKERS: dict[str, Callable[[Any, bool], Any]] = {
-    "str": _as_str,
-    "int": _as_int,
-    "float": _as_float,
-    "dict[str, str]": _as_str_dict,
-    "dict[str, Any]": _as_dict,
-    "tuple[float, float]": _as_float_pair,
-}
-
-
-def _checker(annotation: str) -> Callable[[Any, bool], Any]:
-    base, _, rest = annotation.partition(" | ")
-    check = _CHECKERS[base]  # KeyError: a new field type needs a checker above
-    if rest == "":
-        return check
-    if rest != "None":
-        raise KeyError(annotation)
-    return lambda v, allow_nan: None if v is None else check(v, allow_nan)
-
-
-def _refuse_unknown(d: dict, known: set[str], where: str, hint: str) -> None:
-    for k in d:
-        if k not in known:
-            name = f"'{k}'" if isinstance(k, str) and _SAFE_NAME.fullmatch(k) else "(not a field name)"
-            raise TableError(f"{where} has an unknown key {name}; {hint}")
-
-
-def checked_fields(cls: type, d: Any, where: str, hint: str, allow_nan: bool = False) -> dict[str, Any]:
-    """Keyword arguments for dataclass ``cls`` from the JSON object ``d``, each checked against its field type.
-
-    Unknown keys and missing required keys are refused; a bool is not a number; floats are
-    finite (NaN too with ``allow_nan``). Errors are TableErrors: '<where>: key 'K' must be ...; <hint>'.
-    """
-    if not isinstance(d, dict):
-        raise TableError(f"{where} must be a JSON object (got {json_type(d)}); {hint}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _refuse_unknown(d, set(fields), where, hint)
-    out: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in d:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise TableError(f"{where} lacks the required key '{name}'; {hint}")
-            continue
-        try:
-            out[name] = _checker(str(f.type))(d[name], allow_nan)
-        except _Bad as bad:
-            raise TableError(
-                f"{where}: key '{name}' must be {bad.expected} (got {json_type(d[name])}); {hint}"
-            ) from None
-    return out
-
-
-def assert_checkable(*classes: type) -> None:
-    """Fail at import, not at a daemon's reload, if a field has a type ``checked_fields`` cannot check."""
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            _checker(str(f.type))
+    return LatencyRow(**checked_fields(LatencyRow, r, where, hint, allow_nan, error=TableError))
 
 
 assert_checkable(DeviceHeader, LatencyRow, SelectionParams)

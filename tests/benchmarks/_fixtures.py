@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench.measure import BenchOptions
 from tests._bundle_builder import (
     INPUT_SHAPE,
     BundleWriter,
@@ -28,6 +29,8 @@ from tests._bundle_builder import (
 
 MODEL_IDS = ("tiny-a", "tiny-b")
 KINDS = (("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"))
+# `edgekit bench` options short enough for a test: a handful of timed runs per variant.
+FAST = BenchOptions(min_runs=5, min_seconds=0.05, warmup=1, inputs=8)
 
 
 def _random_data(n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Fixtures shared by the converter tests: the Fashion-MNIST subset and the tiny model trained on it."""
+"""Fixtures shared by the converter tests: a Fashion-MNIST subset, a tiny model trained on it, a run with ensembles."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.converters.convert.exporters import fashion_subset, tiny_model
-from tests.converters.data.test_datasets import write_idx_set
+from tests.converters._ensembles import FAMILY, run_sweep, train_options
+from tests.converters._fixtures import fashion_subset, tiny_model
+from tests.converters.data.test_datasets import REAL_FASHION, write_idx_set
 from tests.converters.train.test_sweep import TINY_FAMILY
 
 
 @pytest.fixture(scope="module")
 def data():
-    """(x_train, y_train, x_test, y_test) of tests.converters.convert.exporters.fashion_subset()."""
+    """(x_train, y_train, x_test, y_test) of tests.converters._fixtures.fashion_subset()."""
     return fashion_subset()
 
 
 @pytest.fixture(scope="module")
 def model():
-    """tests.converters.convert.exporters.tiny_model(): shared, do not modify it."""
+    """tests.converters._fixtures.tiny_model(): shared, do not modify it."""
     return tiny_model()
 
 
@@ -37,3 +38,20 @@ def family(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("fam") / "tiny.toml"
     p.write_text(TINY_FAMILY)
     return p
+
+
+# Once per session: the ensemble tests of train/ and convert/ both read it (copying it before any change),
+# and training it takes tens of seconds.
+@pytest.fixture(scope="session")
+def ensemble_run(tmp_path_factory):
+    """(family path, data dir or None for the real Fashion-MNIST, trained run, sweep results, output)."""
+    root = tmp_path_factory.mktemp("ens")
+    family = root / "tinyens.toml"
+    family.write_text(FAMILY)
+    data_dir = None
+    if not (REAL_FASHION / "train-images-idx3-ubyte.gz").exists():
+        data_dir = root / "fm"
+        write_idx_set(data_dir, n_train=1500, n_test=300, gz=True)
+    run_dir = root / "run"
+    results, out = run_sweep(train_options(run_dir, family, data_dir))
+    return family, data_dir, run_dir, results, out

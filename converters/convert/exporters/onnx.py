@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.convert.exporters import (
+from converters.convert.exporters.base import (
     ExportResult,
     Precision,
     calibration_batches,

@@ -1,9 +1,8 @@
-"""`edgekit bench` on a tiny real bundle: sane statistics, resume, clear errors; plus the timing loop and helpers."""
+"""`edgekit bench` on a tiny real bundle: sane statistics, resume, clear errors, the CLI, and no TensorFlow on import."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import subprocess
 import sys
@@ -15,27 +14,14 @@ from benchmarks.bench import command as bench
 from benchmarks.bench.command import bench_bundle
 from benchmarks.bench.measure import BenchOptions
 from benchmarks.bench.samples import MAX_STORED_SAMPLES, load_samples, samples_path
-from benchmarks.perf import harness_overhead, repeatability
 from edge.artifacts.manifest import Manifest
 from edge.core.atomic import sha256_file
 from edge.tables.table import LatencyTable, TableError, decode_correct
 from edgekit.cli import main as cli
 from tests.benchmarks import _fixtures as fx
+from tests.benchmarks._fixtures import FAST
 
-FAST = BenchOptions(min_runs=5, min_seconds=0.05, warmup=1, inputs=8)
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return fx.make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "b")
-
-
-@pytest.fixture(scope="module")
-def measured(bundle, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "table.json"
-    res = bench_bundle(bundle, out, profile="desktop-cpu", opts=FAST, progress=False)
-    return res, out
 
 
 def _profile(tmp_path: Path, name: str, runtimes: str) -> Path:
@@ -265,40 +251,7 @@ def test_cli_errors_are_one_line(bundle, tmp_path, capsys):
     assert rc == 2 and "bundle not found" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- scripts
-
-
-def test_harness_overhead_on_a_tflite_file_and_a_bundle(bundle, capsys):
-    rc = harness_overhead.main(["--model", str(fx.artifact_file("tiny-b", "tflite", "fp32")), "--rounds", "2", "--runs", "20"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "bare invoke loop" in out and "ratio" in out
-    rc = harness_overhead.main(["--model", str(bundle), "--rounds", "2", "--runs", "20"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "tiny-b.tflite" in out  # the bundle's tflite artifact with most MACs
-    rc = harness_overhead.main(["--model", str(fx.artifact_file("tiny-a", "onnx", "fp32")), "--rounds", "2", "--runs", "20"])
-    assert rc == 0 and "CPUExecutionProvider" in capsys.readouterr().out
-
-
-def test_harness_overhead_explains_without_a_model(capsys):
-    assert harness_overhead.main([]) == 2
-    assert "ships none" in capsys.readouterr().err
-
-
-def test_repeatability_compare(measured, tmp_path, capsys):
-    res, out = measured
-    t = res.table
-    slow = dataclasses.replace(t, rows=tuple(dataclasses.replace(r, p50_ms=r.p50_ms * 1000) for r in t.rows))
-    drift = dataclasses.replace(t, rows=tuple(dataclasses.replace(r, p50_ms=r.p50_ms * 1000 * 1.2) for r in t.rows))
-    rows, ok = repeatability.compare(slow, slow)
-    assert ok and all(r["counts"] and r["ratio"] == 1.0 for r in rows)
-    rows, ok = repeatability.compare(slow, drift)
-    assert not ok and all(r["ratio"] == pytest.approx(1.2) for r in rows)
-    # Sub-0.5 ms variants are printed but not judged.
-    rows, ok = repeatability.compare(t, dataclasses.replace(t, rows=tuple(dataclasses.replace(r, p50_ms=r.p50_ms * 2) for r in t.rows)))
-    assert ok and not any(r["counts"] for r in rows)
-    a, b = slow.save(tmp_path / "a.json"), drift.save(tmp_path / "b.json")
-    assert repeatability.main(["--tables", str(a), str(b)]) == 1
-    assert "repeatability: FAIL" in capsys.readouterr().out
+# --------------------------------------------------------------------------- a board's imports
 
 
 def test_benchmarks_import_no_tensorflow():
@@ -311,12 +264,3 @@ def test_benchmarks_import_no_tensorflow():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_sysinfo_fields():
-    from benchmarks.bench import sysinfo
-
-    info = sysinfo.device_info()
-    assert info["cores"] >= 1 and isinstance(info["governor"], str) and info["cpu_model"]
-    assert json.dumps(info)  # JSON-serialisable for the header
-    assert sysinfo.now_iso().endswith("+00:00")

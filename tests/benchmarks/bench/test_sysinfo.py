@@ -1,6 +1,8 @@
-"""The device header's labels: an emulated machine is never presented as a board."""
+"""benchmarks/bench/sysinfo.py: the device header's fields and labels; an emulated machine is never presented as a board."""
 
 from __future__ import annotations
+
+import json
 
 import benchmarks.bench.sysinfo as si
 
@@ -24,3 +26,12 @@ def test_real_hardware_is_not_labelled(monkeypatch):
     monkeypatch.delenv(si.EMULATION_ENV, raising=False)
     monkeypatch.setattr(si.platform, "machine", lambda: "x86_64")
     assert si.emulation() == "" and si.device_name() == si.cpu_model()
+
+
+def test_sysinfo_fields():
+    from benchmarks.bench import sysinfo
+
+    info = sysinfo.device_info()
+    assert info["cores"] >= 1 and isinstance(info["governor"], str) and info["cpu_model"]
+    assert json.dumps(info)  # JSON-serialisable for the header
+    assert sysinfo.now_iso().endswith("+00:00")

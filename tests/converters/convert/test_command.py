@@ -1,4 +1,4 @@
-"""`edgekit convert` end to end on a real (tiny) training run: build, validate, manifest, skip, resume."""
+"""`edgekit convert` end to end on a real (tiny) training run: build, validate, manifest, skip, resume, an ensemble."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from device_profiles import BuildTarget
 from edge.artifacts.manifest import Manifest
 from edge.core.atomic import atomic_write_json, sha256_file
 from edgekit.cli import main
+from tests.converters._ensembles import CUSTOM, PLAIN, WIDE, train_record
 
 # Two 1-block specs: a plain CNN and one with ViP + pSConv (the family's custom layers).
 TINY_FAMILY = """
@@ -325,3 +326,39 @@ def test_concurrent_convert_on_the_same_run_is_refused(converted, tmp_path):
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RuntimeError, match="another 'edgekit convert' is using"):
             convert.convert_run(run_dir, ["desktop-cpu"], out=io.StringIO(), progress=False)
+
+
+# --- an ensemble (the ensemble_run fixture of tests/converters/conftest.py) --------------------------
+
+
+def test_convert_builds_and_validates_every_desktop_target_of_an_ensemble(ensemble_run, tmp_path):
+    from edge.artifacts.manifest import Manifest
+    from edgekit.cli import main
+
+    _, _, src, first, _ = ensemble_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    # Convert the ensembles only (their model.keras is self-contained): drop the members' folders.
+    ens_ids = [r.model_id for r in first if r.model_id.startswith("ens")]
+    for m in (PLAIN, WIDE, CUSTOM):
+        shutil.rmtree(run_dir / "models" / m)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["convert", str(run_dir), "--profile", "desktop-cpu", "--no-progress"])
+    assert rc == 0, out.getvalue()[-3000:] + err.getvalue()[-3000:]
+    assert "WARN" not in out.getvalue()  # reloads and scores what training recorded
+    m = Manifest.load(run_dir / "manifest.json")
+    got = {(a.model_id, a.format, a.precision) for a in m.artifacts}
+    targets = ({("tflite", p) for p in ("fp32", "fp16", "dynamic", "int8")}
+               | {("onnx", p) for p in ("fp32", "fp16", "int8")})
+    assert got == {(e, f, p) for e in ens_ids for f, p in targets}
+    for a in m.artifacts:
+        rec = train_record(run_dir, a.model_id)
+        assert a.params == rec["params"] and a.macs == rec["macs"]
+        assert a.keras_accuracy == pytest.approx(rec["test_accuracy"], abs=1e-6)
+        assert a.status == "ok", (a.artifact_id, a.reason)
+        if a.precision in ("fp32", "fp16", "dynamic"):
+            assert a.agreement >= 0.98 and a.max_abs_diff < 0.01, a.artifact_id
+        else:
+            assert a.agreement >= 0.9, a.artifact_id
+        assert a.output.shape[-1] == 10

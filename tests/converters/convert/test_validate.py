@@ -11,7 +11,7 @@ from converters.convert import validate
 from converters.convert.exporters.onnx import export_onnx
 from converters.convert.exporters.tflite import export_tflite
 from edge.artifacts.manifest import ArtifactRecord, TensorSpec
-from tests.converters.convert.exporters import keras_logits, perturbed_copy
+from tests.converters._fixtures import keras_logits, perturbed_copy
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,13 @@
-"""Tests for converters/family/family.py: grid union without duplicates, limit/sample and random-mode expansion."""
+"""Tests for converters/family/family.py: grid union without duplicates, limit/sample, random mode, top-K ensembles."""
 
 from __future__ import annotations
 
 import pytest
 
+from converters.family.family import EnsembleDecl, EnsembleNotReady
 from converters.family.specs import FamilyError
 from converters.family.toml_file import load_family
+from tests.converters._ensembles import CUSTOM, PLAIN, WIDE
 from tests.converters.family.test_toml_file import write_family
 
 
@@ -71,3 +73,19 @@ def test_random_mode(tmp_path):
     assert s0 == load_family(write_family(tmp_path, body.format(seed=0), "b.toml")).expand()
     s1 = load_family(write_family(tmp_path, body.format(seed=1), "c.toml")).expand()
     assert s0 != s1
+
+
+# --- EnsembleDecl: top-K resolution --------------------------------------------------------------
+
+
+def test_top_k_picks_by_validation_accuracy():
+    acc = {PLAIN: 0.5, WIDE: 0.7, CUSTOM: 0.7}
+    top2 = EnsembleDecl(index=0, top=2)
+    assert top2.resolve(acc, [PLAIN, WIDE, CUSTOM]).members == tuple(sorted((WIDE, CUSTOM)))
+    assert top2.resolve(acc, [PLAIN, WIDE]).members == tuple(sorted((PLAIN, WIDE)))  # only the selected
+    among = EnsembleDecl(index=0, members=(PLAIN, CUSTOM, WIDE), top=2, name="b")
+    assert among.resolve(acc).members == tuple(sorted((WIDE, CUSTOM))) and among.resolve(acc).name == "b"
+    with pytest.raises(EnsembleNotReady, match=r"only 1 trained member\(s\) to choose 2 from"):
+        top2.resolve({PLAIN: 0.5}, [PLAIN, WIDE])
+    with pytest.raises(EnsembleNotReady, match=rf"not trained in this run yet: \['{CUSTOM}'\]"):
+        EnsembleDecl(index=0, members=(PLAIN, CUSTOM)).resolve({PLAIN: 0.5})

@@ -1,4 +1,5 @@
-"""Tests for converters/family/keras_build.py: Keras models from specs, MAC and parameter counts, safe-mode loading."""
+"""Tests for converters/family/keras_build.py: Keras models from specs, MAC and parameter counts, safe-mode loading,
+ensembles and their test-time views."""
 
 from __future__ import annotations
 
@@ -7,12 +8,22 @@ import dataclasses
 import numpy as np
 import pytest
 
-from converters.family.specs import FamilyError, ModelSpec
+from converters.family.specs import EnsembleSpec, FamilyError, ModelSpec
+from converters.family.toml_file import parse_family
+from tests.converters._ensembles import PLAIN, WIDE, family_data
 
 keras = pytest.importorskip("keras")
 
-from converters.family.keras_build import build_model, count_params_macs, custom_objects, load_keras_model  # noqa: E402
-from converters.family.layers import PSConv2D  # noqa: E402
+from converters.family.keras_build import (  # noqa: E402
+    build_ensemble,
+    build_model,
+    count_params_macs,
+    custom_objects,
+    load_keras_model,
+)
+from converters.family.layers import Flip, PSConv2D  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside keras.saving
 
 MODEL_SPECS = [
     ModelSpec(filters=(4,), pool="stride", head="flatten"),
@@ -129,3 +140,181 @@ def test_batch_norm_model_uses_moving_statistics_at_inference(tmp_path):
     model.save(tmp_path / "bn.keras")
     np.testing.assert_allclose(np.asarray(load_keras_model(tmp_path / "bn.keras")(x)), infer, rtol=1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(model(x, training=True)), infer, atol=1e-3)  # batch statistics differ
+
+
+# --- ensembles: the Keras model ---------------------------------------------------------------------
+
+
+def test_build_ensemble_averages_softmax_and_reloads_with_custom_layers(tmp_path):
+    import keras
+
+    from converters.family.keras_build import build_ensemble, build_model, count_params_macs, load_keras_model
+
+    keras.utils.set_random_seed(0)
+    fam = parse_family(family_data())
+    members = [build_model(s, name=n) for s, n in zip(fam.expand(), ("m0", "m1", "m2"))]
+    ens = build_ensemble(members, name="ens")
+    x = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1)).astype(np.float32)
+    want = np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(m(x))) for m in members], axis=0)
+    got = keras.ops.convert_to_numpy(ens(x))
+    assert got.shape == (6, 10) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    assert count_params_macs(ens) == tuple(np.sum([count_params_macs(m) for m in members], axis=0))
+    ens.save(tmp_path / "ens.keras")
+    back = load_keras_model(tmp_path / "ens.keras")  # safe mode; PSConv2D nested inside a member
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(back(x)), got, rtol=0, atol=1e-7)
+    with pytest.raises(FamilyError, match="at least 2 members"):
+        build_ensemble(members[:1])
+    with pytest.raises(FamilyError, match="distinct Keras model names"):
+        build_ensemble([members[0], members[0]])
+
+
+def _shift(x: np.ndarray, view: str) -> np.ndarray:
+    """The image moved one pixel (zero filled) or mirrored: what the ensemble's view shows its members."""
+    y = np.zeros_like(x)
+    if view == "left":
+        y[:, :, :-1] = x[:, :, 1:]
+    elif view == "right":
+        y[:, :, 1:] = x[:, :, :-1]
+    elif view == "up":
+        y[:, :-1] = x[:, 1:]
+    elif view == "down":
+        y[:, 1:] = x[:, :-1]
+    elif view == "flip":
+        y = x[:, :, ::-1]
+    else:
+        y = x
+    return y
+
+
+def test_views_average_every_member_on_every_shifted_image(tmp_path):
+    import keras
+
+    from converters.family.keras_build import build_ensemble, build_model, load_keras_model
+    from converters.family.specs import ENSEMBLE_VIEWS
+
+    keras.utils.set_random_seed(1)
+    fam = parse_family(family_data())
+    members = [build_model(s, name=n) for s, n in zip(fam.expand()[:2], ("m0", "m1"))]
+    ens = build_ensemble(members, name="ensv", views=ENSEMBLE_VIEWS)
+    x = np.random.default_rng(1).integers(0, 256, (4, 28, 28, 1)).astype(np.float32)
+    want = np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(m(_shift(x, v))))
+                    for v in ENSEMBLE_VIEWS for m in members], axis=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ens(x)), want, rtol=0, atol=1e-6)
+    ens.save(tmp_path / "v.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(load_keras_model(tmp_path / "v.keras")(x)), want, atol=1e-6)
+    a = EnsembleSpec((PLAIN, WIDE))
+    b = EnsembleSpec((PLAIN, WIDE), views=("id", "left"))
+    assert a.model_id != b.model_id and b.model_id.startswith("ens2x2-")
+    assert EnsembleSpec.from_dict(b.to_dict()) == b
+    with pytest.raises(FamilyError, match="unknown view 'rotate'"):
+        EnsembleSpec((PLAIN, WIDE), views=("id", "rotate"))
+
+
+# --- ensembles with the "flip" view and with batch-norm members ------------------------------------
+# Ensembles with the "flip" test-time view and with batch-norm members: the Keras model averages the
+# right probabilities, runs its members in inference mode, reloads in safe mode, and its ONNX export
+# computes the same function (it once ran nested batch norm on batch statistics).
+
+SHAPE = (12, 12, 1)
+PLAIN_SPEC = ModelSpec(filters=(4, 8), pool="max", head="flatten")
+# ViP + batch norm in a member seen twice (two views) is what Keras' ONNX export once traced with batch
+# statistics, before build_ensemble froze its members.
+BN = ModelSpec(filters=(4, 8), pool="max", vip="last", batch_norm=True, dense=8)
+BN_PS = ModelSpec(filters=(4, 8), pool="max", psconv=True, batch_norm=True, head="flatten")
+
+
+def _np(t) -> np.ndarray:
+    return keras.ops.convert_to_numpy(t)
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8)
+
+
+def _softmax(m, x: np.ndarray) -> np.ndarray:
+    return _np(keras.ops.softmax(m(x.astype(np.float32), training=False)))
+
+
+def _bn_member(spec: ModelSpec, name: str, seed: int):
+    """A member whose batch norms hold moving statistics far from any batch's (as after real training)."""
+    keras.utils.set_random_seed(seed)
+    m = build_model(spec, SHAPE, 5, name=name)
+    rng = np.random.default_rng(seed)
+    for layer in m.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.uniform(-0.5, 0.5, c).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.05, 0.3, c).astype(np.float32))
+            layer.gamma.assign(rng.uniform(0.5, 2.0, c).astype(np.float32))
+            layer.beta.assign(rng.uniform(-0.5, 0.5, c).astype(np.float32))
+    return m
+
+
+@pytest.fixture(scope="module")
+def bn_ensemble():
+    """(ensemble of two batch-norm members seen as ("id", "flip"), its members)."""
+    members = [_bn_member(BN, "bn0", 1), _bn_member(BN_PS, "bn1", 2)]
+    # The members' batch statistics really differ from their moving ones: a batch-mode member is off
+    # (checked before build_ensemble freezes them).
+    x = _images(8, seed=3).astype(np.float32)
+    for m in members:
+        assert not np.allclose(_np(m(x, training=True)), _np(m(x, training=False)), atol=1e-3)
+    return build_ensemble(members, name="ensbn", views=("id", "flip")), members
+
+
+def test_flip_view_averages_each_member_on_the_image_and_its_mirror(tmp_path):
+    keras.utils.set_random_seed(0)
+    members = [build_model(PLAIN_SPEC, SHAPE, 5, name="m0"), build_model(BN_PS, SHAPE, 5, name="m1")]
+    ens = build_ensemble(members, name="ensflip", views=("id", "flip"))
+    flips = [layer for layer in ens.layers if isinstance(layer, Flip)]
+    assert [layer.name for layer in flips] == ["view_flip_1"]
+    x = _images(4)
+    mirrored = x[:, :, ::-1]
+    assert not np.array_equal(mirrored, x)
+    want = np.mean([_softmax(m, v) for v in (x, mirrored) for m in members], axis=0)
+    got = _np(ens(x.astype(np.float32)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # Not the id view alone, nor an up-down mirror.
+    assert not np.allclose(got, np.mean([_softmax(m, x) for m in members], axis=0), atol=1e-4)
+    assert not np.allclose(got, np.mean([_softmax(m, v) for v in (x, x[:, ::-1]) for m in members], axis=0),
+                           atol=1e-4)
+    ens.save(tmp_path / "flip.keras")
+    back = load_keras_model(tmp_path / "flip.keras")  # safe mode: Flip is a registered layer, no Lambda
+    assert any(isinstance(layer, Flip) for layer in back.layers)
+    np.testing.assert_allclose(_np(back(x.astype(np.float32))), got, rtol=0, atol=1e-6)
+
+
+def test_batch_norm_members_run_in_inference_mode(bn_ensemble):
+    ens, members = bn_ensemble
+    x = _images(8, seed=3).astype(np.float32)
+    # Frozen by build_ensemble: even asked to train, the members use their moving statistics.
+    np.testing.assert_allclose(_np(ens(x, training=True)), _np(ens(x)), rtol=0, atol=1e-6)
+    want = np.mean([_softmax(m, v) for v in (x, x[:, :, ::-1]) for m in members], axis=0)
+    whole = _np(ens(x))
+    np.testing.assert_allclose(whole, want, rtol=0, atol=1e-6)
+    # One image alone gives what it gives inside the batch: no batch statistics anywhere.
+    for i in (0, 5):
+        np.testing.assert_allclose(_np(ens(x[i : i + 1])), whole[i : i + 1], rtol=0, atol=1e-6)
+    # Evaluating the compiled ensemble (what `edgekit train` records) is inference too.
+    ens.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False), metrics=["accuracy"])
+    labels = whole.argmax(axis=1)
+    assert ens.evaluate(x, labels, batch_size=3, verbose=0, return_dict=True)["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_batch_norm_ensemble_converts_with_keras_outputs(bn_ensemble, tmp_path, fmt):
+    pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")
+    from converters.convert.exporters import export_model
+    from converters.convert.validate import keras_outputs, run_artifact
+
+    ens, _ = bn_ensemble
+    res = export_model(ens, tmp_path / f"ensbn.{fmt}", fmt, "fp32")
+    x = _images(16, seed=4)
+    ref = keras_outputs(ens, x, batch_size=16)
+    assert ref.shape == (16, 5)
+    for batch in (16, 5, 1):  # whole, ragged batches and single images: all the same function
+        got = run_artifact(res.path, fmt, x, batch_size=batch)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)

@@ -1,4 +1,4 @@
-"""Tests for converters/family/specs.py: ModelSpec ids, validation, JSON round trip and shape checks."""
+"""Tests for converters/family/specs.py: ModelSpec and EnsembleSpec ids, validation, JSON round trip, shape checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import re
 
 import pytest
 
-from converters.family.specs import FamilyError, ModelSpec
+from converters.family.specs import EnsembleSpec, FamilyError, ModelSpec, load_spec
+from tests.converters._ensembles import CUSTOM, PLAIN, WIDE
+
+ENSEMBLE_ID_RE = re.compile(r"^ens\d+(x\d+)?-([A-Za-z0-9_-]+-)?[0-9a-f]{8}$")
 
 
 def test_model_id_is_readable_and_stable():
@@ -128,3 +131,35 @@ def test_flip_is_an_ensemble_view():
     assert EnsembleSpec.from_dict(json.loads(json.dumps(e.to_dict()))) == e
     with pytest.raises(FamilyError, match="mirror"):
         check_views(["id", "mirror"], "views")
+
+
+# --- EnsembleSpec: ids, spec.json ------------------------------------------------------------------
+
+
+def test_ensemble_id_is_stable_readable_and_order_free():
+    a = EnsembleSpec(members=(PLAIN, CUSTOM))
+    b = EnsembleSpec(members=[CUSTOM, PLAIN])
+    assert a == b and a.members == (PLAIN, CUSTOM) and a.model_id == b.model_id  # sorted
+    assert ENSEMBLE_ID_RE.match(a.model_id) and a.model_id.startswith("ens2-") and len(a.model_id) <= 100
+    named = EnsembleSpec(members=(PLAIN, CUSTOM), name="x" * 40)
+    assert named.model_id == f"ens2-{'x' * 40}-{a.model_id[-8:]}" and ENSEMBLE_ID_RE.match(named.model_id)
+    assert EnsembleSpec(members=(PLAIN, WIDE)).model_id != a.model_id
+    assert a.model_id == "ens2-" + __import__("hashlib").sha1(f"{PLAIN}\n{CUSTOM}".encode()).hexdigest()[:8]
+    for bad, msg in [((PLAIN,), "at least 2"), ((PLAIN, PLAIN), "listed twice"), ((PLAIN, a.model_id), "ensembles of")]:
+        with pytest.raises(FamilyError, match=msg):
+            EnsembleSpec(members=bad)
+
+
+def test_ensemble_spec_json_round_trip(tmp_path):
+    e = EnsembleSpec(members=(PLAIN, CUSTOM), name="pair")
+    d = json.loads(json.dumps(e.to_dict()))
+    assert d["kind"] == "ensemble" and d["members"] == [PLAIN, CUSTOM] and d["model_id"] == e.model_id
+    assert EnsembleSpec.from_dict(d) == e
+    (tmp_path / "e.json").write_text(json.dumps(d))
+    (tmp_path / "m.json").write_text(json.dumps(ModelSpec(filters=(4,)).to_dict()))
+    assert load_spec(tmp_path / "e.json") == e
+    assert load_spec(tmp_path / "m.json") == ModelSpec(filters=(4,))
+    with pytest.raises(FamilyError, match="this is an ensemble spec.*load_spec"):
+        ModelSpec.from_dict(d)
+    with pytest.raises(FamilyError, match="does not match the ensemble's members"):
+        EnsembleSpec.from_dict({**d, "members": [PLAIN, WIDE]})

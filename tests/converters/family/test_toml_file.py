@@ -7,9 +7,10 @@ import textwrap
 
 import pytest
 
-from converters.family.family import FamilySpec
+from converters.family.family import EnsembleDecl, FamilySpec
 from converters.family.specs import FamilyError
 from converters.family.toml_file import list_families, load_family, parse_family
+from tests.converters._ensembles import CUSTOM, FAMILY, PLAIN, WIDE, family_data
 
 ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -151,3 +152,48 @@ def test_batch_norm_and_recipe_axes(tmp_path):
     assert [(s.batch_norm, s.recipe) for s in specs] == [(False, "long"), (True, "long"), (True, "")]
     assert [s.model_id for s in specs] == ["c1-f4-k3-max-d0-vip0-ps0-long", "c1-f4-k3-max-d0-vip0-ps0-bn-long",
                                            "c1-f8-k3-max-d0-vip0-ps0-bn"]
+
+
+# --- [[ensemble]] in family files: syntax and errors ------------------------------------------
+
+
+def test_family_ensembles_parse():
+    fam = parse_family(family_data())
+    assert [s.model_id for s in fam.expand()] == [PLAIN, WIDE, CUSTOM]
+    explicit, top = fam.ensembles
+    assert explicit == EnsembleDecl(index=0, members=(CUSTOM, PLAIN), top=None, name="")
+    assert top == EnsembleDecl(index=1, members=(), top=2, name="best2", views=("id", "left"))
+    assert [(e.top, len(e.views)) for e in load_family("demo").ensembles] == [(3, 1), (2, 2), (3, 2)]
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[[ensemble]]\nmembers = ["c1-f4-k3-max-d0-vip0-ps0"]\n',  # a near miss (no -flatten)
+     r"ensemble\[2\]\.members: 'c1-f4-k3-max-d0-vip0-ps0' is not a model id of family 'tinyens'; did you mean "
+     r"\['c1-f4-k3-max-d0-vip0-ps0-flatten'.*list the family's ids with: python -m converters.family.listing"),
+    (f'[[ensemble]]\nmembers = ["{PLAIN}"]\n', r"ensemble\[2\]\.members: an ensemble needs at least 2 members"),
+    (f'[[ensemble]]\nmembers = ["{PLAIN}", "{WIDE}", "{PLAIN}"]\n', r"members: '.*' is listed twice"),
+    ('[[ensemble]]\nmembers = []\n', r"ensemble\[2\]\.members: empty"),
+    ("[[ensemble]]\nname = 'x'\n", r"ensemble\[2\]: give members = \[.*top = K"),
+    (f'[[ensemble]]\nmembers = ["{PLAIN}", "{WIDE}"]\nweights = [1, 2]\n',
+     r"ensemble\[2\]\.weights: unknown key; known ensemble keys: \['members', 'top', 'name', 'views'\]"),
+    (f'[[ensemble]]\nmembers = "{PLAIN}"\n', r"members: must be a list of model id strings"),
+    ("[[ensemble]]\ntop = 1\n", r"ensemble\[2\]\.top: must be an integer >= 2"),
+    ("[[ensemble]]\ntop = 4\n", r"top: 4 is more than the family's 3 specs"),
+    (f'[[ensemble]]\nmembers = ["{PLAIN}", "{WIDE}"]\ntop = 3\n', r"top: 3 is more than the 2 listed members"),
+    (f'[[ensemble]]\nmembers = ["{PLAIN}", "{CUSTOM}"]\n', r"ensemble\[2\]: same members as ensemble\[0\]"),
+    (f'[[ensemble]]\nmembers = ["{PLAIN}", "{WIDE}"]\nname = "a b"\n', r"ensemble\[2\]\.name: must be 1-40 letters"),
+])
+def test_bad_ensemble_declarations_say_what_to_do(body, message):
+    with pytest.raises(FamilyError, match=message):
+        parse_family(family_data(body))
+
+
+def test_ensemble_must_be_tables(tmp_path):
+    head = FAMILY.split("[[ensemble]]")[0]
+    with pytest.raises(FamilyError, match=r"ensemble: must be one or more \[\[ensemble\]\] tables"):
+        parse_family(family_data(head="ensemble = 3\n" + head))
+    p = tmp_path / "fam.toml"  # a file: the error names it, and the listing hint uses its path
+    p.write_text(head + '[[ensemble]]\nmembers = ["nope", "c1"]\n')
+    listing = rf"{re.escape(str(p))}: ensemble\[0\].*converters.family.listing {re.escape(str(p))}"
+    with pytest.raises(FamilyError, match=listing):
+        load_family(p)

@@ -2,7 +2,7 @@
 
 ``make_tiny_run`` (a run folder with a tiny Keras model converted to TFLite fp32/fp16/int8 and
 ONNX fp32, a manifest and a tiny IDX dataset) is shared with tests/edge/_bundles.py and
-tests/edge/test_runtime_only_venv.py.
+tests/test_runtime_extra.py.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from device_profiles import RuntimeSetting
 from edge.artifacts.tensors import dequantize_output, prepare_input
 from edge.backends import get_backend
 from edge.core.atomic import sha256_file
-from tests.converters.convert.exporters import keras_logits
+from tests.converters._fixtures import keras_logits
 
 SETTING = RuntimeSetting(name="test", backend="onnxruntime", threads=1)
 AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.95}

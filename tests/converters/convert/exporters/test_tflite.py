@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
-from converters.convert.exporters import (
-    ExportResult,
-    Precision,
-    available_formats,
-    export_model,
-    finish,
-    get_exporter,
-    precisions_for,
-)
+from converters.convert.exporters import ExportResult, precisions_for
 from converters.convert.exporters.tflite import export_tflite
 from device_profiles import RuntimeSetting
 from edge.artifacts.manifest import TensorSpec
 from edge.artifacts.tensors import dequantize_output, prepare_input
 from edge.backends import get_backend
 from edge.core.atomic import sha256_file
-from tests.converters.convert.exporters import keras_logits
+from tests.converters._fixtures import keras_logits
 
 SETTING = RuntimeSetting(name="test", backend="litert", threads=1)
 # Minimum top-1 agreement with Keras and maximum |logit difference| per precision.
@@ -111,25 +101,3 @@ def test_int8_needs_calibration_images(model, tmp_path):
     with pytest.raises(ValueError, match="must be uint8 pixels"):
         export_tflite(model, tmp_path / "m.tflite", "int8", calib_images=np.zeros((4, 28, 28, 1), np.float32))
     assert not (tmp_path / "m.tflite").exists()
-
-
-def test_registry_dispatches_and_names_what_exists(model, data, tmp_path):
-    assert available_formats() == ["onnx", "tflite"]
-    assert get_exporter("tflite") is export_tflite
-    with pytest.raises(ValueError, match=r"unknown format 'coreml'; available: \['onnx', 'tflite'\]"):
-        get_exporter("coreml")
-    with pytest.raises(ValueError, match=r"unknown format 'coreml'; available:"):
-        export_model(model, tmp_path / "m.x", "coreml", "fp32")
-    with pytest.raises(ValueError, match=r"unknown precision 'int4'; available: \['fp32', 'fp16', 'dynamic', 'int8'\]"):
-        export_model(model, tmp_path / "m.tflite", "tflite", "int4")
-    with pytest.raises(ValueError, match="unknown precision"):
-        Precision.from_string("bf16")
-    assert Precision.from_string("INT8") is Precision.INT8
-    r = export_model(model, tmp_path / "m.tflite", "tflite", "fp32")
-    assert r.format == "tflite" and r.path.is_file()
-
-
-def test_unloadable_bytes_are_never_written(tmp_path):
-    with pytest.raises(ValueError, match="LiteRT could not load"):
-        finish(tmp_path / "bad.tflite", b"not a flatbuffer at all", "tflite", "fp32", time.perf_counter())
-    assert list(tmp_path.iterdir()) == []

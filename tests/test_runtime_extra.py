@@ -23,7 +23,7 @@ import tomllib
 
 from tests.converters.pack.test_packer import make_tiny_run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BANNED = ("tensorflow", "keras", "tf_keras", "tensorflow_lite", "tf2onnx")
 # pip failures that mean "no network / no wheel here", as opposed to a broken requirement.
 UNREACHABLE = ("No matching distribution", "Could not find a version", "NewConnectionError",
