@@ -26,6 +26,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What `edgekit --help` tells a user (the module docstring above is for developers).
+DESCRIPTION = """\
+edgekit takes a family of image-classification CNNs from a workstation to edge
+boards: it trains many variants, quantizes and converts them for the board's
+runtimes (LiteRT, ONNX Runtime), measures every variant on the board itself,
+keeps those whose latency and accuracy rise together, and serves them with a
+deadline-aware daemon (Open Inference Protocol / KServe v2) that answers each
+request with the most accurate variant that still meets its deadline.
+
+the pipeline, in order:
+  workstation:  train -> convert -> bundle   (then copy the bundle to the board)
+  board:        verify -> bench -> select -> serve
+  to judge it:  evaluate (compare serving policies on one workload),
+                report (a latency report with plots),
+                loadgen (a deadline workload against a running daemon)
+  demo runs all of it end to end here; profiles lists the device profiles."""
+
+EPILOG = """\
+Run 'edgekit COMMAND --help' for a command's options. README.md walks through
+the pipeline step by step, serving (systemd, the v2 API, the embeddable
+runtime) and the supported boards."""
+
 _TRAIN_MODULES = {"tensorflow", "keras", "tf2onnx", "onnx", "onnxconverter_common", "onnxruntime_extensions", "sympy"}
 
 
@@ -41,7 +63,8 @@ def _available() -> dict[str, tuple[str, str]]:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgekit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="edgekit", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (mod, help_) in _available().items():
         p = sub.add_parser(name, help=help_, description=help_)
