@@ -119,10 +119,10 @@ def extract_to_cache(archive: Path, archive_sha: str, cache: Path) -> Path:
     """Extract into a temp folder beside ``cache`` and rename it into place (atomic for readers)."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.tmp-", dir=cache.parent))
+    old: Path | None = None
     try:
         _extract(archive, tmp)
         atomic_write_json(tmp / CACHE_MARKER, {"archive": str(archive), "archive_sha256": archive_sha})
-        old = None
         if cache.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{cache.name}.old-", dir=cache.parent))
             os.rename(cache, old / "x")
@@ -137,8 +137,24 @@ def extract_to_cache(archive: Path, archive_sha: str, cache: Path) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise
     return cache
+
+
+def discard_cache(cache: Path) -> None:
+    """Remove the extraction of an archive that was refused (a bad checksum, no manifest), so that
+    nothing of it stays on the board's disk; moved aside first, so no reader sees half of it."""
+    if not read_marker(cache):
+        return  # not an extraction this module made: not ours to delete
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=f".{cache.name}.refused-", dir=cache.parent))
+        os.rename(cache, aside / "x")
+    except OSError:
+        shutil.rmtree(cache, ignore_errors=True)
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def cache_dirs(archive: Path, archive_sha: str, cache_dir: str | os.PathLike | None) -> list[Path]:

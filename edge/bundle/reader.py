@@ -12,7 +12,15 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from edge.artifacts.manifest import ArtifactRecord, Manifest, ManifestError
-from edge.bundle.archive import CACHE_MARKER, ArchiveError, cache_dirs, extract_to_cache, read_marker, unsafe_reason
+from edge.bundle.archive import (
+    CACHE_MARKER,
+    ArchiveError,
+    cache_dirs,
+    discard_cache,
+    extract_to_cache,
+    read_marker,
+    unsafe_reason,
+)
 from edge.bundle.canary import CANARY_NAME, SCORES_PREFIX, Canary
 from edge.core.atomic import open_regular, read_json, sha256_fd, sha256_file
 from edge.core.errors import EdgekitError, UsageError
@@ -33,19 +41,20 @@ class BundleWarning(UserWarning):
     """Something in a bundle is unexpected but harmless (e.g. an unlisted extra file)."""
 
 
-def _inside(root: Path, rel: str, what: str) -> Path:
-    """``root/rel`` after refusing paths that lead (also through links) outside the bundle."""
+def _inside(root: Path, rel: str, what: str, source: Path) -> Path:
+    """``root/rel`` after refusing paths that lead (also through links) outside the bundle ``source``."""
     why = unsafe_reason(rel)
     if why:
         raise BundleError(
-            f"{what} '{rel}' is refused ({why}): it points outside the bundle; the bundle may have been tampered with"
+            f"bundle {source}: {what} '{rel}' is refused ({why}): it points outside the bundle; "
+            "the bundle may have been tampered with"
         )
     p = root / rel
     try:
         p.resolve().relative_to(root.resolve())
     except ValueError:
         raise BundleError(
-            f"{what} '{rel}' resolves outside the bundle ({p.resolve()}); "
+            f"bundle {source}: {what} '{rel}' resolves outside the bundle ({p.resolve()}); "
             "refusing it: the bundle may have been tampered with"
         ) from None
     return p
@@ -105,7 +114,7 @@ class Bundle:
             raise BundleError(f"bundle {self.source}: {exc}") from None
 
     def artifact_path(self, artifact_id: str) -> Path:
-        return _inside(self.root, self.artifact(artifact_id).path, f"artifact {artifact_id} path")
+        return _inside(self.root, self.artifact(artifact_id).path, f"artifact {artifact_id} path", self.source)
 
     def verified_artifact_path(self, artifact_id: str) -> Path:
         """The artifact's path after checking, now, its size and sha256 against the manifest.
@@ -119,7 +128,7 @@ class Bundle:
         return path
 
     def _npz(self, name: str) -> dict[str, np.ndarray]:
-        path = _inside(self.root, name, "file")
+        path = _inside(self.root, name, "file", self.source)
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
@@ -238,7 +247,7 @@ def verify_folder(root: Path, manifest: Manifest, source: Path | None = None) ->
     source = source or root
     listed = _listed_files(manifest, source)
     for rel, (sha, size) in sorted(listed.items()):
-        check_listed_file(_inside(root, rel, "listed file"), rel, sha, size, source)
+        check_listed_file(_inside(root, rel, "listed file", source), rel, sha, size, source)
     root_res = root.resolve()
     extras: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -324,29 +333,33 @@ def open_bundle(path: str | os.PathLike, verify: bool = True, cache_dir: str | o
     last_exc: OSError | None = None
     for cache in cache_dirs(src, sha, cache_dir):
         try:
-            if not (cache.is_dir() and read_marker(cache) == sha):
+            fresh = not (cache.is_dir() and read_marker(cache) == sha)
+            if fresh:
                 _extract(src, sha, cache)
-                fresh = True
-            else:
-                fresh = False
         except BundleError:
             raise
         except OSError as exc:  # read-only medium or no space: try the next place
             last_exc = exc
             continue
-        root = _find_root(cache)
-        manifest = _load_manifest(root, src)
-        bundle = Bundle(root, manifest, src, archive_sha256=sha)
-        if verify:
-            try:
-                bundle.verify()
-            except BundleError:
-                if fresh:
-                    raise
-                # The cached extraction was altered after it was made; the archive itself may be fine.
-                _extract(src, sha, cache)
-                root = _find_root(cache)
-                bundle = Bundle(root, _load_manifest(root, src), src, archive_sha256=sha)
-                bundle.verify()
-        return bundle
+        try:
+            return _open_extracted(cache, src, sha, verify)
+        except BundleError:
+            if fresh:  # the archive itself is refused: its extraction must not stay on the disk
+                discard_cache(cache)
+                raise
+        # The cached extraction was altered after it was made; the archive itself may be fine.
+        _extract(src, sha, cache)
+        try:
+            return _open_extracted(cache, src, sha, verify)
+        except BundleError:
+            discard_cache(cache)
+            raise
     raise BundleError(f"cannot extract {src}: no writable place beside it or in the temp folder ({last_exc})")
+
+
+def _open_extracted(cache: Path, src: Path, sha: str, verify: bool) -> Bundle:
+    root = _find_root(cache)
+    bundle = Bundle(root, _load_manifest(root, src), src, archive_sha256=sha)
+    if verify:
+        bundle.verify()
+    return bundle

@@ -7,6 +7,10 @@ its sha256 against the manifest and its canary, warms it; and answers each image
 most accurate variant predicted to fit the time left to its deadline, correcting the
 prediction online when the board runs slower than its table.  Threads that call
 ``classify`` at once share one earliest-deadline-first order.
+
+An event loop (``edgekit serve``'s data plane, ``edge.serve.dataplane``) shares the same order
+without blocking: ``submit``, ``take``, ``run``, ``release``; it asks the classifier, never its parts,
+how deep the queue is and what it serves.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 
 from edge.core.errors import UsageError
 from edge.runtime.scheduler import DONE, InferenceRequest, InferenceResult, Scheduler
-from edge.runtime.selector import MISS_POLICIES, Policy
+from edge.runtime.selector import MISS_POLICIES, Policy, Selector
 from edge.runtime.slowdown import FILTERS, make_filter
 from edge.runtime.variants import VariantInfo, VariantPool
 from edge.tables.table import QUANTILES
@@ -86,18 +90,18 @@ class AdaptiveClassifier:
         self.table = table
         self.table_path = str(table_path)
         self.workers = int(opts.workers or profile.workers)
-        self.host = VariantPool(bundle, profile, self.workers, warmup=opts.warmup, log=self.log)
-        self.filter = make_filter(opts.slowdown_filter)
+        self._pool = VariantPool(bundle, profile, self.workers, warmup=opts.warmup, log=self.log)
+        self._slowdown = make_filter(opts.slowdown_filter)
         self.policy = opts.policy
         self._selector_args = dict(policy=opts.policy, miss=opts.miss)
         self._check_static(table)
-        state = self.host.state_for(table, self._selector_args_for(table), self.filter, self.table_path, 0,
-                                    verify=not bundle_verified)
-        self.input_hwc = tuple(self.host.input_hwc or ())
-        self.classes = int(self.host.classes or 0)
+        state = self._pool.state_for(table, self._selector_args_for(table), self._slowdown, self.table_path, 0,
+                                     verify=not bundle_verified)
+        self.input_hwc = tuple(self._pool.input_hwc or ())
+        self.classes = int(self._pool.classes or 0)
         self.labels = tuple(bundle.class_names)
-        self.scheduler = Scheduler(state, queue_size=opts.queue_size, workers=self.workers,
-                                   inject_delay_ms=opts.inject_delay_ms)
+        self._scheduler = Scheduler(state, queue_size=opts.queue_size, workers=self.workers,
+                                    inject_delay_ms=opts.inject_delay_ms)
         self._reload_lock = threading.Lock()
         self.load_s = time.perf_counter() - t0
 
@@ -165,7 +169,7 @@ class AdaptiveClassifier:
             raise UsageError(f"deadline_ms must be a finite number > 0, got {deadline_ms}")
         req = InferenceRequest(self.check_image(image), float(deadline_ms),
                                time.perf_counter() if arrival is None else float(arrival))
-        s = self.scheduler
+        s = self._scheduler
         if s.acquire(req, timeout) == DONE:
             assert req.result is not None
             return req.result
@@ -180,6 +184,39 @@ class AdaptiveClassifier:
             s.release(req)
         return res
 
+    # ---------------------------------------------------------------- serving from an event loop
+
+    def submit(self, req: InferenceRequest) -> str:
+        """Admit ``req`` without blocking: ``QUEUED`` (even when a slot is free, so that a loop that
+        reads several requests in one pass ``take``s them in deadline order) or ``DONE`` (answered
+        at once: ``miss="reject"`` and nothing fits). Raises ``QueueFull`` and ``ShuttingDown`` as
+        ``classify`` does."""
+        return self._scheduler.submit(req, defer=True)
+
+    def take(self) -> InferenceRequest | None:
+        """The earliest-deadline waiting request, now holding a free slot; None if none waits or no slot is free."""
+        return self._scheduler.take()
+
+    def run(self, req: InferenceRequest) -> InferenceResult:
+        """Serve ``req`` on the slot it holds (select, infer, correct the slowdown); ``release`` it after."""
+        return self._scheduler.run(req)
+
+    def release(self, req: InferenceRequest) -> None:
+        """Give ``req``'s slot back; ``on_slot_free``'s callback hears of it when requests wait."""
+        self._scheduler.release(req)
+
+    def on_slot_free(self, callback: Callable[[], Any] | None) -> None:
+        """Call ``callback`` (in the releasing thread) when a slot frees while requests wait for one."""
+        self._scheduler.on_free = callback
+
+    def record_overhead(self, ms: float) -> None:
+        """The caller's serving time after the inference (encode, write): the selector leaves room for it."""
+        self._scheduler.record_overhead(ms)
+
+    def begin_drain(self) -> None:
+        """Refuse new requests (``ShuttingDown``) without waiting: queued and running ones still finish."""
+        self._scheduler.close(drain=True, timeout=0)
+
     # ---------------------------------------------------------------- reload
 
     def reload(self, table_path: str | None = None) -> ReloadResult:
@@ -192,21 +229,21 @@ class AdaptiveClassifier:
 
         with self._reload_lock:
             target = str(table_path or self.table_path)
-            sched = self.scheduler
+            sched = self._scheduler
             try:
                 table = SelectedTable.load(target, profile=self.profile.name)
                 self._check_static(table)
-                state = self.host.state_for(table, self._selector_args_for(table), self.filter, target,
-                                            sched.state.generation + 1)
+                state = self._pool.state_for(table, self._selector_args_for(table), self._slowdown, target,
+                                             sched.state.generation + 1)
             except Exception as exc:  # noqa: BLE001 - whatever the file holds, the old table keeps serving
                 if not isinstance(exc, (ValueError, OSError)):
                     self.log("reload: unexpected error (please report):\n" + traceback.format_exc())
-                self.host.retain(set(sched.state.selector.variants))
+                self._pool.retain(set(sched.state.selector.variants))
                 return ReloadResult(False, f"reload failed, still serving {self.table_path} "
                                            f"({len(sched.state.selector)} variants): {exc}",
                                     tuple(sched.state.selector.variants))
             sched.swap(state)
-            self.host.retain(set(state.selector.variants))
+            self._pool.retain(set(state.selector.variants))
             self.table = table
             self.table_path = target
             return ReloadResult(True, f"reloaded {target}: serving {len(state.selector)} variants "
@@ -215,19 +252,69 @@ class AdaptiveClassifier:
     # ---------------------------------------------------------------- descriptions
 
     @property
-    def selector(self):
-        return self.scheduler.state.selector
+    def _selector(self) -> Selector:
+        return self._scheduler.state.selector
 
     @property
     def generation(self) -> int:
-        return self.scheduler.state.generation
+        return self._scheduler.state.generation
+
+    @property
+    def profile_name(self) -> str:
+        return str(self.profile.name)
+
+    @property
+    def serving_variants(self) -> tuple[str, ...]:
+        """The variants served now, fastest first (those of the table that loaded and passed their checks)."""
+        return tuple(self._selector.variants)
+
+    @property
+    def table_variants(self) -> tuple[str, ...]:
+        """Every variant the current table names, served or not."""
+        return tuple(self.table.variants)
+
+    @property
+    def slowdown_factor(self) -> float:
+        """The online filter's estimate of observed/table latency (what a policy that corrects applies)."""
+        return float(self._slowdown.factor)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a slot now."""
+        return self._scheduler.depth
+
+    @property
+    def queue_size(self) -> int:
+        return self._scheduler.queue_size
+
+    @property
+    def busy_slots(self) -> int:
+        return self._scheduler.busy
+
+    @property
+    def overhead_ms(self) -> float:
+        """The measured serving time after inference that the selector leaves room for."""
+        return float(self._scheduler.overhead_ms)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits and nothing runs."""
+        return self._scheduler.depth == 0 and self._scheduler.busy == 0
+
+    def describe_selector(self) -> dict:
+        """The policy, miss policy, quantile, slowdown filter and each served variant's prediction."""
+        return self._selector.describe()
+
+    def variant_report(self) -> tuple[VariantInfo, ...]:
+        """What happened to each variant the runtime tried to load: ready or not, why, on which provider."""
+        return tuple(self._pool.info.values())
 
     def variants_status(self) -> list[dict]:
-        sel = self.selector
+        sel = self._selector
         serving = set(sel.variants)
         out = []
         for row in self.table.rows:
-            info = self.host.info.get(row.variant)
+            info = self._pool.info.get(row.variant)
             out.append({
                 "variant": row.variant,
                 "ready": row.variant in serving,
@@ -240,7 +327,7 @@ class AdaptiveClassifier:
 
     def close(self, drain: bool = True, timeout: float | None = None) -> int:
         """Stop accepting; with ``drain`` wait for running and queued calls to finish."""
-        return self.scheduler.close(drain=drain, timeout=timeout)
+        return self._scheduler.close(drain=drain, timeout=timeout)
 
     def __enter__(self) -> "AdaptiveClassifier":
         return self

@@ -1,1 +1,1 @@
-"""`edgekit serve`: the daemon's command, its app over the runtime, its metrics; the HTTP transport in `http/`."""
+"""`edgekit serve`: its config and command, the server, the app over the data plane, errors, metrics, log; `http/`."""

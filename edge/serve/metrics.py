@@ -57,7 +57,9 @@ class ServerMetrics:
     """Everything the daemon counts, in one place."""
 
     def __init__(self, queue_depth: Callable[[], float] | None = None, slowdown: Callable[[], float] | None = None,
-                 connections: Callable[[], float] | None = None):
+                 connections: Callable[[], float] | None = None, buffered_bytes: Callable[[], float] | None = None):
+        """The gauges read their value when scraped: the EDF queue's depth, the slowdown estimate, and the
+        transport's open connections and request bytes it holds in memory."""
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.misses = 0
         self.by_variant: dict[str, int] = {}
@@ -70,6 +72,7 @@ class ServerMetrics:
         self._queue_depth = queue_depth or (lambda: 0.0)
         self._slowdown = slowdown or (lambda: 1.0)
         self._connections = connections or (lambda: 0.0)
+        self._buffered_bytes = buffered_bytes or (lambda: 0.0)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -103,6 +106,13 @@ class ServerMetrics:
     def shed_connection(self, reason: str) -> None:
         self.shed[reason] = self.shed.get(reason, 0) + 1
 
+    def transport_event(self, kind: str, reason: str) -> None:
+        """What the listener reports: a connection shed (cap, deadline) or a request it refused itself."""
+        if kind == "shed":
+            self.shed_connection(reason)
+        elif kind == "refused":
+            self.count("invalid")
+
     def set_ready(self, table_variants: Iterable[str], serving: set[str]) -> None:
         self.ready = {v: (1.0 if v in serving else 0.0) for v in table_variants}
 
@@ -123,6 +133,9 @@ class ServerMetrics:
         yield GaugeMetricFamily("edgekit_slowdown_factor", "Online estimate of observed/table latency",
                                 value=self._slowdown())
         yield GaugeMetricFamily("edgekit_open_connections", "Client connections open now", value=self._connections())
+        yield GaugeMetricFamily("edgekit_buffered_request_bytes",
+                                "Request bytes held in memory across all connections now (capped by --max-buffered-mb)",
+                                value=self._buffered_bytes())
         c = CounterMetricFamily("edgekit_connections_shed",
                                 "Connections closed to stay under the cap or past a deadline", labels=["reason"])
         for r, n in self.shed.items():

@@ -1,1 +1,1 @@
-"""The daemon's HTTP/1.1 transport: one connection (framing, stamps), the listener (caps, deadlines, drain)."""
+"""The HTTP/1.1 transport: a connection (framing, stamps), the listener (caps, deadlines, drain), the byte budget."""

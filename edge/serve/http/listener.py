@@ -15,10 +15,19 @@ Bounds, whatever a client sends:
   body within ``body_timeout_s`` of its headers (a byte a second does not reset them);
   idle keep-alive connections close after ``idle_timeout_s``; a client that does not
   read its answer is dropped after ``write_timeout_s``;
+- bytes outside a request do not reset a deadline either: empty lines before a request line
+  start its header clock (a client sending a CRLF a second is answered 408 and closed);
+- the request bytes held by all connections together (heads, bodies being read, requests
+  waiting or being served) stay under ``max_buffered_bytes`` (``buffered_bytes`` says how
+  many now): a body that does not fit gets a 503 with ``Connection: close`` before any of it is
+  read, and a closed connection gives back everything it held at once;
 - headers are capped in count and size; the body is capped and its length checked when
   the headers end, before any of it is read, and so is the application's authorization;
-- framing is strict: Content-Length is digits only and given once, no chunked bodies,
-  Host is required on HTTP/1.1, and a malformed request gets a 400 with a status line.
+- framing is strict (``edge.serve.http.connection``), and a malformed request gets a 400
+  with a status line after the answers to the requests read before it.
+
+On SIGTERM (``begin_drain``) the listener stops accepting, reads what the kernel already holds
+for each connection, and closes at once every connection that holds no complete request.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import socket
 import time
 from typing import Any, Callable
 
+from edge.serve.http.budget import ByteBudget
 from edge.serve.http.connection import SO_TIMESTAMPNS, App, HttpConnection, TransportLimits
 
 FD_RESERVE = 64  # descriptors kept free for model files, table reloads and logs
@@ -47,6 +57,7 @@ class Listener:
         self.app = app
         self.loop = loop
         self.limits = limits
+        self.budget = ByteBudget(limits.max_buffered_bytes)
         self.conns: set[HttpConnection] = set()
         self.draining = False
         self.listener: socket.socket | None = None
@@ -81,8 +92,16 @@ class Listener:
     def open_connections(self) -> int:
         return len(self.conns)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Request bytes the connections hold now (at most ``limits.max_buffered_bytes`` plus bodiless heads)."""
+        return self.budget.used
+
     def on_refused(self, status: int) -> None:
         self.on_event("refused", str(status))
+
+    def on_shed(self, reason: str) -> None:
+        self.on_event("shed", reason)
 
     def _accept_one(self) -> bool:
         assert self.listener is not None
@@ -148,6 +167,7 @@ class Listener:
 
     def _sweep(self) -> None:
         self.realtime_offset_ns = _realtime_offset_ns()
+        self.budget.settle()
         now = time.perf_counter()
         for c in list(self.conns):
             exp = c.expired(now)
@@ -165,8 +185,11 @@ class Listener:
     # ------------------------------------------------------------ shutdown
 
     def begin_drain(self) -> None:
-        """Stop listening, but first take every connection the kernel already accepted, so each
-        gets an answer (a 503 if it asks for work) instead of a reset."""
+        """Stop listening, but first take every connection the kernel already accepted and read what
+        it already holds for each, so a request sent before the signal gets an answer (a 503 if it asks
+        for work) instead of a reset. Then close at once every connection that holds no complete
+        request (an idle one, or one partway through a request, which gets a 503); the others close
+        after their answers."""
         if self.draining:
             return
         self.draining = True
@@ -177,9 +200,12 @@ class Listener:
             self.loop.remove_reader(self.listener.fileno())
             self.listener.close()
             self.listener = None
+        for c in list(self.conns):
+            c.drain()
 
     def idle(self) -> bool:
-        return not any(c.busy or c.pipeline or c.out or c.req_start is not None for c in self.conns)
+        """No connection holds a request, or part of one, or an answer still being written."""
+        return not any(c.busy or c.pipeline or c.out or c.reading_request for c in self.conns)
 
     def close_all(self) -> None:
         if self._sweeper is not None:

@@ -79,6 +79,41 @@ def test_flipped_byte_in_archive_member_named(folder, tmp_path):
         open_bundle(arc)
 
 
+def _left_behind(where: Path, archive: Path) -> list[str]:
+    return sorted(p.name for p in where.iterdir() if p != archive)
+
+
+def test_a_refused_archive_leaves_no_extraction_behind(folder, tmp_path):
+    """A bad checksum or a missing manifest refuses the archive, and its extraction (the .d folder
+    beside it, or the one in the temp folder) is removed, not left on the board's disk."""
+    where = tmp_path / "archives"
+    where.mkdir()
+    flip(folder / "artifacts" / f"{ONNX_FP32}.onnx")
+    arc = tar_folder(folder, where / "bad.tar.gz")
+    with pytest.raises(BundleError, match="is corrupt"):
+        open_bundle(arc)
+    assert _left_behind(where, arc) == []
+    with pytest.raises(BundleError, match="is corrupt"):  # and again: no stale extraction is trusted
+        open_bundle(arc)
+    (folder / "manifest.json").unlink()
+    arc = tar_folder(folder, where / "nomanifest.tar.gz")
+    with pytest.raises(BundleError, match="has no manifest.json"):
+        open_bundle(arc)
+    assert _left_behind(where, arc) == ["bad.tar.gz"]
+    cache = tmp_path / "cache"
+    with pytest.raises(BundleError, match="has no manifest.json"):
+        open_bundle(arc, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_a_cached_extraction_damaged_beyond_use_is_extracted_again(folder, tmp_path):
+    arc = tar_folder(folder, tmp_path / "b.tar.gz")
+    b = open_bundle(arc)
+    (b.root / "manifest.json").unlink()  # after the extraction: the archive itself is fine
+    b = open_bundle(arc)
+    assert (b.root / "manifest.json").is_file() and len(b.artifacts) == 3
+
+
 def test_damaged_archive(folder, tmp_path):
     arc = tar_folder(folder, tmp_path / "b.tar.gz")
     data = arc.read_bytes()

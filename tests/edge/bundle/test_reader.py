@@ -97,6 +97,19 @@ def test_manifest_path_outside_refused(folder, bad):
         open_bundle(folder)
 
 
+def test_an_escaping_manifest_path_names_the_bundle(folder, tmp_path):
+    from tests.edge._bundles import tar_folder
+
+    rewrite_manifest(folder, lambda m: m["artifacts"][0].update(path="../outside.tflite"))
+    with pytest.raises(BundleError) as info:
+        open_bundle(folder)
+    assert f"bundle {folder}:" in str(info.value) and "'../outside.tflite'" in str(info.value)
+    arc = tar_folder(folder, tmp_path / "escape.tar.gz")
+    with pytest.raises(BundleError) as info:
+        open_bundle(arc)
+    assert f"bundle {arc}:" in str(info.value) and "points outside the bundle" in str(info.value)
+
+
 def test_run_manifest_is_not_a_bundle(folder):
     rewrite_manifest(folder, lambda m: m["extra"].pop("bundle_version"))
     with pytest.raises(BundleError, match="bundle_version None.*rebuild it with 'edgekit bundle'"):

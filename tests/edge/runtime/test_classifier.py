@@ -127,3 +127,52 @@ def test_options_are_checked():
         RuntimeOptions(miss="ignore")
     with pytest.raises(ValueError, match="queue size"):
         RuntimeOptions(queue_size=0)
+
+
+def test_what_it_serves_is_asked_of_it_not_of_its_parts(fx, clf):
+    assert clf.serving_variants == clf.table_variants == fx.variants
+    assert clf.profile_name == "edge-test" and clf.queue_size == 64
+    report = {v.variant: v for v in clf.variant_report()}
+    assert set(report) == set(fx.variants) and all(v.ready for v in report.values())
+    sel = clf.describe_selector()
+    assert (sel["policy"], sel["miss"]) == ("adaptive", "best-effort")
+    assert [v["variant"] for v in sel["variants"]] == list(fx.variants)
+    assert clf.slowdown_factor > 0 and clf.overhead_ms > 0
+    assert clf.queue_depth == 0 and clf.busy_slots == 0 and clf.idle
+
+
+def test_the_event_loop_side_queues_takes_in_deadline_order_and_drains(fx):
+    """submit never blocks and never runs: requests wait until take() hands out the earliest deadline."""
+    from edge.runtime.scheduler import DONE, QUEUED, InferenceRequest
+
+    img, _ = canary(fx)
+    c = AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile), workers=1)
+    try:
+        freed: list[int] = []
+        c.on_slot_free(lambda: freed.append(c.queue_depth))
+        reqs = {dl: InferenceRequest(img[None], dl) for dl in (30_000.0, 10_000.0, 20_000.0)}
+        assert [c.submit(r) for r in reqs.values()] == [QUEUED] * 3
+        assert c.queue_depth == 3 and c.busy_slots == 0 and not c.idle
+        order = []
+        while (r := c.take()) is not None:
+            assert c.take() is None  # one slot: the next waits until this one is released
+            res = c.run(r)
+            assert res.outcome == "ok" and res.variant == fx.variants[-1]
+            order.append(r.deadline_ms)
+            c.release(r)
+        assert order == [10_000.0, 20_000.0, 30_000.0]
+        assert freed == [2, 1]  # told of a free slot while requests waited, not after the last
+        assert c.idle
+        c.begin_drain()
+        with pytest.raises(ShuttingDown):
+            c.submit(InferenceRequest(img[None], 10_000.0))
+        with pytest.raises(ShuttingDown):
+            c.classify(img, 10_000)
+    finally:
+        c.close(drain=False)
+    r = AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile), workers=1, miss="reject")
+    try:
+        req = InferenceRequest(img[None], 1e-4)
+        assert r.submit(req) == DONE and req.result is not None and req.result.outcome == "rejected"
+    finally:
+        r.close(drain=False)

@@ -1,15 +1,19 @@
-"""The daemon's routes (edge/serve/app.py) over HTTP: start-up, metadata, inference, malformed requests, fuzzing."""
+"""The daemon's routes (edge/serve/app.py): the route table, then over HTTP: metadata, inference, malformed requests,
+fuzzing, the bearer token and a standard v2 client."""
 
 from __future__ import annotations
 
 import http.client
 import json
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.serve.app import RouteTable
+from edge.v2.errors import ProtocolError
 from tests.edge._daemon_http import (
     INFER,
     VALID,
@@ -22,15 +26,45 @@ from tests.edge._daemon_http import (
     infer_doc,
     jcall,
 )
+from tests.edge._fixtures import start_daemon
 
-# ----------------------------------------------------------------------------- startup and metadata
+# ----------------------------------------------------------------------------- the route table
 
 
-def test_startup_prints_memory_and_no_tensorflow(srv):
-    out = "".join(srv.stdout)
-    assert "resident memory with variants loaded:" in out and " MB" in out
-    assert "tensorflow in sys.modules: no" in out
-    assert f"listening on http://127.0.0.1:{srv.port}" in out
+def _table(calls: list):
+    def handler(tag):
+        return lambda conn, req, **params: calls.append((tag, params))
+    return RouteTable([("GET", "/v2/health/live", handler("live")), ("POST", "/admin/reload", handler("reload")),
+                       ("GET", "/v2/models/{name}", handler("meta")), ("POST", "/v2/models/{name}/infer",
+                                                                           handler("infer")),
+                       ("DELETE", "/v2/models/{name}", handler("unload"))])
+
+
+def test_the_route_table_matches_captures_and_refuses():
+    calls: list = []
+    t = _table(calls)
+    for method, path in (("GET", "/v2/health/live"), ("HEAD", "/v2/health/live"), ("GET", "/v2/models/m%2Fx"),
+                         ("POST", "/v2/models/edgekit/infer"), ("DELETE", "/v2/models/a")):
+        h, params = t.resolve(method, [unquote(x) for x in path.split("/") if x], path)
+        h(None, None, **params)
+    assert calls == [("live", {}), ("live", {}), ("meta", {"name": "m/x"}), ("infer", {"name": "edgekit"}),
+                     ("unload", {"name": "a"})]
+    with pytest.raises(ProtocolError) as e:
+        t.resolve("POST", ["v2", "health", "live"], "/v2/health/live")
+    assert (e.value.status, e.value.message, e.value.headers) == (405, "POST is not allowed here; use GET",
+                                                                   {"Allow": "GET"})
+    with pytest.raises(ProtocolError) as e:
+        t.resolve("PUT", ["v2", "models", "a"], "/v2/models/a")
+    assert e.value.status == 405 and e.value.headers == {"Allow": "GET, DELETE"}
+    with pytest.raises(ProtocolError) as e:
+        t.resolve("GET", ["v2", "models", "a", "b"], "/v2/models/a/b?x=1")
+    assert (e.value.status, e.value.message) == (404, "no such endpoint: GET /v2/models/a/b?x=1")
+    with pytest.raises(ProtocolError) as e:
+        t.resolve("HEAD", ["admin", "reload"], "/admin/reload")
+    assert e.value.status == 405  # HEAD answers only where GET does
+
+
+# ----------------------------------------------------------------------------- metadata
 
 
 def test_health_and_metadata(srv, fx):
@@ -52,6 +86,24 @@ def test_health_and_metadata(srv, fx):
     s, h, doc = jcall(srv, "GET", INFER)
     assert s == 405 and h["allow"] == "POST"
     assert jcall(srv, "GET", "/nope")[0] == 404
+
+
+def test_versioned_and_repository_routes(srv):
+    s, _, doc = jcall(srv, "POST", "/v2/models/edgekit/versions/1/infer", VALID)
+    assert s == 200 and doc["model_version"] == "1"
+    assert jcall(srv, "GET", "/v2/models/edgekit/versions/1")[2]["name"] == "edgekit"
+    s, _, doc = jcall(srv, "POST", "/v2/models/edgekit/versions/2/infer", VALID)
+    assert s == 404 and doc["error"] == "unknown version '2' of model 'edgekit'; available: ['1']"
+    s, _, doc = jcall(srv, "GET", "/v2/models/edgekit/versions/1/nope")
+    assert s == 404 and doc["error"].startswith("no such endpoint: GET")
+    s, _, doc = jcall(srv, "POST", "/v2/repository/index")
+    assert s == 200 and doc == [{"name": "edgekit", "version": "1", "state": "READY", "reason": ""}]
+    s, h, doc = jcall(srv, "GET", "/v2/repository/index")
+    assert s == 405 and h["allow"] == "POST" and doc["error"] == "GET is not allowed here; use POST"
+    s, _, doc = jcall(srv, "POST", "/v2/repository/models/other/load")
+    assert s == 404 and "unknown model 'other'" in doc["error"]
+    s, h, body = call(srv, "HEAD", "/metrics")
+    assert s == 200 and body == b"" and h["content-type"].startswith("text/plain")
 
 
 # ----------------------------------------------------------------------------- inference
@@ -237,6 +289,7 @@ def test_metrics(srv):
         assert name in text, name
     for line in text.splitlines():
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+    assert "edgekit_buffered_request_bytes " in text and "edgekit_open_connections " in text
 
 
 # ----------------------------------------------------------------------------- fuzzing
@@ -291,3 +344,41 @@ def test_fuzz_no_5xx(srv, case):
 def test_still_alive_after_fuzzing(srv):
     assert srv.proc.poll() is None
     assert jcall(srv, "POST", INFER, VALID)[0] == 200
+
+
+# ----------------------------------------------------------------------------- auth, and a standard client
+
+
+def test_bearer_token(fx):
+    with start_daemon("--token", "s3cret") as d:
+        assert jcall(d, "GET", "/v2/health/live")[0] == 200
+        assert jcall(d, "GET", "/v2/health/ready")[0] == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            s, h, doc = jcall(d, "POST", INFER, VALID, headers)
+            assert s == 401 and "bearer token" in doc["error"] and h["www-authenticate"].startswith("Bearer")
+            assert jcall(d, "GET", "/metrics", headers=headers)[0] == 401
+            assert jcall(d, "GET", "/v2/models/edgekit", headers=headers)[0] == 401
+            assert jcall(d, "POST", "/admin/reload", headers=headers)[0] == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert jcall(d, "POST", INFER, VALID, ok)[0] == 200
+        assert call(d, "GET", "/metrics", headers=ok)[0] == 200
+
+
+def test_the_standard_triton_v2_client_works(srv, fx):
+    """NVIDIA's tritonclient (what most v2 users have) against the daemon: health, metadata, and
+    inference with binary and JSON tensors, the deadline as a request parameter."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    c = httpclient.InferenceServerClient(url=f"{srv.host}:{srv.port}")
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("edgekit")
+    assert c.get_model_metadata("edgekit")["inputs"][0]["shape"] == [-1, H, W, C]
+    want, img = host_scores(fx, fx.variants[-1], 0)
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", [1, H, W, C], "UINT8")
+        inp.set_data_from_numpy(img[None].astype(np.uint8), binary_data=binary)
+        outs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("class", "logits")]
+        r = c.infer("edgekit", [inp], outputs=outs, parameters={"deadline_ms": 10_000.0})
+        assert r.get_response()["parameters"]["variant"] == fx.variants[-1]
+        np.testing.assert_allclose(r.as_numpy("logits")[0], want, atol=1e-3)
+        assert int(r.as_numpy("class")[0]) == int(np.argmax(want))
+    c.close()
+

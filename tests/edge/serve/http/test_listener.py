@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.edge._fixtures import edge_fixture, start_daemon
+from tests.edge.serve.http._transport import read_answers
 
 H, W, C = 28, 28, 1
 INFER = "/v2/models/edgekit/infer"
@@ -275,5 +276,114 @@ def test_sigterm_ends_the_process_within_the_drain_timeout(fx):
         d.proc.wait(10)
         assert time.monotonic() - t < 3.0
         s.close()
+    finally:
+        d.stop()
+
+
+# ----------------------------------------------------------------------------- framing gaps (issue 20)
+
+
+def test_a_valid_request_then_garbage_in_one_read_gets_its_200_then_a_400(srv):
+    s = socket.create_connection((srv.host, srv.port), timeout=5)
+    try:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n\x16\x03\x01 not http at all")
+        (st1, _, b1), (st2, h2, b2) = read_answers(s, 2)
+        assert st1 == 200 and json.loads(b1) == {"live": True}
+        assert st2 == 400 and h2["connection"] == "close" and "malformed request line" in json.loads(b2)["error"]
+    finally:
+        s.close()
+
+
+def test_a_content_length_shorter_than_the_body_is_named_not_a_405(srv):
+    body = b'{"inputs": []}'
+    s = socket.create_connection((srv.host, srv.port), timeout=5)
+    try:
+        s.sendall(b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+                  b"Content-Length: 4\r\n\r\n" + body)
+        answers = read_answers(s, 2)
+        assert len(answers) == 2 and answers[0][0] == 200  # the first request, with its 4-byte body, is served
+        st, _, b = answers[1]
+        assert st == 400 and "Content-Length shorter than its body" in json.loads(b)["error"]
+    finally:
+        s.close()
+
+
+def test_upgrade_h2c_is_ignored(srv):
+    s = socket.create_connection((srv.host, srv.port), timeout=5)
+    try:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                  b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        [(st, h, b)] = read_answers(s, 1)
+        assert st == 200 and json.loads(b) == {"live": True} and "upgrade" not in h
+    finally:
+        s.close()
+
+
+def test_expect_100_continue_is_answered_before_the_body(srv):
+    body = valid_body()
+    s = socket.create_connection((srv.host, srv.port), timeout=5)
+    try:
+        s.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+                  b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        [(st, _, b)] = read_answers(s, 1)
+        assert st == 200, b
+        # Refused by its headers (no token): the final status at once, never a 100.
+        s2 = socket.create_connection((srv.host, srv.port), timeout=5)
+        s2.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body))
+        assert s2.recv(65536).startswith(b"HTTP/1.1 401 ")
+        s2.close()
+    finally:
+        s.close()
+
+
+def test_two_hosts_and_a_double_space_are_refused(srv):
+    resp = raw(srv, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert status_of(resp) == 400 and b"more than one Host" in resp
+    resp = raw(srv, b"GET  /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_of(resp) == 400 and b"single spaces" in resp
+
+
+def test_a_crlf_a_second_does_not_keep_a_connection_open(srv):
+    """Empty lines count toward the header deadline (1 s here); they used to count as activity."""
+    s = socket.create_connection((srv.host, srv.port), timeout=5)
+    got = b""
+    start = time.monotonic()
+    try:
+        s.settimeout(0.3)
+        while time.monotonic() - start < 10:
+            try:
+                s.sendall(b"\r\n")
+                chunk = s.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        s.close()
+    assert status_of(got) == 408
+
+
+def test_sigterm_closes_at_once_the_connections_without_a_complete_request(fx):
+    """An idle client and one holding half its headers do not hold the exit up to the header deadline
+    (30 s here): the daemon closes them when the drain begins (the half-sent request gets a 503)."""
+    d = start_daemon("--header-timeout", "30", "--drain-timeout", "20")
+    try:
+        idle = socket.create_connection((d.host, d.port), timeout=10)
+        half = socket.create_connection((d.host, d.port), timeout=10)
+        half.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\n")
+        assert healthy(d, token=None)
+        t = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+        assert time.monotonic() - t < 10
+        assert status_of(half.recv(65536)) == 503
+        idle.close()
+        half.close()
     finally:
         d.stop()
