@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,29 +111,35 @@ class EvalBundle:
     variants: tuple[str, ...]  # in latency order
 
 
-def make_eval_bundle(root: str | Path, n_eval: int = 120, runs: int = 60) -> EvalBundle:
+def make_eval_bundle(root: str | Path, n_eval: int = 120, runs: int = 60, attempts: int = 3) -> EvalBundle:
     """Write ROOT/bundle (CONTRACTS layout) and ROOT/selected.json (kind 'selected')."""
     from device_profiles import load_profile
     from edge.tables.table import DeviceHeader, SelectedTable, SelectionParams
 
     root = Path(root)
     xtr, ytr, xte, yte = data()
-    writer = BundleWriter(root / "bundle", xte[:n_eval], yte[:n_eval], PROFILE)
     setting = next(s for s in load_profile(PROFILE).settings if s.name == SETTING)
-    rows = []
-    for seed, (mid, head, layers) in enumerate(VARIANTS):
-        w, b = _head(head, xtr, ytr)
-        added = writer.add(mid, "onnx", "fp32", _onnx_model(w, b, layers, seed), setting, timing_runs=runs)
-        rec = added.record
-        rows.append(latency_row(rec, setting, "CPUExecutionProvider", added.timings_ms, rec.host_accuracy, n_eval))
-    manifest = writer.finish()
+    for attempt in range(attempts):
+        # A busy machine can preempt the timing of a fast variant into the p95 of a slower one:
+        # time the bundle again rather than hand the tests a table that is not monotonic.
+        shutil.rmtree(root / "bundle", ignore_errors=True)
+        writer = BundleWriter(root / "bundle", xte[:n_eval], yte[:n_eval], PROFILE)
+        rows = []
+        for seed, (mid, head, layers) in enumerate(VARIANTS):
+            w, b = _head(head, xtr, ytr)
+            added = writer.add(mid, "onnx", "fp32", _onnx_model(w, b, layers, seed), setting, timing_runs=runs)
+            rec = added.record
+            rows.append(latency_row(rec, setting, "CPUExecutionProvider", added.timings_ms, rec.host_accuracy, n_eval))
+        manifest = writer.finish()
 
-    # The selected table needs latency and accuracy strictly rising together; the layers make
-    # latency rise, and the heads are ordered by accuracy, but keep the check explicit.
-    rows.sort(key=lambda r: r.p95_ms)
-    for prev, cur in zip(rows, rows[1:]):
-        if not (cur.accuracy > prev.accuracy and cur.p95_ms > prev.p95_ms):
-            raise AssertionError(f"fixture variants are not monotonic: {[(r.variant, r.accuracy, r.p95_ms) for r in rows]}")
+        # The selected table needs latency and accuracy strictly rising together; the layers make
+        # latency rise, and the heads are ordered by accuracy, but keep the check explicit.
+        rows.sort(key=lambda r: r.p95_ms)
+        if all(cur.accuracy > prev.accuracy and cur.p95_ms > prev.p95_ms for prev, cur in zip(rows, rows[1:])):
+            break
+    else:
+        raise AssertionError(f"fixture variants are not monotonic after {attempts} timings: "
+                             f"{[(r.variant, r.accuracy, r.p95_ms) for r in rows]}")
     header = DeviceHeader(profile=PROFILE, cpu_model="test", cores=2, date=manifest.extra["created"],
                           bundle=str(writer.root))
     sel = SelectedTable(header=header, rows=tuple(rows),
