@@ -26,7 +26,8 @@ class Stage:
 
 # The demo's contention, for the middle half of the requests: a periodic real-time task on the
 # daemon's core (busy 50 us of every 100 us), the one kind that slows the served models here (the
-# CPU quota's 1 ms grain and a plain busy process leave sub-millisecond inferences alone; see README).
+# CPU quota's 1 ms grain and a plain busy process leave sub-millisecond inferences alone; see
+# docs/policy-comparison.md).
 # Real-time scheduling needs root; without it the demo falls back to a busy process per core.
 CONTENTION = "rt:half" if not hasattr(os, "geteuid") or os.geteuid() == 0 else "cpu:half"
 CONTENTION_WHAT = {"rt:half": "a periodic real-time task on the daemon's core (busy 50 us of every 100 us)",

@@ -11,7 +11,7 @@ Two kinds of caller share this:
 
 - in-process threads (``edge.runtime.classifier.AdaptiveClassifier.classify``): ``acquire`` blocks
   until the request holds a slot; ``release`` hands the slot to the next waiter directly;
-- the daemon's event loop (``edge.serve.app``): ``submit`` never blocks, ``take`` pops the
+- the daemon's event loop (``edge.serve.dataplane``, through the classifier): ``submit`` never blocks, ``take`` pops the
   earliest deadline when a slot is free, and ``on_free`` tells the loop a slot freed so
   that it reads what arrived meanwhile before it picks the next request.
 
