@@ -1,5 +1,7 @@
-"""Device profiles: the built-in TOML files beside this file, their loader (`profiles`), `edgekit profiles` (`cli`)."""
+"""Device profiles: the built-in TOML files beside this file, their loader (`profiles`), whether one describes
+this machine (`host`), `edgekit profiles` (`cli`)."""
 
+from device_profiles.host import Host, host_label, host_mismatch, mismatch_label
 from device_profiles.profiles import (
     BuildTarget,
     DeviceProfile,
@@ -15,11 +17,15 @@ from device_profiles.profiles import (
 __all__ = [
     "BuildTarget",
     "DeviceProfile",
+    "Host",
     "ProfileError",
     "RuntimeSetting",
     "builtin_names",
+    "host_label",
+    "host_mismatch",
     "host_profile_name",
     "list_profiles",
     "load_profile",
+    "mismatch_label",
     "parse_profile",
 ]

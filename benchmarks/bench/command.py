@@ -12,7 +12,14 @@ For each artifact x runtime setting (one table row, keyed "<artifact_id>@<settin
   garbage collector paused);
 * peak resident memory the artifact added over load + first inference + runs (see
   :class:`edge.core.memory.PeakRss` for how it is measured; one row is ``benchmarks.bench.measure``);
-* top-1 accuracy on the bundle's evaluation set with this runtime on this device.
+* the median of ``--rest-runs`` single runs, each after 10 ms idle (``rest_p50_ms``: what a request
+  that finds the runtime at rest pays; see ``benchmarks.bench.measure``);
+* top-1 accuracy on the selection half of the bundle's evaluation set with this runtime on this device
+  (the serve half stays unseen; ``edge.bundle.reader.EVAL_PARTS``).
+
+A profile that does not describe this host (another architecture, more threads than cores, a
+missing accelerator: ``device_profiles.host_mismatch``) is said in one line at the start and
+recorded in the header (``host_mismatch``), so that the table and its report never pass for the board's.
 
 After every row the table is written atomically (JSON + CSV) together with a
 ``TABLE.samples.npz`` sidecar of the raw per-run times, so ``--resume`` continues an
@@ -38,12 +45,14 @@ from benchmarks.bench.measure import (
     DEFAULT_INPUTS,
     DEFAULT_MIN_RUNS,
     DEFAULT_MIN_SECONDS,
+    DEFAULT_REST_RUNS,
     DEFAULT_WARMUP,
     BenchOptions,
     measure,
 )
 from benchmarks.bench.samples import MAX_STORED_SAMPLES, load_samples, samples_path, save_samples, thin_samples
-from device_profiles import DeviceProfile, RuntimeSetting, host_profile_name, load_profile
+from device_profiles import DeviceProfile, Host, RuntimeSetting, host_mismatch, host_profile_name, load_profile
+from device_profiles.host import mismatch_label
 from edge.artifacts.manifest import ArtifactRecord, variant_id
 from edge.artifacts.tensors import prepare_input
 from edge.backends import get_backend
@@ -97,6 +106,11 @@ def _setting_dict(s: RuntimeSetting) -> dict[str, Any]:
     return d
 
 
+def host_facts() -> Host:
+    """This machine as ``device_profiles.host_mismatch`` sees it (the emulation label included)."""
+    return Host.detect()
+
+
 def make_header(
     profile: DeviceProfile, bundle_label: str, bundle_sha: str, opts: BenchOptions, rss_method: str, out: Path
 ) -> DeviceHeader:
@@ -123,6 +137,7 @@ def make_header(
             "samples_stored_max": MAX_STORED_SAMPLES,
             "device": info["extra"],
         },
+        host_mismatch="; ".join(host_mismatch(profile, host_facts())),
     )
 
 
@@ -212,6 +227,9 @@ def bench_bundle(
     say = log or (lambda msg: print(msg, file=sys.stderr))
     if bundle.profile and bundle.profile != prof.name:
         say(f"note: bundle was made for profile '{bundle.profile}', benchmarking with '{prof.name}'")
+    mismatch = mismatch_label(prof.name, host_mismatch(prof, host_facts()))
+    if mismatch:
+        say(f"note: {mismatch}")
 
     plan = plan_rows(bundle.artifacts, prof, only)
     if not plan:
@@ -251,6 +269,8 @@ def bench_bundle(
     labels = np.asarray(labels).astype(np.int64)
     if len(images) == 0:
         raise UsageError(f"bundle {bundle_path} has an empty evaluation set; rebuild it with 'edgekit bundle'")
+    say(f"accuracy: on the bundle's selection half ({len(images):,} images; the serve half stays unseen), "
+        "so it differs a little from the accuracy 'edgekit convert' printed on the whole test set")
 
     skipped = dict(table.header.settings.get("skipped", {}) or {})
     # A bar on an interactive stderr; logs and pipes get one line per row with an ETA instead.
@@ -279,7 +299,8 @@ def bench_bundle(
                 result.measured.append(variant)
                 write(
                     f"{tag}{variant}: p50 {row.p50_ms:.4g} ms  p99 {row.p99_ms:.4g} ms  n={row.samples}  "
-                    f"acc {row.accuracy:.4f}  load {row.load_ms:.1f} ms  +{row.peak_rss_mb:.1f} MB  [{row.provider}]"
+                    + (f"at rest {row.rest_p50_ms:.4g} ms  " if row.rest_p50_ms else "")
+                    + f"acc {row.accuracy:.4f}  load {row.load_ms:.1f} ms  +{row.peak_rss_mb:.1f} MB  [{row.provider}]"
                 )
             header = dataclasses.replace(table.header, settings={**table.header.settings, "skipped": dict(skipped)})
             table = dataclasses.replace(table, header=header)
@@ -298,6 +319,12 @@ def bench_bundle(
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def _beside(table: Path, what: str) -> Path:
+    """rpi4-table.json -> rpi4-selected.json (what='selected.json'), table.json -> table-selected.json."""
+    stem = table.stem[: -len("-table")] if table.stem.endswith("-table") else table.stem
+    return table.with_name(f"{stem}-{what}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -319,6 +346,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use only the first N evaluation images (accuracy and inputs)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help="batch size for the accuracy pass (default %(default)s)")
+    p.add_argument("--rest-runs", type=int, default=DEFAULT_REST_RUNS,
+                   help="single runs after 10 ms idle each, for the latency at rest that serving predicts an "
+                        "idle runtime with (default %(default)s; 0: not measured)")
     p.add_argument("--only", action="append", default=[], metavar="PATTERN",
                    help="benchmark only artifacts/variants matching PATTERN (glob, or substring); "
                         "repeatable, comma-separated")
@@ -339,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
         inputs=args.inputs,
         eval_limit=args.eval_limit,
         batch_size=args.batch_size,
+        rest_runs=args.rest_runs,
     )
     try:
         res = bench_bundle(
@@ -362,4 +393,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for v, why in res.skipped.items():
         print(f"  skipped {v}: {why}", file=sys.stderr)
+    if res.table.header.host_mismatch:
+        print(f"note: {mismatch_label(res.table.header.profile, res.table.header.host_mismatch)}")
+    name = args.profile or res.table.header.profile
+    prof = f" --profile {name}" if name else ""
+    print(f"next: edgekit select {res.path}{prof} --out {_beside(res.path, 'selected.json')}  "
+          f"(and 'edgekit report {res.path} --out {_beside(res.path, 'report')}' for a report with plots)")
     return 1 if res.skipped else 0

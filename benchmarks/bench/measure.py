@@ -4,6 +4,13 @@ A row's samples are ``time.perf_counter_ns()`` around the runtime's invoke call 
 input is set outside the timed region, the garbage collector paused); load time, the first
 inference and the peak resident memory the artifact added (``edge.core.memory.PeakRss``) are
 measured apart. ``benchmarks.bench.command`` runs this for every row of a bundle.
+
+The timed loop invokes back to back: caches hot, the runtime's worker threads still spinning. A
+request that finds the runtime idle pays more (the caches were evicted meanwhile, the worker threads
+went to sleep and must be woken): on this project's 2-core VM 2x to 4x for a 0.03 to 0.1 ms model
+after 10 ms of rest, and over 10x for a microsecond one. So a row also records its median *at rest*
+(``rest_p50_ms``: ``--rest-runs`` single runs, each after ``REST_GAP_MS`` idle), which the runtime
+predicts with and compares to when a request finds its slot idle that long.
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ from edge.artifacts.tensors import prepare_input, scores
 from edge.backends import LoadedModel, get_backend
 from edge.core.errors import UsageError
 from edge.core.memory import PeakRss
-from edge.tables.table import LatencyRow, encode_correct
+from edge.tables.table import REST_GAP_MS, LatencyRow, encode_correct
 
 DEFAULT_MIN_RUNS = 100
 DEFAULT_MIN_SECONDS = 2.0
 DEFAULT_WARMUP = 10
 DEFAULT_INPUTS = 64
 DEFAULT_BATCH = 256
+DEFAULT_REST_RUNS = 20  # single runs after REST_GAP_MS idle each: 0.2 s a row
 
 
 def timed_loop(
@@ -79,6 +87,30 @@ def timed_loop(
     return np.asarray(samples, dtype=np.int64)
 
 
+def rest_loop(model: LoadedModel, inputs: Sequence[np.ndarray], runs: int, gap_ms: float = REST_GAP_MS,
+              start: int = 0) -> np.ndarray:
+    """``runs`` invoke times (ns), each after ``gap_ms`` of idle sleep, as a request that finds the runtime at rest.
+
+    The input is set after the rest and outside the timed region, as the runtime sets it when a
+    request arrives; the garbage collector is paused."""
+    if not inputs:
+        raise UsageError("rest_loop needs at least one prepared input")
+    pc = time.perf_counter_ns
+    out = np.empty(runs, dtype=np.int64)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(runs):
+            time.sleep(gap_ms / 1000.0)
+            model.set_input(inputs[(start + i) % len(inputs)])  # type: ignore[attr-defined]
+            t0 = pc()
+            model.invoke_prepared()
+            out[i] = pc() - t0
+    finally:
+        if gc_was:
+            gc.enable()
+    return out
+
 
 def accuracy_of(
     load: Callable[[], LoadedModel],
@@ -120,6 +152,7 @@ class BenchOptions:
     inputs: int = DEFAULT_INPUTS
     eval_limit: int | None = None
     batch_size: int = DEFAULT_BATCH
+    rest_runs: int = DEFAULT_REST_RUNS
 
     def validate(self) -> None:
         if self.min_runs < 1:
@@ -136,6 +169,8 @@ class BenchOptions:
             raise UsageError(f"--eval-limit must be >= 1, got {self.eval_limit}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.rest_runs < 0:
+            raise UsageError(f"--rest-runs must be >= 0 (0 = do not measure at rest), got {self.rest_runs}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -192,6 +227,7 @@ def measure(
             model.invoke_prepared()
         rss.checkpoint()
         samples_ns = timed_loop(model, inputs, opts.min_runs, opts.min_seconds, opts.max_seconds, start=opts.warmup + 1)
+        rest_ns = rest_loop(model, inputs, opts.rest_runs) if opts.rest_runs else np.zeros(0, np.int64)
         peak_mb = rss.added_mb()
         provider = model.provider
         acc, n_eval, correct = accuracy_of(load, model, x_eval, labels, rec, opts.batch_size)
@@ -220,6 +256,7 @@ def measure(
         size_bytes=int(rec.size_bytes or path.stat().st_size),
         params=int(rec.params),
         macs=int(rec.macs),
+        rest_p50_ms=float(np.median(rest_ns)) / 1e6 if len(rest_ns) else 0.0,
         correct=correct,
     )
     return row, samples_ns.astype(np.float64) / 1e6

@@ -1,4 +1,9 @@
-"""`edgekit report`: latency tables -> a Markdown and HTML report with accuracy/latency and CDF plots (matplotlib)."""
+"""`edgekit report`: latency tables -> a Markdown and HTML report with accuracy/latency and CDF plots (matplotlib).
+
+A table measured on a host that its profile does not describe (the header's ``host_mismatch``, or for
+an older table the header's architecture and cores against the profile) is said so in the title, the
+text and the Devices table: "measured on HOST with the settings of PROFILE", never "on the device".
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ import numpy as np
 
 from benchmarks.bench.samples import load_samples
 from benchmarks.bench.stats import cdf_from_percentiles, empirical_cdf
+from device_profiles.host import mismatch_label
 from edge.core.atomic import atomic_write_bytes, atomic_write_text, read_json
 from edge.core.errors import UsageError
+from edge.core.units import kb
 from edge.tables.selection import pareto_front
 from edge.tables.table import QUANTILES, LatencyRow, LatencyTable, TableError
 
@@ -37,8 +44,48 @@ class Device:
     samples: dict[str, np.ndarray] = field(default_factory=dict)
     front: list[LatencyRow] = field(default_factory=list)
 
+    @property
+    def host(self) -> str:
+        """The machine that measured it, as the header names it: 'AMD EPYC (x86_64, 2 cores)'."""
+        h = self.table.header
+        return f"{h.cpu_model or 'an unnamed CPU'} ({h.machine or '?'}, {h.cores} cores)"
+
+    @property
+    def mismatch(self) -> str:
+        """How the measuring host is not what the profile describes; '' when it is (or when it cannot be told)."""
+        return host_mismatch_of(self.table.header)
+
+    @property
+    def measured_on(self) -> str:
+        """'on the rpi4 itself (HOST)' or 'on HOST with the settings of rpi4 (not a rpi4: why)'."""
+        p = self.table.header.profile or "its profile"
+        if self.mismatch:
+            return f"on {self.host} with the settings of {p} (not a {p}: {self.mismatch})"
+        return f"on the {p} itself ({self.host})"
+
 
 # --------------------------------------------------------------------------- loading
+
+
+def host_mismatch_of(header) -> str:
+    """The header's ``host_mismatch``; for a table written before it was recorded, what the header's
+    architecture and cores tell against a built-in or loadable profile (the accelerator cannot be told)."""
+    if header.host_mismatch:
+        return str(header.host_mismatch)
+    if not header.machine:
+        return ""
+    try:
+        from device_profiles import Host, host_mismatch, load_profile
+
+        prof = load_profile(header.profile)
+    except Exception:  # a profile this machine does not have: nothing to compare with
+        return ""
+    dev = (header.settings or {}).get("device") or {}
+    cores = dev.get("usable_cores") if isinstance(dev, dict) else None
+    emu = dev.get("emulation", "") if isinstance(dev, dict) else ""
+    host = Host(str(header.machine), int(cores) if isinstance(cores, int) else int(header.cores or 0), None,
+                str(emu or ""))
+    return "; ".join(host_mismatch(prof, host))
 
 
 def load_table(path: str | Path) -> LatencyTable:
@@ -283,10 +330,13 @@ def _header_rows(devices: Sequence[Device]) -> list[list[str]]:
             return str(d.path)
         if key == "rss_method":
             return str(s.get("rss_method", "-"))
+        if key == "host":
+            return f"no: {d.mismatch}" if d.mismatch else "yes"
         return str(getattr(h, key, "")) or "-"
 
     fields = [
-        ("profile", "profile"), ("cpu_model", "CPU"), ("cores", "cores"), ("governor", "governor"), ("os", "OS"),
+        ("profile", "profile"), ("host", "host is the profile's device"), ("cpu_model", "CPU"), ("cores", "cores"),
+        ("governor", "governor"), ("os", "OS"),
         ("machine", "arch"), ("runtimes", "runtimes"), ("settings", "runtime settings"), ("runs", "timing"),
         ("rss_method", "memory method"), ("date", "date (UTC)"), ("bundle", "bundle"), ("rows", "rows"),
         ("table", "table"),
@@ -305,17 +355,25 @@ def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95",
                  title: str | None = None) -> dict[str, Path]:
     """Write the plots, report.md and report.html into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    title = title or ("edgekit latency report — " + " vs ".join(d.label for d in devices))
+    title = title or ("edgekit latency report — " + " vs ".join(
+        f"{d.label} settings on {d.table.header.cpu_model or 'another host'}, not a {d.label}" if d.mismatch
+        else d.label for d in devices))
     pareto_png = plot_accuracy_latency(devices, quantile, out / PARETO_PNG)
     cdf_png = plot_cdfs(devices, out / CDF_PNG)
 
     doc = Doc()
     doc.h(1, title)
+    where = "; ".join(f"{d.label}: measured {d.measured_on}" for d in devices)
     doc.p(
-        f"Latency is per image (batch 1), measured on the device with perf_counter_ns around the runtime's invoke "
-        f"only; accuracy is top-1 on the bundle's evaluation set measured with the same runtime on the same device. "
-        f"The Pareto front keeps a variant only when it is more accurate than every variant with a lower {quantile}."
+        f"Latency is per image (batch 1), timed with perf_counter_ns around the runtime's invoke only, back to back; "
+        f"'at rest' is the median of single runs each after 10 ms idle, what a request that finds the runtime idle "
+        f"pays. Accuracy is top-1 on the selection half of the bundle's evaluation set (the serve half stays "
+        f"unseen), measured with the same runtime on the same machine, so it differs a little from what "
+        f"'edgekit convert' measured on the whole test set. Where: {where}. "
+        f"The Pareto front keeps a variant only when it is more accurate than every variant with a lower {quantile}; "
+        f"★ marks the variants on it."
     )
+
     doc.h(2, "Devices")
     doc.table(["", *[d.label for d in devices]], _header_rows(devices))
 
@@ -325,8 +383,8 @@ def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95",
         doc.h(3, f"Pareto front — {d.label} ({len(d.front)} of {len(d.table.rows)} variants)")
         doc.table(
             ["#", "variant", "format", "precision", "provider", "p50 ms", f"{quantile} ms", "p99 ms", "accuracy",
-             "peak RSS MB", "size KB"],
-            [[k, *_row_cells(r, quantile), f"{r.peak_rss_mb:.1f}", f"{r.size_bytes / 1024:.1f}"]
+             "peak RSS MB", "size (KB)"],
+            [[k, *_row_cells(r, quantile), f"{r.peak_rss_mb:.1f}", kb(r.size_bytes)]
              for k, r in enumerate(d.front, 1)],
         )
 
@@ -359,15 +417,17 @@ def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95",
     doc.img(cdf_png.name, "latency CDF of the Pareto front")
 
     doc.h(2, "All variants")
+    doc.p("Times in ms; 'at rest' is '-' for a table benchmarked without --rest-runs; ★: on the Pareto front.")
     for d in devices:
         doc.h(3, d.label)
         rows = sorted(d.table.rows, key=lambda r: (r.latency(quantile), -r.accuracy))
         doc.table(
-            ["variant", "provider", "threads", "n", "mean", "std", "p50", "p90", "p95", "p99", "max", "load ms",
-             "first ms", "prep ms", "RSS MB", "accuracy", "params", "MACs", "front"],
+            ["variant", "provider", "threads", "n", "mean", "std", "p50", "p90", "p95", "p99", "max", "at rest",
+             "load ms", "first ms", "prep ms", "RSS MB", "accuracy", "params", "MACs", "front"],
             [
                 [r.variant, r.provider, r.threads, r.samples, _ms(r.mean_ms), _ms(r.std_ms), _ms(r.p50_ms),
-                 _ms(r.p90_ms), _ms(r.p95_ms), _ms(r.p99_ms), _ms(r.max_ms), _ms(r.load_ms), _ms(r.first_inference_ms),
+                 _ms(r.p90_ms), _ms(r.p95_ms), _ms(r.p99_ms), _ms(r.max_ms), _ms(r.rest_p50_ms or math.nan),
+                 _ms(r.load_ms), _ms(r.first_inference_ms),
                  f"{r.preprocess_ms:.4f}", f"{r.peak_rss_mb:.1f}", _acc(r.accuracy), r.params, r.macs,
                  "★" if r in d.front else ""]
                 for r in rows
@@ -393,6 +453,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     devices = load_devices(args.tables, args.quantile)
+    for d in devices:
+        if d.mismatch:
+            print(f"note: {d.path}: {mismatch_label(d.label, d.mismatch)}")
     paths = build_report(devices, Path(args.out), args.quantile, args.title)
     for d in devices:
         print(f"{d.label}: {len(d.table.rows)} variants, front of {len(d.front)}")
@@ -400,4 +463,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r.variant:<60} {r.format:<6} p50 {_ms(r.p50_ms):>8} ms  p99 {_ms(r.p99_ms):>8} ms  "
                   f"acc {_acc(r.accuracy)}")
     print(f"wrote {paths['markdown']}, {paths['html']}, {paths['pareto_png'].name}, {paths['cdf_png'].name}")
+    print(f"next: open {paths['html']} in a browser (★ marks the Pareto front, the variants 'edgekit select' "
+          "starts from)")
     return 0

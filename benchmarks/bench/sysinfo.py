@@ -8,6 +8,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+# What the host is has one home, device_profiles.host; EMULATION_ENV stays importable from here.
+from device_profiles.host import EMULATION_ENV, emulation, usable_cores  # noqa: F401
+
 
 def _read(path: str) -> str:
     try:
@@ -32,22 +35,6 @@ def cpu_model() -> str:
     return name or platform.processor() or platform.machine() or "unknown"
 
 
-EMULATION_ENV = "EDGEKIT_EMULATION"
-
-
-def emulation() -> str:
-    """What emulates this machine, '' on real hardware.
-
-    The board check sets ``EDGEKIT_EMULATION`` inside its QEMU root. Without it, an ARM Python
-    that reads an x86 /proc/cpuinfo is QEMU user mode too (it shows the host's file)."""
-    label = os.environ.get(EMULATION_ENV, "").strip()
-    if label:
-        return label
-    if platform.machine() in ("aarch64", "arm64", "armv7l") and "vendor_id" in _read("/proc/cpuinfo"):
-        return "QEMU user mode on an x86 host (its /proc/cpuinfo is the host's)"
-    return ""
-
-
 def device_name() -> str:
     """The CPU name a table is labelled with; under emulation it says so, so it is never read as a board's."""
     emu = emulation()
@@ -56,14 +43,6 @@ def device_name() -> str:
 
 def cores() -> int:
     return os.cpu_count() or 1
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (cgroup/affinity limits included where Linux says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return cores()
 
 
 def governor() -> str:

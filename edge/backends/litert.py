@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -27,6 +32,47 @@ def _interpreter_module():
         raise BackendUnavailable(
             "LiteRT is not installed: pip install ai-edge-litert (or tflite-runtime on older boards)"
         ) from None
+
+
+# LiteRT's C++ runtime prints this once per process, straight to file descriptor 2, when the first
+# interpreter applies its default XNNPACK delegate (TFLITE_LOG_PROD_ONCE in the delegate's factory).
+# No environment variable or Python API sets that logger's level (TF_CPP_MIN_LOG_LEVEL does not), and a
+# Python logging filter never sees it, so the loads that may print it catch fd 2 and drop this one line.
+DELEGATE_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+_notice_seen = False
+
+
+@contextlib.contextmanager
+def without_delegate_notice() -> Iterator[None]:
+    """Run the block with fd 2 caught in a temporary file, then write back all of it but DELEGATE_NOTICE.
+
+    Nothing else is lost: another thread's stderr written meanwhile comes out after the block."""
+    global _notice_seen
+    if _notice_seen:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 (a closed stderr): nothing to keep clean
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                tmp.seek(0)
+                caught = tmp.read()
+            if DELEGATE_NOTICE in caught:
+                _notice_seen = True
+            rest = b"".join(line for line in caught.splitlines(keepends=True) if DELEGATE_NOTICE not in line)
+            while rest:
+                rest = rest[os.write(2, rest):]
+    finally:
+        os.close(saved)
 
 
 def _spec(detail: dict) -> TensorSpec:
@@ -110,8 +156,9 @@ class LiteRTBackend(Backend):
             kw["experimental_op_resolver_type"] = self._mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             provider = "builtin"
         try:
-            interp = self._mod.Interpreter(**kw)
-            interp.allocate_tensors()
+            with without_delegate_notice():
+                interp = self._mod.Interpreter(**kw)
+                interp.allocate_tensors()
         except ValueError as exc:
             raise UsageError(f"LiteRT could not load the model: {exc}") from None
         if provider == "xnnpack" and not _has_delegate_nodes(interp):

@@ -59,6 +59,17 @@ class Bar:
         self._bar.close()
 
 
+# For a bar that advances by estimated work (training: by each model's estimated cost, so that the ETA
+# holds when big models come last) while its description counts items: the two numbers say what they
+# count ("1 of 4 models done, 13% of the estimated work"), not "1/4 models 13%".
+WORK_FORMAT = "{desc}, {percentage:.0f}% of the estimated work |{bar}| [{elapsed}<{remaining}{postfix}]"
+
+
+def done_text(done: int, total: int, noun: str) -> str:
+    """The description of a WORK_FORMAT bar: '1 of 4 models done'."""
+    return f"{done} of {total} {noun} done"
+
+
 def progress_bar(total: float, enabled: bool, unit: str = "artifact", desc: str = "convert", *, initial: int = 0,
                  leave: bool = False, bar_format: str | None = None) -> Bar | NoBar:
     """A bar counting ``total`` items from ``initial``; a :class:`NoBar` when not ``enabled`` or tqdm is missing."""

@@ -11,10 +11,17 @@ prediction online when the board runs slower than its table.  Threads that call
 An event loop (``edgekit serve``'s data plane, ``edge.serve.dataplane``) shares the same order
 without blocking: ``submit``, ``take``, ``run``, ``release``; it asks the classifier, never its parts,
 how deep the queue is and what it serves.
+
+At start it says how many variants it adapts over (a warning below three: there is little or
+nothing to choose between) and, when the profile does not describe this host, that the table's
+times are not this host's (``device_profiles.host_mismatch``): through ``log``, or without one
+through the ``edgekit.runtime`` logger (the warnings show on stderr with no logging set up).
+Each answer carries the label's class name from the bundle (``InferenceResult.class_name``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -28,6 +35,7 @@ from edge.runtime.scheduler import DONE, InferenceRequest, InferenceResult, Sche
 from edge.runtime.selector import MISS_POLICIES, Policy, Selector
 from edge.runtime.slowdown import FILTERS, make_filter
 from edge.runtime.variants import VariantInfo, VariantPool
+from edge.tables.selection import FEW_VARIANTS
 from edge.tables.table import QUANTILES
 
 __all__ = ["AdaptiveClassifier", "RuntimeOptions", "InferenceResult", "VariantInfo", "ReloadResult"]
@@ -83,7 +91,9 @@ class AdaptiveClassifier:
         """``bundle_verified``: every file's sha256 was checked when the bundle was opened, so the
         first load need not hash the served artifacts again (a reload always does)."""
         self.options = opts = options or RuntimeOptions()
-        self.log = log or (lambda msg: None)
+        logger = logging.getLogger("edgekit.runtime")
+        self.log = log or logger.info
+        self._warn = log or logger.warning  # what a user must hear even without a log callback
         t0 = time.perf_counter() if t0 is None else t0
         self.bundle = bundle
         self.profile = profile
@@ -104,6 +114,45 @@ class AdaptiveClassifier:
                                     inject_delay_ms=opts.inject_delay_ms)
         self._reload_lock = threading.Lock()
         self.load_s = time.perf_counter() - t0
+        self.host_mismatch = self._host_note()
+        if self.host_mismatch:
+            self._warn(self.host_mismatch)
+        few, note = self.adapt_note()
+        (self._warn if few else self.log)(note)
+
+    def _host_note(self) -> str:
+        """'' when the profile describes this host and the table was measured on one it describes, else the
+        one line that says which is not so."""
+        from device_profiles import host_label
+
+        label = host_label(self.profile)
+        if label:
+            return label
+        p, why = self.profile.name, self.table.header.host_mismatch
+        if why:
+            return (f"the selected table was measured on a host that is not a {p} ({why}): its latencies are not "
+                    f"this {p}'s; benchmark here ('edgekit bench') and select again")
+        return ""
+
+    def adapt_note(self) -> tuple[bool, str]:
+        """(fewer than FEW_VARIANTS?, the line that says how many variants the runtime adapts over)."""
+        sel = self._selector
+        n = len(sel)
+        q = sel.quantile
+        span = ", ".join(f"{v} ({b:.4g} ms {q}, {a:.2%})" for v, b, a in
+                         ((sel.variants[i], sel.base[i], sel.accuracy[i]) for i in sorted({0, n - 1})))
+        if n >= FEW_VARIANTS:
+            return False, f"adapting over {n} variants, from {span}"
+        rows = self.table.params.candidates or len(self.table.rows)
+        what = "every request gets it: there is nothing to choose between" if n == 1 else \
+            "it can only choose between these two"
+        return True, (f"adapting over {n} variant{'s' if n != 1 else ''} ({span}) of the {rows} rows "
+                      f"the table was selected from: {what}; see 'edgekit select' for what to try")
+
+    def _named(self, res: InferenceResult) -> InferenceResult:
+        if 0 <= res.label < len(self.labels):
+            res.class_name = str(self.labels[res.label])
+        return res
 
     # ---------------------------------------------------------------- opening
 
@@ -174,7 +223,7 @@ class AdaptiveClassifier:
             assert req.result is not None
             return req.result
         try:
-            res = s.run(req)
+            res = self._named(s.run(req))
             if res.hold_ms > 0:
                 time.sleep(res.hold_ms / 1000.0)
             if res.outcome == "ok":
@@ -199,7 +248,7 @@ class AdaptiveClassifier:
 
     def run(self, req: InferenceRequest) -> InferenceResult:
         """Serve ``req`` on the slot it holds (select, infer, correct the slowdown); ``release`` it after."""
-        return self._scheduler.run(req)
+        return self._named(self._scheduler.run(req))
 
     def release(self, req: InferenceRequest) -> None:
         """Give ``req``'s slot back; ``on_slot_free``'s callback hears of it when requests wait."""

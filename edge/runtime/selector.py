@@ -18,6 +18,14 @@ Policies (``--policy``):
 
 When nothing fits, the miss policy decides: ``best-effort`` runs the fastest variant and
 flags the miss; ``reject`` answers at once that the deadline cannot be met.
+
+**At rest.**  The table's quantiles are timed back to back (``edgekit bench``); a request that
+finds its slot idle for ``REST_GAP_MS`` or more pays a cold start on top (evicted caches, runtime
+threads asleep), which the table measures apart as ``rest_p50_ms``.  Such a request is predicted
+at the variant's quantile x its rest/back-to-back ratio (adaptive only), and its observed time is
+compared to ``rest_p50_ms``, so the slowdown factor keeps meaning "slower than the table", ~1 on an
+idle board, instead of learning the cold start (it read 3.5 to 4.8 at rest on an rpi4 setting
+before).  Tables without ``rest_p50_ms`` behave as before.
 """
 
 from __future__ import annotations
@@ -94,18 +102,19 @@ class Selector:
         # What the ratio is observed against: the median, so that ratio ~ 1 on a healthy board
         # and quantile x factor keeps predicting the tail.
         self.median = tuple(max(float(r.p50_ms), 1e-6) for r in rows)
+        # At rest (module docstring): how much more a run costs after REST_GAP_MS idle; 1 when not measured.
+        self.rest_scale = tuple(max(1.0, float(r.rest_p50_ms) / m) if r.rest_p50_ms > 0 else 1.0
+                                for r, m in zip(rows, self.median))
+        self.rest_median = tuple(m * k for m, k in zip(self.median, self.rest_scale))
         kind = self.policy.kind
         self.base = tuple(float(r.mean_ms if kind == "mean-table" else r.latency(quantile)) for r in rows)
-        # Suffix minimum of the base latencies: non-decreasing, and the last i with
-        # base[i] <= t is the last i with suffix_min[i] <= t. It equals ``base`` when the
-        # table is monotonic in the latency used; mean-table may not be.
-        suf = list(self.base)
-        for i in range(len(suf) - 2, -1, -1):
-            suf[i] = min(suf[i], suf[i + 1])
-        self._suffix_min = suf
-        self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
         # Baselines that trust the table do not correct; the filter still runs for metrics.
         self.corrects = kind == "adaptive"
+        # Only adaptive predicts the cold start; the baselines keep the table as the paper does.
+        self.base_rest = tuple(b * k for b, k in zip(self.base, self.rest_scale)) if self.corrects else self.base
+        self._suffix_min = _suffix_min(self.base)
+        self._suffix_min_rest = _suffix_min(self.base_rest)
+        self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
         # Adaptive also leaves the requests waiting behind this one time to meet their deadlines
         # (edge.runtime.scheduler); the paper's policy and the other baselines look at one request alone.
         self.plans_queue = kind == "adaptive"
@@ -129,31 +138,34 @@ class Selector:
         """The slowdown factor this policy applies (1 for the non-adaptive ones)."""
         return self.slowdown.factor if self.corrects else 1.0
 
-    def predict(self, index: int) -> float:
-        return self.base[index] * (self.slowdown.factor if self.corrects else 1.0)
+    def predict(self, index: int, at_rest: bool = False) -> float:
+        base = self.base_rest if at_rest else self.base
+        return base[index] * (self.slowdown.factor if self.corrects else 1.0)
 
-    def select(self, remaining_ms: float) -> Decision:
-        """The variant for a request with ``remaining_ms`` left (after queueing and overhead)."""
+    def select(self, remaining_ms: float, at_rest: bool = False) -> Decision:
+        """The variant for a request with ``remaining_ms`` left (after queueing and overhead); ``at_rest``:
+        its slot has been idle for REST_GAP_MS or more."""
         f = self.slowdown.factor if self.corrects else 1.0
+        base, suffix_min = (self.base_rest, self._suffix_min_rest) if at_rest else (self.base, self._suffix_min)
         fixed = self._fixed
         if fixed is not None:
-            pred = self.base[fixed] * f
+            pred = base[fixed] * f
             if pred <= remaining_ms:
                 return Decision(fixed, self.variants[fixed], pred, True, False)
             if self.reject_on_miss:
                 return Decision(-1, None, pred, False, True)
             return Decision(fixed, self.variants[fixed], pred, False, False)
-        i = bisect.bisect_right(self._suffix_min, remaining_ms / f) - 1
+        i = bisect.bisect_right(suffix_min, remaining_ms / f) - 1
         if i >= 0:
-            return Decision(i, self.variants[i], self.base[i] * f, True, False)
-        pred = self.base[0] * f
+            return Decision(i, self.variants[i], base[i] * f, True, False)
+        pred = base[0] * f
         if self.reject_on_miss:
             return Decision(-1, None, pred, False, True)
         return Decision(0, self.variants[0], pred, False, False)
 
-    def observe(self, index: int, observed_ms: float) -> float:
-        """Feed the measured inference time of variant ``index``; returns the new factor."""
-        return self.slowdown.update(observed_ms, self.median[index])
+    def observe(self, index: int, observed_ms: float, at_rest: bool = False) -> float:
+        """Feed the measured inference time of variant ``index`` (run ``at_rest`` or not); returns the new factor."""
+        return self.slowdown.update(observed_ms, (self.rest_median if at_rest else self.median)[index])
 
     def describe(self) -> dict:
         return {
@@ -162,10 +174,21 @@ class Selector:
             "quantile": self.quantile,
             "slowdown": self.slowdown.describe(),
             "variants": [
-                {"variant": v, "base_ms": b, "accuracy": a, "predicted_ms": self.predict(i)}
+                {"variant": v, "base_ms": b, "accuracy": a, "predicted_ms": self.predict(i),
+                 "predicted_at_rest_ms": self.predict(i, at_rest=True)}
                 for i, (v, b, a) in enumerate(zip(self.variants, self.base, self.accuracy))
             ],
         }
+
+
+def _suffix_min(base: Sequence[float]) -> list[float]:
+    """Suffix minimum of the base latencies: non-decreasing, and the last i with base[i] <= t is the
+    last i with suffix_min[i] <= t. It equals ``base`` when the table is monotonic in the latency
+    used; mean-table may not be (nor, at rest, a table whose cold starts differ by variant)."""
+    suf = list(base)
+    for i in range(len(suf) - 2, -1, -1):
+        suf[i] = min(suf[i], suf[i + 1])
+    return suf
 
 
 def make_selector(

@@ -237,6 +237,7 @@ class DataPlane:
         res = ireq.result
         assert res is not None
         params: dict[str, Any] = {
+            "class_name": res.class_name,  # beside the 'class' output: a v2 client reads it from the parameters
             "variant": res.variant,
             "predicted_ms": round(res.predicted_ms, 4),
             "queue_ms": round(res.queue_ms, 4),
@@ -245,6 +246,7 @@ class DataPlane:
             "deadline_ms": ireq.deadline_ms,
             "deadline_met": False,
             "slowdown": round(res.slowdown, 4),
+            "at_rest": res.at_rest,
             "policy": res.policy,
             "read_delay_ms": round((read_at - ireq.arrival) * 1000.0, 4),
             "arrival_ns": int(ireq.arrival * 1e9),

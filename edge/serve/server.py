@@ -129,7 +129,8 @@ class Server:
     def _announce(self, clf: AdaptiveClassifier, host: str, port: int) -> None:
         tf_loaded = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
         sel = clf.describe_selector()
-        print(f"loaded {len(clf.serving_variants)} variants x {clf.workers} slot(s) in {clf.load_s:.2f} s; "
+        n = len(clf.serving_variants)
+        print(f"loaded {n} variant{'s' if n != 1 else ''} x {clf.workers} slot(s) in {clf.load_s:.2f} s; "
               f"policy {sel['policy']}, miss {sel['miss']}, quantile {sel['quantile']}", flush=True)
         print(f"resident memory with variants loaded: {rss_mb():.1f} MB", flush=True)
         print(f"tensorflow in sys.modules: {'YES (unexpected)' if tf_loaded else 'no'}", flush=True)

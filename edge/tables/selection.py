@@ -61,6 +61,7 @@ This module builds that subset from a measured latency table, in four steps:
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import math
 import sys
 from operator import attrgetter, methodcaller
@@ -76,6 +77,7 @@ from edge.tables.table import QUANTILES, LatencyRow, LatencyTable, SelectedTable
 T = TypeVar("T")
 
 MEMORY_STEPS = 1000  # most (memory, value) pairs a DP state keeps before thinning by memory bucket
+FEW_VARIANTS = 3  # a selected table with fewer leaves the run-time selector little or nothing to choose between
 DEFAULT_RANGE_STRETCH = 1.5  # default deadline range ends at this x the slowest variant's latency
 
 
@@ -245,8 +247,12 @@ def select_subset(
     deadline_range: tuple[float, float] | None = None,
     source_table: str = "",
     significance: float = 0.05,
+    models: Sequence[str] = (),
 ) -> SelectedTable:
-    """The monotonic subset of ``table`` (see the module docstring for the method)."""
+    """The monotonic subset of ``table`` (see the module docstring for the method).
+
+    ``models``: shell-style patterns of model ids (``mobilenet*``); when given, only their rows are candidates.
+    """
     if quantile not in QUANTILES:
         raise UsageError(f"unknown latency quantile '{quantile}'; available: {list(QUANTILES)}")
     if not (epsilon >= 0 and math.isfinite(epsilon)):
@@ -264,9 +270,19 @@ def select_subset(
         raise UsageError("the latency table has no rows; benchmark the bundle first with 'edgekit bench'")
 
     dropped: dict[str, str] = {}
-    front = pareto_front(table.rows, quantile)
+    rows: Sequence[LatencyRow] = table.rows
+    if models:
+        rows = [r for r in table.rows if any(fnmatch.fnmatchcase(r.model_id, m) for m in models)]
+        if not rows:
+            raise UsageError(f"--models {' '.join(models)} matches no model of the table; its models: "
+                             f"{sorted({r.model_id for r in table.rows})}")
+        chosen = {r.variant for r in rows}
+        for r in table.rows:
+            if r.variant not in chosen:
+                dropped[r.variant] = "not among --models"
+    front = pareto_front(rows, quantile)
     on_front = {r.variant for r in front}
-    for r in table.rows:
+    for r in rows:
         if r.variant not in on_front:
             dropped[r.variant] = "dominated (a faster variant is at least as accurate)"
     if not front:
@@ -354,6 +370,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep a step only if its accuracy gain passes a one-sided paired test at this level on the "
                         "benchmark's images (default 0.05; 0 keeps every Pareto step)")
     p.add_argument("--max-models", type=int, default=None, metavar="K", help="keep at most K variants")
+    p.add_argument("--models", nargs="+", default=(), metavar="PATTERN",
+                   help="choose among these models only: model ids or shell patterns ('mobilenet*'); default all")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--memory-budget-mb", type=float, default=None, metavar="M",
                    help="total memory of the kept variants")
@@ -364,6 +382,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="SELECTED.json", help="where to write the selected table")
 
 
+def _pct_or_dash(x) -> str:
+    return "-" if x is None else f"{100 * float(x):.2f}%"
+
+
+def _range_ms(r) -> str:
+    if not r:
+        return "-"
+    lo, hi = (float(v) for v in r)
+    return f"{lo:.4g}-{hi:.4g} ms"
+
+
 def format_summary(sel: SelectedTable) -> str:
     q = sel.params.quantile
     lines = [format_table(["variant", q + "_ms", "accuracy", "mem_mb"],
@@ -372,9 +401,48 @@ def format_summary(sel: SelectedTable) -> str:
     p = sel.params
     lines.append(
         f"kept {len(sel.rows)} of {p.candidates} rows (front {p.front_size}, method {p.method}); "
-        f"expected accuracy {p.expected_accuracy} over deadlines {p.deadline_range_ms} ms"
+        f"expected accuracy {_pct_or_dash(p.expected_accuracy)} over deadlines uniform in "
+        f"{_range_ms(p.deadline_range_ms)}"
     )
     return "\n".join(lines)
+
+
+def few_variants_warning(sel: SelectedTable) -> str:
+    """Why the selected table has fewer than FEW_VARIANTS variants and what to try; "" when it has enough."""
+    n, p = len(sel.rows), sel.params
+    if n >= FEW_VARIANTS:
+        return ""
+    reasons = list(p.dropped.values())
+    dominated = sum(1 for w in reasons if w.startswith("dominated"))
+    unresolved = sum(1 for w in reasons if w.startswith("its accuracy gain"))
+    eps = sum(1 for w in reasons if w.startswith("adds less than epsilon"))
+    limits = sum(1 for w in reasons if w.startswith(("left out", "needs ")))
+    why = []
+    if dominated:
+        why.append(f"{dominated} of {p.candidates} rows are dominated (a faster variant is at least as accurate)")
+    if unresolved:
+        images = sel.rows[0].eval_count if sel.rows else 0
+        why.append(f"{unresolved} more {'were' if unresolved != 1 else 'was'} dropped because the paired test at "
+                   f"--significance {p.significance:g} cannot tell their accuracy gain from noise on {images:,} images")
+    if eps:
+        why.append(f"{eps} add{'s' if eps == 1 else ''} less than --epsilon {p.epsilon:g}")
+    if limits:
+        why.append(f"{limits} left out by --max-models or the memory budget")
+    what = "the runtime serves that variant to every request: there is nothing to adapt between" if n == 1 else \
+        "the runtime can only choose between these two"
+    tries = ["more variants: a larger --sample at 'edgekit train' (or the demo family: --family demo)"]
+    if unresolved:
+        tries.append(f"a less strict paired test: --significance {max(0.2, 2 * p.significance):g} here "
+                     "(0 turns it off and keeps every Pareto step)")
+    elif p.significance > 0:
+        why.append(f"the paired test (--significance {p.significance:g}) dropped none, so loosening it "
+                   "would not help")
+    if not why:
+        why.append(f"the table has only {p.candidates} row{'s' if p.candidates != 1 else ''}")
+    if limits:
+        tries.append("a larger --max-models or --memory-budget-mb")
+    return (f"warning: only {n} variant{'s' if n != 1 else ''} kept, so {what}. Why: " + "; ".join(why)
+            + ". Try " + "; or ".join(tries) + ".")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -396,9 +464,18 @@ def run(args: argparse.Namespace) -> int:
         deadline_range=args.deadline_range,
         source_table=str(args.table),
         significance=args.significance,
+        models=tuple(args.models),
     )
     sel.save(args.out)
     print(format_summary(sel))
+    warning = few_variants_warning(sel)
+    if warning:
+        sys.stdout.flush()
+        print(warning, file=sys.stderr, flush=True)
     print(f"wrote {args.out}")
+    bundle = sel.header.bundle or "BUNDLE"
+    name = profile_name or sel.header.profile
+    print(f"next: edgekit serve {bundle} --table {args.out}{f' --profile {name}' if name else ''}  (or embed it: "
+          "edge.runtime.classifier.AdaptiveClassifier.open)")
     sys.stdout.flush()
     return 0

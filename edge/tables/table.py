@@ -20,6 +20,7 @@ TABLE_VERSION = 1
 QUANTILES = ("mean", "p50", "p90", "p95", "p99", "max")
 KINDS = ("latency", "selected")
 MAX_TABLE_BYTES = 16 << 20  # a table of thousands of variants is a few MB
+REST_GAP_MS = 10.0  # idle time before each run at rest (edgekit bench) and from which serving counts a request at rest
 MAX_TABLE_ITEMS = 500_000  # JSON values (commas + brackets) a table may hold (~17k rows): bounds its parsed memory
 REGENERATE = {
     "latency": "re-run 'edgekit bench' to regenerate it",
@@ -49,6 +50,9 @@ class DeviceHeader:
     bundle: str = ""  # bundle folder or archive it measured
     bundle_sha256: str = ""  # sha256 of the bundle's manifest.json
     settings: dict[str, Any] = field(default_factory=dict)  # min runs, min seconds, warm-up...
+    # How the measuring host is not what the profile describes (device_profiles.host_mismatch, joined
+    # by "; "): the rows are then that host's times with the profile's settings. "" when it fits.
+    host_mismatch: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,9 @@ class LatencyRow(LatencyTimes, _RowHead):
     size_bytes: int
     params: int = 0
     macs: int = 0
+    # Median invoke time at rest: single runs, each after REST_GAP_MS idle, as a request that finds the
+    # runtime idle pays (cold caches, runtime threads asleep); 0 when not measured (older tables).
+    rest_p50_ms: float = 0.0
     # Which of the eval_count images it got right: base64 of numpy.packbits (for the paired test
     # that decides whether a more accurate variant is really more accurate); "" when not recorded.
     correct: str = ""

@@ -72,7 +72,8 @@ def encode_infer_request(
 @dataclass(frozen=True)
 class Classification:
     """The answer to one request. ``status`` 200: answered; 408: rejected (deadline cannot be met);
-    503: queue full. ``label`` is -1 and ``scores`` empty unless answered."""
+    503: queue full. ``label`` is -1 and ``scores`` empty unless answered; ``class_name`` is the
+    label's name from the bundle (the daemon's ``class_name`` response parameter; "" when it has none)."""
 
     label: int
     scores: np.ndarray = field(repr=False)
@@ -87,6 +88,7 @@ class Classification:
     policy: str = ""
     error: str = ""
     params: dict = field(default_factory=dict, repr=False, compare=False)  # every response parameter
+    class_name: str = ""
 
     @property
     def ok(self) -> bool:
@@ -155,6 +157,7 @@ def decode_infer_response(status: int, headers: dict[str, str], data: bytes) -> 
         inference_ms=_f(p.get("inference_ms")), total_ms=_f(p.get("total_ms")), status=200,
         slowdown=_f(p.get("slowdown")), policy=str(p.get("policy", "") or ""),
         params=p if isinstance(p, dict) else {},
+        class_name=str(p.get("class_name") or "") if label >= 0 else "",
     )
 
 

@@ -76,6 +76,36 @@ def test_header_describes_the_device(measured, bundle):
     assert s["runtimes"]["ort-cpu-t1"]["providers"] == ["CPUExecutionProvider"]
 
 
+def test_rows_record_the_latency_at_rest(measured):
+    """Each row's median of single runs after 10 ms idle: what a request that finds the runtime idle pays."""
+    res, _ = measured
+    assert res.table.header.settings["rest_runs"] == FAST.rest_runs > 0
+    for r in res.table.rows:
+        assert r.rest_p50_ms > 0
+
+
+def test_header_records_a_host_the_profile_does_not_describe(bundle, tmp_path, monkeypatch, capsys):
+    """The rpi4 profile on a 2-core x86-64 host: one line at start says so, and the header records why, so that
+    'edgekit report' repeats it; a host that fits leaves the field empty."""
+    from device_profiles import Host
+
+    monkeypatch.setattr(bench, "host_facts", lambda: Host("x86_64", 2, frozenset()))
+    said: list[str] = []
+    res = bench_bundle(bundle, tmp_path / "rpi4.json", profile="rpi4", opts=FAST, only=["tiny-a.tflite-fp32"],
+                       progress=False, log=said.append)
+    why = "rpi4 is an aarch64 board, this host is x86_64; its setting litert-xnnpack-t4 runs 4 threads on 2 cores"
+    assert LatencyTable.load(res.path).header.host_mismatch == why
+    notes = [m for m in said if "NOT A rpi4" in m]
+    assert len(notes) == 1 and notes[0] == (f"note: NOT A rpi4: {why}; times are this host's with the settings of "
+                                            "rpi4, not rpi4 times")
+    assert said.index(notes[0]) < 3  # at start, before any row
+
+    monkeypatch.setattr(bench, "host_facts", lambda: Host("x86_64", 8, frozenset()))
+    res = bench_bundle(bundle, tmp_path / "desk.json", profile="desktop-cpu", opts=FAST, only=["tiny-a.tflite-fp32"],
+                       progress=False, log=said.append)
+    assert res.table.header.host_mismatch == ""
+
+
 def test_csv_and_samples_written(measured):
     res, out = measured
     assert out.with_suffix(".csv").read_text().count("\n") == 1 + len(res.table.rows)
@@ -219,7 +249,11 @@ def test_cli_happy_path(bundle, tmp_path, capsys):
     rc = cli(["bench", str(bundle), "--profile", "desktop-cpu", "--out", str(out), "--min-runs", "5",
               "--min-seconds", "0.05", "--warmup", "1", "--only", "tiny-a.tflite-fp32,tiny-b.onnx", "--no-progress"])
     assert rc == 0
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "wrote" in printed.out
+    assert f"next: edgekit select {out} --profile desktop-cpu --out {tmp_path / 'cli-selected.json'}" in printed.out
+    # bench's accuracy is the selection half's, and it says so where it prints it
+    assert "accuracy: on the bundle's selection half (32 images" in printed.err
     assert len(LatencyTable.load(out).rows) == 2
 
 

@@ -42,3 +42,56 @@ def test_timed_loop_meets_count_and_duration():
     m = FakeModel(sleep_s=0.01)
     s = timed_loop(m, inputs, min_runs=1000, min_seconds=0.0, max_seconds=0.05)
     assert 1 <= len(s) < 1000  # the cap wins over the count
+
+
+def test_rest_loop_rests_before_each_timed_run():
+    from benchmarks.bench.measure import rest_loop
+
+    m = FakeModel(sleep_s=0.001)
+    t0 = time.perf_counter()
+    ns = rest_loop(m, [np.array([i]) for i in range(3)], runs=4, gap_ms=5.0)
+    assert len(ns) == 4 and m.seen == [0, 1, 2, 0]
+    assert time.perf_counter() - t0 >= 4 * 0.005  # the rest is outside the timed region
+    assert all(0.001e9 <= t < 0.005e9 for t in ns)
+
+
+def test_a_bench_table_and_a_serving_run_agree_on_the_same_machine_and_setting(bundle, tmp_path):
+    """What 'edgekit bench' writes is what the runtime pays, within 3x, back to back and at rest, and the slowdown
+    factor of an idle board stays near 1 (it read 3.5 to 4.8 at rest when the table held only back-to-back times).
+
+    The factor 3 is generous on purpose: this runs on a shared 2-core machine where other tests run at the same
+    time. Both sides are medians (bench's p50 over >= 200 runs and its at-rest median over 20; serving's median over
+    200 back-to-back and 15 at-rest requests), so a few preempted runs move neither. Back to back, serving adds the
+    Python between two invokes (1.2x to 1.6x measured for a 5 to 10 µs model, docs/serving-path.md); at rest both
+    sides pay the same cold start after 10+ ms idle (measured 0.8x to 1.3x of each other). A table timed back to
+    back only was off by 4x to 20x at rest for these models, and its factor by as much, so 3x still tells the two
+    apart. The setting is desktop-cpu's one thread, which fits any host; a profile with more threads than the host
+    has cores is labelled as such (device_profiles.host_mismatch) rather than tested here."""
+    import statistics
+
+    from benchmarks.bench.command import bench_bundle
+    from benchmarks.bench.measure import BenchOptions
+    from edge.bundle.reader import open_bundle
+    from edge.runtime.classifier import AdaptiveClassifier
+    from edge.tables.selection import select_subset
+    from edge.tables.table import REST_GAP_MS
+
+    opts = BenchOptions(min_runs=200, min_seconds=0.2, warmup=10, inputs=8, rest_runs=20)
+    res = bench_bundle(bundle, tmp_path / "t.json", profile="desktop-cpu", opts=opts, only=["tiny-b.tflite-fp32"],
+                       progress=False, log=lambda m: None)
+    (row,) = res.table.rows
+    select_subset(res.table, significance=0).save(tmp_path / "sel.json")
+    images, _ = open_bundle(bundle).eval_set(part="serve")
+    with AdaptiveClassifier.open(str(bundle), str(tmp_path / "sel.json"), "desktop-cpu", log=lambda m: None) as clf:
+        hot = [clf.classify(images[i % len(images)], 1e4) for i in range(250)][50:]
+        rest = []
+        for i in range(15):
+            time.sleep(2 * REST_GAP_MS / 1000)
+            rest.append(clf.classify(images[i % len(images)], 1e4))
+        factor = clf.slowdown_factor
+    assert not any(r.at_rest for r in hot) and all(r.at_rest for r in rest)
+    back_to_back = statistics.median(r.inference_ms for r in hot) / row.p50_ms
+    at_rest = statistics.median(r.inference_ms for r in rest) / row.rest_p50_ms
+    assert 1 / 3 < back_to_back < 3, f"serving back to back paid {back_to_back:.2f}x the table's p50"
+    assert 1 / 3 < at_rest < 3, f"serving at rest paid {at_rest:.2f}x the table's latency at rest"
+    assert 1 / 3 < factor < 3, f"the slowdown factor of an idle board read {factor:.2f}"

@@ -79,7 +79,8 @@ def test_single_device_report(measured, tmp_path):
     assert front and all(r.variant in md for r in front)
     assert f"Pareto front — desktop-cpu ({len(front)} of 6 variants)" in md
     assert f"![accuracy vs p95 latency]({report.PARETO_PNG})" in md and report.CDF_PNG in md
-    assert "## All variants" in md and md.count("★") == len(front)
+    assert "## All variants" in md and md.count(" ★ |") == len(front) and "★ marks the variants on it" in md
+    assert "measured on the desktop-cpu itself" in md and "with the settings of" not in md  # this host fits
     assert html.startswith("<!DOCTYPE html>") and f'<img src="{report.PARETO_PNG}"' in html
     assert html.count("<table>") == md.count("\n|---|") and "</html>" in html
     for r in devices[0].table.rows:
@@ -132,3 +133,37 @@ def test_selected_table_is_accepted(measured, tmp_path):
     devices = report.load_devices([p])
     assert devices[0].table.kind == "selected"
     assert report.build_report(devices, tmp_path / "r")["markdown"].exists()
+
+
+def test_a_table_from_a_host_the_profile_does_not_describe_says_so(measured, tmp_path, capsys):
+    """An rpi4 table benched on this x86-64 machine: the title, the text and the Devices table say whose times
+    they are ("measured on HOST with the settings of rpi4"), never "on the device"; the command says it first."""
+    t = LatencyTable.load(measured)
+    why = "rpi4 is an aarch64 board, this host is x86_64; its setting litert-xnnpack-t4 runs 4 threads on 2 cores"
+    header = dataclasses.replace(t.header, profile="rpi4", cpu_model="AMD EPYC", machine="x86_64", host_mismatch=why)
+    src = dataclasses.replace(t, header=header).save(tmp_path / "rpi4-table.json")
+    devices = report.load_devices([src])
+    assert devices[0].mismatch == why
+    md = report.build_report(devices, tmp_path / "r")["markdown"].read_text()
+    title = md.splitlines()[0]
+    assert title == "# edgekit latency report — rpi4 settings on AMD EPYC, not a rpi4"
+    assert "measured on AMD EPYC (x86_64, " in md and "with the settings of rpi4 (not a rpi4: " + why in md
+    assert f"| host is the profile's device | no: {why} |" in md
+    assert "on the device" not in md and "measured on the rpi4" not in md
+    assert cli(["report", str(src), "--out", str(tmp_path / "cli")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("note: ") and "NOT A rpi4: " + why in first and "not rpi4 times" in first
+
+
+def test_an_older_table_without_the_field_is_judged_from_its_header(measured, tmp_path):
+    """A table written before host_mismatch was recorded: its architecture and cores against the profile."""
+    t = LatencyTable.load(measured)
+    header = dataclasses.replace(t.header, profile="rpi4", machine="x86_64", cores=2, host_mismatch="",
+                                 settings={**t.header.settings, "device": {"usable_cores": 2}})
+    old = dataclasses.replace(t, header=header).save(tmp_path / "old.json")
+    (d,) = report.load_devices([old])
+    assert d.mismatch == ("rpi4 is an aarch64 board, this host is x86_64; "
+                          "its setting litert-xnnpack-t4 runs 4 threads on 2 cores")
+    arm = dataclasses.replace(header, machine="aarch64", cores=4, settings={"device": {"usable_cores": 4}})
+    (d,) = report.load_devices([dataclasses.replace(t, header=arm).save(tmp_path / "pi.json")])
+    assert d.mismatch == "" and "on the rpi4 itself" in d.measured_on

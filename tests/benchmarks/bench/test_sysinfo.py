@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import benchmarks.bench.sysinfo as si
+import device_profiles.host as host
 
 
 def test_emulation_env_labels_the_table(monkeypatch):
@@ -18,7 +19,7 @@ def test_emulation_env_labels_the_table(monkeypatch):
 def test_arm_python_reading_an_x86_cpuinfo_is_emulation(monkeypatch):
     monkeypatch.delenv(si.EMULATION_ENV, raising=False)
     monkeypatch.setattr(si.platform, "machine", lambda: "aarch64")
-    monkeypatch.setattr(si, "_read", lambda path: "processor : 0\nvendor_id : GenuineIntel\n" if "cpuinfo" in path else "")
+    monkeypatch.setattr(host, "_read", lambda path: "processor : 0\nvendor_id : GenuineIntel\n" if "cpuinfo" in path else "")
     assert "QEMU" in si.emulation() and si.device_name().startswith("EMULATED")
 
 

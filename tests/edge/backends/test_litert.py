@@ -168,3 +168,56 @@ def test_provider_says_builtin_when_xnnpack_took_nothing():
     assert _has_delegate_nodes(Interp(["CONV_2D", "DELEGATE"]))
     assert not _has_delegate_nodes(Interp(["CONV_2D", "FULLY_CONNECTED"]))
     assert _has_delegate_nodes(Interp(None))  # cannot tell: trust the setting
+
+
+# --------------------------------------------------------------------------- LiteRT's delegate notice
+
+
+def test_the_delegate_notice_is_dropped_and_nothing_else(capfd, monkeypatch):
+    """What the runtime writes to fd 2 while an interpreter loads comes back, all but the delegate notice."""
+    import os
+
+    from edge.backends import litert
+
+    monkeypatch.setattr(litert, "_notice_seen", False)
+    with litert.without_delegate_notice():
+        os.write(2, b"keep this\n" + litert.DELEGATE_NOTICE + b"\nand this\n")
+    assert capfd.readouterr().err == "keep this\nand this\n"
+    assert litert._notice_seen  # seen once: later loads leave fd 2 alone, as the runtime prints it once
+    with litert.without_delegate_notice():
+        os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_the_kits_commands_do_not_print_litert_s_info_line(tmp_path):
+    """verify, bench, serve and the embedded runtime load LiteRT models without 'INFO: Created TensorFlow Lite
+    XNNPACK delegate for CPU.' reaching the user; the bare interpreter in the same environment prints it."""
+    import subprocess
+
+    from tests.edge._fixtures import PYTHON, REPO, edge_fixture, start_daemon
+
+    notice = "XNNPACK delegate for CPU"
+    e = edge_fixture()
+    model = next((e.bundle / "artifacts").glob("*.tflite"))
+    bare = subprocess.run([PYTHON, "-c", "from ai_edge_litert import interpreter as m; "
+                           f"m.Interpreter(model_path={str(model)!r}, num_threads=1).allocate_tensors()"],
+                          capture_output=True, text=True, timeout=60)
+    assert notice in bare.stderr, "LiteRT no longer prints its delegate notice: edge/backends/litert.py can stop catching it"
+
+    def edgekit(*args: str) -> str:
+        p = subprocess.run([PYTHON, "-m", "edgekit.cli", *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout + p.stderr
+
+    assert notice not in edgekit("verify", str(e.bundle), "--profile", str(e.profile))
+    assert notice not in edgekit("bench", str(e.bundle), "--profile", str(e.profile), "--out", str(tmp_path / "t.json"),
+                                 "--only", "small", "--min-runs", "5", "--min-seconds", "0", "--rest-runs", "2")
+    embedded = subprocess.run(
+        [PYTHON, "-c", "from edge.runtime.classifier import AdaptiveClassifier as A; import numpy as np; "
+         f"c = A.open({str(e.bundle)!r}, {str(e.selected_table)!r}, {str(e.profile)!r}); "
+         "print(c.classify(np.zeros((28, 28, 1), np.uint8), 1e4).outcome); c.close()"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert embedded.stdout.strip() == "ok" and notice not in embedded.stderr, embedded.stderr
+    d = start_daemon()
+    d.stop()
+    assert "listening on" in d.log and notice not in d.log

@@ -176,3 +176,73 @@ def test_the_event_loop_side_queues_takes_in_deadline_order_and_drains(fx):
         assert r.submit(req) == DONE and req.result is not None and req.result.outcome == "rejected"
     finally:
         r.close(drain=False)
+
+
+# ---------------------------------------------------------------- class names and what it says at start
+
+
+def test_every_answer_carries_its_class_name(fx, clf):
+    """classify() and the event-loop side both name the label's class, from the bundle's class names."""
+    from edge.runtime.scheduler import InferenceRequest
+    from tests._bundle_builder import CLASS_NAMES
+
+    img, _ = canary(fx)
+    r = clf.classify(img, deadline_ms=10_000)
+    assert clf.labels == CLASS_NAMES and r.class_name == CLASS_NAMES[r.label]
+    req = InferenceRequest(img[None], 10_000.0)
+    clf.submit(req)
+    taken = clf.take()
+    try:
+        res = clf.run(taken)
+    finally:
+        clf.release(taken)
+    assert res.class_name == CLASS_NAMES[res.label] and res.label == r.label
+
+
+def test_it_says_how_many_variants_it_adapts_over(fx, tmp_path, caplog):
+    lines: list[str] = []
+    with AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile), log=lines.append) as c:
+        assert c.adapt_note() == (False, next(m for m in lines if m.startswith("adapting over")))
+    assert any(m.startswith(f"adapting over 3 variants, from {fx.variants[0]} (") for m in lines)
+    # One variant, no log callback: a warning on the edgekit.runtime logger (stderr without logging set up).
+    doc = json.loads(fx.selected_table.read_text())
+    doc["rows"] = doc["rows"][:1]
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(doc))
+    with caplog.at_level("INFO", logger="edgekit.runtime"):
+        AdaptiveClassifier.open(str(fx.bundle), str(one), str(fx.profile)).close(drain=False)
+    warned = [r.getMessage() for r in caplog.records if r.name == "edgekit.runtime" and r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith(f"adapting over 1 variant ({fx.variants[0]} (")
+    assert "every request gets it: there is nothing to choose between" in warned[0]
+
+
+def test_it_says_when_the_profile_does_not_describe_this_host(fx, tmp_path):
+    """The test profile, said to describe an armv7l board: the runtime still serves, and says once at start
+    that the table's times are this host's with the profile's settings."""
+    import platform
+
+    other = "armv7l" if platform.machine() != "armv7l" else "x86_64"
+    prof = tmp_path / "edge-test.toml"
+    prof.write_text(fx.profile.read_text().replace('arch = "x86_64"', f'arch = "{other}"'))
+    lines: list[str] = []
+    with AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(prof), log=lines.append) as c:
+        assert c.classify(canary(fx)[0], 10_000).outcome == "ok"
+    notes = [m for m in lines if m.startswith("NOT A edge-test: ")]
+    assert len(notes) == 1 and f"edge-test is an {other} board" in notes[0]
+    assert "times are this host's with the settings of edge-test" in notes[0]
+
+
+def test_it_says_when_the_table_was_measured_on_a_host_the_profile_does_not_describe(fx, tmp_path):
+    from device_profiles import host_label, load_profile
+
+    if host_label(load_profile(fx.profile)):
+        pytest.skip("the test profile does not describe this host either; that note comes first")
+    doc = json.loads(fx.selected_table.read_text())
+    doc["header"]["host_mismatch"] = "edge-test is an aarch64 board, this host is x86_64"
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(doc))
+    lines: list[str] = []
+    AdaptiveClassifier.open(str(fx.bundle), str(elsewhere), str(fx.profile), log=lines.append).close(drain=False)
+    assert ("the selected table was measured on a host that is not a edge-test (edge-test is an aarch64 board, this "
+            "host is x86_64): its latencies are not this edge-test's; benchmark here ('edgekit bench') and select "
+            "again") in lines

@@ -284,3 +284,15 @@ def test_adaptive_leaves_the_waiting_requests_time(policy, waiting_ms, want):
     assert s.submit(InferenceRequest(img(1), deadline_ms=waiting_ms)) == QUEUED
     assert s.run(head).variant == {"fast": ROWS[0].variant, "slow": ROWS[1].variant}[want]
     s.release(head)
+
+
+def test_a_request_that_finds_its_slot_idle_runs_at_rest():
+    """Idle for REST_GAP_MS or more since the slot's last inference: at rest; right after one: not."""
+    from edge.tables.table import REST_GAP_MS
+
+    m = FakeModel()
+    s = make([{ROWS[0].variant: m, ROWS[1].variant: m}])
+    assert serve(s, InferenceRequest(img(), deadline_ms=1000)).at_rest  # nothing ran yet
+    assert not serve(s, InferenceRequest(img(), deadline_ms=1000)).at_rest  # back to back
+    time.sleep(REST_GAP_MS / 1000 * 1.5)
+    assert serve(s, InferenceRequest(img(), deadline_ms=1000)).at_rest

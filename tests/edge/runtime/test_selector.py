@@ -128,3 +128,31 @@ def test_decision_takes_well_under_10_microseconds():
             s.select(dl)
         best = min(best, (time.perf_counter() - t) / n * 1e6)
     assert best < 10.0, f"{best:.2f} us per decision"
+
+
+def test_at_rest_adaptive_predicts_the_cold_start_and_the_factor_keeps_meaning_drift():
+    """A request that finds its slot idle pays the table's latency at rest (rest_p50_ms, here 4x the median for
+    the fast variant, 1.5x for the slow one): adaptive predicts with it, and an observation at rest is compared to
+    it, so a board exactly as fast as its table keeps a factor of 1 whether requests come back to back or not."""
+    import dataclasses
+
+    rows = [dataclasses.replace(row("a", 1.0, 0.6), rest_p50_ms=4 * 0.7),
+            dataclasses.replace(row("b", 2.0, 0.9), rest_p50_ms=1.5 * 1.4)]
+    s = Selector(rows, slowdown=KalmanSlowdown())
+    assert s.rest_scale == pytest.approx((4.0, 1.5))
+    assert s.select(2.5).variant == "b@litert-xnnpack-t1"  # back to back: b's p95 2.0 fits
+    d = s.select(2.5, at_rest=True)  # at rest: a 4.0, b 3.0: nothing fits, best effort runs the fastest
+    assert d.index == 0 and not d.fits and d.predicted_ms == pytest.approx(4.0)
+    assert s.select(3.0, at_rest=True).variant == "b@litert-xnnpack-t1"
+    for _ in range(30):  # observed exactly at the table's medians, half at rest, half back to back
+        s.observe(0, 4 * 0.7, at_rest=True)
+        s.observe(1, 1.4)
+    assert s.factor == pytest.approx(1.0, abs=1e-6)
+    assert s.predict(0, at_rest=True) == pytest.approx(4.0) and s.predict(0) == pytest.approx(1.0)
+    # The baselines trust the table as it was: no cold start in their predictions.
+    for policy in ("quantile-table", "mean-table"):
+        base = Selector(rows, policy=policy, slowdown=NoSlowdown())
+        assert base.select(2.5, at_rest=True).variant == base.select(2.5).variant
+    # A table without the measurement (older tables, hand-made ones) behaves as before.
+    plain = Selector(ROWS, slowdown=NoSlowdown())
+    assert plain.rest_scale == (1.0,) * len(ROWS) and plain.select(2.5, at_rest=True) == plain.select(2.5)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from edge.serve.app import RouteTable
 from edge.v2.errors import ProtocolError
+from tests._bundle_builder import CLASS_NAMES
 from tests.edge._daemon_http import (
     INFER,
     VALID,
@@ -380,5 +381,8 @@ def test_the_standard_triton_v2_client_works(srv, fx):
         assert r.get_response()["parameters"]["variant"] == fx.variants[-1]
         np.testing.assert_allclose(r.as_numpy("logits")[0], want, atol=1e-3)
         assert int(r.as_numpy("class")[0]) == int(np.argmax(want))
+        # The class name rides beside the label as a response parameter, which any v2 client can read.
+        assert r.get_response()["parameters"]["class_name"] == CLASS_NAMES[int(np.argmax(want))]
+    assert c.get_model_metadata("edgekit")["parameters"]["labels"] == list(CLASS_NAMES)
     c.close()
 

@@ -365,3 +365,56 @@ def test_the_correct_mask_survives_a_table_round_trip(tmp_path):
     assert np.array_equal(decode_correct(back.correct, back.eval_count), right)
     assert "correct" not in (tmp_path / "t.csv").read_text().splitlines()[0]
     assert decode_correct("not base64!", 10) is None and decode_correct(back.correct, 5000) is None
+
+
+# ----------------------------------------------------------------------------- a front too small to adapt over
+
+
+def _graded(name: str, p95: float, right: int) -> LatencyRow:
+    """A row that got the first ``right`` of 100 images right (its per-image record, for the paired test)."""
+    import dataclasses
+
+    import numpy as np
+
+    from edge.tables.table import encode_correct
+
+    mask = np.arange(100) < right
+    return dataclasses.replace(row(name, p95, right / 100), correct=encode_correct(mask))
+
+
+def test_a_front_of_fewer_than_three_variants_is_warned_about_with_why_and_what_to_try():
+    from edge.tables.selection import FEW_VARIANTS, few_variants_warning
+
+    assert FEW_VARIANTS == 3
+    # One variant: every other row is slower and no more accurate.
+    one = select_subset(table(row("a", 1, 0.8), row("b", 2, 0.7), row("c", 3, 0.8), row("d", 4, 0.75)))
+    w = few_variants_warning(one)
+    assert w.startswith("warning: only 1 variant kept, so the runtime serves that variant to every request: "
+                        "there is nothing to adapt between.")
+    assert "3 of 4 rows are dominated" in w
+    assert "a larger --sample at 'edgekit train'" in w and "--family demo" in w
+    assert "--significance" in w  # and why loosening it would not help here: it dropped nothing
+    # Two variants, a third dropped by the paired test: the advice names a less strict test.
+    two = select_subset(table(_graded("a", 1, 60), _graded("b", 2, 61), _graded("c", 3, 90)))
+    assert [r.artifact_id for r in two.rows] == ["a", "c"]
+    w = few_variants_warning(two)
+    assert w.startswith("warning: only 2 variants kept, so the runtime can only choose between these two.")
+    assert "1 more was dropped because the paired test at --significance 0.05 cannot tell" in w
+    assert "--significance 0.2 here (0 turns it off and keeps every Pareto step)" in w
+    assert few_variants_warning(select_subset(table(_graded("a", 1, 60), _graded("b", 2, 61), _graded("c", 3, 90)),
+                                              significance=0)) == ""
+
+
+def test_cli_select_warns_on_stderr_and_says_what_comes_next(tmp_path, capsys):
+    from edgekit.cli import main
+
+    table(row("a", 1, 0.8), row("b", 2, 0.7)).save(tmp_path / "lat.json")
+    out = tmp_path / "sel.json"
+    assert main(["select", str(tmp_path / "lat.json"), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "warning: only 1 variant kept" in printed.err and "warning" not in printed.out
+    assert f"next: edgekit serve BUNDLE --table {out} --profile desktop-cpu" in printed.out
+    rows = [row("a", 1, 0.6), row("b", 2, 0.7), row("c", 3, 0.8)]
+    table(*rows).save(tmp_path / "lat3.json")
+    assert main(["select", str(tmp_path / "lat3.json"), "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err

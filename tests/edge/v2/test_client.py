@@ -7,6 +7,7 @@ import pytest
 
 from edge.v2.client import Client
 from edge.v2.client_codec import Classification, ClientError
+from tests._bundle_builder import CLASS_NAMES
 from tests.edge._fixtures import edge_fixture, start_daemon
 
 
@@ -37,6 +38,7 @@ def test_classify(srv, fx, binary):
         assert isinstance(r, Classification) and r.ok and r.status == 200
         assert r.variant == big and r.deadline_met is True
         assert r.label == int(np.argmax(scores))
+        assert r.class_name == CLASS_NAMES[r.label] == c.metadata()["parameters"]["labels"][r.label]
         np.testing.assert_allclose(r.scores, scores, rtol=1e-5, atol=1e-5)
         assert r.predicted_ms > 0 and r.inference_ms > 0 and r.total_ms >= r.inference_ms and r.queue_ms >= 0
         assert r.policy == "adaptive" and r.slowdown > 0
