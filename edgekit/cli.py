@@ -13,6 +13,7 @@ from edge.core.errors import EdgekitError
 COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("device_profiles.cli", "list the device profiles (built-in and from files)"),
     "train": ("converters.train.sweep", "train the specs of a CNN family on a dataset (workstation)"),
+    "import": ("converters.importing.command", "bring your own Keras, ONNX or TFLite models into a run (workstation)"),
     "convert": ("converters.convert.command", "quantize and convert trained models for device profiles (workstation)"),
     "bundle": ("converters.pack.packer", "pack what one device profile needs into a folder or tar.gz (workstation)"),
     "verify": ("edge.bundle.verify", "verify a bundle's checksums and run its canary check (device)"),
@@ -36,7 +37,8 @@ deadline-aware daemon (Open Inference Protocol / KServe v2) that answers each
 request with the most accurate variant that still meets its deadline.
 
 the pipeline, in order:
-  workstation:  train -> convert -> bundle   (then copy the bundle to the board)
+  workstation:  train (or import your own models) -> convert -> bundle
+                (then copy the bundle to the board)
   board:        verify -> bench -> select -> serve
   to judge it:  evaluate (compare serving policies on one workload),
                 report (a latency report with plots),

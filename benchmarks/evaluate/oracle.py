@@ -79,7 +79,7 @@ def oracle_pass(
     progress: Callable[[int, int], None] | None = None,
 ) -> OraclePass:
     """Run every selected variant on every request's image, in request order; record time and class."""
-    from edge.artifacts.tensors import dequantize_output, prepare_input
+    from edge.artifacts.tensors import dequantize_output, prepare_input, with_recorded_input
     from edge.backends import get_backend
 
     models = []
@@ -87,7 +87,8 @@ def oracle_pass(
         for r in rows:
             setting = _resolve_setting(profile, r.setting)
             backend = get_backend(setting.backend)
-            m = backend.load(bundle.artifact_path(r.artifact_id), setting)
+            m = with_recorded_input(backend.load(bundle.artifact_path(r.artifact_id), setting),
+                                    bundle.artifact(r.artifact_id).input)
             models.append(m)
         x0 = images[int(workload.image_indices[0])]
         for m in models:

@@ -12,21 +12,24 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from converters.cluster import ray_sweep
 from converters.cluster.ray_sweep import RayOptions
+from converters.convert.calibration import CalibrationOptions, CalibrationSet, for_run
 from converters.convert.model import Failed, ModelDir, Note, artifact_path, convert_one, convert_task
 from converters.convert.record import Outcome, Recorder, convert_lock, open_manifest
+from converters.convert.sources import Unavailable, model_payload, model_sha256, plan_targets, uses_calibration
 from device_profiles import BuildTarget, load_profile
 from edge.artifacts.formats import FORMATS, PRECISIONS
 from edge.artifacts.manifest import Manifest
-from edge.core.atomic import clean_stale_temps, read_json, sha256_bytes, sha256_file
+from edge.core.atomic import clean_stale_temps, read_json, sha256_bytes
 from edge.core.errors import MissingError, UsageError
 from edge.core.progress import progress_bar
 from edge.core.textable import format_table as format_text_table
+from edge.core.units import kb
 
 DEFAULT_MAX_DROP = 2.0
 
@@ -35,6 +38,8 @@ DEFAULT_MAX_DROP = 2.0
 class ConvertResult:
     manifest: Manifest
     outcomes: tuple[Outcome, ...]
+    unavailable: tuple[Unavailable, ...] = ()  # targets a model's source cannot produce (not failures)
+    calibration: dict[str, Any] | None = None  # the int8 calibration set (CalibrationSet.record()), when one was used
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
@@ -44,21 +49,38 @@ class ConvertResult:
 # ------------------------------------------------------------------------------------- run dir
 
 
+SOURCE_FORMATS = ("keras", "onnx", "tflite", "savedmodel")
+
+
 def finished_models(run_dir: Path) -> list[ModelDir]:
-    """Models whose train.json exists (written last by training); unfinished ones are ignored."""
+    """Models whose train.json exists (written last by training or import); unfinished ones are ignored.
+
+    A trained model is its model.keras; an imported one is the file its train.json's ``source`` names
+    (model.keras, model.onnx or model.tflite).
+    """
     models_dir = run_dir / "models"
     if not models_dir.is_dir():
-        raise MissingError(f"{models_dir} does not exist; train models first with 'edgekit train {run_dir} ...'")
+        raise MissingError(f"{models_dir} does not exist; train models first with 'edgekit train {run_dir} ...' "
+                           f"or import your own with 'edgekit import {run_dir} MODEL ...'")
     out = []
     for d in sorted(p for p in models_dir.iterdir() if p.is_dir()):
         tj = d / "train.json"
         if not tj.is_file():
             continue
         train = read_json(tj, what="train record")
-        keras_path = d / "model.keras"
-        if not keras_path.is_file():
-            raise MissingError(f"{keras_path} is missing although {tj} says the model finished; retrain it")
-        out.append(ModelDir(model_id=str(train.get("model_id", d.name)), path=d, keras_path=keras_path, train=train))
+        source = train.get("source")
+        fmt, name, redo = "keras", "model.keras", "retrain it"
+        if source is not None:
+            if not isinstance(source, dict) or source.get("format") not in SOURCE_FORMATS or \
+                    Path(str(source.get("file", ""))).name != source.get("file") or not source.get("file"):
+                raise UsageError(f"{tj}: its source is not an import record edgekit wrote ({source!r}); import the "
+                                 "model again with 'edgekit import --force'")
+            fmt, name, redo = str(source["format"]), str(source["file"]), "import it again with 'edgekit import'"
+        model_path = d / name
+        if not (model_path.is_dir() if fmt == "savedmodel" else model_path.is_file()):
+            raise MissingError(f"{model_path} is missing although {tj} says the model finished; {redo}")
+        out.append(ModelDir(model_id=str(train.get("model_id", d.name)), path=d, model_path=model_path, train=train,
+                            source=fmt))
     return out
 
 
@@ -84,13 +106,16 @@ def convert_run(
     out: TextIO | None = None,
     progress: bool = True,
     ray: RayOptions | None = None,
+    calibration: CalibrationOptions | None = None,
 ) -> ConvertResult:
     """Build every artifact the profiles need for every finished model, validate it, record it.
 
     The manifest is saved after every artifact, so an interrupted convert resumes where it
-    stopped; an artifact whose file and source model.keras are unchanged is skipped (its
-    status is re-judged against ``max_drop`` from the recorded numbers). With ``ray``, each
-    model to convert is a Ray task (converters.cluster.ray_sweep) and this process writes what it returns.
+    stopped; an artifact whose file and source model file are unchanged (an int8 one: and its
+    calibration images) is skipped (its status is re-judged against ``max_drop`` from the recorded
+    numbers). int8 artifacts are calibrated on the run's calibration split, or on ``calibration``'s
+    folder (converters.convert.calibration). With ``ray``, each model to convert is a Ray task
+    (converters.cluster.ray_sweep) and this process writes what it returns.
     """
     from converters.convert.exporters import check_target
 
@@ -108,72 +133,113 @@ def convert_run(
         check_target(t.format, t.precision)
     models = finished_models(run_dir)
     if not models:
-        raise UsageError(f"no finished models in {run_dir / 'models'} (no train.json yet); run 'edgekit train' first")
+        raise UsageError(f"no finished models in {run_dir / 'models'} (no train.json yet); run 'edgekit train' or "
+                         "'edgekit import' first")
 
     with convert_lock(run_dir):
         return _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force, batch_size, out, progress,
-                               ray)
+                               ray, calibration or CalibrationOptions())
 
 
-def _eval_set(run_dir: Path, limit_test: int | None, rec: Recorder):
-    """The run's test images and labels (first ``limit_test``) and its calibration images."""
-    from converters.data.datasets import splits_for_run
+class _RunData:
+    """The run's images a convert needs, each loaded on first use: its splits, test set and calibration set."""
 
-    splits = splits_for_run(run_dir)
-    x_eval, y_eval = splits.x_test, splits.y_test
-    if limit_test is not None:
-        x_eval, y_eval = x_eval[:limit_test], y_eval[:limit_test]
-    if not rec.manifest.labels:
-        rec.manifest = dataclasses.replace(rec.manifest, labels=tuple(splits.class_names))
-    return x_eval, y_eval, splits.x_calib
+    def __init__(self, run_dir: Path, meta: dict[str, Any], limit_test: int | None, calib: CalibrationOptions,
+                 calibrated: bool, progress: bool, out: TextIO):
+        self.run_dir, self.meta, self.limit_test, self.calib = run_dir, meta, limit_test, calib
+        self.calibrated = calibrated  # whether any artifact to make is calibrated (int8)
+        self.progress, self.out = progress, out
+        self.say = lambda msg: print(msg, file=out, flush=True)
+        self._splits: Any = None
+        self.calibration_set: CalibrationSet | None = None
+
+    def splits(self):
+        if self._splits is None:
+            from converters.data.datasets import splits_for_run
+
+            self._splits = splits_for_run(self.run_dir)
+        return self._splits
+
+    def calibration(self) -> CalibrationSet:
+        if self.calibration_set is None:
+            x_calib = self.splits().x_calib if self.calib.images is None else None
+            self.calibration_set = for_run(self.calib, self.meta, x_calib, progress=self.progress, out=self.out)
+            self.say(f"int8 calibration: {self.calibration_set.describe()}")
+        return self.calibration_set
+
+    def evalset(self, rec: Recorder):
+        """The run's test images and labels (first ``limit_test``) and the calibration images."""
+        splits = self.splits()
+        x_eval, y_eval = splits.x_test, splits.y_test
+        if self.limit_test is not None:
+            x_eval, y_eval = x_eval[: self.limit_test], y_eval[: self.limit_test]
+        if not rec.manifest.labels:
+            rec.manifest = dataclasses.replace(rec.manifest, labels=tuple(splits.class_names))
+        return x_eval, y_eval, (self.calibration().images if self.calibrated else splits.x_calib)
 
 
 def _convert_locked(run_dir, models, targets, meta, max_drop, limit_test, force, batch_size, out, progress,
-                    ray=None) -> ConvertResult:
+                    ray=None, calib: CalibrationOptions = CalibrationOptions()) -> ConvertResult:
     art_dir = run_dir / "artifacts"
     art_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(art_dir)
     manifest = open_manifest(run_dir, str(meta.get("dataset", "")), tuple(str(c) for c in meta.get("class_names", ())))
 
-    bar = progress_bar(len(models) * len(targets), enabled=progress)
-    rec = Recorder(run_dir, manifest, bar, out)
+    # What each model's source can make (an imported ONNX or TFLite model, fewer than the profiles ask).
+    buildable: dict[str, list[BuildTarget]] = {}
+    unavailable: list[Unavailable] = []
+    for md in models:
+        buildable[md.model_id], cannot = plan_targets(md, targets)
+        unavailable += cannot
+    calibrated = any(uses_calibration(md, t) for md in models for t in buildable[md.model_id])
+    data = _RunData(run_dir, meta, limit_test, calib, calibrated, progress, out)
+    if calib.images is not None and not calibrated:
+        print(f"note: --calib-images {calib.images} is not used: no artifact of these profiles is calibrated "
+              "(int8)", file=out, flush=True)
+    elif calib.images is not None:
+        data.calibration()  # a bad or empty folder stops the convert before anything is built
+    bar = progress_bar(sum(len(v) for v in buildable.values()), enabled=progress)
+    rec = Recorder(run_dir, manifest, bar, out, calibration=data.calibration)
+    data.say = rec.say
     try:
         if ray is not None:
-            _convert_on_ray(rec, models, targets, max_drop, limit_test, force, batch_size, ray)
+            _convert_on_ray(rec, data, models, buildable, max_drop, limit_test, force, batch_size, ray)
         else:
             evalset = None
             for md in models:
-                source_sha = sha256_file(md.keras_path)
-                todo = rec.plan(md, source_sha, targets, force, max_drop)
+                source_sha = model_sha256(md.model_path)
+                todo = rec.plan(md, source_sha, buildable[md.model_id], force, max_drop)
                 if not todo:
                     continue
                 if evalset is None:
-                    evalset = _eval_set(run_dir, limit_test, rec)
-                for ev in convert_one(md, md.keras_path, todo, run_dir, *evalset, limit_test, max_drop, batch_size):
+                    evalset = data.evalset(rec)
+                for ev in convert_one(md, md.model_path, todo, run_dir, *evalset, limit_test, max_drop, batch_size):
                     rec.apply(ev, md, source_sha)
     finally:
         bar.close()
     # Skips are reported as they are found; the table reads better in model, then target order.
     rank = {(m.model_id, t.format, t.precision): (i, j) for i, m in enumerate(models) for j, t in enumerate(targets)}
     outcomes = sorted(rec.outcomes, key=lambda o: rank[(o.model_id, o.format, o.precision)])
-    return ConvertResult(manifest=rec.manifest, outcomes=tuple(outcomes))
+    cal = data.calibration_set
+    return ConvertResult(manifest=rec.manifest, outcomes=tuple(outcomes), unavailable=tuple(unavailable),
+                         calibration=cal.record() if cal is not None else None)
 
 
-def _convert_on_ray(rec: Recorder, models, targets, max_drop, limit_test, force, batch_size,
-                    opts: RayOptions) -> None:
+def _convert_on_ray(rec: Recorder, run_data: _RunData, models, buildable: dict[str, list[BuildTarget]], max_drop,
+                    limit_test, force, batch_size, opts: RayOptions) -> None:
     """One Ray task per model with artifacts to build; this process applies what each returns as it finishes."""
     import ray
 
     plans = {}
     for md in models:
-        data = md.keras_path.read_bytes()  # sent to the task: the sha256 recorded is that of the bytes converted
-        source_sha = sha256_bytes(data)
-        todo = rec.plan(md, source_sha, targets, force, max_drop)
+        data = model_payload(md.model_path)  # sent to the task: the sha256 recorded is that of what is converted
+        source_sha = sha256_bytes(data) if not md.model_path.is_dir() else model_sha256(md.model_path)
+        todo = rec.plan(md, source_sha, buildable[md.model_id], force, max_drop)
         if todo:
             plans[md.model_id] = (md, source_sha, data, todo)
     if not plans:
         return
-    evalset = _eval_set(rec.run_dir, limit_test, rec)
+    evalset = run_data.evalset(rec)
     with ray_sweep.ray_session(opts, say=rec.say) as session:
         rec.say(f"ray: {session.where}; {opts.describe()}; results come back to this process, which writes them "
                 f"into {rec.run_dir}")
@@ -215,7 +281,7 @@ def format_table(result: ConvertResult) -> str:
         diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.3g}"
         status = r.status + (" (skip)" if o.action == "skip" else "")
         rows.append(
-            (r.model_id, f"{r.format}-{r.precision}", f"{r.size_bytes / 1024:.1f}", _pct(r.host_accuracy), delta,
+            (r.model_id, f"{r.format}-{r.precision}", kb(r.size_bytes), _pct(r.host_accuracy), delta,
              _pct(r.agreement), diff, status)
         )
     return format_text_table(header, rows, align="llrrrrrl", rule=True)
@@ -259,6 +325,14 @@ def format_summary(result: ConvertResult) -> str:
         f"{n['built']} built, {n['skip']} skipped (unchanged), {n['failed']} failed, "
         f"{rejected} rejected (not bundled unless forced)"
     )
+    if result.calibration is not None:
+        cal = result.calibration
+        lines.append(f"int8 calibration: {cal['description']} (sha256 {str(cal['sha256'])[:12]}, recorded per "
+                     "artifact in manifest.json extra \"calibration\")")
+    if result.unavailable:
+        lines.append(f"{len(result.unavailable)} target(s) not built because the model's source cannot produce "
+                     "them (not failures):")
+        lines += [f"  {u.model_id} {u.format}-{u.precision}: {u.reason}" for u in result.unavailable]
     return "\n".join(lines)
 
 
@@ -280,11 +354,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="rebuild artifacts even when unchanged")
     parser.add_argument("--batch-size", type=int, default=256, help="validation batch size (default 256)")
+    cal = parser.add_argument_group("int8 calibration")
+    cal.add_argument("--calib-images", type=Path, metavar="DIR",
+                     help="calibrate int8 artifacts on the images in DIR (any depth, no labels; JPEG, PNG, BMP, GIF), "
+                          "decoded at the run's input size with its resize method, instead of the run's calibration "
+                          "split; more than --calib-size of them: a sample seeded by the run's seed")
+    cal.add_argument("--calib-size", type=_positive_int, metavar="N",
+                     help="at most N calibration images, a seeded sample when there are more (default: all of the "
+                          "run's calibration split; with --calib-images, the run's calib_size: edgekit train "
+                          "--calib-size, 500 unless set)")
+    cal.add_argument("--skip-bad", action="store_true",
+                     help="leave out files of --calib-images that cannot be decoded (each reported) instead of "
+                          "stopping at the first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray_sweep.add_arguments(parser, what="model (all of its artifacts)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def run(args) -> int:
+    calibration = CalibrationOptions(images=args.calib_images, size=args.calib_size, skip_bad=args.skip_bad)
     ray = ray_sweep.options_from_args(args)
     if ray is None:  # on Ray, TensorFlow runs in the tasks only
         try:  # TensorFlow's start-up notices would bury the progress lines
@@ -302,6 +399,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         ray=ray,
+        calibration=calibration,
     )
     print()
     print(format_table(result))
@@ -314,4 +412,7 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return 1
+    for name in args.profile:
+        stem = Path(name).stem
+        print(f"next: edgekit bundle {args.run} --profile {name} --out {stem}-bundle.tar.gz")
     return 0

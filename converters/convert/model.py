@@ -27,12 +27,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelDir:
-    """One finished model of a run (train.json present)."""
+    """One finished model of a run (train.json present): trained (model.keras) or imported (train.json's source)."""
 
     model_id: str
     path: Path
-    keras_path: Path
+    model_path: Path  # model.keras, or an import's model.onnx / model.tflite / saved_model folder
     train: dict[str, Any]
+    source: str = "keras"  # keras | onnx | tflite | savedmodel: what the model file is
+
+    @property
+    def imported(self) -> bool:
+        return isinstance(self.train.get("source"), dict)
 
 
 @dataclass(frozen=True)
@@ -91,20 +96,26 @@ def _load_keras(path: Path):
     return load_keras_model(path)
 
 
-def convert_one(md: ModelDir, keras_path: Path, todo: list[BuildTarget], out_root: Path, x_eval, y_eval, x_calib,
+def convert_one(md: ModelDir, model_path: Path, todo: list[BuildTarget], out_root: Path, x_eval, y_eval, x_calib,
                 limit_test: int | None, max_drop: float, batch_size: int) -> Iterator[Any]:
-    """Convert and validate one model's ``todo`` artifacts under ``out_root``; yields what happens, in order."""
-    from converters.convert import validate
-    from converters.convert.exporters import export_model
+    """Convert and validate one model's ``todo`` artifacts under ``out_root``; yields what happens, in order.
 
+    The model file is ``model_path`` (the run's, or a Ray worker's copy); every artifact is validated
+    against the source model's own outputs (converters.convert.sources).
+    """
+    from converters.convert import validate
+    from converters.convert.sources import convert_source
+
+    src = convert_source(md, model_path)
     try:
-        model = _load_keras(keras_path)
-        reference = validate.keras_outputs(model, x_eval, batch_size=batch_size)
-    except Exception as exc:  # Keras raises many types for a bad file; one model must not stop the rest
-        msg = " ".join(f"cannot load {md.keras_path}: {exc}".split())
+        src.load()
+        reference = src.reference(x_eval, batch_size)
+    except Exception as exc:  # Keras and the runtimes raise many types for a bad file; one model must not stop the rest
+        msg = " ".join(f"cannot load {md.model_path}: {exc}".split())
         yield Note(f"FAIL  {md.model_id}: {msg[:500]}")
         for t in todo:
             yield Failed(t, artifact_path(md.model_id, t)[1], 0.0, msg)
+        src.close()
         return
     warnings: list[str] = []
     _check_reload(md, reference, y_eval, limit_test, warnings.append)
@@ -115,32 +126,36 @@ def convert_one(md: ModelDir, keras_path: Path, todo: list[BuildTarget], out_roo
         yield Started(aid)
         t0 = time.perf_counter()
         try:
-            res = export_model(model, out_root / rel, t.format, t.precision, calib_images=x_calib)
+            res = src.export(t, out_root / rel, x_calib)
             v = validate.validate_artifact(
-                res.path, t.format, x_eval, y_eval, reference, max_drop=max_drop, batch_size=batch_size
+                res.path, t.format, x_eval, y_eval, reference, max_drop=max_drop, batch_size=batch_size,
+                input_spec=res.input,
             )
         except (RuntimeError, ValueError, OSError) as exc:
             msg = " ".join(str(exc).split())
             yield Failed(t, rel, time.perf_counter() - t0, msg, line=f"FAIL  {aid}: {msg[:500]}")
             continue
         yield Built(t, rel, res, v, time.perf_counter() - t0)
-    del model
+    src.close()
+    del src
     _release_keras()
 
 
-def convert_task(md: ModelDir, keras_bytes: bytes, todo: list[BuildTarget], evalset, limit_test: int | None,
+def convert_task(md: ModelDir, model_bytes: bytes, todo: list[BuildTarget], evalset, limit_test: int | None,
                  max_drop: float, batch_size: int, ray: RayOptions) -> list[Any]:
     """A Ray task: convert and validate one model's ``todo`` artifacts in a temporary folder of its worker.
 
-    Gets the model as bytes and returns its events, each built artifact's bytes included, for the driver
+    Gets the model file as bytes and returns its events, each built artifact's bytes included, for the driver
     to apply (``Recorder.apply``); the worker never opens the run folder.
     """
+    from converters.convert.sources import FOLDER_FORMATS, write_payload
+
     ray_sweep.init_worker(ray)
     events: list[Any] = []
     with ray_sweep.task_folder() as root:
-        keras_path = root / "model.keras"
-        keras_path.write_bytes(keras_bytes)
-        for ev in convert_one(md, keras_path, todo, root, *evalset, limit_test, max_drop, batch_size):
+        model_path = root / md.model_path.name
+        write_payload(model_bytes, model_path, folder=md.source in FOLDER_FORMATS)
+        for ev in convert_one(md, model_path, todo, root, *evalset, limit_test, max_drop, batch_size):
             if isinstance(ev, Built):
                 ev = dataclasses.replace(ev, data=(root / ev.rel).read_bytes(),
                                          result=dataclasses.replace(ev.result, path=Path(ev.rel)))
@@ -150,7 +165,7 @@ def convert_task(md: ModelDir, keras_bytes: bytes, todo: list[BuildTarget], eval
 
 
 def _check_reload(md: ModelDir, reference: np.ndarray, labels: np.ndarray, limit_test: int | None, say) -> None:
-    """Warn when the reloaded model.keras no longer scores what training recorded on the same test set.
+    """Warn when the reloaded model file no longer scores what training (or import) recorded on the same test set.
 
     Artifacts are validated against the model as it loads now; if custom-layer code changed after
     training, that model (and every artifact) silently differs from the one that was trained.
@@ -162,9 +177,10 @@ def _check_reload(md: ModelDir, reference: np.ndarray, labels: np.ndarray, limit
     now = float((reference.argmax(axis=1) == labels).mean())
     if abs(now - float(recorded)) > 0.005:
         say(
-            f"WARN  {md.model_id}: model.keras now scores {100 * now:.2f}% but train.json recorded "
+            f"WARN  {md.model_id}: {md.model_path.name} now scores {100 * now:.2f}% but train.json recorded "
             f"{100 * float(recorded):.2f}% on the same test set; it does not load as trained "
-            "(custom layer code changed since?): retrain it"
+            + ("(the file or a runtime changed since?): re-import it with --force" if md.imported else
+               "(custom layer code changed since?): retrain it")
         )
 
 

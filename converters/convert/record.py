@@ -11,7 +11,7 @@ import dataclasses
 import fcntl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
 from converters.convert.model import Built, Failed, ModelDir, Note, Started, artifact_path
 from device_profiles import BuildTarget
@@ -19,7 +19,11 @@ from edge.artifacts.manifest import ArtifactRecord, Manifest, ManifestError, art
 from edge.core.atomic import atomic_write_bytes, sha256_bytes, sha256_file
 from edge.core.errors import StepFailed
 
+if TYPE_CHECKING:
+    from converters.convert.calibration import CalibrationSet
+
 LOCK_FILE = ".convert.lock"
+CALIBRATION = "calibration"  # manifest.json extra: {artifact id: the calibration set it was built from}
 
 
 @dataclass(frozen=True)
@@ -69,17 +73,47 @@ def convert_lock(run_dir: Path) -> Iterator[None]:
         fh.close()
 
 
+def recorded_calibration(manifest: Manifest, aid: str) -> dict[str, Any] | None:
+    """The calibration set manifest.json records for artifact ``aid`` (None: none recorded)."""
+    got = (manifest.extra.get(CALIBRATION) or {}).get(aid)
+    return got if isinstance(got, dict) else None
+
+
+def _with_calibration(manifest: Manifest, aid: str, rec: dict[str, Any] | None) -> Manifest:
+    """A copy whose extra records ``rec`` as ``aid``'s calibration set (None: records none)."""
+    sets = {k: v for k, v in (manifest.extra.get(CALIBRATION) or {}).items() if k != aid}
+    if rec is not None:
+        sets[aid] = rec
+    extra = {k: v for k, v in manifest.extra.items() if k != CALIBRATION}
+    if sets:
+        extra[CALIBRATION] = dict(sorted(sets.items()))
+    return dataclasses.replace(manifest, extra=extra)
+
+
 def _without(manifest: Manifest, aid: str) -> Manifest:
+    manifest = _with_calibration(manifest, aid, None)
     return dataclasses.replace(manifest, artifacts=tuple(a for a in manifest.artifacts if a.artifact_id != aid))
 
 
 class Recorder:
-    """This process's side of a convert: the run folder's artifacts, manifest.json, outcomes, lines and bar."""
+    """This process's side of a convert: the run folder's artifacts, manifest.json, outcomes, lines and bar.
 
-    def __init__(self, run_dir: Path, manifest: Manifest, bar, out: TextIO):
+    ``calibration`` gives the calibration set of this convert (called only when an int8 artifact is
+    checked or built; it should load the set once): an int8 artifact is unchanged only if it was
+    calibrated on the same images (their sha256), and each one built records its set in the manifest.
+    """
+
+    def __init__(self, run_dir: Path, manifest: Manifest, bar, out: TextIO,
+                 calibration: Callable[[], CalibrationSet] | None = None):
         self.run_dir, self.manifest, self.bar, self.out = run_dir, manifest, bar, out
         self.path = run_dir / "manifest.json"
         self.outcomes: list[Outcome] = []
+        self.calibration = calibration
+
+    def _calibration(self) -> CalibrationSet:
+        if self.calibration is None:  # pragma: no cover - the command always gives one
+            raise RuntimeError("Recorder: an int8 artifact needs the convert's calibration set; none was given")
+        return self.calibration()
 
     def say(self, msg: str) -> None:
         self.bar.write(msg, file=self.out)
@@ -90,14 +124,26 @@ class Recorder:
 
     def plan(self, md: ModelDir, source_sha: str, targets: list[BuildTarget], force: bool,
              max_drop: float) -> list[BuildTarget]:
-        """Record the model's unchanged artifacts as skipped (re-judged); returns the targets to build."""
+        """Record the model's unchanged artifacts as skipped (re-judged); returns the targets to build.
+
+        Unchanged: the recorded file is there with its sha256, built from this model file, and (an int8
+        artifact) calibrated on this convert's calibration set.
+        """
         from converters.convert import validate
+        from converters.convert.calibration import same_set
+        from converters.convert.sources import uses_calibration
 
         todo: list[BuildTarget] = []
         for t in targets:
             aid = artifact_id(md.model_id, t.format, t.precision)
             rec = self.manifest.by_id().get(aid)
-            if not force and is_unchanged(rec, self.run_dir, source_sha):
+            unchanged = not force and is_unchanged(rec, self.run_dir, source_sha)
+            if unchanged and uses_calibration(md, t):
+                cal = self._calibration()
+                if not same_set(recorded_calibration(self.manifest, aid), cal):
+                    self.say(f"redo  {aid}: it was calibrated on other images; now on {cal.describe()}")
+                    unchanged = False
+            if unchanged:
                 assert rec is not None
                 rejudged = validate.rejudge(rec, max_drop)
                 if rejudged != rec:
@@ -111,6 +157,7 @@ class Recorder:
 
     def apply(self, ev: Any, md: ModelDir, source_sha: str) -> None:
         from converters.convert import validate
+        from converters.convert.sources import uses_calibration
 
         if isinstance(ev, Note):
             self.say(ev.text)
@@ -140,7 +187,8 @@ class Recorder:
                 macs=int(md.train.get("macs", 0) or 0),
             )
             rec = validate.apply_validation(rec, v)
-            self.save(self.manifest.with_artifact(rec))
+            cal = self._calibration().record() if uses_calibration(md, t) else None
+            self.save(_with_calibration(self.manifest.with_artifact(rec), aid, cal))
             note = f"  ({v.reason})" if v.status != "ok" else ""
             self.say(
                 f"built {aid}: {res.size_bytes / 1024:.1f} KB, convert {res.seconds:.1f}s, total {ev.seconds:.1f}s, "

@@ -1,4 +1,4 @@
-"""Validate converted artifacts on the host with their edge runtime against the Keras model they came from."""
+"""Validate converted artifacts on the host with their edge runtime against the model they came from."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 
 from device_profiles import RuntimeSetting
 from edge.artifacts.formats import backend_for
-from edge.artifacts.manifest import ArtifactRecord
-from edge.artifacts.tensors import scores
+from edge.artifacts.manifest import ArtifactRecord, TensorSpec
+from edge.artifacts.tensors import scores, with_recorded_input
 from edge.backends import get_backend
 from edge.core.errors import UsageError
 
@@ -71,13 +71,28 @@ def run_artifact(
     images: np.ndarray,
     batch_size: int = DEFAULT_BATCH,
     setting: RuntimeSetting | None = None,
+    input_spec: TensorSpec | None = None,
 ) -> np.ndarray:
-    """Dequantized float32 outputs of the artifact at ``path`` for uint8 images, in batches."""
+    """Dequantized float32 outputs of the artifact at ``path`` for uint8 images, in batches.
+
+    ``input_spec``: the artifact's recorded input (an imported model's mean/std is only there). A graph
+    with a fixed batch (imported ONNX and TFLite models often have one) is run one image at a time.
+    """
     setting = setting or host_setting(fmt)
     x = _as_images(images)
     backend = get_backend(setting.backend)
     with backend.load(Path(path), setting) as lm:
-        return scores(lm, x, batch_size=batch_size)
+        if input_spec is not None:
+            with_recorded_input(lm, input_spec)
+        try:
+            return scores(lm, x, batch_size=batch_size)
+        except Exception:  # runtimes raise their own types for a batch the graph cannot take
+            if batch_size == 1:
+                raise
+    with backend.load(Path(path), setting) as lm:  # the failed resize may leave the interpreter unusable
+        if input_spec is not None:
+            with_recorded_input(lm, input_spec)
+        return scores(lm, x, batch_size=1)
 
 
 def judge(accuracy: float, keras_accuracy: float, max_drop: float = DEFAULT_MAX_DROP,
@@ -152,9 +167,11 @@ def validate_artifact(
     max_drop: float = DEFAULT_MAX_DROP,
     batch_size: int = DEFAULT_BATCH,
     setting: RuntimeSetting | None = None,
+    input_spec: TensorSpec | None = None,
 ) -> Validation:
-    """Run the artifact over ``images`` with its edge runtime and compare to the Keras ``reference`` logits."""
-    scores = run_artifact(path, fmt, images, batch_size=batch_size, setting=setting)
+    """Run the artifact over ``images`` with its edge runtime and compare to the source model's ``reference``
+    outputs (Keras, or the imported ONNX/TFLite file run by its own runtime)."""
+    scores = run_artifact(path, fmt, images, batch_size=batch_size, setting=setting, input_spec=input_spec)
     return compare(scores, labels, reference, max_drop=max_drop)
 
 

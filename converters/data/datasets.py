@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -24,12 +25,18 @@ from converters.data.files import (
 )
 from edge.core.errors import UsageError
 
+if TYPE_CHECKING:
+    from converters.data.images import ImageData, ImageOptions
+
 __all__ = [
     "DATASETS",
+    "DataSource",
     "DatasetInfo",
     "Splits",
     "dataset_info",
     "load_dataset",
+    "data_for_run",
+    "load_source",
     "make_splits",
     "splits_for_run",
 ]
@@ -69,6 +76,23 @@ DATASETS: dict[str, DatasetInfo] = {
         system_dirs=("/usr/share/datasets/cifar-10", "/usr/share/datasets/cifar10"), apt_package=None,
         keras_module="cifar10", folder_names=("cifar10", "cifar-10")),
 }
+
+IMAGES = "images"  # the dataset name of a run made from an image folder
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a new run's data comes from: a named dataset (DATASETS) or an image folder."""
+
+    dataset: str = "fashion_mnist"  # a DATASETS name, or "images"
+    data_dir: str | None = None
+    images: ImageOptions | None = None  # set when dataset == "images"
+
+    def __post_init__(self) -> None:
+        if (self.dataset == IMAGES) != (self.images is not None):
+            raise UsageError(f"DataSource: images must be set exactly when dataset == {IMAGES!r} "
+                             f"(dataset={self.dataset!r}, images={self.images!r})")
+
 
 GENERIC_ENV = "EDGEKIT_DATA_DIR"
 NO_DOWNLOAD_ENV = "EDGEKIT_NO_DOWNLOAD"
@@ -209,12 +233,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
 # ---------------------------------------------------------------------------------------------- splits
 
 def make_splits(ds: Dataset, val_fraction: float = 0.1, calib_size: int = 500, seed: int = 0,
-                limit_train: int | None = None, limit_test: int | None = None) -> Splits:
+                limit_train: int | None = None, limit_test: int | None = None,
+                val_idx: np.ndarray | None = None) -> Splits:
     """Deterministic train/val/calib/test split for ``seed``.
 
     ``limit_train`` keeps a seeded random subset of the official train set *before* the validation
     split; val is ``val_fraction`` of that; calib is drawn from the train part only (never val or
-    test); ``limit_test`` keeps a seeded random subset of the official test set.
+    test); ``limit_test`` keeps a seeded random subset of the official test set. ``val_idx`` (an image
+    folder's val/ rows of ``ds.x_train``) is the validation set as given: ``val_fraction`` is not used
+    and ``limit_train`` applies to the other rows.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -228,17 +255,26 @@ def make_splits(ds: Dataset, val_fraction: float = 0.1, calib_size: int = 500, s
     r_pool, r_val, r_calib, r_test = (np.random.default_rng(s) for s in ss.spawn(4))
 
     n_train = len(ds.x_train)
-    pool = np.arange(n_train)
-    if limit_train is not None and limit_train < n_train:
-        pool = np.sort(r_pool.choice(n_train, size=limit_train, replace=False))
-    n_val = int(round(len(pool) * val_fraction))
-    if val_fraction > 0 and n_val == 0 and len(pool) > 1:
-        n_val = 1
-    if n_val >= len(pool):
-        raise UsageError(f"val_fraction {val_fraction} leaves no training images out of {len(pool)}")
-    perm = r_val.permutation(len(pool))
-    val_idx = np.sort(pool[perm[:n_val]])
-    train_idx = np.sort(pool[perm[n_val:]])
+    if val_idx is not None:
+        val_idx = np.sort(np.asarray(val_idx, dtype=np.int64))
+        rest = np.setdiff1d(np.arange(n_train), val_idx)
+        train_idx = rest
+        if limit_train is not None and limit_train < len(rest):
+            train_idx = np.sort(r_pool.choice(rest, size=limit_train, replace=False))
+        if len(train_idx) == 0:
+            raise UsageError("no training images are left besides the validation folder's")
+    else:
+        pool = np.arange(n_train)
+        if limit_train is not None and limit_train < n_train:
+            pool = np.sort(r_pool.choice(n_train, size=limit_train, replace=False))
+        n_val = int(round(len(pool) * val_fraction))
+        if val_fraction > 0 and n_val == 0 and len(pool) > 1:
+            n_val = 1
+        if n_val >= len(pool):
+            raise UsageError(f"val_fraction {val_fraction} leaves no training images out of {len(pool)}")
+        perm = r_val.permutation(len(pool))
+        val_idx = np.sort(pool[perm[:n_val]])
+        train_idx = np.sort(pool[perm[n_val:]])
     n_calib = min(calib_size, len(train_idx))
     calib_idx = np.sort(r_calib.choice(train_idx, size=n_calib, replace=False)) if n_calib else train_idx[:0]
 
@@ -257,14 +293,57 @@ def make_splits(ds: Dataset, val_fraction: float = 0.1, calib_size: int = 500, s
     )
 
 
-def splits_for_run(run_dir: str | os.PathLike) -> Splits:
-    """Re-create the exact splits a training run used, from ``RUN/run.json``."""
+def load_source(source: DataSource, *, seed: int = 0, want_shape: tuple[int, int, int] | None = None,
+                cache: Path | None = None, progress: bool = True,
+                out: TextIO | None = None) -> tuple[Dataset, np.ndarray | None, ImageData | None]:
+    """A new run's data: (Dataset, the fixed val rows or None, the ImageData of an image folder or None).
+
+    An image folder is decoded into (or read from a matching) ``cache`` file when one is given.
+    """
+    if source.images is None:
+        return load_dataset(source.dataset, source.data_dir), None, None
+    from converters.data.images import image_data_for_run, load_image_folder
+
+    if cache is None:
+        data = load_image_folder(source.images, seed=seed, want_shape=want_shape, progress=progress, out=out)
+    else:
+        data = image_data_for_run(cache, source.images, seed=seed, want_shape=want_shape, progress=progress, out=out)
+    return data.dataset, data.val_idx, data
+
+
+def data_for_run(run_dir: str | os.PathLike, meta: dict | None = None, *, progress: bool = True,
+                 out: TextIO | None = None) -> tuple[Dataset, np.ndarray | None]:
+    """The Dataset a run was made from (an image run's from its cache), and its fixed val rows or None."""
     from edge.core.atomic import read_json
 
     run_dir = Path(run_dir)
-    meta = read_json(run_dir / "run.json", what="run file (written by `edgekit train`)")
+    if meta is None:
+        meta = read_json(run_dir / "run.json", what="run file (written by `edgekit train` or `edgekit import`)")
+    if meta.get("dataset") != IMAGES:
+        return load_dataset(meta["dataset"], meta.get("data_dir")), None
+    from converters.data.images import CACHE_FILE, image_data_for_run, options_from_record
+
+    rec = meta.get("images")
+    if not isinstance(rec, dict) or not meta.get("data_dir"):
+        raise UsageError(f"{run_dir / 'run.json'} says dataset 'images' but has no \"images\" record or data_dir; "
+                         "make the run again")
+    data = image_data_for_run(run_dir / str(rec.get("cache", CACHE_FILE)), options_from_record(meta["data_dir"], rec),
+                              seed=int(meta.get("seed", 0)), progress=progress, out=out, existing_run=True)
+    names = list(data.dataset.class_names)
+    if meta.get("class_names") and list(meta["class_names"]) != names:
+        raise UsageError(f"the image folder {meta['data_dir']} now has classes {names}, but {run_dir} was made with "
+                         f"{list(meta['class_names'])}; restore the folder or make a new run")
+    return data.dataset, data.val_idx
+
+
+def splits_for_run(run_dir: str | os.PathLike, *, progress: bool = True, out: TextIO | None = None) -> Splits:
+    """Re-create the exact splits a run used, from ``RUN/run.json`` (an image run's pixels from its cache)."""
+    from edge.core.atomic import read_json
+
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "run.json", what="run file (written by `edgekit train` or `edgekit import`)")
     sp = meta.get("splits", {})
-    ds = load_dataset(meta["dataset"], meta.get("data_dir"))
+    ds, val_idx = data_for_run(run_dir, meta, progress=progress, out=out)
     return make_splits(ds, val_fraction=float(sp.get("val_fraction", 0.1)),
                        calib_size=int(sp.get("calib_size", 500)), seed=int(meta.get("seed", 0)),
-                       limit_train=sp.get("limit_train"), limit_test=sp.get("limit_test"))
+                       limit_train=sp.get("limit_train"), limit_test=sp.get("limit_test"), val_idx=val_idx)

@@ -161,7 +161,8 @@ def keras_name(model_id: str) -> str:
 def count_params_macs(model) -> tuple[int, int]:
     """(parameters, multiply-accumulates for one image) of a built model.
 
-    MACs count Conv2D, DepthwiseConv2D, Dense and PSConv2D (what it executes: 4 taps per kernel);
+    MACs count Conv1D, Conv2D (grouped too), DepthwiseConv2D, SeparableConv2D, Dense and PSConv2D (what it
+    executes: 4 taps per kernel), inside nested models too (keras.applications);
     pooling, resizing and element-wise layers are not counted. Parameters are the model's weights,
     except that a masked PSConv2D counts only its free weights.
     """
@@ -180,13 +181,18 @@ def count_params_macs(model) -> tuple[int, int]:
         if cls in ("Conv2D", "DepthwiseConv2D", "Conv1D", "SeparableConv2D"):
             out_shape = layer.output.shape
             pixels = math.prod(int(d) for d in out_shape[1:-1])
-            if cls == "DepthwiseConv2D":
-                macs += pixels * int(math.prod(layer.depthwise_kernel.shape))
-            elif cls == "SeparableConv2D":
+            if cls == "SeparableConv2D":
+                # the depthwise and the 1x1 pointwise stage, both at the output's pixels (strides apply first)
                 macs += pixels * (int(math.prod(layer.depthwise_kernel.shape))
                                   + int(math.prod(layer.pointwise_kernel.shape)))
             else:
-                macs += pixels * int(math.prod(layer.kernel.shape))
+                # a DepthwiseConv2D's weights are `kernel` (kh, kw, cin, multiplier) in Keras >= 3.x, were
+                # `depthwise_kernel` before: each output value takes kh*kw MACs, so pixels * its size either way;
+                # a grouped Conv2D's kernel (kh, kw, cin/groups, cout) counts right the same way
+                kernel = getattr(layer, "kernel", None)
+                if kernel is None:
+                    kernel = layer.depthwise_kernel
+                macs += pixels * int(math.prod(kernel.shape))
         elif cls == "Dense":
             in_shape = layer.input.shape
             rows = math.prod(int(d) for d in in_shape[1:-1]) if len(in_shape) > 2 else 1

@@ -23,13 +23,15 @@ import numpy as np
 
 from device_profiles import DeviceProfile, RuntimeSetting, load_profile
 from edge.artifacts.formats import backend_for, get_format
+from edge.artifacts.images import ImagePrep
 from edge.artifacts.manifest import ArtifactRecord, Manifest, ManifestError
-from edge.artifacts.tensors import scores
+from edge.artifacts.tensors import scores, with_recorded_input
 from edge.bundle.canary import CANARY_NAME, SCORES_PREFIX
 from edge.bundle.reader import BUNDLE_VERSION, EVAL_NAME, MANIFEST_NAME, is_bundle_folder
 from edge.core.atomic import atomic_writer, read_json, sha256_bytes, sha256_file
 from edge.core.errors import MissingError, UsageError
 from edge.core.textable import format_table
+from edge.core.units import kb
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -89,7 +91,7 @@ def _host_canary(rec: ArtifactRecord, data: bytes, images: np.ndarray) -> np.nda
         raise UsageError(
             f"artifact {rec.artifact_id} does not load on this machine ({exc}); rerun 'edgekit convert'"
         ) from None
-    with model:
+    with with_recorded_input(model, rec.input):
         return scores(model, images).astype(np.float32)
 
 
@@ -277,6 +279,8 @@ def build_bundle(
                 "forced": forced,
                 "source_run": str(run_dir.resolve()),
                 "source_manifest_sha256": sha256_file(mpath),
+                # an image-folder run: how the board turns a file into this bundle's input (edge.artifacts.images)
+                **({"images": ImagePrep.from_dict(run_meta["images"]).to_dict()} if run_meta.get("images") else {}),
             },
         )
         manifest.save(tmp / MANIFEST_NAME)
@@ -309,14 +313,15 @@ def _print_summary(res: BundleResult, manifest: Manifest, say: Callable[[str], N
     rows = [
         (
             a.artifact_id,
-            a.size_bytes,
+            kb(a.size_bytes),
             a.status + (" (forced)" if a.artifact_id in res.forced else ""),
             "-" if a.host_accuracy is None else f"{a.host_accuracy:.4f}",
             "skipped" if a.artifact_id in skipped else "yes",
         )
         for a in manifest.artifacts
     ]
-    for line in format_table(("artifact", "size", "status", "accuracy", "canary"), rows, align="lrlrl").split("\n"):
+    for line in format_table(("artifact", "size (KB)", "status", "accuracy", "canary"), rows,
+                             align="lrlrl").split("\n"):
         say(line)
     # Artifacts for other targets are summed up per target; anything else is listed one by one.
     by_target: dict[str, int] = defaultdict(int)
@@ -332,8 +337,9 @@ def _print_summary(res: BundleResult, manifest: Manifest, say: Callable[[str], N
     kind = "archive" if res.path.is_file() else "folder"
     say(
         f"bundle for {res.profile}: {len(res.included)} artifacts, {res.eval_count} eval images, "
-        f"{res.canary_count} canary images -> {res.path} ({kind}, {res.size_bytes / 1e6:.2f} MB)"
+        f"{res.canary_count} canary images -> {res.path} ({kind}, {kb(res.size_bytes)} KB)"
     )
+    say(f"next: copy it to the board, then edgekit verify {res.path} --profile {res.profile}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

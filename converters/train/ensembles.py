@@ -10,7 +10,7 @@ from converters.family.family import EnsembleNotReady
 from converters.family.keras_build import build_ensemble, keras_name, load_keras_model
 from converters.train.model import run_fields, save_and_check, tf_dataset
 from converters.train.options import Schedule
-from converters.train.run_folder import MODEL_FILE, SPEC_FILE, TRAIN_FILE, read_finished
+from converters.train.run_folder import MODEL_FILE, SPEC_FILE, TRAIN_FILE, is_imported, read_finished
 from edge.core.atomic import atomic_write_json
 from edge.core.errors import StepFailed
 
@@ -52,6 +52,9 @@ def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: 
         rec = read_finished(models_dir / m, m)
         if rec is None:
             raise StepFailed(f"ensemble {ens.model_id}: member {m} is not finished in {models_dir}")
+        if is_imported(rec):
+            raise StepFailed(f"ensemble {ens.model_id}: member {m} is an imported model; ensembles are built "
+                             "from the family's trained models only")
         members_rec[m] = rec
     shas = member_sha256(models_dir, ens.members)
     keras.backend.clear_session()
@@ -98,7 +101,7 @@ def resolve_ensembles(family, models_dir: Path, selected: list[str], write) -> l
     val_acc = {}
     for m in sorted(wanted):
         rec = read_finished(models_dir / m, m)
-        if rec is not None:
+        if rec is not None and not is_imported(rec):  # imported models are never members
             val_acc[m] = float(rec["val_accuracy"])
     out, seen = [], {}
     for decl in family.ensembles:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.cluster.ray_sweep import RayOptions
+from converters.data.datasets import IMAGES, DataSource
+from converters.data.images import ImageOptions
 from edge.core.errors import UsageError
 
 
@@ -75,8 +77,10 @@ RECIPES = {"long": LONG}
 class TrainOptions:
     run_dir: Path
     family: str
-    dataset: str = "fashion_mnist"
+    # None: the run's own data when RUN exists, else fashion_mnist; "images" with ``images`` set: an image folder
+    dataset: str | None = "fashion_mnist"
     data_dir: str | None = None
+    images: ImageOptions | None = None
     seed: int = 0
     schedule: Schedule = QUICK
     splits: SplitOptions = QUICK_SPLITS
@@ -87,3 +91,11 @@ class TrainOptions:
     # train each spec as a task on Ray (converters.cluster.ray_sweep); None: here, in turn
     ray: RayOptions | None = None
 
+
+    def source(self, run_exists: bool) -> DataSource | None:
+        """The data this command names; None: it names none and RUN exists, so the run's own is used."""
+        if self.images is not None:
+            return DataSource(dataset=IMAGES, images=self.images)
+        if self.dataset is None:
+            return None if run_exists else DataSource()
+        return DataSource(dataset=self.dataset, data_dir=self.data_dir)

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from converters.cluster import ray_sweep
 from converters.cluster.tensorflow_import import import_tensorflow_quietly
+from converters.data.images import ImageOptions
 from converters.family.toml_file import load_family
 from converters.train.ensembles import build_ensemble_one, ensemble_finished, resolve_ensembles
 from converters.train.model import train_one, train_task
@@ -26,13 +27,18 @@ from converters.train.options import FULL, FULL_SPLITS, QUICK, QUICK_SPLITS, Sch
 from converters.train.run_folder import (
     RUN_FILE,
     check_run_compatible,
+    check_source,
     clean_unfinished,
+    family_key,
+    is_imported,
+    open_run_data,
     read_finished,
     read_run_json,
     run_lock,
     run_record,
     write_model_files,
 )
+from edge.artifacts.images import RESIZE_METHODS
 from edge.core.atomic import atomic_write_json, clean_stale_temps
 from edge.core.errors import UsageError
 from edge.core.textable import format_table as format_text_table
@@ -77,22 +83,22 @@ def _failed(model_id: str, error: str) -> ModelResult:
 
 def _train_here(todo, splits, models_dir: Path, opts: TrainOptions, results: dict, out: TextIO) -> None:
     """Train ``todo`` one after the other in this process."""
-    from edge.core.progress import progress_bar
+    from edge.core.progress import WORK_FORMAT, done_text, progress_bar
 
     # The bar advances by estimated cost, not model count: the ETA then holds when big models come last.
     costs = [training_cost(spec, splits.input_shape, splits.num_classes) for spec in todo]
     bar = progress_bar(sum(costs), enabled=opts.progress and bool(todo), unit="", desc="",
-                       bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+                       bar_format=WORK_FORMAT)
     try:
         for i, (spec, cost) in enumerate(zip(todo, costs)):
-            bar.set_description_str(f"{i}/{len(todo)} models", refresh=False)
+            bar.set_description_str(done_text(i, len(todo), "models"), refresh=False)
             bar.set_postfix_str(spec.model_id, refresh=True)
             rec = train_one(spec, splits, models_dir / spec.model_id, opts.schedule, opts.seed,
                             write=lambda s: bar.write(s, file=out))
             results[spec.model_id] = _result(rec, "trained")
             bar.write(f"done {spec.model_id}: test acc {rec['test_accuracy']:.4f}, {rec['epochs']} epochs, "
                       f"{rec['wall_s']:.1f}s", file=out)
-            bar.set_description_str(f"{i + 1}/{len(todo)} models", refresh=False)
+            bar.set_description_str(done_text(i + 1, len(todo), "models"), refresh=False)
             bar.update(cost)
     finally:
         bar.close()
@@ -138,8 +144,6 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
     Then builds the family's [[ensemble]]s whose members are finished (skipping those already built from
     the members' current model.keras) and appends one result per ensemble.
     """
-    from converters.data.datasets import load_dataset, make_splits
-
     out = out or sys.stdout
     run_dir = Path(opts.run_dir)
     if not 0.0 < opts.splits.val_fraction < 1.0:
@@ -152,18 +156,34 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
     if not specs:
         raise UsageError(f"family {opts.family!r} selected no specs (limit={opts.limit}, sample={opts.sample})")
 
-    ds = load_dataset(opts.dataset, opts.data_dir)
-    wanted = run_record(opts, ds.input_shape, ds.class_names)
-
     with run_lock(run_dir):
         existing = read_run_json(run_dir / RUN_FILE)
-        if existing is not None and not opts.force:
-            check_run_compatible(existing, wanted, run_dir)
         if existing is not None and opts.force:
             for sub in ("models", "artifacts"):
                 shutil.rmtree(run_dir / sub, ignore_errors=True)
             (run_dir / "manifest.json").unlink(missing_ok=True)
-        if existing != wanted:
+            # Start over with this command's data; a decoded image cache that still matches is reused.
+            (run_dir / RUN_FILE).unlink()
+            existing = None
+        source = opts.source(run_exists=existing is not None)
+        if existing is not None:
+            named = source.dataset if source is not None else existing.get("dataset")
+            check_run_compatible(existing, {"dataset": named, "family": family_key(opts.family), "seed": opts.seed,
+                                            "splits": dataclasses.asdict(opts.splits),
+                                            "schedule": dataclasses.asdict(opts.schedule)}, run_dir)
+            check_source(existing, source, run_dir)
+            if source is not None and source.images is None and source.data_dir:
+                # the same dataset found elsewhere now (moved, or first named): read it from there from now on;
+                # a resumed run with nothing new rewrites nothing
+                found = str(Path(source.data_dir).expanduser().resolve())
+                if existing.get("data_dir") != found:
+                    existing["data_dir"] = found
+                    atomic_write_json(run_dir / RUN_FILE, existing)
+        splits = open_run_data(run_dir, source, splits=opts.splits, seed=opts.seed, progress=opts.progress, out=out)
+        data = read_run_json(run_dir / RUN_FILE) or {}
+        wanted = run_record(opts, {**data, "input_shape": list(splits.input_shape),
+                                   "class_names": list(splits.class_names)})
+        if data != wanted:
             atomic_write_json(run_dir / RUN_FILE, wanted)
 
         models_dir = run_dir / "models"
@@ -173,19 +193,22 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
             print(f"resume: removed {len(removed)} unfinished model folder(s) {removed} and "
                   f"{n_tmp} stale temp file(s)", file=out, flush=True)
 
-        splits = make_splits(ds, **dataclasses.asdict(opts.splits), seed=opts.seed)
         results: dict[str, ModelResult] = {}
         todo = []
         for spec in specs:
             rec = read_finished(models_dir / spec.model_id, spec.model_id)
+            if rec is not None and is_imported(rec):
+                raise UsageError(f"{models_dir / spec.model_id} is an imported model, and the family's spec "
+                                 f"{spec.model_id} has the same id; import it under another name (nothing trained)")
             if rec is not None:
                 results[spec.model_id] = _result(rec, "resumed")
             else:
                 todo.append(spec)
-        print(f"edgekit train: {len(specs)} spec(s) of family {opts.family!r} on {opts.dataset} "
+        print(f"edgekit train: {len(specs)} spec(s) of family {opts.family!r} on {_data_label(wanted)} "
               f"({len(splits.x_train)} train / {len(splits.x_val)} val / {len(splits.x_test)} test images, "
               f"{opts.schedule.mode}: <= {opts.schedule.epochs} epochs, batch {opts.schedule.batch_size}"
-              + (f", {opts.schedule.train_images} of the training images each" if opts.schedule.train_images else "")
+              + (f", {opts.schedule.train_images} of the training images each"
+                 if opts.schedule.train_images and opts.schedule.train_images < len(splits.x_train) else "")
               + "".join(f"; {n} with recipe {r!r}" for r, n in _recipe_counts(specs).items()) + "); "
               f"{len(specs) - len(todo)} already finished, {len(todo)} to train"
               + (f"; then {len(family.ensembles)} [[ensemble]] declaration(s)" if family.ensembles else ""),
@@ -220,6 +243,13 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
             say(f"done {ens.model_id} (ensemble of {len(ens.members)}): test acc {rec['test_accuracy']:.4f} "
                 f"(best member {best:.4f}), {rec['wall_s']:.1f}s")
     return [results[s.model_id] for s in specs] + [results[e.model_id] for e in ensembles]
+
+
+def _data_label(meta: dict[str, Any]) -> str:
+    if meta.get("dataset") == "images":
+        h, w, c = meta["input_shape"]
+        return f"the images in {meta['data_dir']} ({h}x{w}x{c}, {meta['images']['resize']} resize)"
+    return str(meta.get("dataset"))
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -270,11 +300,31 @@ def _positive_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", type=Path, help="run folder (created; rerun to resume)")
     parser.add_argument("--family", default="demo",
-                        help="built-in family name (demo, default) or a family .toml file (default: demo)")
-    parser.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist", "cifar10"])
+                        help="a built-in family or a family .toml file. Built in: demo (the default when "
+                             "--family is left out: 10 quick CNNs, 3 batch-norm CNNs on a longer recipe and 3 "
+                             "ensembles of them; what `make demo` trains) and default (300+ plain, ViP and pSConv "
+                             "CNNs, tiny to tens of MMACs; pick some with --sample or --limit)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--dataset", default=None, choices=["fashion_mnist", "mnist", "cifar10"],
+                      help="a named dataset (default: the run's own when RUN exists, else fashion_mnist)")
+    data.add_argument("--images", type=Path, metavar="DIR",
+                      help="a folder of images with one subfolder per class (class names: the folder names, "
+                           "sorted), optionally under train/, val/ and test/; JPEG, PNG, BMP or GIF")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the dataset files (default: $EDGEKIT_<DATASET>, the Debian package, "
                              "then Keras' downloader)")
+    img = parser.add_argument_group("image folders (--images)")
+    img.add_argument("--image-size", type=_image_size, metavar="HxW|N",
+                     help="resize every image to H x W (N: N x N) (default: the most common size in the folder)")
+    img.add_argument("--color", choices=["gray", "rgb"],
+                     help="gray (1 channel) or rgb (3) (default: gray if every image is grayscale, else rgb)")
+    img.add_argument("--resize", choices=list(RESIZE_METHODS), default="bilinear",
+                     help="resize method (Pillow's filter; area = box), recorded in the run and the bundles "
+                          "(default: bilinear)")
+    img.add_argument("--skip-bad", action="store_true",
+                     help="skip files that cannot be decoded, and list each one, instead of stopping at the first")
+    img.add_argument("--test-fraction", type=float, default=0.2,
+                     help="test share of each class when the folder has no test/ subfolder (default 0.2)")
     sel = parser.add_mutually_exclusive_group()
     sel.add_argument("--limit", type=_positive_int, help="train only the first N specs of the family")
     sel.add_argument("--sample", type=_positive_int, help="train N specs drawn at random (seeded by --seed)")
@@ -293,13 +343,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-test", type=_positive_int, help="evaluate on N test images (a seeded subset)")
     parser.add_argument("--all-train", action="store_true",
                         help="train every spec on every training image (quick mode too)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the training images")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="validation share of the training images (not used when an image folder has val/)")
     parser.add_argument("--calib-size", type=int, default=500, help="int8 calibration images (from the train part)")
     parser.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and weights (default 0)")
     parser.add_argument("--force", action="store_true",
                         help="if RUN was trained with other settings, delete its models and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray_sweep.add_arguments(parser, what="spec")
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        vals = []
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 32x32) or N, got {text!r}")
+    return vals[0], vals[1]
+
+
+def image_options_from_args(args: argparse.Namespace) -> ImageOptions | None:
+    """--images and its options as ImageOptions (None without --images); the options without --images are refused."""
+    if args.images is None:
+        given = [f for f, v in (("--image-size", args.image_size), ("--color", args.color),
+                                ("--skip-bad", args.skip_bad)) if v]
+        if args.resize != "bilinear":
+            given.append("--resize")
+        if args.test_fraction != 0.2:
+            given.append("--test-fraction")
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to an image folder: add --images DIR")
+        return None
+    if args.data_dir is not None:
+        raise UsageError("--data-dir names a folder of dataset files; for an image folder pass only --images DIR")
+    return ImageOptions(root=args.images, size=args.image_size, channels={"gray": 1, "rgb": 3}.get(args.color),
+                        resize=args.resize, skip_bad=args.skip_bad, test_fraction=args.test_fraction)
 
 
 def _recipe_counts(specs) -> dict[str, int]:
@@ -319,8 +401,10 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     limit_train = None if args.all_train else (args.limit_train or base_splits.limit_train)
     splits = SplitOptions(val_fraction=args.val_fraction, calib_size=args.calib_size,
                           limit_train=limit_train, limit_test=args.limit_test or base_splits.limit_test)
-    return TrainOptions(run_dir=Path(args.run_dir), family=args.family, dataset=args.dataset,
-                        data_dir=args.data_dir, seed=args.seed, schedule=schedule, splits=splits,
+    images = image_options_from_args(args)
+    dataset = "images" if images is not None else (args.dataset or ("fashion_mnist" if args.data_dir else None))
+    return TrainOptions(run_dir=Path(args.run_dir), family=args.family, dataset=dataset,
+                        data_dir=args.data_dir, images=images, seed=args.seed, schedule=schedule, splits=splits,
                         limit=args.limit, sample=args.sample, force=args.force,
                         progress=not args.no_progress, ray=ray_sweep.options_from_args(args))
 

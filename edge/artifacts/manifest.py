@@ -21,21 +21,55 @@ class ManifestError(EdgekitError, ValueError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One model input or output. Shapes carry the batch dimension as -1."""
+    """One model input or output. Shapes carry the batch dimension as -1.
+
+    ``mean``/``std`` (an input only, one value per channel, in raw-pixel units 0..255) are the input
+    convention of an imported ONNX or TFLite model: it takes x' = (x - mean) / std, applied before any
+    quantization. Absent, the model takes raw pixels, as every model edgekit trains (and every Keras
+    import, whose convention is folded into its graph) does.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str  # numpy dtype name: float32, float16, int8, uint8
     scale: float | None = None  # real = scale * (q - zero_point), for quantized tensors
     zero_point: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise ManifestError(f"tensor '{self.name}': mean and std go together (got mean={self.mean}, "
+                                f"std={self.std})")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or not self.mean:
+                raise ManifestError(f"tensor '{self.name}': mean {self.mean} and std {self.std} need one value "
+                                    "per channel each")
+            if not all(np.isfinite(v) for v in self.mean) or not all(np.isfinite(s) and s > 0 for s in self.std):
+                raise ManifestError(f"tensor '{self.name}': mean must be finite and std > 0, got mean={self.mean}, "
+                                    f"std={self.std}")
 
     @property
     def quantized(self) -> bool:
         return self.scale is not None and np.dtype(self.dtype).kind in "iu"
 
+    @property
+    def normalized(self) -> bool:
+        """Whether the model takes (x - mean) / std rather than raw pixels."""
+        return self.mean is not None
+
+    def with_convention(self, other: "TensorSpec") -> "TensorSpec":
+        """This spec (read from the file by its runtime) with ``other``'s input convention (from the manifest)."""
+        return dataclasses.replace(self, mean=other.mean, std=other.std)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape)
+        for k in ("mean", "std"):  # absent rather than null: manifests of raw-pixel models stay as they were
+            if d[k] is None:
+                del d[k]
+            else:
+                d[k] = list(d[k])
         return d
 
     @classmethod
@@ -46,6 +80,8 @@ class TensorSpec:
             dtype=str(d["dtype"]),
             scale=None if d.get("scale") is None else float(d["scale"]),
             zero_point=None if d.get("zero_point") is None else int(d["zero_point"]),
+            mean=None if d.get("mean") is None else tuple(float(v) for v in d["mean"]),
+            std=None if d.get("std") is None else tuple(float(v) for v in d["std"]),
         )
 
 

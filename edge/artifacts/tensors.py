@@ -15,7 +15,8 @@ def prepare_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
     Every model in a family takes raw pixel values as float and normalises inside the
     graph, so a float input is just a cast and an int8/uint8 input is quantized with
-    the artifact's recorded scale and zero point.
+    the artifact's recorded scale and zero point. An imported ONNX or TFLite model whose
+    spec records an input convention (``mean``/``std``) gets (x - mean) / std first.
     """
     x = np.asarray(images)
     if x.ndim == len(spec.shape) - 1:
@@ -23,12 +24,41 @@ def prepare_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
     want = tuple(s for s in spec.shape[1:])
     if tuple(x.shape[1:]) != want:
         raise UsageError(f"input shape {tuple(x.shape[1:])} does not match the model's {want} (NHWC, no batch)")
+    return pixel_values(x, spec)
+
+
+def pixel_values(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Pixel values (any shape whose last axis is the channels) -> input values as ``spec`` says.
+
+    The arithmetic of :func:`prepare_input` without its shape check, so that a lookup table of the
+    256 pixel values (the daemon's) computes exactly what it does.
+    """
     dt = np.dtype(spec.dtype)
+    if spec.normalized:
+        mean = np.asarray(spec.mean, np.float32)
+        std = np.asarray(spec.std, np.float32)
+        if x.shape[-1:] != mean.shape and mean.shape != (1,):
+            raise UsageError(f"the input convention has {len(mean)} channel values but the images have "
+                             f"{x.shape[-1]} channels")
+        x = (x.astype(np.float32) - mean) / std
     if spec.quantized:  # so scale and zero point are recorded
         info = np.iinfo(dt)
         q = np.round(x.astype(np.float32) / cast(float, spec.scale) + cast(int, spec.zero_point))
         return np.clip(q, info.min, info.max).astype(dt)
     return x.astype(dt)
+
+
+def with_recorded_input(model: Any, recorded: TensorSpec) -> Any:
+    """Give a loaded model the input convention its manifest record declares; returns the model.
+
+    A runtime reads shape, dtype and quantization from the file, but an imported model's
+    convention (mean/std) is only in the manifest: whoever loads an artifact by its record
+    calls this so that everything feeding ``model.input_spec`` to :func:`prepare_input` (canary,
+    benchmark, daemon) normalizes as the workstation did.
+    """
+    if recorded.normalized or getattr(model.input_spec, "normalized", False):
+        model.input_spec = model.input_spec.with_convention(recorded)
+    return model
 
 
 def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from edge.artifacts.images import ImagePrep
 from edge.artifacts.manifest import ArtifactRecord, Manifest, ManifestError
 from edge.bundle.archive import (
     CACHE_MARKER,
@@ -99,6 +100,13 @@ class Bundle:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.manifest.extra.get("class_names", self.manifest.labels))
+
+    @property
+    def image_prep(self) -> ImagePrep | None:
+        """How to turn an image file into this bundle's input (size, channels, resize method): set for a run
+        made from an image folder, None for a named dataset's. Use it with edge.artifacts.images.load_image."""
+        rec = self.manifest.extra.get("images")
+        return ImagePrep.from_dict(rec) if isinstance(rec, dict) else None
 
     @property
     def manifest_sha256(self) -> str:

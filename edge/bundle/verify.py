@@ -1,4 +1,8 @@
-"""`edgekit verify`: check a bundle's checksums and run every artifact's canary with a device profile's settings."""
+"""`edgekit verify`: check a bundle's checksums and run every artifact's canary with a device profile's settings.
+
+It says in one line at start when the profile does not describe this host (``device_profiles.host_mismatch``):
+a canary that passes there proves the artifact on this host with the profile's settings, not on the board.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 import warnings
 from typing import Any, Iterable
 
+from edge.artifacts.tensors import with_recorded_input
 from edge.bundle.canary import check_canary
 from edge.bundle.reader import Bundle, BundleWarning, open_bundle
 from edge.core.textable import format_table
@@ -42,7 +47,7 @@ def verify_bundle(bundle: Bundle, profile, artifact_ids: Iterable[str] | None = 
         for s in settings:
             row = dict(artifact=aid, setting=s.name, provider="-", max_diff=float("nan"))
             try:
-                model = get_backend(s.backend).load(bundle.artifact_path(aid), s)
+                model = with_recorded_input(get_backend(s.backend).load(bundle.artifact_path(aid), s), rec.input)
             except (BackendUnavailable, ValueError) as exc:
                 rows.append(row | dict(status="FAIL", message=f"{aid}: cannot load with {s.name}: {exc}"))
                 continue
@@ -61,7 +66,7 @@ def verify_bundle(bundle: Bundle, profile, artifact_ids: Iterable[str] | None = 
 
 
 def run(args: argparse.Namespace) -> int:
-    from device_profiles import host_profile_name, load_profile
+    from device_profiles import host_label, host_profile_name, load_profile
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BundleWarning)
@@ -75,10 +80,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"  warning: {w.message}")
     if bundle.profile and bundle.profile != profile.name:
         print(f"  note: bundle was built for {bundle.profile}; running it with the settings of {profile.name}")
+    mismatch = host_label(profile, what="canary results")
+    if mismatch:
+        print(f"  note: {mismatch}")
     rows = verify_bundle(bundle, profile, args.artifact)
     print(format_table(["artifact", "setting", "provider", "canary", "max diff"],
                        [[r["artifact"], r["setting"], r["provider"], r["status"], _fmt(r["max_diff"])] for r in rows],
                        align="llllr"))
+    print("  (max diff: the largest difference between these canary scores and the workstation's; "
+          "each precision has its tolerance, docs/canary.md)")
     failed = [r for r in rows if r["status"] == "FAIL"]
     checked = [r for r in rows if r["status"] == "ok"]
     for r in rows:
@@ -90,4 +100,5 @@ def run(args: argparse.Namespace) -> int:
     if not checked:
         print(f"nothing was checked: profile {profile.name} runs none of this bundle's artifacts", file=sys.stderr)
         return 1
+    print(f"next: edgekit bench {args.bundle} --profile {args.profile or profile.name} --out {profile.name}-table.json")
     return 0

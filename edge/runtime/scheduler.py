@@ -17,6 +17,10 @@ Two kinds of caller share this:
 
 Under the ``reject`` miss policy a request that no variant can meet is answered at once,
 on arrival and again when it reaches a slot.
+
+A request that finds its slot idle for ``REST_GAP_MS`` or more runs *at rest*: the selector predicts
+it with the table's latency at rest and the slowdown filter compares it to that
+(``edge.runtime.selector``).
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from typing import Any, Callable, cast
 import numpy as np
 
 from edge.artifacts.manifest import TensorSpec
-from edge.artifacts.tensors import dequantize_output, prepare_input
+from edge.artifacts.tensors import dequantize_output, pixel_values, prepare_input
 from edge.backends.base import LoadedModel
 from edge.core.errors import UsageError
 from edge.runtime.selector import Selector
+from edge.tables.table import REST_GAP_MS
 
 OVERHEAD_ALPHA = 0.1  # EWMA weight of the measured serving overhead
 OVERHEAD_INITIAL_MS = 0.05
@@ -83,6 +88,8 @@ class InferenceResult:
     policy: str = ""
     scores: np.ndarray | None = None  # float32 (1, classes), dequantized
     label: int = -1
+    class_name: str = ""  # the label's class name from the bundle ("" when the bundle names none)
+    at_rest: bool = False  # its slot had been idle REST_GAP_MS or more (predicted and observed at rest)
     message: str = ""
     dispatch_seq: int = -1  # order in which requests got a slot
     hold_ms: float = 0.0  # testing (--inject-delay-ms): keep the slot this much longer
@@ -114,24 +121,27 @@ class InferenceRequest:
 
 class InputPreparer:
     """uint8 pixels -> a model's input tensor, through a 256-entry table when the input is
-    quantized (one gather instead of scale, round, clip and cast on every request)."""
+    quantized or normalized (one gather instead of scale, round, clip and cast on every request)."""
 
-    __slots__ = ("spec", "dtype", "lut")
+    __slots__ = ("spec", "dtype", "lut", "chan")
 
     def __init__(self, spec: TensorSpec):
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)
-        self.lut = None
-        if spec.quantized:  # the same arithmetic as edge.artifacts.tensors.prepare_input, once per pixel value
-            info = np.iinfo(self.dtype)
-            scale, zero_point = cast(float, spec.scale), cast(int, spec.zero_point)  # recorded when quantized
-            q = np.round(np.arange(256, dtype=np.uint8).astype(np.float32) / scale + zero_point)
-            self.lut = np.clip(q, info.min, info.max).astype(self.dtype)
+        self.lut, self.chan = None, None
+        # The arithmetic of edge.artifacts.tensors.prepare_input, once per pixel value (and per channel
+        # when an imported model's input convention normalizes each channel differently).
+        if spec.normalized:
+            c = len(cast(tuple, spec.mean))
+            self.lut = pixel_values(np.repeat(np.arange(256, dtype=np.uint8)[:, None], c, axis=1), spec)
+            self.chan = np.arange(c)
+        elif spec.quantized:
+            self.lut = pixel_values(np.arange(256, dtype=np.uint8), spec)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.dtype == np.uint8:
             if self.lut is not None:
-                return self.lut[image]
+                return self.lut[image] if self.chan is None else self.lut[image, self.chan]
             return image.astype(self.dtype)
         return prepare_input(image, self.spec)
 
@@ -163,6 +173,7 @@ class Scheduler:
         self.on_free = on_free
         self.inject_delay_ms = float(inject_delay_ms)
         self._prep: dict[int, InputPreparer] = {}
+        self._last_end = [0.0] * self.workers  # perf_counter when each slot's last inference ended
 
     # ------------------------------------------------------------------ control
 
@@ -228,7 +239,9 @@ class Scheduler:
         sel = self.state.selector
         if sel.reject_on_miss:
             now = time.perf_counter()
-            d = sel.select((req.abs_deadline - now) * 1000.0 - self.overhead_ms)
+            # It would run at rest if it found every slot free and idle long enough (the least it can pay).
+            rest = not self._heap and self.busy == 0 and now - max(self._last_end) >= REST_GAP_MS / 1000.0
+            d = sel.select((req.abs_deadline - now) * 1000.0 - self.overhead_ms, rest)
             if d.reject:
                 self._reject(req, sel, d.predicted_ms, now)
                 return DONE
@@ -352,7 +365,8 @@ class Scheduler:
         t_deq = time.perf_counter()
         state = self.state
         sel = state.selector
-        d = sel.select(self._budget_ms(req, sel, t_deq))
+        at_rest = t_deq - self._last_end[req.slot] >= REST_GAP_MS / 1000.0
+        d = sel.select(self._budget_ms(req, sel, t_deq), at_rest)
         if d.reject:
             return self._reject(req, sel, d.predicted_ms, t_deq)
         assert d.variant is not None  # a decision that does not reject names its variant
@@ -366,9 +380,10 @@ class Scheduler:
         t0 = time.perf_counter()
         model.invoke_prepared()
         t1 = time.perf_counter()
+        self._last_end[req.slot] = t1 + self.inject_delay_ms / 1000.0  # an injected delay holds the slot busy
         raw = model.output()
         inf_ms = (t1 - t0) * 1000.0 + self.inject_delay_ms
-        factor = sel.observe(d.index, inf_ms)
+        factor = sel.observe(d.index, inf_ms, at_rest)
         scores = dequantize_output(raw, model.output_spec)
         total = (time.perf_counter() - req.arrival) * 1000.0 + self.inject_delay_ms
         return InferenceResult(
@@ -384,5 +399,6 @@ class Scheduler:
             policy=str(sel.policy),
             scores=scores,
             label=int(scores[0].argmax()),
+            at_rest=at_rest,
             hold_ms=self.inject_delay_ms,
         )

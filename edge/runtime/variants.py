@@ -67,6 +67,7 @@ class VariantPool:
     def load_variant(self, row, verify: bool = True) -> VariantInfo:
         """Load ``row``'s variant once per slot; check its sha256 (unless the caller has just verified
         the whole bundle) and run the canary on the first copy."""
+        from edge.artifacts.tensors import with_recorded_input
         from edge.backends import BackendUnavailable, get_backend
         from edge.bundle.canary import check_canary
         from edge.bundle.reader import BundleError
@@ -78,7 +79,8 @@ class VariantPool:
             setting = self._setting(row)
             path = (self.bundle.verified_artifact_path if verify else self.bundle.artifact_path)(row.artifact_id)
             backend = get_backend(setting.backend)
-            first = backend.load(path, setting)
+            recorded = self.bundle.artifact(row.artifact_id).input  # an imported model's input convention
+            first = with_recorded_input(backend.load(path, setting), recorded)
         except (BackendUnavailable, BundleError, ValueError, OSError) as exc:
             return self._fail(row, f"cannot load: {exc}")
         hwc = tuple(int(s) for s in first.input_spec.shape[1:])
@@ -100,7 +102,7 @@ class VariantPool:
         copies = [first]
         try:
             for _ in range(1, self.slots):
-                copies.append(backend.load(path, setting))
+                copies.append(with_recorded_input(backend.load(path, setting), recorded))
             for m in copies:
                 self._warm(m)
         except (ValueError, OSError, RuntimeError) as exc:

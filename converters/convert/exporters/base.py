@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import importlib
 import io
@@ -215,6 +216,13 @@ def read_specs(fmt: str, data: bytes) -> tuple[TensorSpec, TensorSpec]:
     backend = get_backend(backend_for(fmt))
     with backend.load(data, RuntimeSetting(name="export-check", backend=backend_for(fmt), threads=1)) as lm:
         return lm.input_spec, lm.output_spec
+
+
+def with_convention(res: ExportResult, convention: TensorSpec | None) -> ExportResult:
+    """``res`` with an imported model's input convention (mean/std) recorded in its input spec."""
+    if convention is None or not convention.normalized:
+        return res
+    return dataclasses.replace(res, input=res.input.with_convention(convention))
 
 
 def finish(filepath: str | Path, data: bytes, fmt: str, precision: str, t0: float) -> ExportResult:

@@ -1,4 +1,4 @@
-"""ONNX export (Keras' own model.export): fp32, fp16 (float I/O kept), int8 static QDQ per-channel."""
+"""ONNX export: fp32 from Keras (its own model.export) or given; fp16 (float I/O kept) and int8 static QDQ from it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from converters.convert.exporters.base import (
     model_input_shape,
     quiet,
     require,
+    with_convention,
 )
+from edge.artifacts.manifest import TensorSpec
 from edge.core.errors import StepFailed
 
 INPUT_NAME = "input"  # stable across every artifact, whatever the Keras Input layer is called
@@ -65,7 +67,35 @@ def _tidy(model_proto):
     return model_proto
 
 
-def _quantize_int8(fp32_path: Path, work: Path, calib_images, calib_batch: int) -> bytes:
+def _calibration(calib_images, proto, convention: TensorSpec | None, calib_batch: int) -> list[np.ndarray]:
+    """The model's float32 inputs for the calibration images: raw pixels, or as the input convention says.
+
+    prepare_input is the one input preparation (an imported model's mean/std applied there too); a graph
+    with a fixed batch is calibrated at that batch.
+    """
+    from edge.artifacts.tensors import prepare_input
+
+    raw = calibration_batches(calib_images, "int8", calib_batch)  # checks uint8 pixels; float32 0..255
+    if convention is None or not convention.normalized:
+        batches = raw
+    else:
+        x = np.concatenate(raw) if raw else np.zeros((0,), np.float32)
+        spec = TensorSpec("x", (-1, *x.shape[1:]), "float32", mean=convention.mean, std=convention.std)
+        full = prepare_input(x, spec)
+        batches = [full[i : i + calib_batch] for i in range(0, len(full), calib_batch)]
+    fixed = _fixed_batch(proto)
+    if fixed is not None:
+        x = np.concatenate(batches)
+        batches = [x[i : i + fixed] for i in range(0, len(x) - fixed + 1, fixed)]
+    return batches
+
+
+def _fixed_batch(proto) -> int | None:
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
+def _quantize_int8(fp32_path: Path, work: Path, batches: list[np.ndarray], input_name: str) -> bytes:
     require("onnxruntime", "onnxruntime", "ONNX int8 quantization")
     require("sympy", "sympy", "ONNX int8 quantization (symbolic shape inference)")
     from onnxruntime.quantization import (
@@ -77,15 +107,13 @@ def _quantize_int8(fp32_path: Path, work: Path, calib_images, calib_batch: int) 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = calibration_batches(calib_images, "int8", calib_batch)
-
     class _Reader(CalibrationDataReader):
         def __init__(self):
             self._it = iter(batches)
 
         def get_next(self):
             b = next(self._it, None)
-            return None if b is None else {INPUT_NAME: b}
+            return None if b is None else {input_name: b}
 
         def rewind(self):
             self._it = iter(batches)
@@ -128,36 +156,77 @@ def export_onnx(
     """Export a Keras model to ``filepath`` (.onnx), written atomically.
 
     fp32: Keras' ONNX export (tf2onnx underneath) with input 'input' (N, H, W, C) and
-    output 'logits' (N, classes), N dynamic. fp16: weights and compute in float16, float32
-    input/output kept. int8: static QDQ, per-channel weights, calibrated on ``calib_images``
-    (uint8 NHWC fed as float32 0..255); input and output stay float32.
+    output 'logits' (N, classes), N dynamic; fp16 and int8 are made from it by :func:`from_fp32`.
+    """
+    check_target("onnx", precision)
+    onnx = require("onnx", "onnx", "ONNX export")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as tmp:
+        raw = Path(tmp) / "keras.onnx"
+        _export_fp32(model, raw, opset)
+        fp32 = _tidy(onnx.load(str(raw))).SerializeToString()
+    return from_fp32(fp32, filepath, precision, calib_images, calib_batch=calib_batch, tidy=True, t0=t0)
+
+
+def from_fp32(
+    fp32: bytes,
+    filepath: str | Path,
+    precision: str = "fp32",
+    calib_images: np.ndarray | None = None,
+    *,
+    convention: TensorSpec | None = None,
+    calib_batch: int = 32,
+    tidy: bool = False,
+    t0: float | None = None,
+) -> ExportResult:
+    """An ONNX fp32 model, whoever made it (Keras' export, a user's file, tf2onnx from a TFLite file), to
+    ``filepath`` in ``precision``, written atomically.
+
+    fp32: the model as given. fp16: weights and compute in float16, float32 input/output kept. int8:
+    static QDQ, per-channel weights, calibrated on ``calib_images`` (uint8 NHWC) prepared as the model
+    takes them (raw pixels as float32 0..255, or ``convention``'s mean/std); input and output stay float32.
+    ``convention`` (an imported model's mean/std) is recorded in the result's input spec. ``tidy``: the
+    output is called 'logits' and the batch 'batch' (Keras exports; a user's names are kept).
     """
     check_target("onnx", precision)
     precision = Precision.from_string(precision).value
     onnx = require("onnx", "onnx", "ONNX export")
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as tmp:
-        work = Path(tmp)
-        raw = work / "keras.onnx"
-        _export_fp32(model, raw, opset)
-        proto = _tidy(onnx.load(str(raw)))
-        if precision == "fp32":
-            data = proto.SerializeToString()
-        elif precision == "fp16":
-            require("onnxconverter_common", "onnxconverter-common", "ONNX fp16 conversion")
-            from onnxconverter_common import float16
+    t0 = time.perf_counter() if t0 is None else t0
+    proto = onnx.load_from_string(fp32)
+    if precision == "fp32":
+        data = fp32
+    elif precision == "fp16":
+        require("onnxconverter_common", "onnxconverter-common", "ONNX fp16 conversion")
+        from onnxconverter_common import float16
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "values truncated to fp16" for tiny weights
-                half = float16.convert_float_to_float16(proto, keep_io_types=True)
-            data = _tidy(half).SerializeToString()
-        else:  # int8
-            fp32 = work / "fp32.onnx"
-            onnx.save(proto, str(fp32))
-            q = onnx.load_from_string(_quantize_int8(fp32, work, calib_images, calib_batch))
-            data = _tidy(q).SerializeToString()
-        try:
-            onnx.checker.check_model(onnx.load_from_string(data))
-        except Exception as exc:
-            raise StepFailed(f"ONNX {precision} artifact fails onnx.checker: {exc}") from None
-    return finish(filepath, data, "onnx", precision, t0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "values truncated to fp16" for tiny weights
+            half = float16.convert_float_to_float16(proto, keep_io_types=True)
+        data = (_tidy(half) if tidy else half).SerializeToString()
+    else:  # int8
+        batches = _calibration(calib_images, proto, convention, calib_batch)
+        with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as tmp:
+            work = Path(tmp)
+            onnx.save(proto, str(work / "fp32.onnx"))
+            q = onnx.load_from_string(_quantize_int8(work / "fp32.onnx", work, batches, proto.graph.input[0].name))
+        data = (_tidy(q) if tidy else q).SerializeToString()
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data))
+    except Exception as exc:
+        raise StepFailed(f"ONNX {precision} artifact fails onnx.checker: {exc}") from None
+    return with_convention(finish(filepath, data, "onnx", precision, t0), convention)
+
+
+def from_tflite(tflite_path: str | Path, opset: int | None = None) -> bytes:
+    """A float TFLite model as ONNX fp32 (tf2onnx's TFLite frontend): what ONNX artifacts of a TFLite import
+    are made from. Ops tf2onnx cannot map fail here, by name."""
+    require("tf2onnx", "tf2onnx", "ONNX from TFLite")
+    import tf2onnx
+
+    cap = None
+    try:
+        with quiet() as cap:
+            proto, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=opset)
+    except Exception as exc:
+        raise converter_error("ONNX from TFLite (tf2onnx)", exc, cap) from None
+    return proto.SerializeToString()

@@ -1,4 +1,4 @@
-"""TFLite export (tf.lite.TFLiteConverter): fp32, fp16 weights, dynamic-range, full-integer int8."""
+"""TFLite export (tf.lite.TFLiteConverter): fp32, fp16 weights, dynamic-range, full-integer int8; a .tflite as given."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from converters.convert.exporters.base import (
     finish,
     quiet,
     require,
+    with_convention,
 )
+from edge.artifacts.manifest import TensorSpec
 from edge.core.errors import StepFailed
 
 
@@ -54,7 +56,10 @@ def _batch_signature(data: bytes) -> tuple[int, int]:
         import tensorflow as tf
 
         mod = tf.lite
-    interp = mod.Interpreter(model_content=data)
+    from edge.backends.litert import without_delegate_notice
+
+    with without_delegate_notice():
+        interp = mod.Interpreter(model_content=data)
     i = interp.get_input_details()[0]
     o = interp.get_output_details()[0]
     return int(i["shape_signature"][0]), int(o["shape_signature"][0])
@@ -90,3 +95,14 @@ def export_tflite(
             "build the Keras model with keras.Input(shape=(H, W, C)) so the batch stays None"
         )
     return finish(filepath, data, "tflite", precision, t0)
+
+
+def from_file(data: bytes, filepath: str | Path, precision: str, convention: TensorSpec | None = None) -> ExportResult:
+    """A TFLite model as given (an imported .tflite) to ``filepath``, under the precision read from it.
+
+    TFLiteConverter takes Keras models, SavedModels and concrete functions, never a .tflite file, so
+    the file is served as it is; ``convention`` (its input mean/std) is recorded in the input spec.
+    """
+    check_target("tflite", precision)
+    t0 = time.perf_counter()
+    return with_convention(finish(filepath, data, "tflite", Precision.from_string(precision).value, t0), convention)

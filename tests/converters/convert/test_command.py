@@ -362,3 +362,169 @@ def test_convert_builds_and_validates_every_desktop_target_of_an_ensemble(ensemb
         else:
             assert a.agreement >= 0.9, a.artifact_id
         assert a.output.shape[-1] == 10
+
+
+MIXED_PROFILE = """
+name = "mixed-board"
+arch = "x86_64"
+memory_budget_mb = 64
+
+[[build]]
+format = "tflite"
+precisions = ["int8"]
+
+[[build]]
+format = "onnx"
+precisions = ["fp32"]
+
+[[runtime]]
+backend = "litert"
+threads = 1
+
+[[runtime]]
+backend = "onnxruntime"
+threads = 1
+"""
+
+
+@pytest.mark.slow
+def test_a_run_mixing_trained_and_imported_models_converts_both(trained_run, tmp_path, capsys):
+    from converters.convert.exporters import export_model
+    from tests.converters._fixtures import tiny_model
+
+    run_dir = _copy(trained_run, tmp_path)
+    user = tmp_path / "user.onnx"
+    export_model(tiny_model(), user, "onnx", "fp32")
+    assert main(["import", str(run_dir), str(user), "--no-progress"]) == 0
+    profile = tmp_path / "mixed.toml"
+    profile.write_text(MIXED_PROFILE)
+    rc = main(["convert", str(run_dir), "--profile", str(profile), "--limit-test", str(LIMIT_TEST), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    m = Manifest.load(run_dir / "manifest.json")
+    trained = [d for d in _models(run_dir) if d != "user"]
+    assert {a.artifact_id for a in m.artifacts} == (
+        {f"{d}.{t}" for d in trained for t in ("tflite-int8", "onnx-fp32")} | {"user.onnx-fp32"})
+    assert m.get("user.onnx-fp32").source_sha256 == sha256_file(run_dir / "models" / "user" / "model.onnx")
+    assert all(a.status == "ok" for a in m.artifacts if a.precision == "fp32")
+    assert "user tflite-int8: TFLiteConverter cannot read ONNX" in out
+
+
+# --- int8 calibration on a folder of unlabelled images (--calib-images) ----------------------------
+
+
+def _dark_images(folder: Path, n: int = 12) -> Path:
+    """``n`` dark images (pixels 0..40) of other sizes and colour, at two depths: unlabelled calibration images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    for i in range(n):
+        sub = folder / ("nested/deeper" if i % 3 == 0 else "nested" if i % 3 == 1 else "")
+        a = rng.integers(0, 41, (20 + i, 36, 3), dtype=np.uint8)
+        Image.fromarray(a).save(sub / f"dark{i}.{'png' if i % 2 else 'jpg'}", quality=95)
+    return folder
+
+
+def _input_scale(path: Path) -> float:
+    """The int8 input scale of a TFLite artifact, or the scale of the first QuantizeLinear of an ONNX one."""
+    if path.suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        return float(Interpreter(model_path=str(path)).get_input_details()[0]["quantization"][0])
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    q = next(n for n in g.node if n.op_type == "QuantizeLinear")
+    return float(np.ravel(inits[q.input[1]])[0])
+
+
+@pytest.mark.slow
+def test_calib_images_rebuild_only_int8_record_the_set_and_skip_when_unchanged(converted, tmp_path, capsys):
+    from converters.convert.calibration import from_split
+    from converters.data.datasets import splits_for_run
+    from edge.artifacts.images import load_image
+
+    run_dir = _copy(converted[0], tmp_path)
+    before = Manifest.load(run_dir / "manifest.json")
+    int8 = sorted(a.artifact_id for a in before.artifacts if a.precision == "int8")
+    assert len(int8) == 4
+    # what the first convert recorded: the run's own calibration split, all of it
+    run_set = from_split(splits_for_run(run_dir).x_calib, None, 0)
+    assert {aid: before.extra["calibration"][aid]["sha256"] for aid in int8} == dict.fromkeys(int8, run_set.sha256)
+    assert set(before.extra["calibration"]) == set(int8)  # fp32/fp16/dynamic artifacts are not calibrated
+    scales = {aid: _input_scale(run_dir / before.get(aid).path) for aid in int8}
+
+    folder = _dark_images(tmp_path / "calib")
+    (folder / "nested" / "readme.txt").write_text("not an image")
+    (folder / "nested" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    state = _state(run_dir)
+    argv = ["convert", str(run_dir), "--profile", "desktop-cpu", "--limit-test", str(LIMIT_TEST), "--no-progress",
+            "--calib-images", str(folder)]
+    # a bad file stops the convert before anything is built, naming the file and --skip-bad
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(folder / "nested" / "broken.png") in err and "--skip-bad" in err
+    assert _state(run_dir) == state and Manifest.load(run_dir / "manifest.json") == before
+
+    assert main([*argv, "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert f"skip-bad: skipped {folder / 'nested' / 'broken.png'}" in out and "readme.txt" in out
+    rebuilt = sorted(ln.split()[1].rstrip(":") for ln in out.splitlines() if ln.startswith("built "))
+    assert rebuilt == int8 and all(f"redo  {aid}: it was calibrated on other images" in out for aid in int8)
+    assert "4 built, 10 skipped" in out
+    after = Manifest.load(run_dir / "manifest.json")
+    for a in before.artifacts:  # the others are untouched
+        if a.precision != "int8":
+            assert after.get(a.artifact_id) == a and _state(run_dir)[Path(a.path).name] == state[Path(a.path).name]
+    # the set: every image of the folder, decoded by the one decoder at the run's 28x28x1, bilinear, path order
+    files = sorted(p for p in folder.rglob("dark*"))
+    want = from_split(np.stack([load_image(p, (28, 28), 1, "bilinear") for p in files]), None, 0).sha256
+    for aid in int8:
+        rec = after.extra["calibration"][aid]
+        assert (rec["source"], rec["folder"], rec["images"], rec["skipped"], rec["sha256"]) == (
+            "folder", str(folder.resolve()), 12, 1, want)
+        # calibrated on pixels 0..40, not the run's 0..255: the quantized input range shrinks with them
+        assert _input_scale(run_dir / after.get(aid).path) < 0.5 * scales[aid]
+    assert f"int8 calibration: all 12 image(s) of the images in {folder.resolve()} (bilinear resize; 1 bad" in out
+
+    # the same set again: nothing rebuilt or rewritten
+    state2, manifest2 = _state(run_dir), Manifest.load(run_dir / "manifest.json")
+    assert main([*argv, "--skip-bad"]) == 0
+    assert "0 built, 14 skipped" in capsys.readouterr().out
+    assert _state(run_dir) == state2 and Manifest.load(run_dir / "manifest.json") == manifest2
+
+    # --calib-size 5: a seeded sample of 5, another set; then back to the run's split: int8 rebuilt each time
+    result = convert.convert_run(run_dir, ["desktop-cpu"], limit_test=LIMIT_TEST, out=io.StringIO(), progress=False,
+                                 calibration=convert.CalibrationOptions(images=folder, size=5, skip_bad=True))
+    assert sorted(o.artifact_id for o in result.outcomes if o.action == "built") == int8
+    assert result.calibration["images"] == 5 and result.calibration["available"] == 13
+    assert "a seeded sample (seed 0) of 5 of the 13 image(s)" in convert.format_summary(result)
+    result = convert.convert_run(run_dir, ["desktop-cpu"], limit_test=LIMIT_TEST, out=io.StringIO(), progress=False)
+    assert sorted(o.artifact_id for o in result.outcomes if o.action == "built") == int8
+    assert result.calibration["source"] == "run" and result.calibration["sha256"] == run_set.sha256
+
+
+def test_calib_images_errors(converted, tmp_path, capsys):
+    run_dir = _copy(converted[0], tmp_path)
+    state = _state(run_dir)
+    base = ["convert", str(run_dir), "--profile", "desktop-cpu", "--no-progress"]
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    assert main([*base, "--calib-images", str(empty)]) == 2
+    assert f"calibration folder {empty} holds no image" in capsys.readouterr().err
+    assert main([*base, "--calib-images", str(tmp_path / "nope")]) == 2
+    assert f"calibration folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    assert main([*base, "--skip-bad"]) == 2
+    assert "--skip-bad applies to a calibration folder only: add --calib-images DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--calib-size", "0"])
+    assert "expected a whole number >= 1" in capsys.readouterr().err
+    assert _state(run_dir) == state  # nothing was built
+    # a profile with no int8 target does not read the folder
+    profile = tmp_path / "fp32.toml"
+    profile.write_text(ONE_TARGET_PROFILE.replace('precisions = ["int8"]', 'precisions = ["fp32"]'))
+    assert main(["convert", str(run_dir), "--profile", str(profile), "--no-progress", "--calib-images", str(empty)]) == 0
+    assert f"note: --calib-images {empty} is not used" in capsys.readouterr().out

@@ -64,6 +64,36 @@ def test_count_params_macs_by_hand():
     assert count_params_macs(vip)[1] == conv1 + conv2 // 4 + dense
 
 
+def test_count_params_macs_depthwise_and_separable_by_hand():
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same")(x)  # 8x8x6
+    y = keras.layers.SeparableConv2D(5, 3, depth_multiplier=2)(y)  # valid: 6x6x5, via 12 depthwise channels
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    model = keras.Model(x, keras.layers.Dense(4)(y))
+    depthwise = 8 * 8 * (3 * 3 * 3 * 2)  # each of the 6 outputs per pixel takes 3x3 MACs
+    separable = 6 * 6 * (3 * 3 * 6 * 2 + 12 * 5)  # depthwise stage, then 1x1 pointwise 12 -> 5
+    dense = 5 * 4
+    params = (3 * 3 * 3 * 2 + 6) + (3 * 3 * 6 * 2 + 12 * 5 + 5) + (5 * 4 + 4)
+    assert count_params_macs(model) == (params, depthwise + separable + dense)
+    assert params == model.count_params()
+
+
+def test_count_params_macs_of_keras_mobilenet_v2():
+    """keras.applications.MobileNetV2 (what `edgekit import` is given): nested depthwise/pointwise blocks."""
+    def mnv2(size: int, classes: int):
+        return keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, weights=None, classes=classes)
+
+    params, macs = count_params_macs(mnv2(224, 1000))
+    # MobileNetV2 paper / Keras' table, alpha 0.35 at 224x224: 59 M multiply-adds, 1.7 M parameters
+    assert abs(macs - 59e6) < 0.01 * 59e6 and params == 1691208
+    small = mnv2(32, 10)
+    p32, m32 = count_params_macs(small)
+    assert p32 == small.count_params()
+    # 32x32 gives every feature map exactly 1/7 of the 224x224 side (16, 8, 4, 2, 1 against 112 ... 7): the
+    # conv MACs are 1/49 of those at 224; the head is Dense 1280 -> classes
+    assert m32 - 1280 * 10 == (macs - 1280 * 1000) // 49 and (macs - 1280 * 1000) % 49 == 0
+
+
 def test_build_model_rejects_too_small_input():
     with pytest.raises(FamilyError, match="^blocks:"):
         build_model(ModelSpec(filters=(4, 4, 4, 4)), (8, 8, 1))

@@ -352,6 +352,8 @@ def test_cli_bundle_then_verify(tiny_run, tmp_path, capsys):
     assert main(["bundle", str(tiny_run), "--profile", "rpi4", "--out", str(out), "--eval-size", "10"]) == 0
     text = capsys.readouterr().out
     assert "bundle for rpi4: 2 artifacts, 10 eval images, 8 canary images" in text
+    assert f"(archive, {out.stat().st_size / 1024:,.1f} KB)" in text and "size (KB)" in text  # one unit
+    assert f"next: copy it to the board, then edgekit verify {out} --profile rpi4" in text
     assert main(["verify", str(out), "--profile", "desktop-cpu"]) == 0
     text = capsys.readouterr().out
     assert "checksums ok" in text and "2 ok, 0 failed" in text

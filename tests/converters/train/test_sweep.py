@@ -79,6 +79,10 @@ def check_run_folder(run_dir: Path, n_models: int) -> None:
     assert not list(run_dir.rglob(".*.tmp")) and not list(run_dir.rglob(f"{MODEL_TMP_PREFIX}*"))
 
 
+def _mtimes(run_dir: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
 def test_sweep_contract_resume_and_half_written(tmp_path, family, data_dir):
     run_dir = tmp_path / "run"
     results, text = _quiet(opts(run_dir, family, data_dir))
@@ -96,12 +100,12 @@ def test_sweep_contract_resume_and_half_written(tmp_path, family, data_dir):
     assert len(s.x_train) == 270 and len(s.x_val) == 30 and len(s.x_calib) == 20 and len(s.x_test) == 60
     assert json.loads((run_dir / "models" / results[0].model_id / "train.json").read_text())["train_images"] == 270
 
-    # Rerun: nothing is retrained, files untouched.
-    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.keras")}
+    # Rerun: nothing is retrained, no file rewritten (run.json included).
+    mtimes = _mtimes(run_dir)
     results2, _ = _quiet(opts(run_dir, family, data_dir))
     assert [r.status for r in results2] == ["resumed"] * 3
     assert [r.test_accuracy for r in results2] == [r.test_accuracy for r in results]
-    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.keras")} == mtimes
+    assert _mtimes(run_dir) == mtimes
 
     # Half-written model (no train.json), a stale temp file, and one more spec: only those are (re)done.
     victim = run_dir / "models" / results[1].model_id
@@ -259,3 +263,109 @@ def test_sigkill_mid_sweep_then_resume(tmp_path, family, data_dir):
     # landed in the millisecond after its train.json appeared).
     assert "removed 1 unfinished model folder" in out2 or dict((r[0], r[-1]) for r in rows)[killed_in] == "resumed"
     check_run_folder(run_dir, 5)
+
+
+# ---------------------------------------------------------------------------------------------- image folders
+
+def _image_folder(root: Path, n: int = 12) -> Path:
+    """Two classes of 16x16 colour PNGs (a bright top or bottom half) a tiny CNN can tell apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("bottom", "top")):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+            a[(slice(0, 8) if c else slice(8, 16))] += 150
+            Image.fromarray(a).save(root / name / f"{i}.png")
+    return root
+
+
+def _image_opts(run_dir: Path, family: Path, images: Path, **kw) -> TrainOptions:
+    from converters.data.images import ImageOptions
+
+    return opts(run_dir, family, None, dataset="images", images=ImageOptions(root=images), limit=1, **kw)
+
+
+@pytest.mark.slow
+def test_train_on_an_image_folder_records_and_resumes(tmp_path, family):
+    images = _image_folder(tmp_path / "imgs")
+    run_dir = tmp_path / "run"
+    results, text = _quiet(_image_opts(run_dir, family, images))
+    assert [r.status for r in results] == ["trained"]
+    assert f"on the images in {images.resolve()} (16x16x3, bilinear resize)" in text
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["dataset"] == "images" and run["data_dir"] == str(images.resolve())
+    assert run["family"] == str(family.resolve()) and run["schedule"]["epochs"] == 1
+    assert run["input_shape"] == [16, 16, 3] and run["class_names"] == ["bottom", "top"]
+    assert run["images"]["split"] == "stratified" and run["images"]["cache"] == "images_cache.npz"
+    check_run_folder(run_dir, 1)
+    from converters.data.datasets import splits_for_run
+
+    assert splits_for_run(run_dir, progress=False).x_test.shape == (4, 16, 16, 3)  # 20 % of 12 per class
+    # a rerun naming no data, or the same folder, uses the run's own and rewrites nothing (the cache included);
+    # naming other data is refused, naming both
+    mtimes = _mtimes(run_dir)
+    results2, _ = _quiet(opts(run_dir, family, None, dataset=None, limit=1))
+    assert [r.status for r in results2] == ["resumed"]
+    assert [r.status for r in _quiet(_image_opts(run_dir, family, images))[0]] == ["resumed"]
+    assert _mtimes(run_dir) == mtimes
+    with pytest.raises(ValueError, match=r"(?s)dataset: run has 'images', this command asks 'fashion_mnist'"):
+        _quiet(opts(run_dir, family, None, limit=1))
+    other = _image_folder(tmp_path / "other", n=4)
+    with pytest.raises(ValueError, match=r"(?s)was made from the image folder .*imgs with other image options.*other"):
+        _quiet(_image_opts(run_dir, family, other))
+
+
+@pytest.mark.slow
+def test_import_only_run_then_train_keeps_imported_models(tmp_path, family):
+    from converters.data.datasets import DataSource
+    from converters.data.images import ImageOptions
+    from converters.train.run_folder import open_run_data
+
+    images = _image_folder(tmp_path / "imgs")
+    run_dir = tmp_path / "run"
+    splits = SplitOptions(val_fraction=0.1, calib_size=20)  # as opts() trains: the run's splits must match
+    open_run_data(run_dir, DataSource("images", images=ImageOptions(root=images)), splits=splits, progress=False)
+    assert json.loads((run_dir / "run.json").read_text())["family"] is None
+    imp = run_dir / "models" / "my-net"  # what `edgekit import` leaves: its own file, no spec.json
+    imp.mkdir(parents=True)
+    (imp / "model.onnx").write_bytes(b"onnx bytes")
+    rec = {"model_id": "my-net", "finished": True, "test_accuracy": 0.9, "source": {"format": "onnx",
+                                                                                     "file": "model.onnx"}}
+    (imp / "train.json").write_text(json.dumps(rec))
+    results, _ = _quiet(opts(run_dir, family, None, dataset=None, limit=1))
+    assert [r.status for r in results] == ["trained"] and results[0].model_id != "my-net"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["family"] == str(family.resolve()) and run["schedule"] is not None and run["dataset"] == "images"
+    assert json.loads((imp / "train.json").read_text()) == rec and (imp / "model.onnx").read_bytes() == b"onnx bytes"
+
+
+def test_cli_image_options():
+    from edge.core.errors import UsageError
+
+    o = _parse("--images", "pics", "--image-size", "24x32", "--color", "gray", "--resize", "area", "--skip-bad",
+               "--test-fraction", "0.3")
+    assert o.dataset == "images" and o.images is not None
+    assert (o.images.root, o.images.size, o.images.channels, o.images.resize, o.images.skip_bad,
+            o.images.test_fraction) == (Path("pics"), (24, 32), 1, "area", True, 0.3)
+    assert _parse("--images", "pics", "--image-size", "64").images.size == (64, 64)
+    assert _parse("--images", "pics").images.channels is None and _parse().dataset is None
+    assert _parse("--dataset", "mnist").dataset == "mnist"
+    with pytest.raises(SystemExit):
+        _parse("--images", "pics", "--dataset", "mnist")
+    with pytest.raises(SystemExit):
+        _parse("--images", "pics", "--image-size", "0x3")
+    with pytest.raises(UsageError, match="--image-size, --color only apply to an image folder: add --images DIR"):
+        _parse("--image-size", "8", "--color", "rgb")
+
+
+def test_help_tells_the_truth_about_the_families(capsys):
+    from converters.family.toml_file import load_family
+
+    p = argparse.ArgumentParser()
+    tr.add_arguments(p)
+    text = " ".join(p.format_help().split())
+    assert "demo (the default when --family is left out" in text and "default (300+" in text
+    assert p.parse_args(["RUN"]).family == "demo"
+    assert len(load_family("default").expand()) >= 300 and load_family("demo").name == "demo"

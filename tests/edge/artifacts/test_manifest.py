@@ -39,3 +39,37 @@ def test_load_errors(tmp_path):
         Manifest.load(p)
     with pytest.raises(ManifestError, match="not found"):
         Manifest.load(tmp_path / "none.json")
+
+
+def test_input_convention_round_trips_and_old_records_stay_raw_pixels(tmp_path):
+    import dataclasses
+    import json
+
+    conv = dataclasses.replace(_rec("onnx", "fp32"), input=TensorSpec("x", (-1, 8, 8, 3), "float32",
+                                                                      mean=(123.675, 116.28, 103.53),
+                                                                      std=(58.395, 57.12, 57.375)))
+    m = Manifest(dataset="images", labels=("a", "b")).with_artifact(conv).with_artifact(_rec())
+    m.save(tmp_path / "manifest.json")
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    by_id = {a["artifact_id"]: a for a in raw["artifacts"]}
+    assert by_id[conv.artifact_id]["input"]["mean"] == [123.675, 116.28, 103.53]
+    # a raw-pixel record is written as before (no mean/std keys), so older readers and manifests agree
+    assert "mean" not in by_id[_rec().artifact_id]["input"] and "std" not in by_id[_rec().artifact_id]["input"]
+    back = Manifest.load(tmp_path / "manifest.json")
+    assert back == m and back.get(conv.artifact_id).input.normalized
+    assert not back.get(_rec().artifact_id).input.normalized
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(mean=(1.0,)), "go together"),
+    (dict(mean=(1.0, 2.0), std=(1.0,)), "one value per channel"),
+    (dict(mean=(0.0,), std=(0.0,)), "std > 0"),
+    (dict(mean=(float("nan"),), std=(1.0,)), "finite"),
+])
+def test_bad_input_convention_is_refused(kw, match):
+    with pytest.raises(ManifestError, match=match):
+        TensorSpec("x", (-1, 2, 2, 1), "float32", **kw)
+    d = {"name": "x", "shape": [-1, 2, 2, 1], "dtype": "float32", **{k: list(v) for k, v in kw.items()}}
+    rec = _rec().to_dict() | {"input": d}
+    with pytest.raises(ManifestError):
+        Manifest.from_dict({"version": 1, "dataset": "d", "labels": [], "artifacts": [rec]})

@@ -40,3 +40,25 @@ def test_verify_cli_failures(folder, capsys):
     flip(folder / "artifacts" / f"{ONNX_FP32}.onnx")
     assert main(["verify", str(folder)]) == 2
     assert f"artifacts/{ONNX_FP32}.onnx is corrupt" in capsys.readouterr().err
+
+
+def test_verify_says_when_the_profile_does_not_describe_this_host(folder, tmp_path, monkeypatch, capsys):
+    """Even with --profile given (the case it used to stay silent on): one line at start, before the table."""
+    import device_profiles.host as host
+    from edgekit.cli import main
+
+    monkeypatch.setattr(host.Host, "detect", classmethod(lambda cls: host.Host("x86_64", 2, frozenset())))
+    assert main(["verify", str(folder), "--profile", "rpi4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    note = next(i for i, line in enumerate(lines) if "NOT A rpi4" in line)
+    assert lines[note] == ("  note: NOT A rpi4: rpi4 is an aarch64 board, this host is x86_64; its setting "
+                           "litert-xnnpack-t4 runs 4 threads on 2 cores; canary results are this host's with the "
+                           "settings of rpi4, not rpi4 canary results")
+    assert note < next(i for i, line in enumerate(lines) if line.startswith("artifact"))
+    assert any(line.startswith("  (max diff: the largest difference between these canary scores and the "
+                               "workstation's") for line in lines)
+    assert lines[-1] == f"next: edgekit bench {folder} --profile rpi4 --out rpi4-table.json"
+    # A host the profile describes: no note.
+    monkeypatch.setattr(host.Host, "detect", classmethod(lambda cls: host.Host("x86_64", 8, frozenset())))
+    assert main(["verify", str(folder), "--profile", "desktop-cpu"]) == 0
+    assert "NOT A" not in capsys.readouterr().out

@@ -100,3 +100,28 @@ def test_registry_rejects_precisions_onnx_lacks(model, tmp_path):
     with pytest.raises(ValueError, match=r"unknown precision 'int4'"):
         export_onnx(model, tmp_path / "m.onnx", "int4")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("batch", ["N", 1])
+def test_from_fp32_makes_every_precision_of_a_given_model_with_its_convention(tmp_path, batch):
+    from converters.convert.exporters.onnx import from_fp32
+    from edge.artifacts.manifest import TensorSpec
+    from edge.artifacts.tensors import scores, with_recorded_input
+    from tests.converters.importing._models import onnx_linear
+
+    given = onnx_linear(batch=batch, seed=4).SerializeToString()
+    conv = TensorSpec("x", (-1,), "float32", mean=(127.5,), std=(127.5,))
+    x = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+    out = {}
+    for p in ("fp32", "fp16", "int8"):
+        res = from_fp32(given, tmp_path / f"m-{p}.onnx", p, calib_images=x, convention=conv)
+        assert (res.input.mean, res.input.std) == ((127.5,), (127.5,)) and res.input.name == "image"
+        with get_backend("onnxruntime").load(res.path, SETTING) as lm:
+            out[p] = scores(with_recorded_input(lm, res.input), x)
+    assert (tmp_path / "m-fp32.onnx").read_bytes() == given  # the file as given
+    want = (x.reshape(64, -1).astype(np.float32) / 127.5 - 1) @ onnx.numpy_helper.to_array(
+        onnx.load_from_string(given).graph.initializer[0]) + onnx.numpy_helper.to_array(
+        onnx.load_from_string(given).graph.initializer[1])
+    assert np.allclose(out["fp32"], want, atol=1e-4)
+    assert float((out["fp16"].argmax(1) == want.argmax(1)).mean()) >= 0.95
+    assert float((out["int8"].argmax(1) == want.argmax(1)).mean()) >= 0.8

@@ -1,0 +1,1 @@
+"""`edgekit import`: a user's own Keras, ONNX or TFLite model becomes a model of a run."""

@@ -1,0 +1,190 @@
+"""The one image decoder: a JPEG/PNG/BMP/GIF file -> uint8 (H, W, C) pixels at a model's size and channels.
+
+The workstation's dataset loader (converters.data.images), the bundle builder and the board all call
+``load_image`` with the same ``ImagePrep``, so the board prepares a file exactly as training saw it.
+Pillow is imported inside the functions: ``import edge`` works without it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Mapping
+
+import numpy as np
+
+from edge.core.errors import UsageError
+
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # Keras' image_dataset_from_directory list
+# What Pillow calls the formats we read by content (MPO: a camera JPEG with extra pictures; frame 0 is the JPEG).
+IMAGE_FORMATS = ("BMP", "GIF", "JPEG", "MPO", "PNG")
+RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
+# Modes Pillow converts to L and RGB meaningfully. "I" (32-bit) and "F" (float) would be clipped to 0..255.
+GRAY_MODES = ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N")
+COLOR_MODES = ("P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+FIX = "replace it with a valid JPEG, PNG, BMP or GIF file, or remove it"
+
+
+class ImageDecodeError(UsageError):
+    """A file that is not a readable JPEG/PNG/BMP/GIF image in a supported mode; the message names it."""
+
+    def __init__(self, path: str, reason: str, hint: str = FIX):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}; {hint}")
+
+
+@dataclass(frozen=True)
+class ImagePrep:
+    """How a file becomes a model input: resized to ``size`` (height, width) with ``resize``, ``channels`` 1 or 3.
+
+    Recorded in a run (run.json "images") and in a bundle's manifest (extra "images").
+    """
+
+    size: tuple[int, int]
+    channels: int
+    resize: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        h, w = self.size
+        if int(h) < 1 or int(w) < 1:
+            raise UsageError(f"image size must be positive, got {h}x{w}")
+        if self.channels not in (1, 3):
+            raise UsageError(f"image channels must be 1 (gray) or 3 (rgb), got {self.channels}")
+        resample(self.resize)  # a bad name fails here, not at the first image
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (int(self.size[0]), int(self.size[1]), int(self.channels))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resize": self.resize, "size": [int(self.size[0]), int(self.size[1])], "channels": int(self.channels)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ImagePrep:
+        try:
+            h, w = (int(v) for v in d["size"])
+            return cls(size=(h, w), channels=int(d["channels"]), resize=str(d.get("resize", "bilinear")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"bad image record {dict(d)!r} (needs size [H, W], channels, resize): {exc}") from None
+
+    def load(self, source: str | os.PathLike | bytes | BinaryIO, out: np.ndarray | None = None,
+             name: str | None = None) -> np.ndarray:
+        return load_image(source, self.size, self.channels, self.resize, out=out, name=name)
+
+
+_FILTERS: dict[str, int] = {}
+
+
+def resample(method: str) -> int:
+    """Pillow's resampling filter for a method name (``area`` is Pillow's BOX: the mean over each output pixel)."""
+    if not _FILTERS:
+        from PIL import Image
+
+        _FILTERS.update({"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                         "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+                         "area": Image.Resampling.BOX})
+    try:
+        return int(_FILTERS[method])
+    except KeyError:
+        raise UsageError(f"unknown resize method {method!r}; available: {list(RESIZE_METHODS)}") from None
+
+
+def _label(source: Any, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return getattr(source, "name", None) or "<image bytes>"
+
+
+def _open(source: str | os.PathLike | bytes | BinaryIO, label: str):
+    import io
+
+    from PIL import Image
+
+    try:
+        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+        return Image.open(fp)  # type: ignore[arg-type]
+    except FileNotFoundError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(label, "not an image Pillow can identify (not JPEG, PNG, BMP or GIF)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(label, f"refused as too large ({exc})") from None
+    except Exception as exc:  # a broken header: Pillow's plugins raise OSError, SyntaxError, ValueError...
+        raise ImageDecodeError(label, f"cannot read the image header ({type(exc).__name__}: {exc})") from None
+
+
+def _check(im, label: str) -> None:
+    if im.format not in IMAGE_FORMATS:
+        raise ImageDecodeError(label, f"a {im.format} image; edgekit reads JPEG, PNG, BMP and GIF")
+    if im.mode not in GRAY_MODES and im.mode not in COLOR_MODES:
+        raise ImageDecodeError(label, f"unsupported pixel mode {im.mode!r} (8-bit gray, palette or colour, "
+                                      "or 16-bit gray, are read)")
+
+
+def _gray16_to_8(im):
+    from PIL import Image
+
+    a = np.asarray(im)
+    return Image.fromarray((a.astype(np.uint16) >> 8).astype(np.uint8))  # 2-D uint8: mode L
+
+
+def image_header(source: str | os.PathLike | bytes | BinaryIO, name: str | None = None) -> tuple[int, int, bool]:
+    """(height, width, gray) from the file's header, without decoding its pixels."""
+    label = _label(source, name)
+    with _open(source, label) as im:
+        _check(im, label)
+        w, h = im.size
+        return int(h), int(w), im.mode in GRAY_MODES
+
+
+def load_image(source: str | os.PathLike | bytes | BinaryIO, size: tuple[int, int] | None, channels: int,
+               resize: str = "bilinear", *, out: np.ndarray | None = None, name: str | None = None) -> np.ndarray:
+    """Decode one image file into uint8 pixels (H, W, ``channels``): the one decode + colour + resize.
+
+    - GIF (and MPO): the first frame.
+    - Colour: ``channels`` 1 is Pillow's ``convert("L")`` (ITU-R 601-2 luma from colour), 3 is
+      ``convert("RGB")`` (gray replicated). An alpha channel (RGBA, LA, PA, a transparent palette) is
+      dropped, not composited onto a background: the colour values under it are kept. 16-bit gray
+      (I;16, a 16-bit PNG) keeps its top 8 bits (value >> 8, as OpenCV does); Pillow's own convert
+      would clip every value above 255 to white.
+    - Size: resized to ``size`` (height, width) with ``resize`` (nearest, bilinear, bicubic, lanczos,
+      area = Pillow's BOX) after the colour conversion; an image already at ``size`` is not resized.
+      ``size`` None keeps the file's size.
+    - ``out``: a preallocated uint8 (H, W, C) array (a row of a batch) to decode into; it is returned.
+    - A truncated or undecodable file, another format, or an unsupported mode raises ImageDecodeError
+      naming the file (``name`` overrides the label used in messages). Truncated files are never padded.
+    """
+    if channels not in (1, 3):
+        raise UsageError(f"image channels must be 1 (gray) or 3 (rgb), got {channels}")
+    label = _label(source, name)
+    mode = "L" if channels == 1 else "RGB"
+    flt = resample(resize)
+    with _open(source, label) as im:
+        _check(im, label)
+        try:
+            im.load()  # the first frame; truncated data raises here (LOAD_TRUNCATED_IMAGES is never set)
+            if im.mode.startswith("I;16"):
+                im = _gray16_to_8(im)
+            if im.mode != mode:  # the same pixels as convert() would copy
+                im = im.convert(mode)
+        except Exception as exc:
+            raise ImageDecodeError(label, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+        if size is not None and im.size != (int(size[1]), int(size[0])):
+            im = im.resize((int(size[1]), int(size[0])), resample=flt)
+        w, h = im.size
+        pixels = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(h, w, channels)
+    if out is None:
+        return pixels.copy()  # frombuffer's array is read-only
+    if out.shape != pixels.shape or out.dtype != np.uint8:
+        raise UsageError(f"{label}: decoded to {pixels.shape}, but the output array is {out.dtype}{out.shape}")
+    out[...] = pixels
+    return out
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether a file name ends in one of IMAGE_SUFFIXES (case-insensitive), as Keras decides."""
+    return Path(path).name.lower().endswith(IMAGE_SUFFIXES)
