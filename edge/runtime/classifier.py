@@ -22,6 +22,7 @@ Each answer carries the label's class name from the bundle (``InferenceResult.cl
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import traceback
@@ -204,6 +205,21 @@ class AdaptiveClassifier:
             if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255:
                 raise UsageError("pixel values must be finite and within 0..255")
         return x
+
+    def load_image(self, source: str | os.PathLike | bytes) -> np.ndarray:
+        """An image file (JPEG, PNG, BMP, GIF; a path or its bytes) as this bundle's input pixels, for ``classify``.
+
+        Decoded and resized exactly as training decoded the run's image folder (the bundle records the
+        size, colour and resize method: ``Bundle.image_prep``); a bundle of a named dataset is resized
+        bilinearly to its input. Raises ImageDecodeError naming the file when it cannot be decoded.
+        """
+        from edge.artifacts.images import ImagePrep, load_image
+
+        prep = self.bundle.image_prep
+        if prep is None:
+            h, w, c = self.input_hwc
+            prep = ImagePrep(size=(int(h), int(w)), channels=int(c), resize="bilinear")
+        return load_image(source, prep.size, prep.channels, prep.resize)
 
     def classify(self, image: np.ndarray, deadline_ms: float, arrival: float | None = None,
                  timeout: float | None = None) -> InferenceResult:

@@ -246,3 +246,23 @@ def test_it_says_when_the_table_was_measured_on_a_host_the_profile_does_not_desc
     assert ("the selected table was measured on a host that is not a edge-test (edge-test is an aarch64 board, this "
             "host is x86_64): its latencies are not this edge-test's; benchmark here ('edgekit bench') and select "
             "again") in lines
+
+
+def test_load_image_gives_the_bundles_input_from_a_file(fx, clf, tmp_path):
+    """A named-dataset bundle records no image prep: a file is decoded to its input shape, bilinear, and classified."""
+    from PIL import Image
+
+    from edge.artifacts.images import ImageDecodeError, load_image
+
+    h, w, c = clf.input_hwc
+    src = np.random.default_rng(0).integers(0, 256, (2 * h, 2 * w, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(src).save(path)
+    x = clf.load_image(path)
+    assert x.shape == (h, w, c) and x.dtype == np.uint8
+    assert np.array_equal(x, load_image(path, (h, w), c, "bilinear"))
+    assert clf.classify(x, deadline_ms=1000.0).class_name in clf.labels
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        clf.load_image(bad)
