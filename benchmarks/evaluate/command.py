@@ -6,8 +6,12 @@ separate in-process pass that runs every selected variant on every request's ima
 to back, under the same contention schedule (``benchmarks.evaluate.oracle``).
 
 ``evaluate`` runs the phases below in order: the plan, the serving-floor probes, the workload,
-the oracle's timing pass and the best static CNN, one run per daemon policy, the oracle's
-choices, the summary, and the files; the results are a ``benchmarks.evaluate.results.Evaluation``.
+the oracle's timing pass and the best static CNN, one run per daemon policy (with ``--statics all``
+and ``--plane`` also each selected variant served alone and adaptive at each latency quantile, for the
+accuracy-miss plane: ``benchmarks.evaluate.plane``), the oracle's choices, the summary, and the files;
+the results are a ``benchmarks.evaluate.results.Evaluation``. ``--repeat N`` runs all of it N times with
+the workload seeds seed, seed+1, ... and reports the median and range of every figure
+(``benchmarks.evaluate.repeats``).
 """
 
 from __future__ import annotations
@@ -45,8 +49,12 @@ from benchmarks.evaluate.oracle import (
     static_miss_rates,
 )
 from benchmarks.evaluate.placement import Placement, client_side, place
+from benchmarks.evaluate.plane import PLANE_QUANTILES, adaptive_name
 from benchmarks.evaluate.probe import PROBE_COUNT, probe_serving
+from benchmarks.evaluate.repeats import Repeats, aggregate, write_repeats
 from benchmarks.evaluate.report import render_text, write_report
+from benchmarks.evaluate.results import KIND as RESULTS_KIND
+from benchmarks.evaluate.results import VERSION as RESULTS_VERSION
 from benchmarks.evaluate.results import (
     BestStatic,
     DaemonRun,
@@ -71,6 +79,8 @@ from edge.tables.table import QUANTILES, LatencyRow, LatencyTable
 EVALUATE_ONLY = ("best-static", "oracle")  # computed here, not daemon policies (benchmarks.evaluate.oracle)
 DEFAULT_POLICIES = ("adaptive", "mean-table", "quantile-table", "most-accurate", "best-static", "oracle")
 DEFAULT_COUNT = 300
+MAX_REPEAT = 20
+STATICS = ("pass", "all")  # the plane's variants alone: predicted by the oracle pass, or each served by the daemon
 WARMUP_SEED_OFFSET = 7919  # warm-up requests come from a different stream than the measured ones
 
 
@@ -150,6 +160,9 @@ class EvaluateOptions:
     start_timeout_s: float = 180.0
     plots: bool = True
     quiet: bool = False
+    statics: str = "pass"  # "all": each selected variant also served alone by the daemon (static:<variant>)
+    plane: bool = False  # the whole plane: statics all, and adaptive at each of PLANE_QUANTILES
+    repeat: int = 1  # runs of the whole comparison, seeds seed .. seed+repeat-1
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
@@ -159,6 +172,10 @@ class EvaluateOptions:
                              f"got {self.duration_s:g}")
         if not 0 <= self.warmup <= 1000:
             raise UsageError(f"--warmup must be in [0, 1000], got {self.warmup}")
+        if self.statics not in STATICS:
+            raise UsageError(f"--statics must be one of {', '.join(STATICS)}, got {self.statics!r}")
+        if not 1 <= self.repeat <= MAX_REPEAT:
+            raise UsageError(f"--repeat must be in [1, {MAX_REPEAT}], got {self.repeat}")
         overload_factor(self.arrival)
 
     @classmethod
@@ -168,12 +185,22 @@ class EvaluateOptions:
             profile=args.profile, count=args.count, deadline=args.deadline, arrival=args.arrival,
             contention=ContentionSpec.parse(args.contention, quota=args.quota), seed=args.seed,
             duration_s=args.duration, warmup=args.warmup, miss=args.miss, quantile=args.quantile,
-            plots=not args.no_plots,
+            plots=not args.no_plots, statics=args.statics, plane=args.plane, repeat=args.repeat,
         )
 
     @property
     def overload(self) -> float | None:
         return overload_factor(self.arrival)
+
+    def record(self) -> dict[str, Any]:
+        """What else the run was asked, for results.json (a repeat reuses a finished run only when it matches)."""
+        return {"policies": list(self.policies), "profile": self.profile, "arrival": self.arrival,
+                "miss": self.miss, "quantile": self.quantile, "duration_s": self.duration_s,
+                "statics": self.statics, "plane": self.plane}
+
+    @property
+    def serves_statics(self) -> bool:
+        return self.plane or self.statics == "all"
 
     @property
     def needs_oracle_pass(self) -> bool:
@@ -379,13 +406,49 @@ def achieved_slowdown(records: list[RequestRecord], rows: tuple[LatencyRow, ...]
                     outside_ratio=round(mo, 3), variants={v: round(i / o, 3) for v, (i, o, _) in per.items()})
 
 
+@dataclass(frozen=True)
+class PolicyRun:
+    """One daemon run of a comparison: its name in the results, the daemon's --policy and --quantile."""
+
+    name: str
+    served_as: str
+    quantile: str | None
+
+
+def daemon_runs(plan: Plan, best: BestStatic | None) -> list[PolicyRun]:
+    """The asked policies in their order (best-static served as ``static:<it>``), then what the plane adds:
+    with ``--statics all`` (or ``--plane``) each selected variant no run serves alone yet, and with ``--plane``
+    adaptive at each of PLANE_QUANTILES it does not run at already."""
+    o = plan.opts
+    runs = []
+    for pol in o.policies:
+        if pol == "oracle":
+            continue
+        served = pol
+        if pol == "best-static":
+            assert best is not None  # picked from the oracle pass, which best-static runs
+            served = f"static:{best.variant}"
+        runs.append(PolicyRun(pol, served, o.quantile))
+    variants = [r.variant for r in plan.rows]
+    if o.serves_statics:
+        alone = {r.served_as[len("static:"):] for r in runs if r.served_as.startswith("static:")}
+        alone |= {variants[0] for r in runs if r.served_as == "fastest"}
+        alone |= {variants[-1] for r in runs if r.served_as == "most-accurate"}
+        runs += [PolicyRun(f"static:{v}", f"static:{v}", o.quantile) for v in variants if v not in alone]
+    if o.plane:
+        default_q = o.quantile or str(plan.selection.get("quantile") or "p95")
+        have = {default_q} if any(r.served_as == "adaptive" for r in runs) else set()
+        runs += [PolicyRun(adaptive_name(q), "adaptive", q) for q in PLANE_QUANTILES if q not in have]
+    return runs
+
+
 def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Workload | None,
-               schedule: ContentionSchedule) -> PolicyResult:
+               schedule: ContentionSchedule, quantile: str | None = None) -> PolicyResult:
     """One daemon policy: a fresh daemon, the warm-up, then the workload under the contention schedule."""
     o = plan.opts
     plan.say(f"evaluate: policy {policy}: starting the daemon")
-    log = o.out / f"daemon-{policy.replace(':', '_').replace('/', '_')}.log"
-    d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, o.quantile), log, o.start_timeout_s,
+    log = o.out / f"daemon-{policy.replace(':', '_').replace('/', '_').replace('@', '_')}.log"
+    d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, quantile), log, o.start_timeout_s,
                cpus=plan.placement.server)
     try:
         url = d.start()
@@ -412,7 +475,8 @@ def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Work
                  f"requests")
     return PolicyResult(summary=res.summary(), records=tuple(res.records), truncated=res.truncated,
                         contention_s=tuple((on, off) for on, off in schedule.record()),
-                        daemon=DaemonRun(served_as=served_as, daemon_log=log.name, slowdown=slowdown))
+                        daemon=DaemonRun(served_as=served_as, daemon_log=log.name, slowdown=slowdown,
+                                         quantile=quantile))
 
 
 def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, probe: ServingProbe,
@@ -473,7 +537,8 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
             ev = Evaluation(
                 created=created, host=host, placement=plan.placement, bundle=str(opts.bundle), table=str(opts.table),
                 profile=plan.profile, selection=plan.selection, deadline_spec=opts.deadline, warmup=opts.warmup,
-                duration_limit_s=opts.duration_s, rows=plan.rows, workload=wl, contention=opts.contention,
+                duration_limit_s=opts.duration_s, options=opts.record(), rows=plan.rows, workload=wl,
+                contention=opts.contention,
                 probes=probes, overload=overload,
             )
             # --- the oracle pass (and from it the best static CNN), on the daemon's cores
@@ -484,28 +549,73 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                 floors = _floors(probes.fastest, probes.fastest_under_contention, wl.count, opts.contention)
                 ev = dataclasses.replace(ev, held_out=held_out(plan, wl, op),
                                          best_static=pick_best_static(plan, wl, op, floors[1]))
-            # --- every daemon policy, the same requests
-            for pol in opts.policies:
-                if pol == "oracle":
-                    continue
-                served = pol
-                if pol == "best-static":
-                    assert ev.best_static is not None  # picked from the oracle pass, which best-static runs
-                    served = f"static:{ev.best_static.variant}"
-                run = run_policy(plan, pol, served, wl, warm, schedule)
-                ev = dataclasses.replace(ev, policies={**ev.policies, pol: run})
+            # --- every daemon policy, the same requests (and the plane's runs after them)
+            for pr in daemon_runs(plan, ev.best_static):
+                run = run_policy(plan, pr.name, pr.served_as, wl, warm, schedule, pr.quantile)
+                ev = dataclasses.replace(ev, policies={**ev.policies, pr.name: run})
                 # A partial file beside the final one, so an interrupted run leaves its finished policies.
                 atomic_write_json(opts.out / "results.partial.json", ev.to_json())
             if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
                 run, oracle = oracle_policy(plan, wl, op, probes.fastest, floors)
                 ev = dataclasses.replace(ev, policies={**ev.policies, "oracle": run}, oracle=oracle)
-            ev = dataclasses.replace(ev, achieved_slowdown=median_slowdown(ev.policies))
+            # The asked policies in their order, the oracle among them, then the plane's runs.
+            asked = [p for p in opts.policies if p in ev.policies]
+            order = asked + [p for p in ev.policies if p not in asked]
+            ev = dataclasses.replace(ev, policies={p: ev.policies[p] for p in order},
+                                     achieved_slowdown=median_slowdown(ev.policies))
         finally:
             if schedule is not None:
                 schedule.halt()
     ev = dataclasses.replace(ev, complete=True)
     write_results(ev, opts.out, opts.plots)
     return ev
+
+
+# ----------------------------------------------------------------------------- repeats
+
+
+def _same_run(d: Mapping[str, Any], opts: EvaluateOptions) -> bool:
+    """Whether a finished run's results.json answers these options (then a repeat reuses it)."""
+    w, c = d.get("workload") or {}, d.get("contention") or {}
+    return bool(
+        d.get("kind") == RESULTS_KIND and d.get("version") == RESULTS_VERSION and d.get("complete") is True
+        and d.get("bundle") == str(opts.bundle) and d.get("table") == str(opts.table)
+        and w.get("seed") == opts.seed and w.get("count") == opts.count and d.get("deadline_spec") == opts.deadline
+        and c.get("spec") == opts.contention.describe() and d.get("warmup") == opts.warmup
+        and all(p in (d.get("policies") or {}) for p in opts.policies) and d.get("options") == opts.record()
+    )
+
+
+def evaluate_repeats(opts: EvaluateOptions) -> Repeats:
+    """The comparison ``opts.repeat`` times, workload seeds ``opts.seed`` + 0, 1, ..., each into ``OUT/seed-<seed>``
+    (a finished run with the same options is reused, so an interrupted repeat resumes); then the median and the
+    range of every figure into ``OUT/results.json``, ``OUT/table.txt`` and (with plots) ``OUT/report.md``."""
+    import json
+
+    runs: list[dict[str, Any]] = []
+    names: list[str] = []
+    for k in range(opts.repeat):
+        seed = opts.seed + k
+        one = dataclasses.replace(opts, seed=seed, repeat=1, out=opts.out / f"seed-{seed}")
+        path = one.out / "results.json"
+        prior = None
+        if path.is_file():
+            try:
+                prior = json.loads(path.read_text())
+            except (OSError, ValueError):
+                prior = None
+        if prior is not None and _same_run(prior, one):
+            if not opts.quiet:
+                print(f"evaluate: repeat {k + 1}/{opts.repeat} (seed {seed}): reusing {path}", flush=True)
+            runs.append(prior)
+        else:
+            if not opts.quiet:
+                print(f"evaluate: repeat {k + 1}/{opts.repeat} (seed {seed}) into {one.out}", flush=True)
+            runs.append(json.loads(json.dumps(evaluate(one).to_json())))
+        names.append(f"{one.out.name}/results.json")
+    rep = aggregate(runs, names)
+    write_repeats(rep, opts.out, opts.plots)
+    return rep
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -541,6 +651,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miss", default="best-effort", choices=("best-effort", "reject"), help="daemon's miss policy")
     p.add_argument("--quantile", default=None, choices=QUANTILES,
                    help="latency quantile the daemon predicts with (daemon default if unset)")
+    p.add_argument("--statics", default="pass", choices=STATICS,
+                   help="the accuracy-miss plane's points for each selected variant served alone: pass (default: "
+                        "predicted from the oracle pass, no extra run) | all (each one served by the daemon as "
+                        "static:<variant>: one more run of --count requests per variant no policy serves alone)")
+    p.add_argument("--plane", action="store_true",
+                   help="the whole accuracy-miss plane: --statics all, and adaptive once per latency quantile "
+                        f"({', '.join(PLANE_QUANTILES)}) as its curve (policies adaptive@p50 ...): about "
+                        "len(variants) + 3 more daemon runs")
+    p.add_argument("--repeat", type=int, default=1,
+                   help=f"run the whole comparison N times (at most {MAX_REPEAT}) with workload seeds SEED, SEED+1, "
+                        "...; each run in OUT/seed-<seed>/, and OUT/results.json with the median and range (min-max) "
+                        "of every figure")
     p.add_argument("--out", default="evaluation", help="output folder for results.json, report.md and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the report")
 
@@ -554,6 +676,16 @@ def run(args: argparse.Namespace) -> int:
     opts = EvaluateOptions.from_args(args)
     old = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if opts.repeat > 1:
+            rep = evaluate_repeats(opts)
+            print()
+            print((opts.out / "table.txt").read_text(), end="")
+            truncated = [f"{k}: {', '.join(t)}" for k, t in rep.truncated.items() if t]
+            if truncated:
+                print(f"\nnote: stopped by --duration before the last request: {'; '.join(truncated)}")
+            print(f"\nresults: {opts.out / 'results.json'}"
+                  + (f"\nreport:  {opts.out / 'report.md'}" if opts.plots else ""))
+            return 0
         ev = evaluate(opts)
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -1,4 +1,5 @@
-"""The policy-comparison report: text and Markdown tables, PNG plots (accuracy/miss per policy, request timelines)."""
+"""The policy-comparison report: the headline (on-time accuracy), text and Markdown tables, PNG plots (the
+accuracy-miss plane, accuracy/miss per policy, request timelines)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.evaluate.plane import Plane, plane_data
 from benchmarks.evaluate.results import Evaluation
 from edge.core.atomic import atomic_write_bytes, atomic_write_text
 from edge.core.textable import format_table
@@ -24,7 +26,7 @@ POLICY_COLORS = {
 # ----------------------------------------------------------------------------- tables
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.2f}%"
 
 
@@ -32,26 +34,56 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def comparison_table(ev: Evaluation, markdown: bool = False) -> str:
+def policy_name(name: str, labels: dict[str, str]) -> str:
+    """A policy as tables and plots show it: ``static:<variant>`` by the variant's short label."""
+    if name.startswith("static:") and name[len("static:"):] in labels:
+        return "static:" + labels[name[len("static:"):]]
+    return name
+
+
+def rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def headline_line(ev: Evaluation) -> str:
+    """The first line of every summary: each policy's on-time accuracy (and goodput/s, open loop)."""
     labels = ev.labels
-    head = ["policy", "accuracy", "miss (daemon clock)", "miss (end to end)", "goodput/s", "p50 ms", "p99 ms",
-            "req/s", "variants used"]
-    body = []
-    for name, pol in ev.policies.items():
-        s = pol.summary
-        used = " ".join(f"{labels.get(v, v)}:{c}"
-                        for v, c in sorted(s["variants"].items(), key=lambda kv: labels.get(kv[0], kv[0])))
-        gp = s.get("goodput_rps")
-        body.append([
-            name, _pct(s["accuracy"]), _pct(s["server_miss_rate"]), _pct(s["miss_rate"]),
-            "-" if gp is None else f"{gp:.1f}", _ms(s["p50_ms"]), _ms(s["p99_ms"]),
-            "-" if s["throughput_rps"] is None else f"{s['throughput_rps']:.1f}", used or "-",
-        ])
+    parts = []
+    for name, h in ev.headline().items():
+        gp = f" ({rate(h['goodput_rps'])}/s)" if "goodput_rps" in h else ""
+        parts.append(f"{policy_name(name, labels)} {pct(h['on_time_accuracy'])}{gp}")
+    what = "on-time accuracy (correct and on time, of all requests" + ("; goodput/s)" if ev.open_loop else ")")
+    return f"{what}: " + (", ".join(parts) or "-")
+
+
+def table_markup(head: list[str], body: list[list[str]], markdown: bool) -> str:
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         out += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(out)
     return format_table(head, body, align="l" + "r" * (len(head) - 2) + "l", rule=True)
+
+
+def comparison_head(open_loop: bool) -> list[str]:
+    """The columns: on-time accuracy first (goodput/s beside it with open-loop arrivals), then what it is made of."""
+    return ["policy", "on-time acc", *(["goodput/s"] if open_loop else []), "accuracy", "miss (daemon clock)",
+            "miss (end to end)", "p50 ms", "p99 ms", "req/s", "variants used"]
+
+
+def comparison_table(ev: Evaluation, markdown: bool = False) -> str:
+    labels = ev.labels
+    body = []
+    for name, pol in ev.policies.items():
+        s = pol.summary
+        used = " ".join(f"{labels.get(v, v)}:{c}"
+                        for v, c in sorted(s["variants"].items(), key=lambda kv: labels.get(kv[0], kv[0])))
+        body.append([
+            policy_name(name, labels), pct(s.get("on_time_accuracy")),
+            *([rate(s.get("goodput_rps"))] if ev.open_loop else []),
+            pct(s["accuracy"]), pct(s["server_miss_rate"]), pct(s["miss_rate"]),
+            _ms(s["p50_ms"]), _ms(s["p99_ms"]), rate(s["throughput_rps"]), used or "-",
+        ])
+    return table_markup(comparison_head(ev.open_loop), body, markdown)
 
 
 def variant_legend(ev: Evaluation, markdown: bool = False) -> str:
@@ -99,9 +131,9 @@ def context_lines(ev: Evaluation) -> str:
 
 
 def render_text(ev: Evaluation) -> str:
-    """``table.txt``: the comparison table, the variant legend and what it was measured under."""
-    return (comparison_table(ev) + "\n\nvariants (by table latency):\n" + variant_legend(ev) + "\n"
-            + context_lines(ev))
+    """``table.txt``: the headline, the comparison table, the variant legend and what it was measured under."""
+    return (headline_line(ev) + "\n\n" + comparison_table(ev) + "\n\nvariants (by table latency):\n"
+            + variant_legend(ev) + "\n" + context_lines(ev))
 
 
 # ----------------------------------------------------------------------------- plots
@@ -158,6 +190,70 @@ def plot_policies(ev: Evaluation, path: Path) -> Path:
     _save(fig, path, 110)
     plt.close(fig)
     return path
+
+
+Span = tuple[float, float, float, float]  # min and max of the miss rate, then of the accuracy (repeats)
+
+
+def plane_key(group: str, name: str) -> str:
+    """A point's key across repeats: its group (statics, adaptive, points) and its name."""
+    return f"{group}:{name}"
+
+
+def plot_plane(plane: Plane, path: Path, title: str, spans: dict[str, Span] | None = None) -> Path:
+    """The accuracy-miss plane: x the miss rate, y the accuracy of the answers, in %. Every variant served alone
+    (filled: measured by the daemon; hollow: predicted by the oracle pass), adaptive's curve by its quantile,
+    mean-table, quantile-table and the oracle as points; with ``spans`` (repeats) each point's min-max range."""
+    plt = _plt()
+    spans = spans or {}
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+
+    def bars(group: str, p, color: str) -> None:
+        sp = spans.get(plane_key(group, p.name))
+        if sp is None:
+            return
+        x, y = 100 * p.miss_rate, 100 * p.accuracy
+        ax.errorbar([x], [y], xerr=[[x - 100 * sp[0]], [100 * sp[1] - x]], yerr=[[y - 100 * sp[2]], [100 * sp[3] - y]],
+                    fmt="none", ecolor=color, alpha=0.5, lw=0.9, capsize=2)
+
+    legend_seen: set[str] = set()
+    for p in plane.statics:
+        measured = p.source != "oracle pass"
+        label = "variant served alone" if measured else "variant alone (predicted by the oracle pass)"
+        ax.scatter([100 * p.miss_rate], [100 * p.accuracy], s=42, marker="s", color="0.3" if measured else "none",
+                   edgecolors="0.3", zorder=3, label=None if label in legend_seen else label)
+        legend_seen.add(label)
+        ax.annotate(p.name, (100 * p.miss_rate, 100 * p.accuracy), textcoords="offset points", xytext=(5, -10),
+                    fontsize=8, color="0.3")
+        bars("statics", p, "0.3")
+    if plane.adaptive:
+        c = POLICY_COLORS["adaptive"]
+        ax.plot([100 * p.miss_rate for p in plane.adaptive], [100 * p.accuracy for p in plane.adaptive], "-o",
+                color=c, ms=5, zorder=4, label="adaptive (by latency quantile)")
+        for p in plane.adaptive:
+            ax.annotate(p.name, (100 * p.miss_rate, 100 * p.accuracy), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8, color=c)
+            bars("adaptive", p, c)
+    for k, p in enumerate(plane.points):
+        c = _color(p.name, k)
+        ax.scatter([100 * p.miss_rate], [100 * p.accuracy], s=60, marker="*" if p.name == "oracle" else "D",
+                   color=c, zorder=5, label=p.name)
+        bars("points", p, c)
+    ax.set_xlabel("deadline-miss rate, daemon clock (%)")
+    ax.set_ylabel("accuracy of the answers (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    _save(fig, path, 110)
+    plt.close(fig)
+    return path
+
+
+def plane_title(ev: Evaluation) -> str:
+    w = ev.workload
+    return (f"accuracy-miss plane: {w.count} requests, deadlines {w.deadline} ms, arrivals {w.arrival}, "
+            f"contention {ev.contention.describe()}")
 
 
 def plot_timeline(ev: Evaluation, path: Path) -> Path:
@@ -224,6 +320,7 @@ def plot_timeline(ev: Evaluation, path: Path) -> Path:
 
 
 def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
+    beside = " (goodput beside it: the same answers per second)" if ev.open_loop else ""
     w = ev.workload
     c = ev.contention
     a, z = ev.window
@@ -245,20 +342,26 @@ def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
         "",
         "## Results",
         "",
+        f"**{headline_line(ev)}**",
+        "",
         comparison_table(ev, markdown=True),
         "",
-        "Accuracy is top-1 on the bundle's serving images over all requests (an unanswered or rejected request "
-        "counts as wrong). A miss is a request not answered within its deadline on the daemon's clock (from when "
-        "its first bytes reached the daemon's socket to the answer written), which is what deadline_ms means; "
-        "end to end (as the load generator measured it over HTTP) is beside it. Goodput is the answers that were "
-        "correct and on time per second.",
+        "On-time accuracy, the headline figure, is the share of all requests answered correctly and within "
+        f"their deadline on the daemon's clock{beside}. Accuracy is top-1 on the bundle's serving images over "
+        "all requests (an unanswered or rejected request counts as wrong). A miss is a request not answered "
+        "within its deadline on the daemon's clock (from when its first bytes reached the daemon's socket to "
+        "the answer written), which is what deadline_ms means; end to end (as the load generator measured it "
+        "over HTTP) is beside it. Goodput is the answers that were correct and on time per second; in closed "
+        "loop it is throughput, which favours the fastest model, so the table shows it for open-loop arrivals"
+        " only.",
         "",
         "```",
         context_lines(ev).strip(),
         "```",
         "",
     ]
-    for key, title in (("policies", "Accuracy and miss rate per policy"), ("timeline", "Timeline")):
+    for key, title in (("plane", "Accuracy-miss plane"), ("policies", "Accuracy and miss rate per policy"),
+                       ("timeline", "Timeline")):
         if key in images:
             lines += [f"## {title}", "", f"![{title}]({images[key]})", ""]
     lines += ["## Variants", "", variant_legend(ev, markdown=True), ""]
@@ -279,6 +382,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if ev.policies:
+        paths["plane"] = plot_plane(plane_data(ev), out / "plane.png", plane_title(ev))
         paths["policies"] = plot_policies(ev, out / "policies.png")
         paths["timeline"] = plot_timeline(ev, out / "timeline.png")
     md = render_markdown(ev, {k: p.name for k, p in paths.items()})

@@ -13,11 +13,17 @@ import numpy as np
 from benchmarks.evaluate.contention import ContentionSpec
 from benchmarks.evaluate.loadgen import RequestRecord
 from benchmarks.evaluate.placement import Placement
+from benchmarks.evaluate.plane import plane_data
 from benchmarks.evaluate.workload import Workload
 from edge.tables.table import LatencyRow
 
 KIND = "policy-comparison"
-VERSION = 2
+VERSION = 3  # 3: the headline (on-time accuracy), answer accuracy, the accuracy-miss plane, each run's quantile
+HEADLINE = "on_time_accuracy"
+HEADLINE_NOTE = ("on-time accuracy: the share of all requests answered correctly and within their deadline (on the "
+                 "daemon's clock); a late, rejected or failed request counts against it. Goodput, the same answers "
+                 "per second, stands beside it for open-loop arrivals only: in closed loop it is throughput, which "
+                 "favours the fastest model by construction")
 HELD_OUT_NOTE = ("table accuracy: the benchmark's 'select' half of the eval set; served: this workload's "
                  "images, drawn from the disjoint 'serve' half")
 
@@ -113,6 +119,7 @@ class DaemonRun:
     served_as: str  # the daemon's --policy (best-static is served as static:<variant>)
     daemon_log: str  # file name beside results.json
     slowdown: Slowdown | None  # None without contention
+    quantile: str | None = None  # the daemon's --quantile (None: its default, the table's)
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,7 @@ class PolicyResult:
         out["records"] = [r.to_dict() for r in self.records]
         if self.daemon is not None:
             out["served_as"] = self.daemon.served_as
+            out["quantile"] = self.daemon.quantile
         return out
 
 
@@ -229,6 +237,7 @@ class Evaluation:
     oracle: OracleResult | None = None
     achieved_slowdown: float | None = None  # the median over the policies whose slowdown was measured
     complete: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)  # the rest of what was asked (EvaluateOptions.record)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -238,6 +247,21 @@ class Evaluation:
     def window(self) -> tuple[int, int]:
         """[start, stop) of the requests under contention."""
         return self.contention.window(self.workload.count)
+
+    @property
+    def open_loop(self) -> bool:
+        """Requests arrive on a schedule (Poisson), not one after the answer to the last."""
+        return self.workload.arrivals_s is not None
+
+    def headline(self) -> dict[str, dict[str, float | None]]:
+        """Per policy, the headline figure (on-time accuracy) and, with open-loop arrivals, the goodput beside it."""
+        out: dict[str, dict[str, float | None]] = {}
+        for name, p in self.policies.items():
+            h: dict[str, float | None] = {HEADLINE: p.summary.get(HEADLINE)}
+            if self.open_loop:
+                h["goodput_rps"] = p.summary.get("goodput_rps")
+            out[name] = h
+        return out
 
     @property
     def truncated(self) -> list[str]:
@@ -260,6 +284,7 @@ class Evaluation:
             "deadline_spec": self.deadline_spec,
             "warmup": self.warmup,
             "duration_limit_s": self.duration_limit_s,
+            **({"options": dict(self.options)} if self.options else {}),
             "variants": [
                 {"label": labels[r.variant], "variant": r.variant, "accuracy": r.accuracy,
                  "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "p99_ms": r.p99_ms, "mean_ms": r.mean_ms}
@@ -267,6 +292,8 @@ class Evaluation:
             ],
             "variant_labels": labels,
             "complete": self.complete,
+            "headline": {"figure": HEADLINE, "note": HEADLINE_NOTE, "open_loop": self.open_loop,
+                         "policies": self.headline()},
             "policies": {name: p.to_json() for name, p in self.policies.items()},
         }
         if self.probes is not None:
@@ -286,4 +313,5 @@ class Evaluation:
             out["best_static"] = self.best_static.to_json()
         if self.oracle is not None:
             out["oracle"] = self.oracle.to_json()
+        out["plane"] = plane_data(self).to_json()
         return out

@@ -102,9 +102,11 @@ def test_evaluate_end_to_end(evb, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     text = proc.stdout
-    for word in ("policy", "accuracy", "miss (daemon clock)", "goodput/s", "p99 ms", "req/s", "variants used",
-                 "adaptive", "oracle", "serving floor", "achieved slowdown", "placement"):
+    for word in ("on-time accuracy (correct and on time, of all requests): adaptive ", "policy", "on-time acc",
+                 "accuracy", "miss (daemon clock)", "p99 ms", "req/s", "variants used", "adaptive", "oracle",
+                 "serving floor", "achieved slowdown", "placement"):
         assert word in text, word
+    assert "goodput/s" not in text  # closed loop: goodput is throughput, not in the table
     res = json.loads((out / "results.json").read_text())
     assert list(res["policies"]) == ["adaptive", "mean-table", "quantile-table", "most-accurate", "best-static",
                                      "fastest", "oracle"]
@@ -125,6 +127,8 @@ def test_evaluate_end_to_end(evb, tmp_path):
         s = pol["summary"]
         assert 0 <= s["accuracy"] <= 1 and 0 <= s["miss_rate"] <= 1 and s["p99_ms"] >= s["p50_ms"] > 0
         assert len(pol["contention_s"]) == 1, name
+        assert s["on_time_accuracy"] <= s["accuracy"] and res["headline"]["policies"][name] == {
+            "on_time_accuracy": s["on_time_accuracy"]}
     # Fixed policies use one variant each.
     v = [r["variant"] for r in res["variants"]]
     assert set(res["policies"]["fastest"]["summary"]["variants"]) == {v[0]}
@@ -134,7 +138,7 @@ def test_evaluate_end_to_end(evb, tmp_path):
     assert np.asarray(o["latency_ms"]).shape == (30, 3)
     assert not (out / "results.partial.json").exists()
     assert "variants used" in (out / "table.txt").read_text()
-    for f in ("report.md", "policies.png", "timeline.png", "daemon-adaptive.log"):
+    for f in ("report.md", "plane.png", "policies.png", "timeline.png", "daemon-adaptive.log"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     md = (out / "report.md").read_text()
     assert "| policy |" in md and "![Timeline](timeline.png)" in md and "Oracle" in md
@@ -192,3 +196,72 @@ def test_sigterm_stops_the_daemon_and_the_hog(evb, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_plane_adds_each_variant_alone_and_adaptive_per_quantile(tmp_path):
+    from benchmarks.evaluate.placement import Placement
+    from benchmarks.evaluate.results import BestStatic
+    from tests.benchmarks.evaluate._evaluation import ROWS
+
+    def runs(quantile=None, **kw):
+        o = ev.EvaluateOptions(bundle="b", table="t.json", out=tmp_path, quantile=quantile, **kw)
+        plan = ev.Plan(o, ROWS, {"quantile": "p95"}, np.zeros(1), np.zeros(1), None, "p", None, Placement(None, None))
+        best = BestStatic(ROWS[1].variant, "V1", 0.02, {})
+        return [(r.name, r.served_as, r.quantile) for r in ev.daemon_runs(plan, best)]
+
+    v = [r.variant for r in ROWS]
+    asked = [("adaptive", "adaptive", None), ("mean-table", "mean-table", None),
+             ("quantile-table", "quantile-table", None), ("most-accurate", "most-accurate", None),
+             ("best-static", f"static:{v[1]}", None)]
+    assert runs() == asked  # the default: the plane's statics come from the oracle pass, no extra run
+    # most-accurate serves V2 alone and best-static V1: only V0 is left to serve alone.
+    assert runs(statics="all") == [*asked, (f"static:{v[0]}", f"static:{v[0]}", None)]
+    # 'adaptive' runs at the table's p95 already: the curve adds p50, p90 and p99.
+    assert runs(plane=True) == [*asked, (f"static:{v[0]}", f"static:{v[0]}", None), ("adaptive@p50", "adaptive", "p50"),
+                                ("adaptive@p90", "adaptive", "p90"), ("adaptive@p99", "adaptive", "p99")]
+    # Asked for p99, the other three are added, p95 among them; without adaptive asked, all four.
+    assert [r[0] for r in runs(quantile="p99", plane=True)][-3:] == ["adaptive@p50", "adaptive@p90", "adaptive@p95"]
+    assert [r[0] for r in runs(plane=True, policies=("mean-table", "oracle"))] == [
+        "mean-table", *(f"static:{x}" for x in v), "adaptive@p50", "adaptive@p90", "adaptive@p95", "adaptive@p99"]
+    with pytest.raises(ValueError, match="--repeat must be in"):
+        ev.EvaluateOptions(bundle="b", table="t.json", out=tmp_path, repeat=0)
+    with pytest.raises(ValueError, match="--statics must be one of pass, all"):
+        ev.EvaluateOptions(bundle="b", table="t.json", out=tmp_path, statics="some")
+
+
+@pytest.mark.slow
+def test_evaluate_repeat_end_to_end(evb, tmp_path):
+    """--repeat 2 --statics all on the tiny bundle: two whole comparisons, seeds 4 and 5, and their medians;
+    a second call reuses both runs."""
+    out = tmp_path / "rep"
+    argv = [sys.executable, "-m", "edgekit.cli", "evaluate", str(evb.bundle), "--table", str(evb.table),
+            "--policies", "adaptive,oracle", "--statics", "all", "--count", "60", "--warmup", "3",
+            "--deadline", "uniform:1:6", "--seed", "4", "--repeat", "2", "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "on-time accuracy, median [min-max] of 2 runs (seeds 4-5): adaptive " in proc.stdout
+    runs = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (4, 5)]
+    assert [r["workload"]["seed"] for r in runs] == [4, 5]
+    assert runs[0]["workload"]["image_indices"] != runs[1]["workload"]["image_indices"]
+    labels = runs[0]["variant_labels"]
+    names = ["adaptive", "oracle", *(f"static:{v}" for v in labels)]
+    for r in runs:
+        assert list(r["policies"]) == names and r["options"]["statics"] == "all"
+        assert [p["source"] for p in r["plane"]["statics"]] == names[2:]  # every variant measured alone
+        assert r["plane"]["adaptive"][0]["source"] == "adaptive" and r["plane"]["points"][0]["name"] == "oracle"
+    agg = json.loads((out / "results.json").read_text())
+    assert (agg["kind"], agg["repeat"], agg["seeds"]) == ("policy-comparison-repeats", 2, [4, 5])
+    assert list(agg["policies"]) == names
+    for name in names:
+        for fig in ("on_time_accuracy", "accuracy", "server_miss_rate", "p50_ms", "throughput_rps"):
+            vals = [r["policies"][name]["summary"][fig] for r in runs]
+            s = agg["policies"][name][fig]
+            assert s["values"] == vals, (name, fig)
+            assert (s["min"], s["max"]) == (min(vals), max(vals))
+            assert s["median"] == pytest.approx((vals[0] + vals[1]) / 2, abs=1e-6)
+    for f in ("table.txt", "report.md", "plane.png", "seed-4/plane.png", "seed-5/report.md"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("reusing") == 2 and "starting the daemon" not in again.stdout
+    assert json.loads((out / "results.json").read_text())["policies"] == agg["policies"]

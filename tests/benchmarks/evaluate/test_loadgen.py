@@ -243,3 +243,35 @@ def test_json_and_binary_requests_through_the_codec(binary):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_on_time_accuracy_counts_only_answers_right_and_on_time():
+    """Hand-made records: right and on time, right but late, wrong on time, rejected; the daemon's clock decides
+    where it said, else end to end."""
+    R = loadgen.RequestRecord
+
+    def rec(i, status=200, correct=True, met=True, server=None):
+        return R(index=i, image_index=i, label=1, deadline_ms=5.0, arrival_s=0.1 * i, sent_s=0.1 * i,
+                 e2e_ms=1.0 if met else 9.0, status=status, pred=1 if correct else 2, correct=correct,
+                 deadline_met=met and status == 200, server_deadline_met=server)
+
+    records = [
+        rec(0), rec(1),  # right, on time
+        rec(2, met=False),  # right, late
+        rec(3, correct=False),  # wrong, on time
+        rec(4, status=408, correct=False, met=False),  # rejected: no answer
+        rec(5, met=False, server=True),  # late end to end, on time on the daemon's clock: on time
+        rec(6, met=True, server=False),  # the reverse: late
+        rec(7, status=503, correct=False, met=False),  # overloaded
+    ]
+    assert [loadgen.on_time_and_correct(r) for r in records] == [True, True, False, False, False, True, False, False]
+    s = loadgen.summarize(records, wall_s=2.0)
+    assert s["on_time_accuracy"] == 3 / 8  # of ALL requests, the rejected and overloaded ones included
+    assert s["accuracy"] == 5 / 8  # right, on time or not
+    assert s["answer_accuracy"] == round(5 / 6, 4)  # of the 6 answers
+    assert s["goodput_rps"] == 1.5  # the same 3 answers over 2 s
+    assert list(s)[5:8] == ["on_time_accuracy", "accuracy", "answer_accuracy"]
+    empty = loadgen.summarize([], wall_s=0.0)
+    assert empty["on_time_accuracy"] is None and empty["answer_accuracy"] is None
+    assert loadgen.summarize([rec(0, status=408, correct=False, met=False)], 1.0)["answer_accuracy"] is None
+    assert "on-time accuracy 37.50% (correct and on time, of all requests)" in loadgen.format_summary(s)

@@ -12,9 +12,14 @@ from tests.benchmarks.evaluate._evaluation import ROWS, evaluation
 def test_text_table_has_every_policy_the_legend_and_the_context():
     text = report.render_text(evaluation())
     lines = text.splitlines()
-    assert lines[0].split()[:3] == ["policy", "accuracy", "miss"]
-    assert [ln.split()[0] for ln in lines[2:5]] == ["adaptive", "fastest", "oracle"]
-    assert "V1:20 V2:20" in lines[2] and "V0:40" in lines[3]
+    # The headline first: on-time accuracy per policy; then the table with it as its first figure.
+    assert lines[0] == ("on-time accuracy (correct and on time, of all requests): adaptive 70.00%, fastest 75.00%, "
+                        "oracle 75.00%")
+    assert lines[2].split()[:5] == ["policy", "on-time", "acc", "accuracy", "miss"]
+    assert "goodput/s" not in lines[2]  # closed loop: goodput is throughput, left out of the table
+    assert [ln.split()[0] for ln in lines[4:7]] == ["adaptive", "fastest", "oracle"]
+    assert lines[4].split()[1:3] == ["70.00%", "75.00%"]
+    assert "V1:20 V2:20" in lines[4] and "V0:40" in lines[5]
     assert f"   V2  acc  83.00%  p95    3.250 ms  {ROWS[2].variant}" in text
     for line in ("placement: daemon on cpu [0], load generator on cpu [1]",
                  "serving floor (fastest variant, daemon clock, p50): 0.250 ms; end to end 0.610 ms",
@@ -40,8 +45,8 @@ def test_context_leaves_out_what_did_not_run():
 
 def test_report_writes_the_plots_and_the_markdown(tmp_path):
     paths = report.write_report(evaluation(truncated=True), tmp_path)
-    assert sorted(paths) == ["policies", "report", "timeline"]
-    for name in ("policies.png", "timeline.png"):
+    assert sorted(paths) == ["plane", "policies", "report", "timeline"]
+    for name in ("plane.png", "policies.png", "timeline.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (tmp_path / "report.md").read_text()
     assert "- date: 2026-01-02T03:04:05+00:00" in md
@@ -51,7 +56,9 @@ def test_report_writes_the_plots_and_the_markdown(tmp_path):
             "3 unmeasured warm-up requests") in md
     assert ("- contention: cpu:half (one busy process on each of the daemon's cores while requests 10..29 were "
             "issued; achieved slowdown 1.5x)") in md
-    assert "| policy | accuracy |" in md and "| adaptive |" in md
+    assert "| policy | on-time acc | accuracy |" in md and "| adaptive | 70.00% | 75.00% |" in md
+    assert "**on-time accuracy (correct and on time, of all requests): adaptive 70.00%" in md
+    assert "![Accuracy-miss plane](plane.png)" in md
     assert "![Timeline](timeline.png)" in md and "![Accuracy and miss rate per policy](policies.png)" in md
     assert f"| V0 | `{ROWS[0].variant}` | 61.00% | 0.200 | 0.260 |" in md
     assert "## Oracle\n\nthe oracle's method\n\nServing overhead added: 0.610 ms end to end, 0.250 ms on the " \
@@ -65,3 +72,20 @@ def test_report_without_oracle_or_policies(tmp_path):
     assert list(paths) == ["report"] and not (tmp_path / "timeline.png").exists()
     md = (tmp_path / "report.md").read_text()
     assert "## Oracle" not in md and "Stopped early" not in md and "![" not in md
+
+
+def test_open_loop_puts_goodput_beside_on_time_accuracy():
+    from benchmarks.evaluate.workload import make_workload
+
+    ev = dataclasses.replace(evaluation(), workload=make_workload(200, 40, "uniform:1:6", "poisson:100", 3))
+    lines = report.render_text(ev).splitlines()
+    assert lines[0].startswith("on-time accuracy (correct and on time, of all requests; goodput/s): "
+                               "adaptive 70.00% (70.0/s), fastest 75.00% (150.0/s)")
+    assert lines[2].split()[:5] == ["policy", "on-time", "acc", "goodput/s", "accuracy"]
+    assert lines[4].split()[1:4] == ["70.00%", "70.0", "75.00%"]
+
+
+def test_static_policies_are_shown_by_their_label():
+    assert report.policy_name(f"static:{ROWS[2].variant}", {r.variant: f"V{j}" for j, r in enumerate(ROWS)}) \
+        == "static:V2"
+    assert report.policy_name("static:unknown", {}) == "static:unknown"

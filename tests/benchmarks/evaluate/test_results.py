@@ -9,19 +9,20 @@ import numpy as np
 from benchmarks.evaluate.results import DaemonRun, Host, PolicyResult, Probes, ServingProbe, variant_labels
 from tests.benchmarks.evaluate._evaluation import COUNT, ROWS, evaluation
 
-# The key order results.json has had since version 2; report.py, the demo and the README read it.
+# The key order results.json has had since version 3; report.py, repeats.py, the demo and the README read it.
 TOP = ["kind", "version", "created", "host", "placement", "bundle", "table", "profile", "selection", "deadline_spec",
-       "warmup", "duration_limit_s", "variants", "variant_labels", "complete", "policies", "probe", "overload",
-       "workload", "contention", "held_out", "best_static", "oracle"]
-SUMMARY = ["count", "answered", "rejected", "overloaded", "errors", "accuracy", "miss_rate", "server_miss_rate",
-           "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_rps", "goodput_rps", "wall_s", "variants"]
+       "warmup", "duration_limit_s", "variants", "variant_labels", "complete", "headline", "policies", "probe",
+       "overload", "workload", "contention", "held_out", "best_static", "oracle", "plane"]
+SUMMARY = ["count", "answered", "rejected", "overloaded", "errors", "on_time_accuracy", "accuracy", "answer_accuracy",
+           "miss_rate", "server_miss_rate", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_rps", "goodput_rps",
+           "wall_s", "variants"]
 
 
 def test_a_finished_evaluation_writes_every_key_in_order():
     ev = evaluation()
     d = json.loads(json.dumps(ev.to_json(), allow_nan=False))
     assert list(d) == TOP
-    assert (d["kind"], d["version"], d["complete"]) == ("policy-comparison", 2, True)
+    assert (d["kind"], d["version"], d["complete"]) == ("policy-comparison", 3, True)
     assert list(d["host"]) == ["machine", "os", "cores", "python", "cpu_model"]
     assert d["placement"] == {"server_cpus": [0], "client_cpus": [1]}
     assert d["variant_labels"] == {r.variant: f"V{j}" for j, r in enumerate(ROWS)} == variant_labels(ROWS)
@@ -44,12 +45,33 @@ def test_a_finished_evaluation_writes_every_key_in_order():
     assert np.asarray(d["oracle"]["latency_ms"]).shape == (COUNT, 3)
     assert d["oracle"]["latency_ms"][7] == [round(x, 4) for x in ev.oracle.latency_ms[7]]  # 4 decimals in the file
     assert d["oracle"]["preds"] == ev.oracle.preds.tolist()
+    assert list(d["plane"]) == ["x", "y", "statics", "adaptive", "points"]
+
+
+def test_the_headline_is_on_time_accuracy_and_goodput_only_open_loop():
+    import dataclasses
+
+    from benchmarks.evaluate.workload import make_workload
+
+    ev = evaluation()
+    h = ev.to_json()["headline"]
+    assert list(h) == ["figure", "note", "open_loop", "policies"]
+    assert (h["figure"], h["open_loop"]) == ("on_time_accuracy", False)
+    # adaptive (tests/benchmarks/evaluate/_evaluation.py): 30 of 40 right, 2 of those 30 late (requests 10 and 30).
+    assert h["policies"]["adaptive"] == {"on_time_accuracy": 0.7}
+    assert h["policies"]["fastest"] == {"on_time_accuracy": 0.75}
+    assert list(h["policies"]) == list(ev.policies)
+    poisson = dataclasses.replace(ev, workload=make_workload(200, COUNT, "uniform:1:6", "poisson:100", 3))
+    hp = poisson.to_json()["headline"]
+    assert hp["open_loop"] is True
+    assert hp["policies"]["adaptive"] == {"on_time_accuracy": 0.7, "goodput_rps": 70.0}  # 28 answers in 0.4 s
 
 
 def test_daemon_policies_and_the_oracle_write_their_own_keys():
     d = evaluation().to_json()["policies"]
     assert list(d) == ["adaptive", "fastest", "oracle"]
-    assert list(d["adaptive"]) == ["summary", "truncated", "contention_s", "daemon_log", "records", "served_as"]
+    assert list(d["adaptive"]) == ["summary", "truncated", "contention_s", "daemon_log", "records", "served_as",
+                                   "quantile"]
     assert list(d["oracle"]) == ["summary", "truncated", "contention_s", "records"]
     assert list(d["adaptive"]["summary"]) == [*SUMMARY, "slowdown"]  # the daemon's policies only
     assert list(d["oracle"]["summary"]) == SUMMARY
@@ -72,6 +94,7 @@ def test_a_partial_file_has_no_oracle_and_no_achieved_slowdown_yet():
     d = evaluation(complete=False).to_json()
     assert d["complete"] is False
     assert list(d) == [k for k in TOP if k != "oracle"]
+    assert d["plane"]["points"] == [] and [p["source"] for p in d["plane"]["statics"]] == ["fastest"]
     assert list(d["policies"]) == ["adaptive", "fastest"]
     assert "achieved_slowdown" not in d["contention"]
 
@@ -82,7 +105,8 @@ def test_parts_that_did_not_run_are_left_out():
     ev = dataclasses.replace(evaluation(), probes=None, overload=None, held_out=None, best_static=None, oracle=None)
     assert list(ev.to_json()) == ["kind", "version", "created", "host", "placement", "bundle", "table", "profile",
                                   "selection", "deadline_spec", "warmup", "duration_limit_s", "variants",
-                                  "variant_labels", "complete", "policies", "workload", "contention"]
+                                  "variant_labels", "complete", "headline", "policies", "workload", "contention",
+                                  "plane"]
     probe = ServingProbe(0.3, 0.7, 0.2, 900.0)
     assert list(Probes(probe, most_accurate=probe).to_json()) == ["fastest", "most_accurate"]
 
