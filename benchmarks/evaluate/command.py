@@ -290,14 +290,27 @@ def probe_floors(plan: Plan) -> Probes | None:
     return Probes(fastest, contended, capacity)
 
 
+def draw_floors(probe: ServingProbe, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` serving overheads (end to end, daemon clock), each a measured request of the probe drawn
+    at random (the pair kept together): the oracle and the best static CNN face the floor's jitter as
+    the daemon's policies do. A probe without samples charges its medians."""
+    if not probe.samples_ms:
+        return np.full(count, probe.e2e_overhead_ms), np.full(count, probe.floor_ms)
+    s = np.asarray(probe.samples_ms, dtype=np.float64)
+    pick = rng.integers(0, len(s), size=count)
+    return s[pick, 1].copy(), s[pick, 0].copy()
+
+
 def _floors(probe: ServingProbe, contended: ServingProbe | None, count: int,
-            cspec: ContentionSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Per request, the serving overhead end to end and on the daemon's clock: the quiet probe's, and
-    inside the contention window the contended probe's."""
-    e2e, daemon = np.full(count, probe.e2e_overhead_ms), np.full(count, probe.floor_ms)
+            cspec: ContentionSpec, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per request, the serving overhead end to end and on the daemon's clock, drawn from the quiet
+    probe's measured requests, and inside the contention window from the contended probe's (seeded by
+    the workload's seed, so every policy comparison of one seed charges the same floors)."""
+    rng = np.random.default_rng([int(seed), 0xF100])
+    e2e, daemon = draw_floors(probe, count, rng)
     if contended is not None:
         a, z = cspec.window(count)
-        e2e[a:z], daemon[a:z] = contended.e2e_overhead_ms, contended.floor_ms
+        e2e[a:z], daemon[a:z] = draw_floors(contended, z - a, rng)
     return e2e, daemon
 
 
@@ -546,7 +559,8 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
             if opts.needs_oracle_pass:
                 assert probes is not None
                 op = time_oracle(plan, wl, schedule)
-                floors = _floors(probes.fastest, probes.fastest_under_contention, wl.count, opts.contention)
+                floors = _floors(probes.fastest, probes.fastest_under_contention, wl.count, opts.contention,
+                                 opts.seed)
                 ev = dataclasses.replace(ev, held_out=held_out(plan, wl, op),
                                          best_static=pick_best_static(plan, wl, op, floors[1]))
             # --- every daemon policy, the same requests (and the plane's runs after them)

@@ -33,9 +33,10 @@ ORACLE_METHOD = (
     "times). Inside a contention window the floor charged is the one a second probe measured under that "
     "contention. It picks the most accurate variant by table accuracy whose latency on the daemon's clock (the "
     "primary one, as for the daemon's policies) meets the deadline, else the fastest on that request (a miss). "
-    "The floor is charged as a constant (its median), so the jitter of the HTTP path that hits the daemon "
-    "policies does not hit the oracle: its miss rate estimates what the choice of variant alone costs, "
-    "not a replay, and where that jitter is wide (under contention) a daemon policy can miss less."
+    "Each request is charged a floor drawn at random from the probe's measured requests (the daemon-clock "
+    "floor and the end-to-end overhead of one request, kept together), so the oracle faces the jitter of "
+    "the serving path as the daemon's policies do; charging the median instead (as before) made it miss less "
+    "than any replay could. Its miss rate then bounds what the choice of variant alone can reach."
 )
 
 

@@ -50,5 +50,6 @@ def probe_serving(bundle: str, table: str, variant: str, profile: str | None, mi
         e2e_overhead_ms=round(float(np.median([r.e2e_ms - r.inference_ms for r in ok])), 4),
         inference_p50_ms=round(float(np.median([r.inference_ms for r in ok])), 4),
         throughput_rps=round(len(ok) / res.wall_s, 1),
+        samples_ms=tuple((float(r.total_ms - r.inference_ms), float(r.e2e_ms - r.inference_ms)) for r in ok),
     )
 

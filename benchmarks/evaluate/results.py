@@ -65,9 +65,18 @@ class ServingProbe:
     e2e_overhead_ms: float  # p50 of end to end minus inference
     inference_p50_ms: float
     throughput_rps: float  # closed loop: the variant's capacity with this client
+    # Every answered request's (daemon floor, end-to-end overhead), ms: the distribution the oracle's
+    # floors are drawn from (benchmarks.evaluate.command.draw_floors). Not written to results.json.
+    samples_ms: tuple[tuple[float, float], ...] = dataclasses.field(default=(), repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("samples_ms")
+        if self.samples_ms:
+            floors = np.asarray([f for f, _ in self.samples_ms])
+            d["floor_p90_ms"] = round(float(np.percentile(floors, 90)), 4)
+            d["floor_p99_ms"] = round(float(np.percentile(floors, 99)), 4)
+        return d
 
 
 @dataclass(frozen=True)

@@ -265,3 +265,29 @@ def test_evaluate_repeat_end_to_end(evb, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("reusing") == 2 and "starting the daemon" not in again.stdout
     assert json.loads((out / "results.json").read_text())["policies"] == agg["policies"]
+
+
+def test_the_oracle_is_charged_floors_drawn_from_the_probe_not_its_median():
+    """Issue 22's fair oracle: each request's floor is one measured probe request (daemon and end-to-end
+    overheads kept together), seeded; inside the contention window the contended probe's."""
+    from benchmarks.evaluate.contention import ContentionSpec
+    from benchmarks.evaluate.results import ServingProbe
+
+    quiet = ServingProbe(floor_ms=0.1, e2e_overhead_ms=0.3, inference_p50_ms=0.01, throughput_rps=1000.0,
+                         samples_ms=((0.1, 0.3), (0.1, 0.3), (0.5, 0.9)))
+    busy = ServingProbe(floor_ms=2.0, e2e_overhead_ms=3.0, inference_p50_ms=0.01, throughput_rps=100.0,
+                        samples_ms=((2.0, 3.0), (4.0, 6.0)))
+    e2e, daemon = ev._floors(quiet, None, 3000, ContentionSpec.parse("none"), seed=7)
+    assert set(zip(daemon.tolist(), e2e.tolist())) == {(0.1, 0.3), (0.5, 0.9)}  # pairs kept, both values drawn
+    assert 0.25 < float(np.mean(daemon == 0.5)) < 0.42  # 1 of 3 samples
+    again = ev._floors(quiet, None, 3000, ContentionSpec.parse("none"), seed=7)
+    assert np.array_equal(again[1], daemon)  # the same seed charges the same floors
+    spec = ContentionSpec.parse("cpu:half")
+    e2e, daemon = ev._floors(quiet, busy, 3000, spec, seed=7)
+    a, z = spec.window(3000)
+    assert set(daemon[a:z].tolist()) == {2.0, 4.0} and set(np.delete(daemon, np.s_[a:z]).tolist()) <= {0.1, 0.5}
+    # A probe without samples (an old results file) charges its medians, as before.
+    bare = ServingProbe(floor_ms=0.2, e2e_overhead_ms=0.4, inference_p50_ms=0.01, throughput_rps=1.0)
+    e2e, daemon = ev._floors(bare, None, 5, ContentionSpec.parse("none"))
+    assert daemon.tolist() == [0.2] * 5 and e2e.tolist() == [0.4] * 5
+    assert "samples_ms" not in quiet.to_json() and quiet.to_json()["floor_p99_ms"] >= 0.1
