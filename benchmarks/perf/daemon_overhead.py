@@ -40,7 +40,8 @@ from benchmarks.evaluate.daemon_proc import Daemon
 from edge.core.errors import EdgekitError, StepFailed, UsageError
 from edge.core.textable import format_table
 
-GOAL_INSIDE_RATIO = 1.5  # daemon inside overhead / reference's, p50 and p99
+GOAL_INSIDE_RATIO = 4.0  # daemon inside overhead / reference's at p50 (issue 22: "at most 4x")
+GOAL_INSIDE_P99_RATIO = 1.5  # and at p99
 GOAL_E2E_RATIO = 1.3  # daemon end to end / reference's
 GOAL_CLASSIFY_SHARE = 0.25  # classify() overhead over bare / reference inside overhead (p50)
 GOAL_DECISION_US = 5.0
@@ -309,8 +310,10 @@ def format_results(r: dict) -> str:
                  f"(what a stamp taken at the read would have missed)")
     lines.append(f"selector decision: {d['select_us']:.2f} us per select(), {d['observe_us']:.2f} us per observe()")
     checks = [
-        ("daemon inside p50 <= 1.5x reference", db["inside_p50"] / ref["inside_p50"], GOAL_INSIDE_RATIO),
-        ("daemon inside p99 <= 1.5x reference", db["inside_p99"] / ref["inside_p99"], GOAL_INSIDE_RATIO),
+        (f"daemon inside p50 <= {GOAL_INSIDE_RATIO:g}x reference", db["inside_p50"] / ref["inside_p50"],
+         GOAL_INSIDE_RATIO),
+        (f"daemon inside p99 <= {GOAL_INSIDE_P99_RATIO:g}x reference", db["inside_p99"] / ref["inside_p99"],
+         GOAL_INSIDE_P99_RATIO),
         ("daemon e2e p50 <= 1.3x reference", db["e2e_p50"] / ref["e2e_p50"], GOAL_E2E_RATIO),
         ("daemon e2e p99 <= 1.3x reference", db["e2e_p99"] / ref["e2e_p99"], GOAL_E2E_RATIO),
         ("classify() overhead <= 0.25x reference inside (p50)", cl / ref["inside_p50"], GOAL_CLASSIFY_SHARE),

@@ -3,20 +3,33 @@
 The codec has two sides: this one, which ``edgekit serve`` runs, and ``edge.v2.client_codec``,
 the client's (requests encoded, answers decoded). A Python user imports neither: the client is
 ``from edge.v2.client import Client``. The refusal error both sides share is ``edge.v2.errors``.
+
+A request is checked twice over only when it is refused. Its JSON is first decoded by msgspec
+(compiled) into Structs that mirror the v2 request, typed as strictly as the checks below
+(no unknown fields, no booleans for numbers, flat numeric ``data``), and a request that then
+passes the value checks is accepted. Anything else, whatever msgspec disliked, goes through
+the checks in Python (``_parse_checked``), which refuse it with the message that names the field
+and say what to send: so the compiled gate never accepts what the checks refuse, and every
+refusal keeps its status and words (``tests/edge/v2/test_codec.py`` compares the two paths).
+An answer is written from templates made once per output selection; only its parameters are
+encoded per request.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+import msgspec
 import numpy as np
 
 from edge.core.errors import UsageError
-from edge.v2.errors import JSON_SEPARATORS, ProtocolError
+from edge.v2.errors import ProtocolError
 
 MODEL_VERSION = "1"
 MAX_DEADLINE_MS = 3_600_000.0  # an hour: anything longer is a unit mistake
@@ -25,6 +38,7 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "edgekit_deadline"]
 INPUT_DTYPES: dict[str, np.dtype] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 OUTPUTS = ("logits", "class")
 INFER_HEADER_LENGTH = "Inference-Header-Content-Length"  # binary tensor extension: length of the JSON part
+_CLASS_BLOB = struct.Struct("<q")  # the class output, binary: one little-endian INT64
 _HEADER_LENGTH_TEXT = re.compile(r"-?[0-9]{1,15}")  # as strict as Content-Length (edge.serve.http)
 
 
@@ -69,6 +83,48 @@ class InferRequest:
     outputs: tuple[tuple[str, bool], ...]  # (name, binary)
 
 
+# The v2 request as msgspec decodes it: each field typed as strictly as the checks of
+# _parse_checked take it (a field they ignore is not allowed here, so a document that is deep
+# or odd anywhere is left to them), and nothing decoded here is nested more than four deep.
+
+
+class _TensorParameters(msgspec.Struct, forbid_unknown_fields=True):
+    binary_data_size: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class _InputDoc(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: _TensorParameters | None = None
+    data: list[int | float] | msgspec.UnsetType = msgspec.UNSET  # flat; a nested list is left to the checks
+
+
+class _RequestParameters(msgspec.Struct, forbid_unknown_fields=True):
+    deadline_ms: float | msgspec.UnsetType = msgspec.UNSET  # an integer is taken as a float, as float() does
+    binary_data_output: bool = False
+
+
+class _OutputParameters(msgspec.Struct, forbid_unknown_fields=True):
+    binary_data: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class _OutputDoc(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    parameters: _OutputParameters | None = None
+
+
+class _RequestDoc(msgspec.Struct, forbid_unknown_fields=True):
+    inputs: list[_InputDoc]
+    id: str | None = None
+    parameters: _RequestParameters | None = None
+    outputs: list[_OutputDoc] | None = None
+
+
+_DECODE_REQUEST = msgspec.json.Decoder(_RequestDoc).decode
+_ALL_OUTPUTS = {b: tuple((n, b) for n in OUTPUTS) for b in (False, True)}
+
+
 def parse_infer_request(
     body: bytes | memoryview,
     header_len: str | None,
@@ -81,6 +137,85 @@ def parse_infer_request(
     The checks run in a fixed order (framing, the document, parameters, the input, the outputs),
     so a request with several faults always gets the same message.
     """
+    if header_len is not None:
+        n = _header_length(header_len, len(body))
+        mv = memoryview(body)
+        head: bytes | memoryview = mv[:n]
+        binary = mv[n:]
+    else:
+        head, binary = body, memoryview(b"")
+    try:
+        doc = _DECODE_REQUEST(head)
+    except (msgspec.MsgspecError, RecursionError):
+        doc = None
+    if doc is not None:
+        req = _accept(doc, binary, header_len is not None, input_hwc, default_deadline_ms)
+        if req is not None:
+            return req
+    return _parse_checked(body, header_len, input_hwc, default_deadline_ms)
+
+
+def _accept(doc: _RequestDoc, binary: memoryview, has_header: bool, input_hwc: tuple[int, ...],
+            default_deadline_ms: float | None) -> InferRequest | None:
+    """The request, when the decoded document passes every check of ``_parse_checked``; None when one
+    fails (those checks then say which). Raises only what ``_parse_checked`` would raise at the same
+    point for the same values (the input's pixel checks, which it shares)."""
+    p = doc.parameters
+    if p is None or p.deadline_ms is msgspec.UNSET:
+        if default_deadline_ms is None:
+            return None
+        dl = float(default_deadline_ms)
+    else:
+        dl = p.deadline_ms
+        if not 0.0 < dl <= MAX_DEADLINE_MS:  # also false for NaN
+            return None
+    binary_default = False if p is None else p.binary_data_output
+    inputs = doc.inputs
+    if len(inputs) != 1:
+        return None
+    t = inputs[0]
+    dtype_name = t.datatype
+    if t.name != "input" or dtype_name not in INPUT_DTYPES:
+        return None
+    want = list(input_hwc)
+    shape = t.shape
+    if shape != want and shape != [1, *want]:
+        return None
+    count = math.prod(want)
+    size = msgspec.UNSET if t.parameters is None else t.parameters.binary_data_size
+    if size is not msgspec.UNSET:
+        dt = INPUT_DTYPES[dtype_name]
+        if not has_header or size != count * dt.itemsize or len(binary) != size or t.data is not msgspec.UNSET:
+            return None
+        arr = np.frombuffer(binary, dtype=dt, count=count)
+    else:
+        if len(binary) or t.data is msgspec.UNSET:
+            return None
+        arr = _json_tensor(t.data, count, dtype_name)
+    if dtype_name == "FP32":
+        arr = _fp32_pixels(arr)
+    outs = doc.outputs
+    if outs:
+        selected = []
+        for o in outs:
+            if o.name not in OUTPUTS:
+                return None
+            op = o.parameters
+            b = binary_default if op is None or op.binary_data is msgspec.UNSET else op.binary_data
+            selected.append((o.name, b))
+        outputs = tuple(selected)
+    else:
+        outputs = _ALL_OUTPUTS[binary_default]
+    return InferRequest(arr.reshape((1, *input_hwc)), dl, doc.id, outputs)
+
+
+def _parse_checked(
+    body: bytes | memoryview,
+    header_len: str | None,
+    input_hwc: tuple[int, ...],
+    default_deadline_ms: float | None,
+) -> InferRequest:
+    """``parse_infer_request`` in Python, each check in turn: the one that refuses says what is wrong."""
     doc, binary = _split_body(body, header_len)
     rid = _request_id(doc)
     dl, binary_default = _request_parameters(doc, default_deadline_ms)
@@ -336,6 +471,45 @@ def _widest_int(a: np.ndarray) -> str | None:
 # ============================================================================ server side: responses
 
 
+def _plain(x: Any) -> Any:
+    """A numpy scalar (a result's float64, a bool_) as the Python number msgspec writes."""
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"cannot write a {type(x).__name__} as JSON")
+
+
+# Answers are written with msgspec: compact, UTF-8, and a non-finite number as null (valid JSON,
+# where json.dumps wrote NaN, which strict parsers refuse).
+_ENCODE = msgspec.json.Encoder(enc_hook=_plain).encode
+
+
+@functools.lru_cache(maxsize=256)
+def _response_prefix(model_name: str, request_id: str | None) -> bytes:
+    """The answer's JSON up to its parameters' value."""
+    rid = b"" if request_id is None else b',"id":' + _ENCODE(request_id)
+    return (b'{"model_name":' + _ENCODE(model_name) + b',"model_version":' + _ENCODE(MODEL_VERSION) + rid
+            + b',"parameters":')
+
+
+@functools.lru_cache(maxsize=64)
+def _outputs_template(outputs: tuple[tuple[str, bool], ...], classes: int) -> tuple[tuple[str, bool, bytes], ...]:
+    """Per output asked for, (name, binary, its JSON): complete when binary, up to its 'data' value otherwise."""
+    out = []
+    for name, binary in outputs:
+        if name == "logits":
+            t: dict[str, Any] = {"name": "logits", "datatype": "FP32", "shape": [1, classes]}
+            size = 4 * classes
+        else:
+            t = {"name": "class", "datatype": "INT64", "shape": [1]}
+            size = 8
+        js = _ENCODE(t)[:-1]  # without its closing brace
+        if binary:
+            out.append((name, True, js + b',"parameters":{"binary_data_size":%d}}' % size))
+        else:
+            out.append((name, False, js + b',"data":'))
+    return tuple(out)
+
+
 def encode_infer_response(
     label: int,
     scores: np.ndarray | None,
@@ -345,34 +519,26 @@ def encode_infer_response(
     params: dict,
 ) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of a v2 infer response; outputs asked for as binary go after the JSON (binary extension)."""
-    out_json = []
-    blobs: list[bytes] = []
     if scores is None:
         scores = np.zeros((1, 0), np.float32)
-    for name, binary in outputs:
+    parts = [_response_prefix(model_name, request_id), _ENCODE(params), b',"outputs":[']
+    blobs: list[bytes] = []
+    template = _outputs_template(tuple(outputs), int(scores.shape[-1]))
+    for k, (name, binary, js) in enumerate(template):
+        if k:
+            parts.append(b",")
+        parts.append(js)
         if name == "logits":
-            t: dict[str, Any] = {"name": "logits", "datatype": "FP32", "shape": [1, int(scores.shape[-1])]}
             if binary:
-                b = np.ascontiguousarray(scores, dtype="<f4").tobytes()
-                t["parameters"] = {"binary_data_size": len(b)}
-                blobs.append(b)
+                blobs.append(np.ascontiguousarray(scores, dtype="<f4").tobytes())
             else:
-                t["data"] = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+                parts.append(_ENCODE(np.asarray(scores, dtype=np.float64).reshape(-1).tolist()) + b"}")
+        elif binary:
+            blobs.append(_CLASS_BLOB.pack(int(label)))
         else:
-            t = {"name": "class", "datatype": "INT64", "shape": [1]}
-            if binary:
-                b = np.asarray([label], dtype="<i8").tobytes()
-                t["parameters"] = {"binary_data_size": len(b)}
-                blobs.append(b)
-            else:
-                t["data"] = [int(label)]
-        out_json.append(t)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
-    if request_id is not None:
-        doc["id"] = request_id
-    doc["parameters"] = params
-    doc["outputs"] = out_json
-    head = json.dumps(doc, separators=JSON_SEPARATORS).encode()
+            parts.append(b"[%d]}" % int(label))
+    parts.append(b"]}")
+    head = b"".join(parts)
     if blobs:
         return head + b"".join(blobs), {
             "Content-Type": "application/octet-stream",

@@ -137,7 +137,11 @@ class BufferFull(ProtocolError):
     """A body that does not fit in the listener's byte budget now (503, counted as shed, not as invalid)."""
 
 
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+# Header names as sent -> lower case, so that the usual few are decoded once, not per request;
+# bounded (past it a name is decoded each time), so a client sending made-up names cannot grow it.
+_HEADER_NAMES: dict[bytes, str] = {}
+_HEADER_NAMES_CAP = 256
 
 
 class _DateCache:
@@ -159,19 +163,15 @@ _DATE = _DateCache()
 
 
 def encode_head(status: int, length: int, headers: dict[str, str] | None, close: bool) -> bytes:
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode()), _DATE.get(),
-             b"Server: edgekit\r\nContent-Length: %d\r\n" % length]
+    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
     if headers:
+        extra = "".join([f"{k}: {v}\r\n" for k, v in headers.items()]).encode("latin-1", "replace")
         if "Content-Type" not in headers:
-            parts.append(b"Content-Type: application/json\r\n")
-        for k, v in headers.items():
-            parts.append(f"{k}: {v}\r\n".encode("latin-1", "replace"))
+            extra = b"Content-Type: application/json\r\n" + extra
     else:
-        parts.append(b"Content-Type: application/json\r\n")
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        extra = b"Content-Type: application/json\r\n"
+    return b"%s%sServer: edgekit\r\nContent-Length: %d\r\n%s%s\r\n" % (
+        line, _DATE.get(), length, extra, b"Connection: close\r\n" if close else b"")
 
 
 def _line_error(head: bytes | bytearray | memoryview, after_body: bool | None) -> str:
@@ -248,15 +248,20 @@ class HttpConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._hbytes += len(name) + len(value) + 4
         lim = self.server.limits
-        if self._hbytes > lim.max_header_bytes or len(self._headers) >= lim.max_headers:
+        h = self._headers
+        if self._hbytes > lim.max_header_bytes or len(h) >= lim.max_headers:
             raise ProtocolError(431, f"request headers are over {lim.max_header_bytes} bytes or "
                                      f"{lim.max_headers} fields")
-        key = name.decode("latin-1").lower()
+        key = _HEADER_NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_HEADER_NAMES) < _HEADER_NAMES_CAP:
+                _HEADER_NAMES[bytes(name)] = key
         if key == "content-length" and not _DIGITS.fullmatch(value):
             raise ProtocolError(400, "Content-Length must be decimal digits only")
-        if key == "host" and "host" in self._headers:
+        if key == "host" and "host" in h:
             raise ProtocolError(400, "more than one Host header; send exactly one")
-        self._headers[key] = value.decode("latin-1")
+        h[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         p = self.parser

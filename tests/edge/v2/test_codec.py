@@ -422,3 +422,98 @@ def test_fuzz_only_protocol_errors_with_4xx(case):
 def test_fuzz_summarize_never_raises(status, body, headers):
     s = summarize_infer_response(status, body, headers)
     assert set(s) == {"pred", "params", "error"} and isinstance(s["params"], dict)
+
+
+# ----------------------------------------------------------------------------- the compiled gate
+
+def _outcome(f, body, hl, hwc=_SMALL, default=None):
+    """What a parser makes of a request: ('ok', its fields) or ('refused', status, message)."""
+    try:
+        r = f(body, hl, hwc, default)
+    except ProtocolError as e:
+        return ("refused", e.status, e.message)
+    return ("ok", r.image.dtype.str, r.image.shape, r.image.tobytes(), r.deadline_ms, r.request_id, r.outputs)
+
+
+def test_every_malformed_request_is_refused_as_the_checks_refuse_it():
+    # The msgspec gate (parse_infer_request) and the checks in Python (_parse_checked) agree on every
+    # malformed request: the same status and the same message, which names the field.
+    for name, (body, _, _) in MALFORMED.items():
+        assert _outcome(parse_infer_request, body, None, HWC) == _outcome(P._parse_checked, body, None, HWC), name
+    img = np.zeros((1, *HWC), np.uint8)
+    body, headers = encode_infer_request(img, 50, binary=True)
+    for hl in ("abc", "-1", str(len(body) + 1), headers[HL]):
+        for b in (body, body[:-3], body + b"x"):
+            assert _outcome(parse_infer_request, b, hl, HWC) == _outcome(P._parse_checked, b, hl, HWC), hl
+
+
+def test_the_gate_accepts_what_the_checks_accept_and_leaves_the_rest_to_them():
+    ok = encode_infer_request(np.zeros(_SMALL, np.uint8), 5, "i", binary=True)
+    docs = [
+        # Accepted by both: with and without the optional fields, as sent by other v2 clients.
+        {"inputs": [{"name": "input", "shape": [2, 2, 1], "datatype": "UINT8", "data": [0, 1, 2, 3]}],
+         "parameters": {"deadline_ms": 7}},
+        {"inputs": [{"name": "input", "shape": [1, 2, 2, 1], "datatype": "FP32", "data": [0.5, 1, 2, 255]}],
+         "parameters": None, "outputs": [], "id": None},
+        {"inputs": [{"name": "input", "shape": [2, 2, 1], "datatype": "UINT8", "data": [[0, 1], [2, 3]],
+                     "parameters": {}}], "parameters": {"deadline_ms": 1, "binary_data_output": True},
+         "outputs": [{"name": "class", "parameters": {"binary_data": False}}, {"name": "logits", "parameters": None}]},
+        # Fields the gate does not know: the checks ignore them and accept.
+        {"inputs": [{"name": "input", "shape": [2, 2, 1], "datatype": "UINT8", "data": [0, 1, 2, 3],
+                     "parameters": {"content_type": "x"}}], "parameters": {"deadline_ms": 3, "priority": 1}, "x": [[[]]]},
+        # Falsy 'parameters' that the checks take as none.
+        {"inputs": [{"name": "input", "shape": [2, 2, 1], "datatype": "UINT8", "data": [0, 1, 2, 3], "parameters": 0}],
+         "parameters": {"deadline_ms": 3}, "outputs": [{"name": "class", "parameters": []}]},
+        # Refused: each by the field it names.
+        {"inputs": [{"name": "input", "shape": [2, 2, 1], "datatype": "UINT8", "data": [0, 1, 2, 3.5]}],
+         "parameters": {"deadline_ms": 3}},
+        {"inputs": [{"name": "input", "shape": [2, 2.0, 1], "datatype": "UINT8", "data": [0, 1, 2, 3]}],
+         "parameters": {"deadline_ms": 3}},
+        {"inputs": [{"name": "input", "shape": [2, 2, 1], "datatype": "UINT8", "data": [0, 1, 2, 3]}],
+         "parameters": {"deadline_ms": 3, "binary_data_output": None}},
+        {"inputs": [{"name": "input", "shape": [2, 2, 1], "datatype": "UINT8", "data": [0, 1, 2, 3]}],
+         "parameters": {"deadline_ms": 3}, "outputs": [{"name": "class", "parameters": {"classification": None}}]},
+        {"inputs": [{"name": "input", "shape": [True, 2, 1], "datatype": "UINT8", "data": [0, 1, 2, 3]}],
+         "parameters": {"deadline_ms": 3}},
+        {"inputs": [{"name": "input", "shape": [2, 2, 1], "datatype": "UINT8", "data": [0, 1, 2, 10**30]}],
+         "parameters": {"deadline_ms": 3}},
+    ]
+    for d in docs:
+        body = json.dumps(d).encode()
+        for default in (None, 9.0):
+            got = _outcome(parse_infer_request, body, None, _SMALL, default)
+            assert got == _outcome(P._parse_checked, body, None, _SMALL, default), (d, got)
+    assert _outcome(parse_infer_request, ok[0], ok[1][HL])[0] == "ok"
+    # Deep nesting where the gate does not look (an unknown field) is still refused, as json refuses it.
+    deep = b'{"x":' + b"[" * 5000 + b"]" * 5000 + b'}'
+    assert _outcome(parse_infer_request, deep, None) == _outcome(P._parse_checked, deep, None)
+    assert "nested too deeply" in _outcome(parse_infer_request, deep, None)[2]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.tuples(st.binary(max_size=300), _header_len),
+                 st.tuples(_json_values.map(lambda v: json.dumps(v).encode()), _header_len),
+                 _mutated()))
+def test_fuzz_the_gate_and_the_checks_agree(case):
+    body, hl = case
+    assert _outcome(parse_infer_request, body, hl) == _outcome(P._parse_checked, body, hl)
+
+
+def test_answers_are_written_from_templates_as_json():
+    # The answer is one valid JSON document (non-ASCII names kept, numpy numbers written as numbers,
+    # a non-finite number written null), and its binary outputs follow it.
+    scores = np.asarray([[-1.5, 0.25]], np.float32)
+    params = {"class_name": "Übung", "slowdown": np.float64(1.25), "met": np.bool_(True), "bad": float("nan")}
+    for outputs in ((("logits", True), ("class", True)), (("class", False), ("logits", False)), (("logits", False),)):
+        data, headers = encode_infer_response(np.int64(1), scores, outputs, "edge\"kit", "r\u00e9q", params)
+        n = int(headers.get(HL, len(data)))
+        head = json.loads(data[:n])
+        assert head["model_name"] == "edge\"kit" and head["id"] == "r\u00e9q" and head["model_version"] == "1"
+        assert head["parameters"] == {"class_name": "Übung", "slowdown": 1.25, "met": True, "bad": None}
+        assert [o["name"] for o in head["outputs"]] == [o for o, _ in outputs]
+        r = decode_infer_response(200, lower(headers), data)
+        assert r.label == 1
+        if any(name == "logits" for name, _ in outputs):
+            np.testing.assert_array_equal(r.scores, scores[0])
+    with pytest.raises(TypeError):
+        encode_infer_response(0, scores, (("class", True),), "m", None, {"x": object()})
