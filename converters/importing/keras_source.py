@@ -128,7 +128,34 @@ def count(model) -> tuple[int, int]:
         return int(model.count_params()), 0
 
 
-class KerasSource(Source):
+class KerasGraphSource(Source):
+    """A source loaded as a Keras model (a .keras/.h5 file or a SavedModel): scored with its input convention
+    folded into the graph, each convention folded once; subclasses set ``model`` and ``input_hwc``."""
+
+    model: Any = None
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._folded: dict[tuple, Any] = {}
+
+    def folded(self, convention: InputConvention):
+        key = (convention.mean, convention.std)
+        if key not in self._folded:
+            self._folded[key] = fold(self.model, convention, self.input_hwc)
+        return self._folded[key]
+
+    def scores(self, images: np.ndarray, convention: InputConvention) -> np.ndarray:
+        return keras_scores(self.folded(convention), images)
+
+    def close(self) -> None:
+        import keras
+
+        self.model = None
+        self._folded.clear()
+        keras.backend.clear_session()
+
+
+class KerasSource(KerasGraphSource):
     """.keras or .h5: checked, loaded in safe mode, kept as model.keras with the convention folded in."""
 
     format = "keras"
@@ -145,16 +172,6 @@ class KerasSource(Source):
         self.input_hwc = check_image_model(path, tuple(inputs[0].shape), "its")
         self.classes = check_scores(path, tuple(outputs[0].shape), "its")
         self.params, self.macs = count(self.model)
-        self._folded: dict[tuple, Any] = {}
-
-    def folded(self, convention: InputConvention):
-        key = (convention.mean, convention.std)
-        if key not in self._folded:
-            self._folded[key] = fold(self.model, convention, self.input_hwc)
-        return self._folded[key]
-
-    def scores(self, images: np.ndarray, convention: InputConvention) -> np.ndarray:
-        return keras_scores(self.folded(convention), images)
 
     def write(self, model_dir: Path, convention: InputConvention) -> Path:
         """model.keras (atomically, its temp file in ``model_dir``); it must reload in safe mode to the same outputs."""
@@ -175,10 +192,3 @@ class KerasSource(Source):
         finally:
             tmp.unlink(missing_ok=True)
         return out
-
-    def close(self) -> None:
-        import keras
-
-        self.model = None
-        self._folded.clear()
-        keras.backend.clear_session()

@@ -15,11 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from converters.importing.conventions import InputConvention
-from converters.importing.keras_source import fold, keras_scores
-from converters.importing.sources import SAVED_MODEL_FILE, Source, check_image_model, check_scores
+from converters.importing.keras_source import KerasGraphSource
+from converters.importing.sources import SAVED_MODEL_FILE, check_image_model, check_scores
 from edge.core.errors import StepFailed, UsageError
 
 FOLDER = "saved_model"
@@ -155,7 +153,7 @@ def keras_model(path: Path):
     return keras.Model(inp, y), hwc, classes
 
 
-class SavedModelSource(Source):
+class SavedModelSource(KerasGraphSource):
     """A SavedModel folder: screened, run through TFSMLayer, kept as the run's saved_model/ folder."""
 
     format = "savedmodel"
@@ -167,16 +165,6 @@ class SavedModelSource(Source):
         screen_graph(path)
         self.model, self.input_hwc, self.classes = keras_model(path)
         self.params = int(self.model.count_params())
-        self._folded: dict[tuple, object] = {}
-
-    def folded(self, convention: InputConvention):
-        key = (convention.mean, convention.std)
-        if key not in self._folded:
-            self._folded[key] = fold(self.model, convention, self.input_hwc)
-        return self._folded[key]
-
-    def scores(self, images: np.ndarray, convention: InputConvention) -> np.ndarray:
-        return keras_scores(self.folded(convention), images)
 
     def write(self, model_dir: Path, convention: InputConvention) -> Path:
         """A copy of the folder (regular files only), put in place by one rename; the convention stays in train.json."""
@@ -195,10 +183,3 @@ class SavedModelSource(Source):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
-
-    def close(self) -> None:
-        import keras
-
-        self.model = None
-        self._folded.clear()
-        keras.backend.clear_session()
