@@ -18,6 +18,7 @@ from device_profiles import BuildTarget
 from edge.artifacts.manifest import ArtifactRecord, Manifest, ManifestError, artifact_id
 from edge.core.atomic import atomic_write_bytes, sha256_bytes, sha256_file
 from edge.core.errors import StepFailed
+from edge.core.units import kb
 
 if TYPE_CHECKING:
     from converters.convert.calibration import CalibrationSet
@@ -191,7 +192,7 @@ class Recorder:
             self.save(_with_calibration(self.manifest.with_artifact(rec), aid, cal))
             note = f"  ({v.reason})" if v.status != "ok" else ""
             self.say(
-                f"built {aid}: {res.size_bytes / 1024:.1f} KB, convert {res.seconds:.1f}s, total {ev.seconds:.1f}s, "
+                f"built {aid}: {kb(res.size_bytes)} KB, convert {res.seconds:.1f}s, total {ev.seconds:.1f}s, "
                 f"accuracy {100 * v.accuracy:.2f}%, {v.status}{note}"
             )
             self.outcomes.append(Outcome(aid, md.model_id, t.format, t.precision, "built", ev.seconds))

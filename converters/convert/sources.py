@@ -166,10 +166,14 @@ class TfliteConvert(_Imported):
 
     @property
     def precision(self) -> str:
-        if self._precision is None:
-            from converters.importing.tflite_source import tflite_precision
+        if self._precision is None:  # recorded by the import (train.json source.precision), else read from the file
+            recorded = (self.md.train.get("source") or {}).get("precision")
+            if recorded:
+                self._precision = str(recorded)
+            else:
+                from converters.importing.tflite_source import tflite_precision
 
-            self._precision = tflite_precision(self.model_path.read_bytes(), self.model_path)
+                self._precision = tflite_precision(self.model_path.read_bytes(), self.model_path)
         return self._precision
 
     def cannot_build(self, t):

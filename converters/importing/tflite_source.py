@@ -17,13 +17,10 @@ FILE_NAME = "model.tflite"
 
 def _interpreter(data: bytes, path: Path | str):
     """A LiteRT interpreter over ``data`` (LiteRT verifies the flatbuffer first); an error naming ``path``."""
-    from edge.backends.litert import _interpreter_module, without_delegate_notice
+    from edge.backends.litert import new_interpreter
 
-    mod, _ = _interpreter_module()
     try:
-        with without_delegate_notice():
-            interp = mod.Interpreter(model_content=data, num_threads=1)
-            interp.allocate_tensors()
+        interp = new_interpreter(model_content=data, num_threads=1)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"{path} is not a TFLite model LiteRT can load ({' '.join(str(exc).split())[:300]}); it is "
                          "truncated or not a .tflite file: convert it again (tf.lite.TFLiteConverter)") from None

@@ -89,6 +89,16 @@ def _spec(detail: dict) -> TensorSpec:
     )
 
 
+def new_interpreter(**kw):
+    """A LiteRT interpreter with its tensors allocated (``kw`` as ``Interpreter`` takes them), without the
+    delegate notice on stderr: every interpreter the kit makes, on the board and on the workstation."""
+    mod, _ = _interpreter_module()
+    with without_delegate_notice():
+        interp = mod.Interpreter(**kw)
+        interp.allocate_tensors()
+    return interp
+
+
 class LiteRTModel(LoadedModel):
     def __init__(self, interp, provider: str):
         self._interp = interp
@@ -156,9 +166,7 @@ class LiteRTBackend(Backend):
             kw["experimental_op_resolver_type"] = self._mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             provider = "builtin"
         try:
-            with without_delegate_notice():
-                interp = self._mod.Interpreter(**kw)
-                interp.allocate_tensors()
+            interp = new_interpreter(**kw)
         except ValueError as exc:
             raise UsageError(f"LiteRT could not load the model: {exc}") from None
         if provider == "xnnpack" and not _has_delegate_nodes(interp):

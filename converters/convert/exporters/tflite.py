@@ -50,16 +50,15 @@ def _converter(model, precision: str, calib_images: np.ndarray | None):
 
 def _batch_signature(data: bytes) -> tuple[int, int]:
     """First dimension of the input and output shape signatures (-1 when dynamic)."""
+    from edge.backends.base import BackendUnavailable
+    from edge.backends.litert import new_interpreter
+
     try:
-        from ai_edge_litert import interpreter as mod  # type: ignore
-    except ImportError:  # pragma: no cover - tensorflow's own interpreter reads the same file
+        interp = new_interpreter(model_content=data)
+    except BackendUnavailable:  # pragma: no cover - tensorflow's own interpreter reads the same file
         import tensorflow as tf
 
-        mod = tf.lite
-    from edge.backends.litert import without_delegate_notice
-
-    with without_delegate_notice():
-        interp = mod.Interpreter(model_content=data)
+        interp = tf.lite.Interpreter(model_content=data)
     i = interp.get_input_details()[0]
     o = interp.get_output_details()[0]
     return int(i["shape_signature"][0]), int(o["shape_signature"][0])
