@@ -33,17 +33,23 @@ CONTENTION = "rt:half" if not hasattr(os, "geteuid") or os.geteuid() == 0 else "
 CONTENTION_WHAT = {"rt:half": "a periodic real-time task on the daemon's core (busy 50 us of every 100 us)",
                    "cpu:half": "a busy process on the daemon's core (rt needs root)"}[CONTENTION]
 VALIDATE_IMAGES = 2000
-EVALUATIONS = (
-    ("eval-no-contention", "no contention"),
-    ("eval-contention", f"{CONTENTION_WHAT} for the middle half of the run"),
-    ("eval-overload", "overload: Poisson arrivals at 1.2x the most accurate variant's capacity"),
+# Each load on both transports: the daemon over HTTP, and in process (AdaptiveClassifier, the paper's setting).
+LOADS = (
+    ("no-contention", "no contention", ("--contention", "none")),
+    ("contention", f"{CONTENTION_WHAT} for the middle half of the run", ("--contention", CONTENTION)),
+    # Open loop: adaptive-greedy (adaptive without pricing the arrivals) beside it measures the load term.
+    ("overload", "overload: Poisson arrivals at 1.2x the most accurate variant's capacity",
+     ("--arrival", "overload:1.2", "--policies",
+      "adaptive,adaptive-greedy,mean-table,quantile-table,most-accurate,best-static,oracle")),
 )
+TRANSPORTS = (("", "daemon", "the daemon"), ("-inproc", "inproc", "in process"))
+EVALUATIONS = tuple((f"eval{suffix}-{key}", f"{what} ({how})") for suffix, _, how in TRANSPORTS
+                    for key, what, _ in LOADS)
 
 
 def _stages(out: Path, profile: str, family: str, quick: bool, requests: int) -> list[Stage]:
     run, bundle = out / "run", out / "bundle"
     table, selected = out / "table.json", out / "selected.json"
-    ev_none, ev_half, ev_over = out / "eval-no-contention", out / "eval-contention", out / "eval-overload"
     bench_extra = ("--min-runs", "100", "--min-seconds", "1.0" if quick else "2.0")
 
     def evaluate(name: str, dest: Path, extra: tuple[str, ...], what: str) -> Stage:
@@ -52,6 +58,11 @@ def _stages(out: Path, profile: str, family: str, quick: bool, requests: int) ->
                 "--deadline", "auto", *extra, "--out", str(dest))
         return Stage(name, argv, (str(dest / "results.json"),), what)
 
+    evaluations = [
+        evaluate(f"evaluate{suffix}-{key}", out / f"eval{suffix}-{key}", (*extra, "--transport", transport),
+                 f"compare policies {how}: {what}")
+        for suffix, transport, how in TRANSPORTS for key, what, extra in LOADS
+    ]
     return [
         Stage("train", ("train", str(run), "--family", family), (), "train the demo family on Fashion-MNIST"),
         Stage(
@@ -88,19 +99,7 @@ def _stages(out: Path, profile: str, family: str, quick: bool, requests: int) ->
             (str(selected),),
             "keep the monotonic (Pareto) subset",
         ),
-        evaluate("evaluate", ev_none, ("--contention", "none"), "compare policies without contention"),
-        evaluate(
-            "evaluate-contention",
-            ev_half,
-            ("--contention", CONTENTION),
-            f"compare policies with {CONTENTION_WHAT} for the middle half of the run",
-        ),
-        evaluate(
-            "evaluate-overload",
-            ev_over,
-            ("--arrival", "overload:1.2"),
-            "open-loop Poisson arrivals at 1.2x the most accurate variant's capacity: goodput",
-        ),
+        *evaluations,
     ]
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from benchmarks.evaluate.contention import ContentionSchedule, ContentionSpec
 from benchmarks.evaluate.daemon_proc import Daemon, serve_argv
+from benchmarks.evaluate.inproc import InProcess, probe_inproc, run_inproc
 from benchmarks.evaluate.loadgen import (
     DEFAULT_DURATION_S,
     MAX_DURATION_S,
@@ -68,6 +69,7 @@ from benchmarks.evaluate.results import (
     Probes,
     ServingProbe,
     Slowdown,
+    clock_name,
     variant_labels,
 )
 from benchmarks.evaluate.workload import MAX_COUNT, Workload, WorkloadError, make_workload
@@ -82,6 +84,11 @@ DEFAULT_COUNT = 300
 MAX_REPEAT = 20
 STATICS = ("pass", "all")  # the plane's variants alone: predicted by the oracle pass, or each served by the daemon
 WARMUP_SEED_OFFSET = 7919  # warm-up requests come from a different stream than the measured ones
+# How the policies are served: by an `edgekit serve` subprocess over HTTP, or in this process through
+# AdaptiveClassifier as an application links it (benchmarks.evaluate.inproc). The oracle pass is in process
+# for both; its serving floor is the transport's.
+TRANSPORTS = {"daemon": "an edgekit serve daemon, over HTTP (v2 binary tensors)",
+              "inproc": "in process: AdaptiveClassifier.classify, as an application calls it"}
 
 
 # ----------------------------------------------------------------------------- selected table
@@ -163,6 +170,7 @@ class EvaluateOptions:
     statics: str = "pass"  # "all": each selected variant also served alone by the daemon (static:<variant>)
     plane: bool = False  # the whole plane: statics all, and adaptive at each of PLANE_QUANTILES
     repeat: int = 1  # runs of the whole comparison, seeds seed .. seed+repeat-1
+    transport: str = "daemon"  # one of TRANSPORTS
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
@@ -174,6 +182,8 @@ class EvaluateOptions:
             raise UsageError(f"--warmup must be in [0, 1000], got {self.warmup}")
         if self.statics not in STATICS:
             raise UsageError(f"--statics must be one of {', '.join(STATICS)}, got {self.statics!r}")
+        if self.transport not in TRANSPORTS:
+            raise UsageError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if not 1 <= self.repeat <= MAX_REPEAT:
             raise UsageError(f"--repeat must be in [1, {MAX_REPEAT}], got {self.repeat}")
         overload_factor(self.arrival)
@@ -186,6 +196,7 @@ class EvaluateOptions:
             contention=ContentionSpec.parse(args.contention, quota=args.quota), seed=args.seed,
             duration_s=args.duration, warmup=args.warmup, miss=args.miss, quantile=args.quantile,
             plots=not args.no_plots, statics=args.statics, plane=args.plane, repeat=args.repeat,
+            transport=args.transport,
         )
 
     @property
@@ -196,7 +207,7 @@ class EvaluateOptions:
         """What else the run was asked, for results.json (a repeat reuses a finished run only when it matches)."""
         return {"policies": list(self.policies), "profile": self.profile, "arrival": self.arrival,
                 "miss": self.miss, "quantile": self.quantile, "duration_s": self.duration_s,
-                "statics": self.statics, "plane": self.plane}
+                "statics": self.statics, "plane": self.plane, "transport": self.transport}
 
     @property
     def serves_statics(self) -> bool:
@@ -221,6 +232,17 @@ class Plan:
     profile: str  # the runtime settings the table was measured with, for the oracle pass
     token: str | None
     placement: Placement
+
+    @property
+    def inproc(self) -> InProcess:
+        """What an in-process run opens (``--transport inproc``)."""
+        o, p = self.opts, self.placement
+        return InProcess(o.bundle, o.table, o.profile, o.miss, p.server, p.client)
+
+    def log(self, what: str) -> Path:
+        """The log file of one daemon (or in-process classifier) beside results.json."""
+        prefix = "app" if self.opts.transport == "inproc" else "daemon"
+        return self.opts.out / f"{prefix}-{what.replace(':', '_').replace('/', '_').replace('@', '_')}.log"
 
     def say(self, text: str) -> None:
         if not self.opts.quiet:
@@ -263,10 +285,14 @@ def make_plan(opts: EvaluateOptions) -> Plan:
 # ----------------------------------------------------------------------------- the serving floor
 
 
-def _probe(plan: Plan, variant: str, log: str, contention: ContentionSpec | None = None) -> ServingProbe:
+def _probe(plan: Plan, variant: str, what: str, contention: ContentionSpec | None = None) -> ServingProbe:
+    """One serving-floor probe with the comparison's transport."""
     o = plan.opts
+    if o.transport == "inproc":
+        return probe_inproc(plan.inproc, variant, plan.images, plan.labels, plan.log(what), PROBE_COUNT,
+                            contention=contention)
     return probe_serving(o.bundle, o.table, variant, o.profile, o.miss, plan.images, plan.labels, plan.placement,
-                         o.out / log, o.start_timeout_s, plan.token, contention=contention)
+                         plan.log(what), o.start_timeout_s, plan.token, contention=contention)
 
 
 def probe_floors(plan: Plan) -> Probes | None:
@@ -277,16 +303,16 @@ def probe_floors(plan: Plan) -> Probes | None:
     if not (o.deadline == "auto" or o.needs_oracle_pass or o.overload):
         return None
     plan.say(f"evaluate: probing the serving floor with the fastest variant ({PROBE_COUNT} requests)")
-    fastest = _probe(plan, plan.rows[0].variant, "daemon-probe-fastest.log")
-    plan.say(f"evaluate: serving floor {fastest.floor_ms:.3f} ms on the daemon's clock "
+    fastest = _probe(plan, plan.rows[0].variant, "probe-fastest")
+    plan.say(f"evaluate: serving floor {fastest.floor_ms:.3f} ms on the {clock_name(o.transport)} clock "
              f"({fastest.e2e_overhead_ms:.3f} ms end to end)")
     contended = None
     # The floor inside the contention window, for the oracle and the best static CNN.
     if o.contention.active and o.needs_oracle_pass:
-        contended = _probe(plan, plan.rows[0].variant, "daemon-probe-contention.log", contention=o.contention)
+        contended = _probe(plan, plan.rows[0].variant, "probe-contention", contention=o.contention)
         plan.say(f"evaluate: serving floor under {o.contention.describe()}: {contended.floor_ms:.3f} ms on the "
-                 f"daemon's clock ({contended.e2e_overhead_ms:.3f} ms end to end)")
-    capacity = _probe(plan, plan.rows[-1].variant, "daemon-probe-most-accurate.log") if o.overload else None
+                 f"{clock_name(o.transport)} clock ({contended.e2e_overhead_ms:.3f} ms end to end)")
+    capacity = _probe(plan, plan.rows[-1].variant, "probe-most-accurate") if o.overload else None
     return Probes(fastest, contended, capacity)
 
 
@@ -457,52 +483,92 @@ def daemon_runs(plan: Plan, best: BestStatic | None) -> list[PolicyRun]:
 
 def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Workload | None,
                schedule: ContentionSchedule, quantile: str | None = None) -> PolicyResult:
-    """One daemon policy: a fresh daemon, the warm-up, then the workload under the contention schedule."""
+    """One policy: a fresh daemon (or, in process, a fresh classifier), the warm-up, then the workload under the
+    contention schedule."""
     o = plan.opts
-    plan.say(f"evaluate: policy {policy}: starting the daemon")
-    log = o.out / f"daemon-{policy.replace(':', '_').replace('/', '_').replace('@', '_')}.log"
-    d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, quantile), log, o.start_timeout_s,
-               cpus=plan.placement.server)
-    try:
-        url = d.start()
-        wait_ready(url, timeout_s=30.0)
-        if warm is not None:
-            run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(o.duration_s, 60.0),
-                     binary=True)
-        schedule.reset()
-        assert d.proc is not None
-        schedule.target(d.proc.pid)
-        res = run_load(url, plan.images, plan.labels, wl, token=plan.token, duration_s=o.duration_s,
-                       on_request=schedule, progress=plan.progress(policy), binary=True)
-    finally:
-        schedule.halt()
-        d.stop()
-    slowdown = achieved_slowdown(res.records, plan.rows, o.contention.window(wl.count)) \
+    log = plan.log(policy)
+    if o.transport == "inproc":
+        plan.say(f"evaluate: policy {policy}: opening the classifier in process")
+        r = run_inproc(plan.inproc, served_as, quantile, plan.images, plan.labels, wl, warm, schedule, log,
+                       o.duration_s, progress=plan.progress(policy))
+        records, wall_s, truncated = r.records, r.wall_s, r.truncated
+    else:
+        plan.say(f"evaluate: policy {policy}: starting the daemon")
+        d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, quantile), log, o.start_timeout_s,
+                   cpus=plan.placement.server)
+        try:
+            url = d.start()
+            wait_ready(url, timeout_s=30.0)
+            if warm is not None:
+                run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(o.duration_s, 60.0),
+                         binary=True)
+            schedule.reset()
+            assert d.proc is not None
+            schedule.target(d.proc.pid)
+            res = run_load(url, plan.images, plan.labels, wl, token=plan.token, duration_s=o.duration_s,
+                           on_request=schedule, progress=plan.progress(policy), binary=True)
+        finally:
+            schedule.halt()
+            d.stop()
+        records, wall_s, truncated = res.records, res.wall_s, res.truncated
+    slowdown = achieved_slowdown(records, plan.rows, o.contention.window(wl.count)) \
         if o.contention.active else None
     if slowdown is not None and slowdown.slowdown is not None:
         plan.say(f"evaluate: policy {policy}: contention slowed served inferences {slowdown.slowdown:.2f}x "
                  f"(median observed/table {slowdown.inside_ratio:.2f} inside the window, "
                  f"{slowdown.outside_ratio:.2f} outside)")
-    if res.truncated:
-        plan.say(f"evaluate: policy {policy}: stopped by --duration {o.duration_s:g} s after {len(res.records)} "
+    if truncated:
+        plan.say(f"evaluate: policy {policy}: stopped by --duration {o.duration_s:g} s after {len(records)} "
                  f"requests")
-    return PolicyResult(summary=res.summary(), records=tuple(res.records), truncated=res.truncated,
+    return PolicyResult(summary=summarize(records, wall_s), records=tuple(records), truncated=truncated,
                         contention_s=tuple((on, off) for on, off in schedule.record()),
                         daemon=DaemonRun(served_as=served_as, daemon_log=log.name, slowdown=slowdown,
                                          quantile=quantile))
 
 
+OWN_FLOORS_FROM = "adaptive"  # the policy whose run charges the oracle each request's own floor (closed loop)
+
+
+def own_floors(run: PolicyResult, drawn: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each request's own serving floor as ``run`` measured it (end to end and on the serving clock: the request's
+    latency minus its inference), where it was answered; ``drawn`` (from the probe) for the rest. Returns the two
+    arrays and how many requests had their own. For closed loop only: there a request's time before its inference
+    is its reading and admission, not a wait behind others that the oracle simulates itself."""
+    e2e, daemon = drawn[0].copy(), drawn[1].copy()
+    n = 0
+    for r in run.records:
+        if r.status != 200 or r.inference_ms is None or r.total_ms is None or not 0 <= r.index < len(e2e):
+            continue
+        daemon[r.index] = max(0.0, r.total_ms - r.inference_ms)
+        e2e[r.index] = max(0.0, r.e2e_ms - r.inference_ms)
+        n += 1
+    return e2e, daemon, n
+
+
+def oracle_floors(plan: Plan, wl: Workload, policies: Mapping[str, PolicyResult],
+                  drawn: tuple[np.ndarray, np.ndarray]) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+    """The floors the oracle is charged, and where they came from: in closed loop each request's own floor from
+    adaptive's run (the same requests under the same noise of the serving path), else one drawn from the probe."""
+    run = policies.get(OWN_FLOORS_FROM)
+    if wl.closed and run is not None:
+        e2e, daemon, n = own_floors(run, drawn)
+        if n:
+            return (e2e, daemon), (f"{OWN_FLOORS_FROM} run: each request's own measured floor ({n} of {wl.count}; "
+                                   "the rest drawn from the probe)")
+    return drawn, "probe: each request's floor drawn from the probe's measured requests"
+
+
 def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, probe: ServingProbe,
-                  floors: tuple[np.ndarray, np.ndarray]) -> tuple[PolicyResult, OracleResult]:
-    """The oracle's choice per request from the timing pass, with the probe's serving floor added."""
+                  floors: tuple[np.ndarray, np.ndarray], source: str = "probe") -> tuple[PolicyResult, OracleResult]:
+    """The oracle's choice per request from the timing pass, with the serving floors ``floors`` added."""
     recs, wall = oracle_records(op, plan.rows, wl, plan.labels, *floors)
     run = PolicyResult(summary=summarize(recs, wall), records=tuple(recs), truncated=False,
                        contention_s=tuple((on, off) for on, off in op.intervals))
     oracle = OracleResult(
         method=ORACLE_METHOD,
-        overhead_ms=probe.e2e_overhead_ms,
-        daemon_overhead_ms=probe.floor_ms,
-        overhead_source="probe",
+        overhead_ms=round(float(np.median(floors[0])), 4),
+        daemon_overhead_ms=round(float(np.median(floors[1])), 4),
+        overhead_source=source,
         pass_wall_s=round(op.wall_s, 3),
         variants=tuple(op.variants),
         latency_ms=op.latency_ms,
@@ -551,7 +617,7 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                 created=created, host=host, placement=plan.placement, bundle=str(opts.bundle), table=str(opts.table),
                 profile=plan.profile, selection=plan.selection, deadline_spec=opts.deadline, warmup=opts.warmup,
                 duration_limit_s=opts.duration_s, options=opts.record(), rows=plan.rows, workload=wl,
-                contention=opts.contention,
+                contention=opts.contention, transport=opts.transport,
                 probes=probes, overload=overload,
             )
             # --- the oracle pass (and from it the best static CNN), on the daemon's cores
@@ -570,7 +636,8 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                 # A partial file beside the final one, so an interrupted run leaves its finished policies.
                 atomic_write_json(opts.out / "results.partial.json", ev.to_json())
             if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
-                run, oracle = oracle_policy(plan, wl, op, probes.fastest, floors)
+                charged, source = oracle_floors(plan, wl, ev.policies, floors)
+                run, oracle = oracle_policy(plan, wl, op, probes.fastest, charged, source)
                 ev = dataclasses.replace(ev, policies={**ev.policies, "oracle": run}, oracle=oracle)
             # The asked policies in their order, the oracle among them, then the plane's runs.
             asked = [p for p in opts.policies if p in ev.policies]
@@ -677,6 +744,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"run the whole comparison N times (at most {MAX_REPEAT}) with workload seeds SEED, SEED+1, "
                         "...; each run in OUT/seed-<seed>/, and OUT/results.json with the median and range (min-max) "
                         "of every figure")
+    p.add_argument("--transport", default="daemon", choices=tuple(TRANSPORTS),
+                   help="how the policies are served: daemon (default: an edgekit serve subprocess per policy, over "
+                        "HTTP) | inproc (in this process through AdaptiveClassifier, as an application calls it, on "
+                        "the daemon's cores); the oracle is charged the transport's own serving floor")
     p.add_argument("--out", default="evaluation", help="output folder for results.json, report.md and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the report")
 

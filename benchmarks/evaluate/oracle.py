@@ -30,13 +30,19 @@ ORACLE_METHOD = (
     "because that measures each variant at a different moment of the run, so on a given request the variants "
     "would see different contention phases; back to back, they all see the same one. With Poisson arrivals the "
     "oracle also waits for its own earlier requests (a single-server FIFO queue simulated from the measured "
-    "times). Inside a contention window the floor charged is the one a second probe measured under that "
+    "times, each request keeping the server busy for its inference and its serving floor, which is work on the "
+    "same core). Inside a contention window the floor charged is the one a second probe measured under that "
     "contention. It picks the most accurate variant by table accuracy whose latency on the daemon's clock (the "
     "primary one, as for the daemon's policies) meets the deadline, else the fastest on that request (a miss). "
-    "Each request is charged a floor drawn at random from the probe's measured requests (the daemon-clock "
-    "floor and the end-to-end overhead of one request, kept together), so the oracle faces the jitter of "
-    "the serving path as the daemon's policies do; charging the median instead (as before) made it miss less "
-    "than any replay could. Its miss rate then bounds what the choice of variant alone can reach."
+    "In closed loop each request is charged its own serving floor, as adaptive's run measured it for that "
+    "same request (its total and its end-to-end latency, minus its inference), so the oracle meets the same "
+    "noise of the serving path on the same requests as the policy it bounds; with open-loop arrivals (where a "
+    "request's time before its inference includes waiting behind others, which the oracle simulates itself), "
+    "and for requests adaptive did not answer, a floor drawn at random from the probe's measured requests (the "
+    "serving-clock floor and the end-to-end overhead of one request, kept together). Charging the probe's median "
+    "(as at first) made it miss less than any replay could; charging only floors drawn from the probe, a "
+    "different run, let the live policies beat it when the floor moved between the probe and their runs. Its "
+    "miss rate then bounds what the choice of variant alone can reach."
 )
 
 
@@ -208,7 +214,9 @@ def oracle_records(
         if arrivals is None:
             clock = arrive + e2e / 1000.0
         else:
-            free_at = arrive + (wait_ms + float(lat[pick])) / 1000.0
+            # The serving floor is work on the server's core (reading, checking, answering), so it keeps the
+            # simulated server busy as long as the inference does.
+            free_at = arrive + (wait_ms + over_d + float(lat[pick])) / 1000.0
     wall = clock if arrivals is None else max((r.arrival_s + r.e2e_ms / 1000.0) for r in recs)
     return recs, wall
 
@@ -230,7 +238,7 @@ def static_miss_rates(op: OraclePass, workload: Workload, overhead_ms: float | n
             a = float(arrivals[i])
             wait = max(0.0, free_at - a) * 1000.0
             missed += wait + over[i] + lat[i] > workload.deadlines_ms[i]
-            free_at = a + (wait + lat[i]) / 1000.0
+            free_at = a + (wait + over[i] + lat[i]) / 1000.0  # the floor keeps the server busy too
         miss[j] = missed / n
     return miss
 

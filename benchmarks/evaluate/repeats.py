@@ -86,6 +86,10 @@ class Repeats:
     plane: Mapping[str, Mapping[str, Any]]  # plane_key -> {name, group, source, miss_rate: Spread, accuracy: Spread}
     truncated: Mapping[str, list[str]]  # run -> the policies --duration stopped early
 
+    @property
+    def transport(self) -> str:
+        return str(self.context.get("transport") or "daemon")
+
     def median_plane(self) -> tuple[Plane, dict[str, Span]]:
         """The plane of the medians, and each point's range."""
         groups: dict[str, list[PlanePoint]] = {g: [] for g in PLANE_GROUPS}
@@ -167,7 +171,8 @@ def aggregate(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Repeat
                                                                   for d in runs],
                             "arrival": [(d.get("workload") or {}).get("arrival") for d in runs]},
                "contention": {"spec": c.get("spec"), "what": c.get("what"), "window": c.get("window")},
-               "host": first.get("host"), "placement": first.get("placement")}
+               "host": first.get("host"), "placement": first.get("placement"),
+               "transport": first.get("transport", "daemon")}
     return Repeats(
         seeds=tuple(int((d.get("workload") or {}).get("seed", 0)) for d in runs),
         runs=tuple(names),
@@ -196,7 +201,8 @@ def _cell(s: Spread | None, kind: str) -> str:
 
 
 COLUMNS = {"on-time acc": (HEADLINE, "pct"), "goodput/s": ("goodput_rps", "rate"), "accuracy": ("accuracy", "pct"),
-           "miss (daemon clock)": ("server_miss_rate", "pct"), "miss (end to end)": ("miss_rate", "pct"),
+           "miss (daemon clock)": ("server_miss_rate", "pct"), "miss (app clock)": ("server_miss_rate", "pct"),
+           "miss (end to end)": ("miss_rate", "pct"),
            "p50 ms": ("p50_ms", "ms"), "p99 ms": ("p99_ms", "ms"), "req/s": ("throughput_rps", "rate")}
 
 
@@ -216,7 +222,7 @@ def headline_line(rep: Repeats) -> str:
 
 
 def repeats_table(rep: Repeats, markdown: bool = False) -> str:
-    head = [h for h in comparison_head(rep.open_loop) if h != "variants used"]
+    head = [h for h in comparison_head(rep.open_loop, rep.transport) if h != "variants used"]
     labels = dict(rep.variant_labels)
     body = [[policy_name(name, labels), *(_cell(figs.get(COLUMNS[h][0]), COLUMNS[h][1]) for h in head[1:])]
             for name, figs in rep.policies.items()]
@@ -226,6 +232,8 @@ def repeats_table(rep: Repeats, markdown: bool = False) -> str:
 def context_text(rep: Repeats) -> str:
     c = rep.context
     lines = [f"runs: {', '.join(rep.runs)}"]
+    if rep.transport == "inproc":
+        lines.insert(0, "transport: in process (AdaptiveClassifier.classify, as an application calls it)")
     w = c.get("workload") or {}
     lines.append(f"deadlines per run: {', '.join(str(x) for x in w.get('deadline') or [])} ms; arrivals per run: "
                  f"{', '.join(str(x) for x in w.get('arrival') or [])}")
@@ -244,7 +252,7 @@ def render_text(rep: Repeats) -> str:
 
 
 def render_markdown(rep: Repeats, plane_png: str | None) -> str:
-    lines = ["# edgekit policy comparison: repeats", "",
+    lines = ["# edgekit policy comparison: repeats" + (" (in process)" if rep.transport == "inproc" else ""), "",
              f"{len(rep.runs)} runs of the same comparison, each with its own workload seed ({_seeds(rep)}); every "
              "figure is the median over the runs and [the range, min-max]. Each run's own report is in its "
              "folder.", "", f"**{headline_line(rep)}**", "", repeats_table(rep, markdown=True), "",
@@ -264,7 +272,7 @@ def write_repeats(rep: Repeats, out: Path, plots: bool) -> None:
         if plane.statics or plane.adaptive or plane.points:
             png = plot_plane(plane, out / "plane.png", f"accuracy-miss plane: medians of {len(rep.runs)} runs "
                              f"({_seeds(rep)}), contention {(rep.context.get('contention') or {}).get('spec')}",
-                             spans).name
+                             spans, transport=rep.transport).name
         atomic_write_text(out / "report.md", render_markdown(rep, png))
     atomic_write_text(out / "table.txt", render_text(rep))
     atomic_write_json(out / "results.json", rep.to_json())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.evaluate.plane import Plane, plane_data
-from benchmarks.evaluate.results import Evaluation
+from benchmarks.evaluate.results import Evaluation, clock_short
 from edge.core.atomic import atomic_write_bytes, atomic_write_text
 from edge.core.textable import format_table
 
@@ -64,9 +64,10 @@ def table_markup(head: list[str], body: list[list[str]], markdown: bool) -> str:
     return format_table(head, body, align="l" + "r" * (len(head) - 2) + "l", rule=True)
 
 
-def comparison_head(open_loop: bool) -> list[str]:
+def comparison_head(open_loop: bool, transport: str = "daemon") -> list[str]:
     """The columns: on-time accuracy first (goodput/s beside it with open-loop arrivals), then what it is made of."""
-    return ["policy", "on-time acc", *(["goodput/s"] if open_loop else []), "accuracy", "miss (daemon clock)",
+    return ["policy", "on-time acc", *(["goodput/s"] if open_loop else []), "accuracy",
+            f"miss ({clock_short(transport)} clock)",
             "miss (end to end)", "p50 ms", "p99 ms", "req/s", "variants used"]
 
 
@@ -83,7 +84,7 @@ def comparison_table(ev: Evaluation, markdown: bool = False) -> str:
             pct(s["accuracy"]), pct(s["server_miss_rate"]), pct(s["miss_rate"]),
             _ms(s["p50_ms"]), _ms(s["p99_ms"]), rate(s["throughput_rps"]), used or "-",
         ])
-    return table_markup(comparison_head(ev.open_loop), body, markdown)
+    return table_markup(comparison_head(ev.open_loop, ev.transport), body, markdown)
 
 
 def variant_legend(ev: Evaluation, markdown: bool = False) -> str:
@@ -101,11 +102,13 @@ def variant_legend(ev: Evaluation, markdown: bool = False) -> str:
 def context_lines(ev: Evaluation) -> str:
     """What the table was measured under: placement, floor, deadlines, contention and its effect."""
     lines = []
+    if ev.transport == "inproc":
+        lines.append("transport: in process (AdaptiveClassifier.classify, as an application calls it)")
     if ev.placement.server is not None:
         lines.append(f"placement: {ev.placement.describe()}")
     if ev.probes is not None:
         pr = ev.probes.fastest
-        lines.append(f"serving floor (fastest variant, daemon clock, p50): {pr.floor_ms:.3f} ms; "
+        lines.append(f"serving floor (fastest variant, {clock_short(ev.transport)} clock, p50): {pr.floor_ms:.3f} ms; "
                      f"end to end {pr.e2e_overhead_ms:.3f} ms")
     lines.append(f"deadlines: {ev.workload.deadline} ms; arrivals: {ev.workload.arrival}")
     ov = ev.overload
@@ -175,7 +178,7 @@ def plot_policies(ev: Evaluation, path: Path) -> Path:
     lo = max(0.0, min(acc) - 10) if acc else 0.0
     a1.set_ylim(lo, min(100.0, max(acc) + 3) if acc else 100.0)
     a2.bar(x, miss, color=colors)
-    a2.set_title("deadline-miss rate (daemon clock)")
+    a2.set_title(f"deadline-miss rate ({clock_short(ev.transport)} clock)")
     a2.set_ylim(0, max(1.0, max(miss) * 1.15) if miss else 1.0)
     a2.set_ylabel("%")
     for ax, vals in ((a1, acc), (a2, miss)):
@@ -200,7 +203,8 @@ def plane_key(group: str, name: str) -> str:
     return f"{group}:{name}"
 
 
-def plot_plane(plane: Plane, path: Path, title: str, spans: dict[str, Span] | None = None) -> Path:
+def plot_plane(plane: Plane, path: Path, title: str, spans: dict[str, Span] | None = None,
+               transport: str = "daemon") -> Path:
     """The accuracy-miss plane: x the miss rate, y the accuracy of the answers, in %. Every variant served alone
     (filled: measured by the daemon; hollow: predicted by the oracle pass), adaptive's curve by its quantile,
     mean-table, quantile-table and the oracle as points; with ``spans`` (repeats) each point's min-max range."""
@@ -239,7 +243,7 @@ def plot_plane(plane: Plane, path: Path, title: str, spans: dict[str, Span] | No
         ax.scatter([100 * p.miss_rate], [100 * p.accuracy], s=60, marker="*" if p.name == "oracle" else "D",
                    color=c, zorder=5, label=p.name)
         bars("points", p, c)
-    ax.set_xlabel("deadline-miss rate, daemon clock (%)")
+    ax.set_xlabel(f"deadline-miss rate, {clock_short(transport)} clock (%)")
     ax.set_ylabel("accuracy of the answers (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -326,7 +330,7 @@ def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
     a, z = ev.window
     h = ev.host
     lines = [
-        "# edgekit policy comparison",
+        "# edgekit policy comparison" + (" (in process)" if ev.transport == "inproc" else ""),
         "",
         f"- date: {ev.created}",
         f"- host: {h.cpu_model} ({h.cores} cores, {h.machine}, {h.os})",
@@ -347,11 +351,14 @@ def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
         comparison_table(ev, markdown=True),
         "",
         "On-time accuracy, the headline figure, is the share of all requests answered correctly and within "
-        f"their deadline on the daemon's clock{beside}. Accuracy is top-1 on the bundle's serving images over "
+        f"their deadline on the {ev.clock} clock{beside}. Accuracy is top-1 on the bundle's serving images over "
         "all requests (an unanswered or rejected request counts as wrong). A miss is a request not answered "
-        "within its deadline on the daemon's clock (from when its first bytes reached the daemon's socket to "
-        "the answer written), which is what deadline_ms means; end to end (as the load generator measured it "
-        "over HTTP) is beside it. Goodput is the answers that were correct and on time per second; in closed "
+        + ("within its deadline on the daemon's clock (from when its first bytes reached the daemon's socket to "
+           "the answer written), which is what deadline_ms means; end to end (as the load generator measured it "
+           "over HTTP) is beside it." if ev.transport != "inproc" else
+           "within its deadline on the application's clock (from the request's scheduled arrival to classify's "
+           "return), which is what deadline_ms means in process; end to end is the same span seen by the caller.")
+        + " Goodput is the answers that were correct and on time per second; in closed "
         "loop it is throughput, which favours the fastest model, so the table shows it for open-loop arrivals"
         " only.",
         "",
@@ -369,8 +376,8 @@ def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
         o = ev.oracle
         lines += ["## Oracle", "", o.method, "",
                   f"Serving overhead added: {o.overhead_ms:.3f} ms end to end, "
-                  f"{o.daemon_overhead_ms:.3f} ms on the daemon's clock "
-                  f"(from the {o.overhead_source or 'no'} run).", ""]
+                  f"{o.daemon_overhead_ms:.3f} ms on the {ev.clock} clock "
+                  f"(medians; from the {o.overhead_source or 'no run'}).", ""]
     if ev.truncated:
         lines += [f"Stopped early by the duration limit: {', '.join(ev.truncated)}.", ""]
     return "\n".join(lines)
@@ -382,7 +389,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if ev.policies:
-        paths["plane"] = plot_plane(plane_data(ev), out / "plane.png", plane_title(ev))
+        paths["plane"] = plot_plane(plane_data(ev), out / "plane.png", plane_title(ev), transport=ev.transport)
         paths["policies"] = plot_policies(ev, out / "policies.png")
         paths["timeline"] = plot_timeline(ev, out / "timeline.png")
     md = render_markdown(ev, {k: p.name for k, p in paths.items()})

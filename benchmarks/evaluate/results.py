@@ -28,6 +28,17 @@ HELD_OUT_NOTE = ("table accuracy: the benchmark's 'select' half of the eval set;
                  "images, drawn from the disjoint 'serve' half")
 
 
+def clock_name(transport: str) -> str:
+    """Whose clock judges a deadline: the daemon's (from a request's first bytes at its socket to its answer
+    written), or in process the application's (from the request's arrival to classify's return)."""
+    return "application's" if transport == "inproc" else "daemon's"
+
+
+def clock_short(transport: str) -> str:
+    """The same, as a table column or an axis says it: "daemon" or "app"."""
+    return "app" if transport == "inproc" else "daemon"
+
+
 def variant_labels(rows: tuple[LatencyRow, ...]) -> dict[str, str]:
     """Short names V0..Vk-1 in latency order, for tables and plots."""
     return {r.variant: f"V{j}" for j, r in enumerate(rows)}
@@ -247,6 +258,12 @@ class Evaluation:
     achieved_slowdown: float | None = None  # the median over the policies whose slowdown was measured
     complete: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)  # the rest of what was asked (EvaluateOptions.record)
+    transport: str = "daemon"  # daemon | inproc (benchmarks.evaluate.command.TRANSPORTS)
+
+    @property
+    def clock(self) -> str:
+        """Whose clock the deadlines are judged on: "daemon's" or "application's"."""
+        return clock_name(self.transport)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -289,6 +306,7 @@ class Evaluation:
             "bundle": self.bundle,
             "table": self.table,
             "profile": self.profile,
+            "transport": self.transport,
             "selection": dict(self.selection),
             "deadline_spec": self.deadline_spec,
             "warmup": self.warmup,
@@ -301,8 +319,8 @@ class Evaluation:
             ],
             "variant_labels": labels,
             "complete": self.complete,
-            "headline": {"figure": HEADLINE, "note": HEADLINE_NOTE, "open_loop": self.open_loop,
-                         "policies": self.headline()},
+            "headline": {"figure": HEADLINE, "note": HEADLINE_NOTE.replace("daemon's", self.clock),
+                         "open_loop": self.open_loop, "policies": self.headline()},
             "policies": {name: p.to_json() for name, p in self.policies.items()},
         }
         if self.probes is not None:

@@ -367,8 +367,8 @@ class AdaptiveClassifier:
         return self._scheduler.depth == 0 and self._scheduler.busy == 0
 
     def describe_selector(self) -> dict:
-        """The policy, miss policy, quantile, slowdown filter and each served variant's prediction."""
-        return self._selector.describe()
+        """The policy, miss policy, quantile, slowdown filter, the arrival load and each served variant's prediction."""
+        return {**self._selector.describe(), "load": self._scheduler.load.describe()}
 
     def variant_report(self) -> tuple[VariantInfo, ...]:
         """What happened to each variant the runtime tried to load: ready or not, why, on which provider."""

@@ -39,6 +39,7 @@ from edge.artifacts.manifest import TensorSpec
 from edge.artifacts.tensors import dequantize_output, pixel_values, prepare_input
 from edge.backends.base import LoadedModel
 from edge.core.errors import UsageError
+from edge.runtime.load import ArrivalLoad
 from edge.runtime.selector import Selector
 from edge.tables.table import REST_GAP_MS
 
@@ -174,6 +175,8 @@ class Scheduler:
         self.inject_delay_ms = float(inject_delay_ms)
         self._prep: dict[int, InputPreparer] = {}
         self._last_end = [0.0] * self.workers  # perf_counter when each slot's last inference ended
+        self.load = ArrivalLoad()  # the arrivals while busy and the recent deadlines (adaptive prices them)
+        self._busy_until = 0.0  # perf_counter when the last inference (any slot) ended
 
     # ------------------------------------------------------------------ control
 
@@ -237,6 +240,10 @@ class Scheduler:
         With ``defer`` it is queued even when a slot is free: an event loop that reads
         several requests in one pass queues them all, then ``take``s in deadline order."""
         sel = self.state.selector
+        # It arrived while busy: others wait or run, or it arrived before the last inference ended (a transport
+        # that reads it only after an inline inference stamps it earlier: the daemon's kernel receive stamp).
+        self.load.arrived(req.deadline_ms, bool(self._heap) or len(self._free) < self.workers
+                          or req.arrival < self._busy_until)
         if sel.reject_on_miss:
             now = time.perf_counter()
             # It would run at rest if it found every slot free and idle long enough (the least it can pay).
@@ -369,6 +376,13 @@ class Scheduler:
         d = sel.select(self._budget_ms(req, sel, t_deq), at_rest)
         if d.reject:
             return self._reject(req, sel, d.predicted_ms, t_deq)
+        load = self.load
+        if d.index > 0 and d.fits and sel.prices_load and load.priced(d.predicted_ms):
+            # Open-loop load: weigh what a longer variant costs the requests likely to arrive meanwhile.
+            preds = [sel.predict(i, at_rest) for i in range(d.index + 1)]
+            j = load.choose(preds, sel.accuracy, d.index, self.overhead_ms + preds[0])
+            if j != d.index:
+                d = sel.decision(j, at_rest)
         assert d.variant is not None  # a decision that does not reject names its variant
         model = state.models[req.slot][d.variant]
         prep = self._prep.get(id(model))
@@ -385,7 +399,10 @@ class Scheduler:
         inf_ms = (t1 - t0) * 1000.0 + self.inject_delay_ms
         factor = sel.observe(d.index, inf_ms, at_rest)
         scores = dequantize_output(raw, model.output_spec)
-        total = (time.perf_counter() - req.arrival) * 1000.0 + self.inject_delay_ms
+        t_end = time.perf_counter()
+        self._busy_until = t_end
+        load.ran((t_end - t_deq) * 1000.0 + self.inject_delay_ms)
+        total = (t_end - req.arrival) * 1000.0 + self.inject_delay_ms
         return InferenceResult(
             "ok",
             variant=d.variant,

@@ -10,7 +10,9 @@ Policies (``--policy``):
 
 - ``adaptive``        quantile latency x online slowdown factor (the default); with requests
                       waiting, it picks no variant that would leave one of them (EDF order)
-                      without time for the fastest variant.
+                      without time for the fastest variant; under open-loop load it also prices
+                      the requests likely to arrive while a long variant runs (``edge.runtime.load``).
+- ``adaptive-greedy`` the same without pricing the arrivals (ablation of the load term).
 - ``quantile-table``  quantile latency, no online correction (ablation of the filter);
                       ``oracle-free`` is accepted as an alias.
 - ``mean-table``      the paper's baseline: mean latency, no correction.
@@ -38,7 +40,8 @@ from edge.core.errors import UsageError
 from edge.runtime.slowdown import NoSlowdown, SlowdownFilter, make_filter
 from edge.tables.table import QUANTILES, LatencyRow
 
-POLICIES = ("adaptive", "quantile-table", "mean-table", "fastest", "most-accurate", "static:<variant>")
+POLICIES = ("adaptive", "adaptive-greedy", "quantile-table", "mean-table", "fastest", "most-accurate",
+            "static:<variant>")
 POLICY_ALIASES = {"oracle-free": "quantile-table"}
 MISS_POLICIES = ("best-effort", "reject")
 
@@ -109,7 +112,7 @@ class Selector:
         kind = self.policy.kind
         self.base = tuple(float(r.mean_ms if kind == "mean-table" else r.latency(quantile)) for r in rows)
         # Baselines that trust the table do not correct; the filter still runs for metrics.
-        self.corrects = kind == "adaptive"
+        self.corrects = kind in ("adaptive", "adaptive-greedy")
         # Only adaptive predicts the cold start; the baselines keep the table as the paper does.
         self.base_rest = tuple(b * k for b, k in zip(self.base, self.rest_scale)) if self.corrects else self.base
         self._suffix_min = _suffix_min(self.base)
@@ -117,7 +120,9 @@ class Selector:
         self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
         # Adaptive also leaves the requests waiting behind this one time to meet their deadlines
         # (edge.runtime.scheduler); the paper's policy and the other baselines look at one request alone.
-        self.plans_queue = kind == "adaptive"
+        self.plans_queue = self.corrects
+        # ... and, adaptive alone, the requests likely to arrive while a long variant runs (edge.runtime.load).
+        self.prices_load = kind == "adaptive"
         self._fixed: int | None = None
         if kind == "fastest":
             self._fixed = 0
@@ -162,6 +167,10 @@ class Selector:
         if self.reject_on_miss:
             return Decision(-1, None, pred, False, True)
         return Decision(0, self.variants[0], pred, False, False)
+
+    def decision(self, index: int, at_rest: bool = False) -> Decision:
+        """The decision for variant ``index``, which fits (the scheduler's load-aware pick among those that fit)."""
+        return Decision(index, self.variants[index], self.predict(index, at_rest), True, False)
 
     def observe(self, index: int, observed_ms: float, at_rest: bool = False) -> float:
         """Feed the measured inference time of variant ``index`` (run ``at_rest`` or not); returns the new factor."""

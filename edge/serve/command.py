@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000,
                    help="port (0: pick a free one; the 'listening on' line says which)")
     p.add_argument("--policy", default="adaptive",
-                   help="adaptive | quantile-table (alias oracle-free) | mean-table | most-accurate | fastest "
-                        "| static:<variant>")
+                   help="adaptive | adaptive-greedy (adaptive without pricing open-loop arrivals) | quantile-table "
+                        "(alias oracle-free) | mean-table | most-accurate | fastest | static:<variant>")
     p.add_argument("--miss", default="best-effort", choices=MISS_POLICIES,
                    help="when no variant fits: run the fastest and flag the miss, or answer 408 at once")
     p.add_argument("--quantile", default=None, choices=QUANTILES,

@@ -134,7 +134,9 @@ def test_evaluate_end_to_end(evb, tmp_path):
     assert set(res["policies"]["fastest"]["summary"]["variants"]) == {v[0]}
     assert set(res["policies"]["most-accurate"]["summary"]["variants"]) == {v[-1]}
     o = res["oracle"]
-    assert o["overhead_source"] == "probe" and o["overhead_ms"] > 0
+    # Closed loop: the oracle is charged each request's own floor from adaptive's run.
+    assert o["overhead_source"].startswith("adaptive run: each request's own measured floor (30 of 30")
+    assert o["overhead_ms"] > 0
     assert np.asarray(o["latency_ms"]).shape == (30, 3)
     assert not (out / "results.partial.json").exists()
     assert "variants used" in (out / "table.txt").read_text()
@@ -291,3 +293,20 @@ def test_the_oracle_is_charged_floors_drawn_from_the_probe_not_its_median():
     e2e, daemon = ev._floors(bare, None, 5, ContentionSpec.parse("none"))
     assert daemon.tolist() == [0.2] * 5 and e2e.tolist() == [0.4] * 5
     assert "samples_ms" not in quiet.to_json() and quiet.to_json()["floor_p99_ms"] >= 0.1
+
+
+def test_the_oracle_is_charged_each_requests_own_floor_in_closed_loop():
+    """In closed loop the oracle pays, per request, what adaptive's run measured for that same request (total or end
+    to end, minus inference); unanswered requests keep the floor drawn from the probe."""
+    from benchmarks.evaluate.results import PolicyResult
+
+    recs = [RequestRecord(index=i, image_index=i, label=0, deadline_ms=1.0, arrival_s=0.0, sent_s=0.0,
+                          e2e_ms=0.5 + i, status=200 if i != 2 else 503, inference_ms=0.1, total_ms=0.3 + i)
+            for i in range(4)]
+    run = PolicyResult(summary={}, records=tuple(recs), truncated=False, contention_s=())
+    drawn = (np.full(4, 9.0), np.full(4, 8.0))
+    e2e, daemon, n = ev.own_floors(run, drawn)
+    assert n == 3
+    assert daemon.tolist() == pytest.approx([0.2, 1.2, 8.0, 3.2]) and e2e.tolist() == pytest.approx([0.4, 1.4, 9.0, 3.4])
+    assert drawn[1].tolist() == [8.0] * 4  # the drawn floors are not changed in place
+

@@ -275,3 +275,20 @@ def test_on_time_accuracy_counts_only_answers_right_and_on_time():
     assert empty["on_time_accuracy"] is None and empty["answer_accuracy"] is None
     assert loadgen.summarize([rec(0, status=408, correct=False, met=False)], 1.0)["answer_accuracy"] is None
     assert "on-time accuracy 37.50% (correct and on time, of all requests)" in loadgen.format_summary(s)
+
+
+def test_fine_timer_slack_is_set_for_the_block_and_restored():
+    import ctypes
+    import sys
+
+    from benchmarks.evaluate.loadgen import PR_GET_TIMERSLACK, fine_timer_slack
+
+    if not sys.platform.startswith("linux"):
+        with fine_timer_slack():
+            pass
+        return
+    libc = ctypes.CDLL(None)
+    before = libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    with fine_timer_slack(2000):
+        assert libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == 2000
+    assert libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == before

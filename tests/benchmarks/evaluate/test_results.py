@@ -10,8 +10,8 @@ from benchmarks.evaluate.results import DaemonRun, Host, PolicyResult, Probes, S
 from tests.benchmarks.evaluate._evaluation import COUNT, ROWS, evaluation
 
 # The key order results.json has had since version 3; report.py, repeats.py, the demo and the README read it.
-TOP = ["kind", "version", "created", "host", "placement", "bundle", "table", "profile", "selection", "deadline_spec",
-       "warmup", "duration_limit_s", "variants", "variant_labels", "complete", "headline", "policies", "probe",
+TOP = ["kind", "version", "created", "host", "placement", "bundle", "table", "profile", "transport", "selection",
+       "deadline_spec", "warmup", "duration_limit_s", "variants", "variant_labels", "complete", "headline", "policies", "probe",
        "overload", "workload", "contention", "held_out", "best_static", "oracle", "plane"]
 SUMMARY = ["count", "answered", "rejected", "overloaded", "errors", "on_time_accuracy", "accuracy", "answer_accuracy",
            "miss_rate", "server_miss_rate", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_rps", "goodput_rps",
@@ -104,7 +104,7 @@ def test_parts_that_did_not_run_are_left_out():
 
     ev = dataclasses.replace(evaluation(), probes=None, overload=None, held_out=None, best_static=None, oracle=None)
     assert list(ev.to_json()) == ["kind", "version", "created", "host", "placement", "bundle", "table", "profile",
-                                  "selection", "deadline_spec", "warmup", "duration_limit_s", "variants",
+                                  "transport", "selection", "deadline_spec", "warmup", "duration_limit_s", "variants",
                                   "variant_labels", "complete", "headline", "policies", "workload", "contention",
                                   "plane"]
     probe = ServingProbe(0.3, 0.7, 0.2, 900.0)

@@ -1,0 +1,298 @@
+"""The in-process transport of a policy comparison: the workload through ``AdaptiveClassifier.classify``.
+
+This is the paper's own setting, a camera application that links the runtime and calls it, with no
+HTTP in between (``edgekit evaluate --transport inproc``). Each run opens a fresh classifier (its own
+slowdown filter, as a fresh daemon has), warms it with the same unmeasured requests a daemon gets,
+then serves the workload:
+
+- closed loop: one caller thread, each request issued when the last one returned;
+- open loop (Poisson): a dispatcher releases each request at its scheduled arrival time to a pool
+  of ``CALLERS`` caller threads (as many requests in flight as the daemon's load generator keeps),
+  and each call passes the *scheduled* arrival as the deadline's start (``classify(arrival=)``), so an
+  overrun counts against the requests behind it and a late dispatcher shows in the latency.
+
+The classifier and its callers run on the daemon's cores (``Placement.server``: the threads pin
+themselves, and the runtime's own threads are made by a pinned thread); the dispatcher stays on the
+client's cores, as a camera's interrupts would not run on the application's core. In process the
+application's clock is the only clock: a request's ``total_ms`` and its end-to-end latency are both
+measured from its arrival, and the serving floor is what ``classify`` adds to the model's invoke
+(checking the image, the EDF queue, preparing the input, reading the scores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from benchmarks.evaluate.contention import Contention, ContentionSchedule, ContentionSpec
+from benchmarks.evaluate.loadgen import RequestRecord, fine_timer_slack
+from benchmarks.evaluate.results import ServingProbe
+from benchmarks.evaluate.workload import Workload, make_workload
+from edge.core.errors import StepFailed, UsageError
+
+CALLERS = 16  # caller threads for open-loop arrivals: the daemon's load generator keeps as many in flight
+PROBE_SEED = 104729  # the same probe requests as the daemon's probe (benchmarks.evaluate.probe)
+
+# What a classify outcome or refusal reads as in the records, in the daemon's statuses (edge.serve.errors).
+STATUS = {"ok": 200, "rejected": 408, "error": 500}
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """What every in-process run opens: the bundle, the selected table, the runtime settings, the cores."""
+
+    bundle: str
+    table: str
+    profile: str | None
+    miss: str
+    cpus: frozenset[int] | None  # the daemon's cores (None: not placed)
+    other_cpus: frozenset[int] | None = None  # the load generator's, for contention that runs beside
+
+    def pin(self) -> None:
+        """Pin the calling thread to the serving cores (Linux: affinity is per thread)."""
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
+
+    @contextlib.contextmanager
+    def opened(self, policy: str, quantile: str | None, log: Path) -> Iterator[Any]:
+        """A fresh classifier serving ``policy``, its log lines in ``log``, opened by a thread pinned to the serving
+        cores (the runtime's own threads inherit them); closed when the block ends."""
+        from edge.runtime.classifier import AdaptiveClassifier
+
+        box: dict[str, Any] = {}
+        with log.open("a", encoding="utf-8") as fh:
+            def write(line: str) -> None:
+                fh.write(f"{line}\n")
+                fh.flush()
+
+            def opener() -> None:
+                self.pin()
+                try:
+                    box["clf"] = AdaptiveClassifier.open(self.bundle, self.table, self.profile, policy=policy,
+                                                         miss=self.miss, quantile=quantile, log=write)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    box["error"] = exc
+
+            t = threading.Thread(target=opener, name="inproc-open")
+            t.start()
+            t.join()
+            if "error" in box:
+                raise box["error"]
+            clf = box["clf"]
+            write(f"in process: {policy}, {len(clf.serving_variants)} variants, opened in {clf.load_s:.2f} s")
+            try:
+                yield clf
+            finally:
+                clf.close(drain=False)
+
+
+def _record(i: int, wl: Workload, labels: np.ndarray, arrival_s: float, sent_s: float, e2e_ms: float,
+            res: Any, status: int, error: str = "") -> RequestRecord:
+    """One request as the application saw it; ``res`` is the InferenceResult (None when refused)."""
+    img = int(wl.image_indices[i])
+    deadline = float(wl.deadlines_ms[i])
+    rec = RequestRecord(index=i, image_index=img, label=int(labels[img]), deadline_ms=deadline,
+                        arrival_s=arrival_s, sent_s=sent_s, e2e_ms=e2e_ms, status=status, error=error)
+    if res is not None:
+        rec.pred = int(res.label)
+        rec.correct = status == 200 and rec.pred == rec.label
+        rec.deadline_met = status == 200 and e2e_ms <= deadline
+        # One clock in process: the runtime's own verdict, from the same arrival.
+        rec.server_deadline_met = bool(res.deadline_met) if status == 200 else False
+        rec.variant = str(res.variant or "")
+        rec.policy = str(res.policy or "")
+        rec.error = error or str(res.message or "")
+        rec.predicted_ms, rec.queue_ms = float(res.predicted_ms), float(res.queue_ms)
+        rec.inference_ms, rec.total_ms, rec.slowdown = float(res.inference_ms), float(res.total_ms), float(res.slowdown)
+        if status != 200:
+            rec.inference_ms = None
+    return rec
+
+
+def _call(clf, images: np.ndarray, labels: np.ndarray, wl: Workload, i: int, arrival: float,
+          t0: float) -> RequestRecord:
+    """``classify`` request ``i`` whose deadline started at ``arrival`` (perf_counter seconds)."""
+    from edge.runtime.scheduler import QueueFull, ShuttingDown
+
+    sent = time.perf_counter()
+    res, status, err = None, 0, ""
+    try:
+        res = clf.classify(images[int(wl.image_indices[i])], float(wl.deadlines_ms[i]), arrival=arrival)
+        status = STATUS.get(res.outcome, 500)
+    except (QueueFull, ShuttingDown) as exc:
+        status, err = 503, str(exc)
+    except UsageError as exc:
+        status, err = 400, str(exc)
+    done = time.perf_counter()
+    return _record(i, wl, labels, arrival - t0, sent - t0, (done - arrival) * 1000.0, res, status, err)
+
+
+@dataclass
+class InProcessRun:
+    """One in-process run's requests, as ``benchmarks.evaluate.loadgen.LoadResult`` has them."""
+
+    records: list[RequestRecord]
+    wall_s: float
+    truncated: bool
+
+
+def serve_workload(clf, images: np.ndarray, labels: np.ndarray, wl: Workload, *, duration_s: float,
+                   pin: Callable[[], None], on_request: Callable[[int], None] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> InProcessRun:
+    """Serve ``wl`` through ``clf``; stop issuing after ``duration_s``. The callers run ``pin`` first."""
+    n = wl.count
+    records: list[RequestRecord] = []
+    if wl.closed:
+        box: dict[str, Any] = {}
+
+        def app() -> None:
+            pin()
+            t0 = time.perf_counter()
+            end = t0 + duration_s
+            try:
+                for i in range(n):
+                    if time.perf_counter() >= end:
+                        box["truncated"] = True
+                        break
+                    if on_request is not None:
+                        on_request(i)
+                    records.append(_call(clf, images, labels, wl, i, time.perf_counter(), t0))
+                    if progress is not None:
+                        progress(i + 1, n)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = exc
+            box["wall"] = time.perf_counter() - t0
+
+        t = threading.Thread(target=app, name="inproc-app")
+        t.start()
+        t.join()
+        if "error" in box:
+            raise box["error"]
+        return InProcessRun(records, float(box["wall"]), bool(box.get("truncated")))
+
+    arrivals = wl.arrivals_s
+    assert arrivals is not None
+    work: queue.Queue = queue.Queue()
+    lock = threading.Lock()
+    ncallers = max(1, min(CALLERS, n))
+    ready = threading.Barrier(ncallers + 1)
+    t0 = 0.0
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        pin()
+        try:
+            ready.wait(timeout=30)
+        except threading.BrokenBarrierError:
+            pass
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            i, at = item
+            try:
+                rec = _call(clf, images, labels, wl, i, at, t0)
+            except BaseException as exc:  # noqa: BLE001 - reported after the run
+                errors.append(exc)
+                continue
+            with lock:
+                records.append(rec)
+                if progress is not None:
+                    progress(len(records), n)
+
+    threads = [threading.Thread(target=caller, name=f"inproc-caller-{k}", daemon=True) for k in range(ncallers)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait(timeout=30)
+    except threading.BrokenBarrierError:
+        pass
+    t0 = time.perf_counter()
+    end = t0 + duration_s
+    truncated = False
+    try:
+        with fine_timer_slack():  # the same dispatcher precision as the daemon's load generator
+            for i in range(n):
+                at = t0 + float(arrivals[i])
+                if at >= end:
+                    truncated = True
+                    break
+                wait = at - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                if on_request is not None:
+                    on_request(i)
+                work.put((i, at))
+    finally:
+        for _ in threads:
+            work.put(None)
+        for t in threads:
+            t.join(timeout=60)
+    if errors:
+        raise errors[0]
+    records.sort(key=lambda r: r.index)
+    return InProcessRun(records, time.perf_counter() - t0, truncated)
+
+
+def run_inproc(app: InProcess, policy: str, quantile: str | None, images: np.ndarray, labels: np.ndarray,
+               wl: Workload, warm: Workload | None, schedule: ContentionSchedule | None, log: Path,
+               duration_s: float, progress: Callable[[int, int], None] | None = None) -> InProcessRun:
+    """One policy in process: open a fresh classifier on the serving cores, warm it, serve ``wl`` under
+    ``schedule`` (which acts on this process), close it."""
+    with app.opened(policy, quantile, log) as clf:
+        if warm is not None:
+            serve_workload(clf, images, labels, warm, duration_s=min(duration_s, 60.0), pin=app.pin)
+        if schedule is not None:
+            schedule.reset()
+            schedule.target(os.getpid())
+        try:
+            return serve_workload(clf, images, labels, wl, duration_s=duration_s, pin=app.pin, on_request=schedule,
+                                  progress=progress)
+        finally:
+            if schedule is not None:
+                schedule.halt()
+
+
+def probe_inproc(app: InProcess, variant: str, images: np.ndarray, labels: np.ndarray, log: Path,
+                 count: int, contention: ContentionSpec | None = None) -> ServingProbe:
+    """The in-process serving floor: ``count`` closed-loop calls with ``static:variant`` and no deadline pressure
+    (under ``contention`` for all of them when given); the floor is the p50 of classify's total minus the invoke,
+    and the closed-loop throughput is the variant's capacity in process."""
+    wl = make_workload(images.shape[0], count, "fixed:60000", "closed", PROBE_SEED)
+    warm = wl.head(min(50, count))
+    c = None
+
+    class _Whole:  # contention over the whole probe, started before its first request
+        def __call__(self, i: int) -> None:
+            nonlocal c
+            if i == 0 and contention is not None and c is None:
+                c = Contention(contention, os.getpid(), app.cpus and set(app.cpus),
+                               app.other_cpus and set(app.other_cpus), 120.0).start()
+
+    try:
+        with app.opened(f"static:{variant}", None, log) as clf:
+            serve_workload(clf, images, labels, warm, duration_s=60.0, pin=app.pin)
+            res = serve_workload(clf, images, labels, wl, duration_s=120.0, pin=app.pin, on_request=_Whole())
+    finally:
+        if c is not None:
+            c.stop()
+    ok = [r for r in res.records if r.status == 200 and r.inference_ms is not None and r.total_ms is not None]
+    if len(ok) < count // 2:
+        raise StepFailed(f"the in-process serving probe with {variant} got {len(ok)} answers out of {count}; "
+                         f"see {log}")
+    return ServingProbe(
+        floor_ms=round(float(np.median([r.total_ms - r.inference_ms for r in ok])), 4),
+        e2e_overhead_ms=round(float(np.median([r.e2e_ms - r.inference_ms for r in ok])), 4),
+        inference_p50_ms=round(float(np.median([r.inference_ms for r in ok])), 4),
+        throughput_rps=round(len(ok) / res.wall_s, 1),
+        samples_ms=tuple((float(r.total_ms - r.inference_ms), float(r.e2e_ms - r.inference_ms)) for r in ok),
+    )
+

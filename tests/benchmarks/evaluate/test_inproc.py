@@ -1,0 +1,133 @@
+"""Tests for benchmarks/evaluate/inproc.py: the workload through AdaptiveClassifier in this process, and
+``edgekit evaluate --transport inproc`` end to end on the tiny bundle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks.evaluate.inproc import InProcess, probe_inproc, run_inproc, serve_workload
+from benchmarks.evaluate.loadgen import load_eval_set, summarize
+from benchmarks.evaluate.placement import place
+from benchmarks.evaluate.workload import make_workload
+from tests.benchmarks._eval_fixtures import make_eval_bundle
+from tests.benchmarks.evaluate.test_command import REPO
+
+
+@pytest.fixture(scope="module")
+def evb(tmp_path_factory):
+    return make_eval_bundle(tmp_path_factory.mktemp("inproc"))
+
+
+def app_of(evb) -> InProcess:
+    p = place()
+    return InProcess(str(evb.bundle), str(evb.table), None, "best-effort", p.server, p.client)
+
+
+def test_closed_loop_serves_every_request_in_order(evb, tmp_path):
+    images, labels, _ = load_eval_set(str(evb.bundle))
+    wl = make_workload(images.shape[0], 25, "uniform:1:6", "closed", 3)
+    seen: list[int] = []
+    run = run_inproc(app_of(evb), "adaptive", None, images, labels, wl, None, None, tmp_path / "app.log", 60.0,
+                     progress=lambda done, total: seen.append(done))
+    assert not run.truncated and [r.index for r in run.records] == list(range(25)) and seen[-1] == 25
+    for r, img, d in zip(run.records, wl.image_indices, wl.deadlines_ms):
+        assert r.status == 200 and r.image_index == int(img) and r.deadline_ms == pytest.approx(float(d))
+        assert r.variant in evb.variants and r.inference_ms is not None and r.inference_ms > 0
+        # One clock in process: the runtime's total and the caller's latency start at the same arrival.
+        assert r.e2e_ms >= r.total_ms - 1e-6 and r.server_deadline_met == (r.total_ms <= r.deadline_ms)
+        assert r.correct == (r.pred == r.label)
+    assert "in process: adaptive" in (tmp_path / "app.log").read_text()
+    s = summarize(run.records, run.wall_s)
+    assert s["answered"] == 25 and s["on_time_accuracy"] <= s["accuracy"]
+
+
+def test_open_loop_counts_from_the_scheduled_arrival(evb, tmp_path):
+    """Poisson arrivals faster than the slowest variant: each request's latency starts at its scheduled arrival,
+    so the time it waited behind the others counts against it."""
+    images, labels, _ = load_eval_set(str(evb.bundle))
+    wl = make_workload(images.shape[0], 60, "fixed:50", "poisson:4000", 5)
+    run = run_inproc(app_of(evb), "most-accurate", None, images, labels, wl, None, None, tmp_path / "a.log", 60.0)
+    assert [r.index for r in run.records] == list(range(60))
+    for r, at in zip(run.records, wl.arrivals_s):
+        assert r.arrival_s == pytest.approx(float(at), abs=1e-9)
+        assert r.sent_s >= r.arrival_s - 1e-3  # a caller picks it up at or after its arrival
+        assert r.total_ms >= r.queue_ms + r.inference_ms - 1e-6
+    assert max(r.queue_ms for r in run.records) > 0  # 4,000/s: somebody waited
+
+
+def test_the_duration_bound_stops_issuing(evb, tmp_path):
+    images, labels, _ = load_eval_set(str(evb.bundle))
+    wl = make_workload(images.shape[0], 400, "fixed:50", "closed", 1)
+
+    def slow(i: int) -> None:
+        time.sleep(0.002)
+
+    with InProcess(str(evb.bundle), str(evb.table), None, "best-effort", None).opened(
+            "fastest", None, tmp_path / "b.log") as clf:
+        run = serve_workload(clf, images, labels, wl, duration_s=0.1, pin=lambda: None, on_request=slow)
+    assert run.truncated and 0 < len(run.records) < 400
+
+
+def test_caller_threads_pin_themselves_to_the_serving_cores(evb, tmp_path):
+    import os
+
+    p = place()
+    if p.server is None:
+        pytest.skip("one core: nothing to pin apart")
+    images, labels, _ = load_eval_set(str(evb.bundle))
+    wl = make_workload(images.shape[0], 5, "fixed:50", "closed", 1)
+    seen: list[set[int]] = []
+    app = app_of(evb)
+    with app.opened("fastest", None, tmp_path / "c.log") as clf:
+        serve_workload(clf, images, labels, wl, duration_s=10, pin=app.pin,
+                       on_request=lambda i: seen.append(os.sched_getaffinity(0)))
+    assert seen and all(s == set(p.server) for s in seen)
+    assert os.sched_getaffinity(0) != set(p.server) or p.client == p.server  # the test's own thread is not moved
+
+
+def test_probe_measures_the_in_process_floor(evb, tmp_path):
+    images, labels, _ = load_eval_set(str(evb.bundle))
+    p = probe_inproc(app_of(evb), evb.variants[0], images, labels, tmp_path / "p.log", 40)
+    assert p.floor_ms > 0 and p.inference_p50_ms > 0 and p.throughput_rps > 0 and len(p.samples_ms) == 40
+    assert p.e2e_overhead_ms >= p.floor_ms - 1e-6
+    # No HTTP in between: the floor is classify's own work, well under the daemon's tenth of a millisecond.
+    assert p.floor_ms < 5.0
+
+
+def test_a_bad_policy_fails_before_serving(evb, tmp_path):
+    images, labels, _ = load_eval_set(str(evb.bundle))
+    wl = make_workload(images.shape[0], 5, "fixed:50", "closed", 1)
+    with pytest.raises(ValueError, match="static policy's variant 'nope' is not in the table"):
+        run_inproc(app_of(evb), "static:nope", None, images, labels, wl, None, None, tmp_path / "d.log", 10.0)
+
+
+def test_evaluate_inproc_end_to_end(evb, tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "evaluate", str(evb.bundle), "--table", str(evb.table),
+         "--transport", "inproc", "--policies", "adaptive,adaptive-greedy,mean-table,best-static,oracle",
+         "--count", "30", "--warmup", "3", "--arrival", "overload:1.2", "--contention", "half", "--seed", "2",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=400, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    assert "starting the daemon" not in text and "opening the classifier in process" in text
+    for word in ("transport: in process", "miss (app clock)", "goodput/s", "serving floor"):
+        assert word in text, word
+    res = json.loads((out / "results.json").read_text())
+    assert res["transport"] == "inproc" and res["options"]["transport"] == "inproc"
+    assert list(res["policies"]) == ["adaptive", "adaptive-greedy", "mean-table", "best-static", "oracle"]
+    assert res["overload"]["capacity_rps"] > 0 and res["workload"]["arrival"].startswith("poisson:")
+    for name, pol in res["policies"].items():
+        assert len(pol["records"]) == 30, name
+        assert [r["image_index"] for r in pol["records"]] == res["workload"]["image_indices"]
+    assert res["policies"]["adaptive"]["daemon_log"] == "app-adaptive.log"
+    assert (out / "app-adaptive.log").is_file() and not list(out.glob("daemon-*.log"))
+    assert "application's clock" in res["headline"]["note"]
+    assert "(in process)" in (out / "report.md").read_text()
