@@ -5,15 +5,17 @@ HTTP in between (``edgekit evaluate --transport inproc``). Each run opens a fres
 slowdown filter, as a fresh daemon has), warms it with the same unmeasured requests a daemon gets,
 then serves the workload:
 
-- closed loop: one caller thread, each request issued when the last one returned;
-- open loop (Poisson): a dispatcher releases each request at its scheduled arrival time to a pool
-  of ``CALLERS`` caller threads (as many requests in flight as the daemon's load generator keeps),
-  and each call passes the *scheduled* arrival as the deadline's start (``classify(arrival=)``), so an
-  overrun counts against the requests behind it and a late dispatcher shows in the latency.
+- closed loop: one application thread, each request issued when the last one returned;
+- open loop (Poisson): the same thread takes each request at its scheduled arrival time, polling for it
+  as a latency-critical camera loop polls for its next frame, and passes the *scheduled* arrival as the
+  deadline's start (``classify(arrival=)``); a request that arrives while an inference runs waits for it,
+  in arrival order (the oracle's simulated server is FIFO too), so an overrun counts against the requests
+  behind it. It polls because on this project's VM a sleeping core wakes 55 us late at p50 and a hand-off
+  to a thread on another core costs 115 us at p50, more than most of the front's inferences: a harness of
+  threads would measure the host's wake-up latency, not the runtime (the daemon pays it, in its floor).
 
-The classifier and its callers run on the daemon's cores (``Placement.server``: the threads pin
-themselves, and the runtime's own threads are made by a pinned thread); the dispatcher stays on the
-client's cores, as a camera's interrupts would not run on the application's core. In process the
+The classifier and the application thread run on the daemon's cores (``Placement.server``: the thread
+pins itself, and the runtime's own threads are made by a pinned thread). In process the
 application's clock is the only clock: a request's ``total_ms`` and its end-to-end latency are both
 measured from its arrival, and the serving floor is what ``classify`` adds to the model's invoke
 (checking the image, the EDF queue, preparing the input, reading the scores).
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from benchmarks.evaluate.results import ServingProbe
 from benchmarks.evaluate.workload import Workload, make_workload
 from edge.core.errors import StepFailed, UsageError
 
-CALLERS = 16  # caller threads for open-loop arrivals: the daemon's load generator keeps as many in flight
+POLL_S = 0.002  # the application thread sleeps until this long before a scheduled arrival, then polls
 PROBE_SEED = 104729  # the same probe requests as the daemon's probe (benchmarks.evaluate.probe)
 
 # What a classify outcome or refusal reads as in the records, in the daemon's statuses (edge.serve.errors).
@@ -144,102 +145,64 @@ class InProcessRun:
     truncated: bool
 
 
+def _wait_until(at: float) -> None:
+    """Return at perf_counter time ``at``: sleep until ``POLL_S`` before it, then poll. An idle core here wakes
+    from a sleep 55 us late at p50 and 115 us at p90, and a hand-off to a thread on another core costs 115 us at
+    p50 (measured on this project's 2-core VM), more than most of the front's inferences; a latency-critical
+    camera loop polls for its next frame instead."""
+    left = at - time.perf_counter()
+    if left > POLL_S:
+        time.sleep(left - POLL_S)
+    while time.perf_counter() < at:
+        pass
+
+
 def serve_workload(clf, images: np.ndarray, labels: np.ndarray, wl: Workload, *, duration_s: float,
                    pin: Callable[[], None], on_request: Callable[[int], None] | None = None,
                    progress: Callable[[int, int], None] | None = None) -> InProcessRun:
-    """Serve ``wl`` through ``clf``; stop issuing after ``duration_s``. The callers run ``pin`` first."""
+    """Serve ``wl`` through ``clf`` from one application thread that runs ``pin`` first; stop issuing after
+    ``duration_s``. Closed loop: each request when the last returned. Open loop: each at its scheduled arrival
+    (polled for), or at once when the thread was still busy with earlier ones, its deadline counted from the
+    scheduled arrival either way: requests that arrive during an inference wait for it in arrival order, as in
+    the oracle's simulated server."""
     n = wl.count
     records: list[RequestRecord] = []
-    if wl.closed:
-        box: dict[str, Any] = {}
+    arrivals = wl.arrivals_s
+    box: dict[str, Any] = {}
 
-        def app() -> None:
-            pin()
-            t0 = time.perf_counter()
-            end = t0 + duration_s
-            try:
+    def app() -> None:
+        pin()
+        t0 = time.perf_counter()
+        end = t0 + duration_s
+        try:
+            with fine_timer_slack():
                 for i in range(n):
-                    if time.perf_counter() >= end:
-                        box["truncated"] = True
-                        break
+                    if arrivals is None:
+                        at = time.perf_counter()
+                        if at >= end:
+                            box["truncated"] = True
+                            break
+                    else:
+                        at = t0 + float(arrivals[i])
+                        if at >= end:
+                            box["truncated"] = True
+                            break
+                        _wait_until(at)
                     if on_request is not None:
                         on_request(i)
-                    records.append(_call(clf, images, labels, wl, i, time.perf_counter(), t0))
+                    records.append(_call(clf, images, labels, wl, i, at, t0))
                     if progress is not None:
                         progress(i + 1, n)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                box["error"] = exc
-            box["wall"] = time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+        box["wall"] = time.perf_counter() - t0
 
-        t = threading.Thread(target=app, name="inproc-app")
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return InProcessRun(records, float(box["wall"]), bool(box.get("truncated")))
-
-    arrivals = wl.arrivals_s
-    assert arrivals is not None
-    work: queue.Queue = queue.Queue()
-    lock = threading.Lock()
-    ncallers = max(1, min(CALLERS, n))
-    ready = threading.Barrier(ncallers + 1)
-    t0 = 0.0
-    errors: list[BaseException] = []
-
-    def caller() -> None:
-        pin()
-        try:
-            ready.wait(timeout=30)
-        except threading.BrokenBarrierError:
-            pass
-        while True:
-            item = work.get()
-            if item is None:
-                return
-            i, at = item
-            try:
-                rec = _call(clf, images, labels, wl, i, at, t0)
-            except BaseException as exc:  # noqa: BLE001 - reported after the run
-                errors.append(exc)
-                continue
-            with lock:
-                records.append(rec)
-                if progress is not None:
-                    progress(len(records), n)
-
-    threads = [threading.Thread(target=caller, name=f"inproc-caller-{k}", daemon=True) for k in range(ncallers)]
-    for t in threads:
-        t.start()
-    try:
-        ready.wait(timeout=30)
-    except threading.BrokenBarrierError:
-        pass
-    t0 = time.perf_counter()
-    end = t0 + duration_s
-    truncated = False
-    try:
-        with fine_timer_slack():  # the same dispatcher precision as the daemon's load generator
-            for i in range(n):
-                at = t0 + float(arrivals[i])
-                if at >= end:
-                    truncated = True
-                    break
-                wait = at - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)
-                if on_request is not None:
-                    on_request(i)
-                work.put((i, at))
-    finally:
-        for _ in threads:
-            work.put(None)
-        for t in threads:
-            t.join(timeout=60)
-    if errors:
-        raise errors[0]
-    records.sort(key=lambda r: r.index)
-    return InProcessRun(records, time.perf_counter() - t0, truncated)
+    t = threading.Thread(target=app, name="inproc-app")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return InProcessRun(records, float(box["wall"]), bool(box.get("truncated")))
 
 
 def run_inproc(app: InProcess, policy: str, quantile: str | None, images: np.ndarray, labels: np.ndarray,

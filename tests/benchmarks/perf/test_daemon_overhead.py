@@ -15,5 +15,7 @@ def test_every_path_is_measured_and_compared_with_the_floor():
         assert r[path]["inside_p50"] >= 0 and r[path]["inference_p50"] > 0, path
     assert r["stamp"]["n"] == 200
     text = bo.format_results(r)
-    for word in ("reference", "classify() adds", "arrival stamp vs client send", "goal daemon e2e p50"):
+    assert {"select_us", "observe_us", "load_idle_us", "load_priced_us"} <= set(r["decision"])
+    for word in ("reference", "classify() adds", "arrival stamp vs client send", "goal daemon e2e p50",
+                 "the load term:"):
         assert word in text
