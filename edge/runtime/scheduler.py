@@ -45,6 +45,7 @@ from edge.tables.table import REST_GAP_MS
 
 OVERHEAD_ALPHA = 0.1  # EWMA weight of the measured serving overhead
 OVERHEAD_INITIAL_MS = 0.05
+OWN_INITIAL_MS = 0.005  # the runtime's own work around an invoke (select, prepare, read, dequantize), learnt
 OVERHEAD_MAX_MS = 20.0
 QUEUE_PLAN = 16  # waiting requests (earliest deadlines first) the adaptive policy leaves room for
 
@@ -171,6 +172,7 @@ class Scheduler:
         self._dispatch = 0
         self._closing = False
         self.overhead_ms = OVERHEAD_INITIAL_MS
+        self.own_ms = OWN_INITIAL_MS  # EWMA of each run's time besides the invoke, from dequeue to result
         self.on_free = on_free
         self.inject_delay_ms = float(inject_delay_ms)
         self._prep: dict[int, InputPreparer] = {}
@@ -351,11 +353,12 @@ class Scheduler:
         return res
 
     def _budget_ms(self, req: InferenceRequest, sel: Selector, now: float) -> float:
-        """The time ``req`` may spend in inference: its own time left minus the serving overhead, and,
+        """The time ``req`` may spend in inference: its own time left minus the serving overhead (the transport's,
+        after the result, and the runtime's own around the invoke), and,
         for a policy that plans the queue (adaptive), no more than leaves each waiting request (in
         EDF order, the first QUEUE_PLAN of them) time for the overhead and the fastest variant. A
         waiting request that would miss even so does not hold the head back: nothing saves it."""
-        left = (req.abs_deadline - now) * 1000.0 - self.overhead_ms
+        left = (req.abs_deadline - now) * 1000.0 - self.overhead_ms - self.own_ms
         if not sel.plans_queue or not self._heap:
             return left
         with self._lock:
@@ -401,7 +404,11 @@ class Scheduler:
         scores = dequantize_output(raw, model.output_spec)
         t_end = time.perf_counter()
         self._busy_until = t_end
-        load.ran((t_end - t_deq) * 1000.0 + self.inject_delay_ms)
+        busy_ms = (t_end - t_deq) * 1000.0
+        own = busy_ms - (t1 - t0) * 1000.0
+        if 0 <= own < OVERHEAD_MAX_MS:
+            self.own_ms += OVERHEAD_ALPHA * (own - self.own_ms)
+        load.ran(busy_ms + self.inject_delay_ms)
         total = (t_end - req.arrival) * 1000.0 + self.inject_delay_ms
         return InferenceResult(
             "ok",
