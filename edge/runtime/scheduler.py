@@ -179,6 +179,7 @@ class Scheduler:
         self._last_end = [0.0] * self.workers  # perf_counter when each slot's last inference ended
         self.load = ArrivalLoad()  # the arrivals while busy and the recent deadlines (adaptive prices them)
         self._busy_until = 0.0  # perf_counter when the last inference (any slot) ended
+        self._last_variant = [-1] * self.workers  # per slot: the selector index it ran last (-1: none yet)
 
     # ------------------------------------------------------------------ control
 
@@ -188,6 +189,7 @@ class Scheduler:
             raise UsageError(f"the new state has {len(state.models)} model sets for {self.workers} slots")
         self.state = state
         self._prep = {}
+        self._last_variant = [-1] * self.workers  # the new selector's indices
 
     def close(self, drain: bool = True, timeout: float | None = None) -> int:
         """Stop accepting; without ``drain`` answer queued requests with an error at once.
@@ -376,16 +378,17 @@ class Scheduler:
         state = self.state
         sel = state.selector
         at_rest = t_deq - self._last_end[req.slot] >= REST_GAP_MS / 1000.0
-        d = sel.select(self._budget_ms(req, sel, t_deq), at_rest)
+        last = self._last_variant[req.slot]
+        d = sel.select(self._budget_ms(req, sel, t_deq), at_rest, last)
         if d.reject:
             return self._reject(req, sel, d.predicted_ms, t_deq)
         load = self.load
         if d.index > 0 and d.fits and sel.prices_load and load.priced(d.predicted_ms):
             # Open-loop load: weigh what a longer variant costs the requests likely to arrive meanwhile.
-            preds = [sel.predict(i, at_rest) for i in range(d.index + 1)]
+            preds = [sel.decision(i, at_rest, last).predicted_ms for i in range(d.index + 1)]
             j = load.choose(preds, sel.accuracy, d.index, self.overhead_ms + preds[0])
             if j != d.index:
-                d = sel.decision(j, at_rest)
+                d = sel.decision(j, at_rest, last)
         assert d.variant is not None  # a decision that does not reject names its variant
         model = state.models[req.slot][d.variant]
         prep = self._prep.get(id(model))
@@ -400,7 +403,8 @@ class Scheduler:
         self._last_end[req.slot] = t1 + self.inject_delay_ms / 1000.0  # an injected delay holds the slot busy
         raw = model.output()
         inf_ms = (t1 - t0) * 1000.0 + self.inject_delay_ms
-        factor = sel.observe(d.index, inf_ms, at_rest)
+        factor = sel.observe(d.index, inf_ms, at_rest, switched=last != d.index)
+        self._last_variant[req.slot] = d.index
         scores = dequantize_output(raw, model.output_spec)
         t_end = time.perf_counter()
         self._busy_until = t_end

@@ -28,6 +28,15 @@ at the variant's quantile x its rest/back-to-back ratio (adaptive only), and its
 compared to ``rest_p50_ms``, so the slowdown factor keeps meaning "slower than the table", ~1 on an
 idle board, instead of learning the cold start (it read 3.5 to 4.8 at rest on an rpi4 setting
 before).  Tables without ``rest_p50_ms`` behave as before.
+
+**After a switch.**  The table times each variant back to back, its own weights and code in cache. A
+request served by another variant than its slot's last one pays for bringing them back, and that
+costs the microsecond variants most: on the demo's front in process, a switched-to run took 1.65x its
+table p50 for a 3 us net against 1.2x when it repeated, and 1.7x for the 0.15 ms one. Adaptive learns a
+*switch scale* per variant online (an EWMA of observed / (table p50 x slowdown factor) over its
+switched-to runs, within [1, ``SWITCH_MAX``]), predicts a switched-to run at quantile x factor x that
+scale, and feeds the filter the switch-corrected ratio, so that the factor keeps meaning "slower than
+the table". The baselines keep the table, as at rest.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ POLICIES = ("adaptive", "adaptive-greedy", "quantile-table", "mean-table", "fast
             "static:<variant>")
 POLICY_ALIASES = {"oracle-free": "quantile-table"}
 MISS_POLICIES = ("best-effort", "reject")
+SWITCH_ALPHA = 0.1  # EWMA weight of a switched-to run in its variant's switch scale
+SWITCH_MAX = 4.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,7 @@ class Selector:
         self.corrects = kind in ("adaptive", "adaptive-greedy")
         # Only adaptive predicts the cold start; the baselines keep the table as the paper does.
         self.base_rest = tuple(b * k for b, k in zip(self.base, self.rest_scale)) if self.corrects else self.base
+        self.switch = [1.0] * len(rows)  # per variant: a switched-to run / a repeated one (learnt, adaptive only)
         self._suffix_min = _suffix_min(self.base)
         self._suffix_min_rest = _suffix_min(self.base_rest)
         self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
@@ -147,9 +159,10 @@ class Selector:
         base = self.base_rest if at_rest else self.base
         return base[index] * (self.slowdown.factor if self.corrects else 1.0)
 
-    def select(self, remaining_ms: float, at_rest: bool = False) -> Decision:
+    def select(self, remaining_ms: float, at_rest: bool = False, last: int = -1) -> Decision:
         """The variant for a request with ``remaining_ms`` left (after queueing and overhead); ``at_rest``:
-        its slot has been idle for REST_GAP_MS or more."""
+        its slot has been idle for REST_GAP_MS or more; ``last``: the variant its slot ran last (-1: none), any
+        other one pays its switch scale (adaptive)."""
         f = self.slowdown.factor if self.corrects else 1.0
         base, suffix_min = (self.base_rest, self._suffix_min_rest) if at_rest else (self.base, self._suffix_min)
         fixed = self._fixed
@@ -162,19 +175,41 @@ class Selector:
             return Decision(fixed, self.variants[fixed], pred, False, False)
         i = bisect.bisect_right(suffix_min, remaining_ms / f) - 1
         if i >= 0:
-            return Decision(i, self.variants[i], base[i] * f, True, False)
+            if not self.corrects or at_rest or i == last:
+                return Decision(i, self.variants[i], base[i] * f, True, False)
+            # Switched to: the most accurate that fits with its switch scale (or the slot's last one, without).
+            sw = self.switch
+            while i >= 0:
+                pred = base[i] * f * (1.0 if i == last else sw[i])
+                if pred <= remaining_ms:
+                    return Decision(i, self.variants[i], pred, True, False)
+                i -= 1
         pred = base[0] * f
         if self.reject_on_miss:
             return Decision(-1, None, pred, False, True)
         return Decision(0, self.variants[0], pred, False, False)
 
-    def decision(self, index: int, at_rest: bool = False) -> Decision:
+    def decision(self, index: int, at_rest: bool = False, last: int = -1) -> Decision:
         """The decision for variant ``index``, which fits (the scheduler's load-aware pick among those that fit)."""
-        return Decision(index, self.variants[index], self.predict(index, at_rest), True, False)
+        pred = self.predict(index, at_rest)
+        if self.corrects and not at_rest and index != last:
+            pred *= self.switch[index]
+        return Decision(index, self.variants[index], pred, True, False)
 
-    def observe(self, index: int, observed_ms: float, at_rest: bool = False) -> float:
-        """Feed the measured inference time of variant ``index`` (run ``at_rest`` or not); returns the new factor."""
-        return self.slowdown.update(observed_ms, (self.rest_median if at_rest else self.median)[index])
+    def observe(self, index: int, observed_ms: float, at_rest: bool = False, switched: bool = False) -> float:
+        """Feed the measured inference time of variant ``index`` (run ``at_rest`` or not; ``switched``: its slot
+        ran another variant last); returns the new factor."""
+        if at_rest:
+            return self.slowdown.update(observed_ms, self.rest_median[index])
+        expected = self.median[index]
+        if switched and self.corrects:
+            f = self.slowdown.factor
+            r = observed_ms / (expected * f) if f > 0 else 1.0
+            if r == r:  # not NaN
+                sw = self.switch[index]
+                self.switch[index] = min(SWITCH_MAX, max(1.0, sw + SWITCH_ALPHA * (r - sw)))
+            expected *= self.switch[index]
+        return self.slowdown.update(observed_ms, expected)
 
     def describe(self) -> dict:
         return {
@@ -184,7 +219,8 @@ class Selector:
             "slowdown": self.slowdown.describe(),
             "variants": [
                 {"variant": v, "base_ms": b, "accuracy": a, "predicted_ms": self.predict(i),
-                 "predicted_at_rest_ms": self.predict(i, at_rest=True)}
+                 "predicted_at_rest_ms": self.predict(i, at_rest=True),
+                 "switch_scale": round(self.switch[i], 4) if self.corrects else 1.0}
                 for i, (v, b, a) in enumerate(zip(self.variants, self.base, self.accuracy))
             ],
         }

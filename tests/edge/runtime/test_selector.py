@@ -156,3 +156,34 @@ def test_at_rest_adaptive_predicts_the_cold_start_and_the_factor_keeps_meaning_d
     # A table without the measurement (older tables, hand-made ones) behaves as before.
     plain = Selector(ROWS, slowdown=NoSlowdown())
     assert plain.rest_scale == (1.0,) * len(ROWS) and plain.select(2.5, at_rest=True) == plain.select(2.5)
+
+
+def test_adaptive_learns_what_a_switch_costs_and_predicts_it():
+    """A switched-to run at twice the table: adaptive learns a switch scale near 2 for that variant, predicts a
+    switch with it (and a repeat without), and the slowdown factor stays near 1."""
+    s = Selector(ROWS, quantile="p95", slowdown=KalmanSlowdown())
+    med = s.median[3]
+    for _ in range(200):
+        s.observe(3, 2.0 * med, switched=True)
+        s.observe(3, med, switched=False)
+    assert s.switch[3] == pytest.approx(2.0, rel=0.1)
+    assert s.factor == pytest.approx(1.0, abs=0.1)
+    assert s.switch[:3] == [1.0, 1.0, 1.0]  # only the variant that paid it
+    room = s.base[3] * s.factor * 1.2  # d fits hot, not after a switch
+    assert s.select(room, last=3).index == 3
+    d = s.select(room, last=0)
+    assert d.index == 2 and d.fits
+    assert s.decision(3, last=0).predicted_ms == pytest.approx(s.predict(3) * s.switch[3])
+    assert s.describe()["variants"][3]["switch_scale"] == pytest.approx(s.switch[3], abs=1e-3)
+
+
+def test_the_switch_scale_stays_within_its_bounds_and_the_baselines_ignore_it():
+    s = Selector(ROWS, slowdown=NoSlowdown())
+    for _ in range(300):
+        s.observe(1, s.median[1] * 50, switched=True)
+        s.observe(2, s.median[2] * 0.1, switched=True)
+    assert s.switch[1] == pytest.approx(4.0) and s.switch[2] == 1.0
+    base = Selector(ROWS, policy="mean-table", slowdown=NoSlowdown())
+    for _ in range(50):
+        base.observe(3, base.median[3] * 3, switched=True)
+    assert base.switch == [1.0] * 4 and base.select(base.base[3], last=0).index == 3
