@@ -94,11 +94,20 @@ class ArrivalLoad:
 
     def choose(self, predicted: list[float] | tuple[float, ...], accuracy: tuple[float, ...], greedy: int,
                need_ms: float) -> int:
-        """The variant among 0..``greedy`` (all fit) with the most accuracy net of the arrivals it would lose."""
-        value = accuracy[0]
-        best, best_score = greedy, accuracy[greedy] - value * self.lost(predicted[greedy], need_ms)
+        """The variant among 0..``greedy`` (all fit) with the most accuracy net of the arrivals it would lose.
+
+        Accuracy rises with the index and a price is never negative, so the scan downwards stops at the first
+        variant whose accuracy alone cannot beat the best score so far."""
+        self._refresh()
+        value = accuracy[0] * self.rate
+        g0 = self._g(need_ms)
+        g = self._g
+        best, best_score = greedy, accuracy[greedy] - value * (g(predicted[greedy] + need_ms) - g0)
         for i in range(greedy - 1, -1, -1):
-            score = accuracy[i] - value * self.lost(predicted[i], need_ms)
+            a = accuracy[i]
+            if a <= best_score:
+                break
+            score = a - value * (g(predicted[i] + need_ms) - g0)
             if score > best_score:
                 best, best_score = i, score
         return best

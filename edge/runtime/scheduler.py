@@ -385,7 +385,7 @@ class Scheduler:
         load = self.load
         if d.index > 0 and d.fits and sel.prices_load and load.priced(d.predicted_ms):
             # Open-loop load: weigh what a longer variant costs the requests likely to arrive meanwhile.
-            preds = [sel.decision(i, at_rest, last).predicted_ms for i in range(d.index + 1)]
+            preds = sel.predictions(d.index, at_rest, last)
             j = load.choose(preds, sel.accuracy, d.index, self.overhead_ms + preds[0])
             if j != d.index:
                 d = sel.decision(j, at_rest, last)

@@ -196,6 +196,17 @@ class Selector:
             pred *= self.switch[index]
         return Decision(index, self.variants[index], pred, True, False)
 
+    def predictions(self, upto: int, at_rest: bool = False, last: int = -1) -> list[float]:
+        """The predicted latency of variants 0..``upto`` as ``decision`` gives each (for the load-aware pick)."""
+        base = self.base_rest if at_rest else self.base
+        if not self.corrects:
+            return list(base[: upto + 1])
+        f = self.slowdown.factor
+        if at_rest:
+            return [b * f for b in base[: upto + 1]]
+        sw = self.switch
+        return [base[i] * f * (1.0 if i == last else sw[i]) for i in range(upto + 1)]
+
     def observe(self, index: int, observed_ms: float, at_rest: bool = False, switched: bool = False) -> float:
         """Feed the measured inference time of variant ``index`` (run ``at_rest`` or not; ``switched``: its slot
         ran another variant last); returns the new factor."""

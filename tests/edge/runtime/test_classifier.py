@@ -266,3 +266,20 @@ def test_load_image_gives_the_bundles_input_from_a_file(fx, clf, tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(ImageDecodeError, match="broken.jpg"):
         clf.load_image(bad)
+
+
+def test_classify_teaches_the_selector_its_own_overhead(fx):
+    """In process nothing writes an answer after the run: classify reports what it adds, and the budget's
+    overhead falls from its initial guess to that; the runtime's own work around the invoke is learnt too."""
+    from edge.runtime.scheduler import OVERHEAD_INITIAL_MS
+
+    c = AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile))
+    try:
+        img, _ = canary(fx)
+        for _ in range(100):
+            assert c.classify(img, deadline_ms=10_000).outcome == "ok"
+        assert c.overhead_ms < OVERHEAD_INITIAL_MS / 2
+        own = c._scheduler.own_ms
+        assert 0 < own < 5.0
+    finally:
+        c.close(drain=False)

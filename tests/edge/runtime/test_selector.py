@@ -187,3 +187,14 @@ def test_the_switch_scale_stays_within_its_bounds_and_the_baselines_ignore_it():
     for _ in range(50):
         base.observe(3, base.median[3] * 3, switched=True)
     assert base.switch == [1.0] * 4 and base.select(base.base[3], last=0).index == 3
+
+
+def test_predictions_agree_with_each_decision():
+    s = Selector(ROWS, slowdown=KalmanSlowdown())
+    for _ in range(50):
+        s.observe(2, s.median[2] * 1.7, switched=True)
+        s.observe(1, s.median[1] * 1.3)
+    for at_rest in (False, True):
+        for last in (-1, 0, 2, 3):
+            assert s.predictions(3, at_rest, last) == pytest.approx(
+                [s.decision(i, at_rest, last).predicted_ms for i in range(4)])
