@@ -35,9 +35,10 @@ import numpy as np
 
 from benchmarks.evaluate.contention import Contention, ContentionSchedule, ContentionSpec
 from benchmarks.evaluate.loadgen import RequestRecord, fine_timer_slack
+from benchmarks.evaluate.probe import probe_result
 from benchmarks.evaluate.results import ServingProbe
 from benchmarks.evaluate.workload import Workload, make_workload
-from edge.core.errors import StepFailed, UsageError
+from edge.core.errors import UsageError
 
 POLL_S = 0.002  # the application thread sleeps until this long before a scheduled arrival, then polls
 PROBE_SEED = 104729  # the same probe requests as the daemon's probe (benchmarks.evaluate.probe)
@@ -247,15 +248,4 @@ def probe_inproc(app: InProcess, variant: str, images: np.ndarray, labels: np.nd
     finally:
         if c is not None:
             c.stop()
-    ok = [r for r in res.records if r.status == 200 and r.inference_ms is not None and r.total_ms is not None]
-    if len(ok) < count // 2:
-        raise StepFailed(f"the in-process serving probe with {variant} got {len(ok)} answers out of {count}; "
-                         f"see {log}")
-    return ServingProbe(
-        floor_ms=round(float(np.median([r.total_ms - r.inference_ms for r in ok])), 4),
-        e2e_overhead_ms=round(float(np.median([r.e2e_ms - r.inference_ms for r in ok])), 4),
-        inference_p50_ms=round(float(np.median([r.inference_ms for r in ok])), 4),
-        throughput_rps=round(len(ok) / res.wall_s, 1),
-        samples_ms=tuple((float(r.total_ms - r.inference_ms), float(r.e2e_ms - r.inference_ms)) for r in ok),
-    )
-
+    return probe_result(res.records, res.wall_s, count, f"the in-process serving probe with {variant}", log)

@@ -8,7 +8,7 @@ import numpy as np
 
 from benchmarks.evaluate.contention import Contention, ContentionSpec
 from benchmarks.evaluate.daemon_proc import Daemon, serve_argv
-from benchmarks.evaluate.loadgen import run_load, wait_ready
+from benchmarks.evaluate.loadgen import RequestRecord, run_load, wait_ready
 from benchmarks.evaluate.placement import Placement
 from benchmarks.evaluate.results import ServingProbe
 from benchmarks.evaluate.workload import make_workload
@@ -42,14 +42,21 @@ def probe_serving(bundle: str, table: str, variant: str, profile: str | None, mi
                 c.stop()
     finally:
         d.stop()
-    ok = [r for r in res.records if r.status == 200 and r.inference_ms is not None and r.total_ms is not None]
+    return probe_result(res.records, res.wall_s, count, f"the serving probe with {variant}", log)
+
+
+def probe_result(records: list[RequestRecord], wall_s: float, count: int, what: str, log: Path) -> ServingProbe:
+    """The floor (p50 of total minus inference), the end-to-end overhead, the inference p50 and the closed-loop
+    throughput of a probe's ``records``, keeping every answered request's pair of floors; StepFailed (naming
+    ``what`` and its ``log``) when fewer than half of ``count`` were answered."""
+    ok = [r for r in records if r.status == 200 and r.inference_ms is not None and r.total_ms is not None]
     if len(ok) < count // 2:
-        raise StepFailed(f"the serving probe with {variant} got {len(ok)} answers out of {count}; see {log}")
+        raise StepFailed(f"{what} got {len(ok)} answers out of {count}; see {log}")
     return ServingProbe(
         floor_ms=round(float(np.median([r.total_ms - r.inference_ms for r in ok])), 4),
         e2e_overhead_ms=round(float(np.median([r.e2e_ms - r.inference_ms for r in ok])), 4),
         inference_p50_ms=round(float(np.median([r.inference_ms for r in ok])), 4),
-        throughput_rps=round(len(ok) / res.wall_s, 1),
+        throughput_rps=round(len(ok) / wall_s, 1),
         samples_ms=tuple((float(r.total_ms - r.inference_ms), float(r.e2e_ms - r.inference_ms)) for r in ok),
     )
 

@@ -73,7 +73,7 @@ def test_the_duration_bound_stops_issuing(evb, tmp_path):
     assert run.truncated and 0 < len(run.records) < 400
 
 
-def test_caller_threads_pin_themselves_to_the_serving_cores(evb, tmp_path):
+def test_the_application_thread_pins_itself_to_the_serving_cores(evb, tmp_path):
     import os
 
     p = place()
