@@ -49,12 +49,16 @@ from edge.core.errors import UsageError
 from edge.runtime.slowdown import NoSlowdown, SlowdownFilter, make_filter
 from edge.tables.table import QUANTILES, LatencyRow
 
+QUANTILE_SHARE = {"mean": 0.50, "p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99, "max": 1.0}
+
 POLICIES = ("adaptive", "adaptive-greedy", "quantile-table", "mean-table", "fastest", "most-accurate",
             "static:<variant>")
 POLICY_ALIASES = {"oracle-free": "quantile-table"}
 MISS_POLICIES = ("best-effort", "reject")
 SWITCH_ALPHA = 0.1  # EWMA weight of a switched-to run in its variant's switch scale
 SWITCH_MAX = 4.0
+EXCESS_N = 64  # recent runs whose additive excess over the prediction's median sets the additive term
+EXCESS_EVERY = 16  # runs between recomputing it
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,14 @@ class Selector:
         # Only adaptive predicts the cold start; the baselines keep the table as the paper does.
         self.base_rest = tuple(b * k for b, k in zip(self.base, self.rest_scale)) if self.corrects else self.base
         self.switch = [1.0] * len(rows)  # per variant: a switched-to run / a repeated one (learnt, adaptive only)
+        # Additive interference (adaptive): the quantile of recent runs' excess over median x factor, less the
+        # part of it the table's own tail (its quantile over its median) already allows, per variant.
+        self.margin = tuple(max(0.0, b - m) for b, m in zip(self.base, self.median))
+        self._excess = [0.0] * EXCESS_N
+        self._excess_i = 0
+        self._excess_n = 0
+        self.excess_q = 0.0
+        self.add = [0.0] * len(rows)
         self._suffix_min = _suffix_min(self.base)
         self._suffix_min_rest = _suffix_min(self.base_rest)
         self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
@@ -175,16 +187,17 @@ class Selector:
             return Decision(fixed, self.variants[fixed], pred, False, False)
         i = bisect.bisect_right(suffix_min, remaining_ms / f) - 1
         if i >= 0:
-            if not self.corrects or at_rest or i == last:
+            if not self.corrects:
                 return Decision(i, self.variants[i], base[i] * f, True, False)
-            # Switched to: the most accurate that fits with its switch scale (or the slot's last one, without).
-            sw = self.switch
+            # The most accurate that fits with its switch scale (not on the slot's last one, nor at rest) and
+            # the additive term; the bisect's pick is an upper bound, as both only add.
+            sw, add = self.switch, self.add
             while i >= 0:
-                pred = base[i] * f * (1.0 if i == last else sw[i])
+                pred = base[i] * f * (1.0 if at_rest or i == last else sw[i]) + add[i]
                 if pred <= remaining_ms:
                     return Decision(i, self.variants[i], pred, True, False)
                 i -= 1
-        pred = base[0] * f
+        pred = base[0] * f + (self.add[0] if self.corrects else 0.0)
         if self.reject_on_miss:
             return Decision(-1, None, pred, False, True)
         return Decision(0, self.variants[0], pred, False, False)
@@ -192,8 +205,10 @@ class Selector:
     def decision(self, index: int, at_rest: bool = False, last: int = -1) -> Decision:
         """The decision for variant ``index``, which fits (the scheduler's load-aware pick among those that fit)."""
         pred = self.predict(index, at_rest)
-        if self.corrects and not at_rest and index != last:
-            pred *= self.switch[index]
+        if self.corrects:
+            if not at_rest and index != last:
+                pred *= self.switch[index]
+            pred += self.add[index]
         return Decision(index, self.variants[index], pred, True, False)
 
     def predictions(self, upto: int, at_rest: bool = False, last: int = -1) -> list[float]:
@@ -202,25 +217,42 @@ class Selector:
         if not self.corrects:
             return list(base[: upto + 1])
         f = self.slowdown.factor
-        if at_rest:
-            return [b * f for b in base[: upto + 1]]
-        sw = self.switch
-        return [base[i] * f * (1.0 if i == last else sw[i]) for i in range(upto + 1)]
+        sw, add = self.switch, self.add
+        return [base[i] * f * (1.0 if at_rest or i == last else sw[i]) + add[i] for i in range(upto + 1)]
 
     def observe(self, index: int, observed_ms: float, at_rest: bool = False, switched: bool = False) -> float:
         """Feed the measured inference time of variant ``index`` (run ``at_rest`` or not; ``switched``: its slot
         ran another variant last); returns the new factor."""
         if at_rest:
-            return self.slowdown.update(observed_ms, self.rest_median[index])
-        expected = self.median[index]
-        if switched and self.corrects:
-            f = self.slowdown.factor
-            r = observed_ms / (expected * f) if f > 0 else 1.0
-            if r == r:  # not NaN
-                sw = self.switch[index]
-                self.switch[index] = min(SWITCH_MAX, max(1.0, sw + SWITCH_ALPHA * (r - sw)))
-            expected *= self.switch[index]
+            expected = self.rest_median[index]
+        else:
+            expected = self.median[index]
+            if switched and self.corrects:
+                f = self.slowdown.factor
+                r = observed_ms / (expected * f) if f > 0 else 1.0
+                if r == r:  # not NaN
+                    sw = self.switch[index]
+                    self.switch[index] = min(SWITCH_MAX, max(1.0, sw + SWITCH_ALPHA * (r - sw)))
+                expected *= self.switch[index]
+        if self.corrects:
+            self._note_excess(observed_ms - expected * self.slowdown.factor)
         return self.slowdown.update(observed_ms, expected)
+
+    def _note_excess(self, excess_ms: float) -> None:
+        """One run's additive excess over its median prediction; every EXCESS_EVERY runs, the additive term per
+        variant: the selector's quantile of the recent excesses, less what the variant's table tail allows."""
+        if not excess_ms == excess_ms:  # NaN
+            return
+        self._excess[self._excess_i] = excess_ms
+        self._excess_i = (self._excess_i + 1) % EXCESS_N
+        self._excess_n += 1
+        if self._excess_n % EXCESS_EVERY or self._excess_n < EXCESS_N // 2:
+            return
+        recent = sorted(self._excess[: min(self._excess_n, EXCESS_N)])
+        q = recent[min(len(recent) - 1, int(QUANTILE_SHARE.get(self.quantile, 0.95) * len(recent)))]
+        self.excess_q = max(0.0, q)
+        f = self.slowdown.factor
+        self.add = [max(0.0, self.excess_q - m * f) for m in self.margin]
 
     def describe(self) -> dict:
         return {
