@@ -198,3 +198,31 @@ def test_predictions_agree_with_each_decision():
         for last in (-1, 0, 2, 3):
             assert s.predictions(3, at_rest, last) == pytest.approx(
                 [s.decision(i, at_rest, last).predicted_ms for i in range(4)])
+
+
+def test_adaptive_learns_an_additive_delay_and_predicts_with_it():
+    """Bursts that add a fixed 5 ms to one run in three (a periodic task sharing the core): the quantile of the
+    recent excesses carries that delay into every variant's prediction, less the variant's own table tail, and
+    the choice steps down to a variant that fits with it."""
+    s = Selector(ROWS, quantile="p95", slowdown=NoSlowdown())
+    assert s.add == [0.0] * 4
+    for k in range(96):
+        v = k % 4
+        s.observe(v, s.median[v] + (5.0 if k % 3 == 0 else 0.0))
+    assert s.excess_q == pytest.approx(5.0)
+    assert s.add == pytest.approx([max(0.0, 5.0 - m) for m in s.margin])
+    assert s.add[0] > s.add[3] > 0  # a longer table tail already allows part of it
+    d = s.select(s.base[3] + 1.0)  # d fits by the table, not with the delay
+    assert d.index < 3 and d.predicted_ms == pytest.approx(s.base[d.index] + s.add[d.index])
+    assert s.predictions(3) == pytest.approx([s.decision(i).predicted_ms for i in range(4)])
+
+
+def test_without_interference_the_additive_term_stays_zero_and_baselines_never_learn_it():
+    s = Selector(ROWS, slowdown=NoSlowdown())
+    for k in range(200):
+        s.observe(k % 4, s.median[k % 4] * 1.01)  # quiet: within the table's own tail
+    assert s.add == [0.0] * 4
+    base = Selector(ROWS, policy="quantile-table", slowdown=NoSlowdown())
+    for k in range(200):
+        base.observe(k % 4, base.median[k % 4] + 5.0)
+    assert base.add == [0.0] * 4 and base.select(base.base[3]).index == 3
