@@ -84,11 +84,6 @@ DEFAULT_COUNT = 300
 MAX_REPEAT = 20
 STATICS = ("pass", "all")  # the plane's variants alone: predicted by the oracle pass, or each served by the daemon
 WARMUP_SEED_OFFSET = 7919  # warm-up requests come from a different stream than the measured ones
-# How the policies are served: by an `edgekit serve` subprocess over HTTP, or in this process through
-# AdaptiveClassifier as an application links it (benchmarks.evaluate.inproc). The oracle pass is in process
-# for both; its serving floor is the transport's.
-TRANSPORTS = {"daemon": "an edgekit serve daemon, over HTTP (v2 binary tensors)",
-              "inproc": "in process: AdaptiveClassifier.classify, as an application calls it"}
 
 
 # ----------------------------------------------------------------------------- selected table
@@ -170,7 +165,7 @@ class EvaluateOptions:
     statics: str = "pass"  # "all": each selected variant also served alone by the daemon (static:<variant>)
     plane: bool = False  # the whole plane: statics all, and adaptive at each of PLANE_QUANTILES
     repeat: int = 1  # runs of the whole comparison, seeds seed .. seed+repeat-1
-    transport: str = "daemon"  # one of TRANSPORTS
+    transport: str = "daemon"  # one of TRANSPORTS (below)
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
@@ -285,14 +280,19 @@ def make_plan(opts: EvaluateOptions) -> Plan:
 # ----------------------------------------------------------------------------- the serving floor
 
 
+def _probe_daemon(plan: Plan, variant: str, log: Path, contention: ContentionSpec | None) -> ServingProbe:
+    o = plan.opts
+    return probe_serving(o.bundle, o.table, variant, o.profile, o.miss, plan.images, plan.labels, plan.placement,
+                         log, o.start_timeout_s, plan.token, contention=contention)
+
+
+def _probe_inproc(plan: Plan, variant: str, log: Path, contention: ContentionSpec | None) -> ServingProbe:
+    return probe_inproc(plan.inproc, variant, plan.images, plan.labels, log, PROBE_COUNT, contention=contention)
+
+
 def _probe(plan: Plan, variant: str, what: str, contention: ContentionSpec | None = None) -> ServingProbe:
     """One serving-floor probe with the comparison's transport."""
-    o = plan.opts
-    if o.transport == "inproc":
-        return probe_inproc(plan.inproc, variant, plan.images, plan.labels, plan.log(what), PROBE_COUNT,
-                            contention=contention)
-    return probe_serving(o.bundle, o.table, variant, o.profile, o.miss, plan.images, plan.labels, plan.placement,
-                         plan.log(what), o.start_timeout_s, plan.token, contention=contention)
+    return TRANSPORTS[plan.opts.transport].probe(plan, variant, plan.log(what), contention)
 
 
 def probe_floors(plan: Plan) -> Probes | None:
@@ -487,30 +487,8 @@ def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Work
     contention schedule."""
     o = plan.opts
     log = plan.log(policy)
-    if o.transport == "inproc":
-        plan.say(f"evaluate: policy {policy}: opening the classifier in process")
-        r = run_inproc(plan.inproc, served_as, quantile, plan.images, plan.labels, wl, warm, schedule, log,
-                       o.duration_s, progress=plan.progress(policy))
-        records, wall_s, truncated = r.records, r.wall_s, r.truncated
-    else:
-        plan.say(f"evaluate: policy {policy}: starting the daemon")
-        d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, quantile), log, o.start_timeout_s,
-                   cpus=plan.placement.server)
-        try:
-            url = d.start()
-            wait_ready(url, timeout_s=30.0)
-            if warm is not None:
-                run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(o.duration_s, 60.0),
-                         binary=True)
-            schedule.reset()
-            assert d.proc is not None
-            schedule.target(d.proc.pid)
-            res = run_load(url, plan.images, plan.labels, wl, token=plan.token, duration_s=o.duration_s,
-                           on_request=schedule, progress=plan.progress(policy), binary=True)
-        finally:
-            schedule.halt()
-            d.stop()
-        records, wall_s, truncated = res.records, res.wall_s, res.truncated
+    records, wall_s, truncated = TRANSPORTS[o.transport].serve(plan, policy, served_as, quantile, wl, warm, schedule,
+                                                               log)
     slowdown = achieved_slowdown(records, plan.rows, o.contention.window(wl.count)) \
         if o.contention.active else None
     if slowdown is not None and slowdown.slowdown is not None:
@@ -524,6 +502,61 @@ def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Work
                         contention_s=tuple((on, off) for on, off in schedule.record()),
                         daemon=DaemonRun(served_as=served_as, daemon_log=log.name, slowdown=slowdown,
                                          quantile=quantile))
+
+
+Served = tuple[list[RequestRecord], float, bool]  # a policy's records, its wall time, whether --duration cut it
+
+
+def _serve_daemon(plan: Plan, policy: str, served_as: str, quantile: str | None, wl: Workload,
+                  warm: Workload | None, schedule: ContentionSchedule, log: Path) -> Served:
+    """A fresh daemon serving ``served_as``, the warm-up, then the workload under the schedule (on the daemon)."""
+    o = plan.opts
+    plan.say(f"evaluate: policy {policy}: starting the daemon")
+    d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, quantile), log, o.start_timeout_s,
+               cpus=plan.placement.server)
+    try:
+        url = d.start()
+        wait_ready(url, timeout_s=30.0)
+        if warm is not None:
+            run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(o.duration_s, 60.0),
+                     binary=True)
+        schedule.reset()
+        assert d.proc is not None
+        schedule.target(d.proc.pid)
+        res = run_load(url, plan.images, plan.labels, wl, token=plan.token, duration_s=o.duration_s,
+                       on_request=schedule, progress=plan.progress(policy), binary=True)
+    finally:
+        schedule.halt()
+        d.stop()
+    return res.records, res.wall_s, res.truncated
+
+
+def _serve_inproc(plan: Plan, policy: str, served_as: str, quantile: str | None, wl: Workload,
+                  warm: Workload | None, schedule: ContentionSchedule, log: Path) -> Served:
+    """A fresh classifier in this process, the warm-up, then the workload under the schedule (on this process)."""
+    plan.say(f"evaluate: policy {policy}: opening the classifier in process")
+    r = run_inproc(plan.inproc, served_as, quantile, plan.images, plan.labels, wl, warm, schedule, log,
+                   plan.opts.duration_s, progress=plan.progress(policy))
+    return r.records, r.wall_s, r.truncated
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How a comparison serves its policies: the serving-floor probe and one policy's run."""
+
+    what: str
+    probe: Callable[[Plan, str, Path, ContentionSpec | None], ServingProbe]
+    serve: Callable[[Plan, str, str, str | None, Workload, Workload | None, ContentionSchedule, Path], Served]
+
+
+# By an `edgekit serve` subprocess over HTTP, or in this process through AdaptiveClassifier as an application
+# links it (benchmarks.evaluate.inproc). The oracle pass is in process for both; its serving floor is the
+# transport's.
+TRANSPORTS = {
+    "daemon": Transport("an edgekit serve daemon, over HTTP (v2 binary tensors)", _probe_daemon, _serve_daemon),
+    "inproc": Transport("in process: AdaptiveClassifier.classify, as an application calls it", _probe_inproc,
+                        _serve_inproc),
+}
 
 
 OWN_FLOORS_FROM = "adaptive"  # the policy whose run charges the oracle each request's own floor (closed loop)
@@ -545,7 +578,7 @@ def own_floors(run: PolicyResult, drawn: tuple[np.ndarray, np.ndarray]) -> tuple
     return e2e, daemon, n
 
 
-def oracle_floors(plan: Plan, wl: Workload, policies: Mapping[str, PolicyResult],
+def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult],
                   drawn: tuple[np.ndarray, np.ndarray]) -> tuple[tuple[np.ndarray, np.ndarray], str]:
     """The floors the oracle is charged, and where they came from: in closed loop each request's own floor from
     adaptive's run (the same requests under the same noise of the serving path), else one drawn from the probe."""
@@ -558,8 +591,8 @@ def oracle_floors(plan: Plan, wl: Workload, policies: Mapping[str, PolicyResult]
     return drawn, "probe: each request's floor drawn from the probe's measured requests"
 
 
-def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, probe: ServingProbe,
-                  floors: tuple[np.ndarray, np.ndarray], source: str = "probe") -> tuple[PolicyResult, OracleResult]:
+def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.ndarray, np.ndarray],
+                  source: str = "probe") -> tuple[PolicyResult, OracleResult]:
     """The oracle's choice per request from the timing pass, with the serving floors ``floors`` added."""
     recs, wall = oracle_records(op, plan.rows, wl, plan.labels, *floors)
     run = PolicyResult(summary=summarize(recs, wall), records=tuple(recs), truncated=False,
@@ -636,8 +669,8 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                 # A partial file beside the final one, so an interrupted run leaves its finished policies.
                 atomic_write_json(opts.out / "results.partial.json", ev.to_json())
             if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
-                charged, source = oracle_floors(plan, wl, ev.policies, floors)
-                run, oracle = oracle_policy(plan, wl, op, probes.fastest, charged, source)
+                charged, source = oracle_floors(wl, ev.policies, floors)
+                run, oracle = oracle_policy(plan, wl, op, charged, source)
                 ev = dataclasses.replace(ev, policies={**ev.policies, "oracle": run}, oracle=oracle)
             # The asked policies in their order, the oracle among them, then the plane's runs.
             asked = [p for p in opts.policies if p in ev.policies]
@@ -745,9 +778,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "...; each run in OUT/seed-<seed>/, and OUT/results.json with the median and range (min-max) "
                         "of every figure")
     p.add_argument("--transport", default="daemon", choices=tuple(TRANSPORTS),
-                   help="how the policies are served: daemon (default: an edgekit serve subprocess per policy, over "
-                        "HTTP) | inproc (in this process through AdaptiveClassifier, as an application calls it, on "
-                        "the daemon's cores); the oracle is charged the transport's own serving floor")
+                   help="how the policies are served: " + "; ".join(f"{k}: {t.what}" for k, t in TRANSPORTS.items())
+                        + " (default daemon); the oracle is charged the transport's own serving floor")
     p.add_argument("--out", default="evaluation", help="output folder for results.json, report.md and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the report")
 

@@ -39,12 +39,14 @@ from benchmarks.evaluate.probe import probe_result
 from benchmarks.evaluate.results import ServingProbe
 from benchmarks.evaluate.workload import Workload, make_workload
 from edge.core.errors import UsageError
+from edge.runtime.scheduler import QueueFull, ShuttingDown
+from edge.serve.errors import RULES, DeadlineRejected, InferenceFailed, InvalidInput, refusal
 
 POLL_S = 0.002  # the application thread sleeps until this long before a scheduled arrival, then polls
 PROBE_SEED = 104729  # the same probe requests as the daemon's probe (benchmarks.evaluate.probe)
 
-# What a classify outcome or refusal reads as in the records, in the daemon's statuses (edge.serve.errors).
-STATUS = {"ok": 200, "rejected": 408, "error": 500}
+# What a classify outcome reads as in the records: the daemon's status for it (edge.serve.errors, the one table).
+STATUS = {"ok": 200, "rejected": RULES[DeadlineRejected].status, "error": RULES[InferenceFailed].status}
 
 
 @dataclass(frozen=True)
@@ -122,17 +124,15 @@ def _record(i: int, wl: Workload, labels: np.ndarray, arrival_s: float, sent_s: 
 def _call(clf, images: np.ndarray, labels: np.ndarray, wl: Workload, i: int, arrival: float,
           t0: float) -> RequestRecord:
     """``classify`` request ``i`` whose deadline started at ``arrival`` (perf_counter seconds)."""
-    from edge.runtime.scheduler import QueueFull, ShuttingDown
-
     sent = time.perf_counter()
     res, status, err = None, 0, ""
     try:
         res = clf.classify(images[int(wl.image_indices[i])], float(wl.deadlines_ms[i]), arrival=arrival)
         status = STATUS.get(res.outcome, 500)
     except (QueueFull, ShuttingDown) as exc:
-        status, err = 503, str(exc)
-    except UsageError as exc:
-        status, err = 400, str(exc)
+        status, err = refusal(exc).error.status, str(exc)
+    except UsageError as exc:  # the image does not fit: what the daemon's codec answers as InvalidInput
+        status, err = RULES[InvalidInput].status, str(exc)
     done = time.perf_counter()
     return _record(i, wl, labels, arrival - t0, sent - t0, (done - arrival) * 1000.0, res, status, err)
 

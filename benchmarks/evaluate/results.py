@@ -258,7 +258,7 @@ class Evaluation:
     achieved_slowdown: float | None = None  # the median over the policies whose slowdown was measured
     complete: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)  # the rest of what was asked (EvaluateOptions.record)
-    transport: str = "daemon"  # daemon | inproc (benchmarks.evaluate.command.TRANSPORTS)
+    transport: str = "daemon"  # a key of benchmarks.evaluate.command.TRANSPORTS: daemon | inproc
 
     @property
     def clock(self) -> str:

@@ -27,6 +27,7 @@ the greedy choice it is one multiplication and one comparison, and the greedy ch
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from itertools import accumulate
 
 MIN_ARRIVALS = 0.05  # expected arrivals during the greedy choice below which the load is left out
@@ -38,7 +39,7 @@ REFRESH = 32  # arrivals between re-sorting the deadline sample (only while the 
 class ArrivalLoad:
     """The arrival rate while busy and the recent deadlines; fed by the scheduler, read at each choice."""
 
-    __slots__ = ("busy_arrivals", "_seen", "_k", "_t", "rate", "_ring", "_i", "_n", "_sorted", "_prefix", "_stale")
+    __slots__ = ("busy_arrivals", "_seen", "_k", "_t", "rate", "_deadlines", "_sorted", "_prefix", "_stale")
 
     def __init__(self) -> None:
         self.busy_arrivals = 0  # requests that arrived while a slot was busy or others waited
@@ -46,19 +47,14 @@ class ArrivalLoad:
         self._k = 0.0  # decayed busy arrivals
         self._t = 0.0  # decayed busy ms
         self.rate = 0.0  # arrivals per ms of busy time
-        self._ring = [0.0] * DEADLINE_SAMPLE
-        self._i = 0
-        self._n = 0
+        self._deadlines: deque[float] = deque(maxlen=DEADLINE_SAMPLE)
         self._sorted: list[float] = []
         self._prefix: list[float] = []
         self._stale = 0
 
     def arrived(self, deadline_ms: float, busy: bool) -> None:
         """A request was admitted with ``deadline_ms``; ``busy``: a slot was busy or others waited."""
-        self._ring[self._i] = deadline_ms
-        self._i = (self._i + 1) % DEADLINE_SAMPLE
-        if self._n < DEADLINE_SAMPLE:
-            self._n += 1
+        self._deadlines.append(deadline_ms)
         self._stale += 1
         if busy:
             self.busy_arrivals += 1
@@ -73,11 +69,11 @@ class ArrivalLoad:
 
     def priced(self, latency_ms: float) -> bool:
         """Whether the load is worth pricing for a choice of ``latency_ms``."""
-        return self.rate * latency_ms >= MIN_ARRIVALS and self._n > 0
+        return self.rate * latency_ms >= MIN_ARRIVALS and bool(self._deadlines)
 
     def _refresh(self) -> None:
         if self._stale >= REFRESH or not self._sorted:
-            self._sorted = sorted(self._ring[: self._n])
+            self._sorted = sorted(self._deadlines)
             self._prefix = [0.0, *accumulate(self._sorted)]
             self._stale = 0
 
@@ -113,4 +109,4 @@ class ArrivalLoad:
         return best
 
     def describe(self) -> dict:
-        return {"busy_arrival_rate_per_s": round(self.rate * 1000.0, 1), "deadline_sample": self._n}
+        return {"busy_arrival_rate_per_s": round(self.rate * 1000.0, 1), "deadline_sample": len(self._deadlines)}

@@ -55,6 +55,14 @@ QUEUED = "queued"  # it waits for a slot
 DONE = "done"  # answered already (rejected: its deadline cannot be met)
 
 
+def _ewma(old_ms: float, ms: float, ignore_above: float = 1e4) -> float:
+    """One step of an overhead's EWMA (weight OVERHEAD_ALPHA, at most OVERHEAD_MAX_MS); a value that is negative
+    or at least ``ignore_above`` is ignored."""
+    if not 0 <= ms < ignore_above:
+        return old_ms
+    return min(OVERHEAD_MAX_MS, old_ms + OVERHEAD_ALPHA * (ms - old_ms))
+
+
 class QueueFull(RuntimeError):
     """The EDF queue holds ``queue_size`` requests already."""
 
@@ -178,7 +186,6 @@ class Scheduler:
         self._prep: dict[int, InputPreparer] = {}
         self._last_end = [0.0] * self.workers  # perf_counter when each slot's last inference ended
         self.load = ArrivalLoad()  # the arrivals while busy and the recent deadlines (adaptive prices them)
-        self._busy_until = 0.0  # perf_counter when the last inference (any slot) ended
         self._last_variant = [-1] * self.workers  # per slot: the selector index it ran last (-1: none yet)
 
     # ------------------------------------------------------------------ control
@@ -231,8 +238,7 @@ class Scheduler:
 
     def record_overhead(self, ms: float) -> None:
         """Serving time after the inference (encode, write), subtracted from the time left."""
-        if 0 <= ms < 1e4:
-            self.overhead_ms = min(OVERHEAD_MAX_MS, self.overhead_ms + OVERHEAD_ALPHA * (ms - self.overhead_ms))
+        self.overhead_ms = _ewma(self.overhead_ms, ms)
 
     # ------------------------------------------------------------------ admission
 
@@ -247,7 +253,7 @@ class Scheduler:
         # It arrived while busy: others wait or run, or it arrived before the last inference ended (a transport
         # that reads it only after an inline inference stamps it earlier: the daemon's kernel receive stamp).
         self.load.arrived(req.deadline_ms, bool(self._heap) or len(self._free) < self.workers
-                          or req.arrival < self._busy_until)
+                          or req.arrival < max(self._last_end))
         if sel.reject_on_miss:
             now = time.perf_counter()
             # It would run at rest if it found every slot free and idle long enough (the least it can pay).
@@ -407,11 +413,8 @@ class Scheduler:
         self._last_variant[req.slot] = d.index
         scores = dequantize_output(raw, model.output_spec)
         t_end = time.perf_counter()
-        self._busy_until = t_end
         busy_ms = (t_end - t_deq) * 1000.0
-        own = busy_ms - (t1 - t0) * 1000.0
-        if 0 <= own < OVERHEAD_MAX_MS:
-            self.own_ms += OVERHEAD_ALPHA * (own - self.own_ms)
+        self.own_ms = _ewma(self.own_ms, busy_ms - (t1 - t0) * 1000.0, ignore_above=OVERHEAD_MAX_MS)
         load.ran(busy_ms + self.inject_delay_ms)
         total = (t_end - req.arrival) * 1000.0 + self.inject_delay_ms
         return InferenceResult(

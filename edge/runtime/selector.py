@@ -51,6 +51,7 @@ the term is zero. In process under that task adaptive's on-time accuracy read 60
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -143,9 +144,8 @@ class Selector:
         # Additive interference (adaptive): the quantile of recent runs' excess over median x factor, less the
         # part of it the table's own tail (its quantile over its median) already allows, per variant.
         self.margin = tuple(max(0.0, b - m) for b, m in zip(self.base, self.median))
-        self._excess = [0.0] * EXCESS_N
-        self._excess_i = 0
-        self._excess_n = 0
+        self._excess: deque[float] = deque(maxlen=EXCESS_N)
+        self._excess_n = 0  # runs noted in all
         self.excess_q = 0.0
         self.add = [0.0] * len(rows)
         self._suffix_min = _suffix_min(self.base)
@@ -198,11 +198,10 @@ class Selector:
         if i >= 0:
             if not self.corrects:
                 return Decision(i, self.variants[i], base[i] * f, True, False)
-            # The most accurate that fits with its switch scale (not on the slot's last one, nor at rest) and
-            # the additive term; the bisect's pick is an upper bound, as both only add.
-            sw, add = self.switch, self.add
+            # The most accurate that fits with its switch scale and the additive term (``_corrected``); the
+            # bisect's pick is an upper bound, as both only add.
             while i >= 0:
-                pred = base[i] * f * (1.0 if at_rest or i == last else sw[i]) + add[i]
+                pred = self._corrected(i, base, f, at_rest, last)
                 if pred <= remaining_ms:
                     return Decision(i, self.variants[i], pred, True, False)
                 i -= 1
@@ -211,23 +210,24 @@ class Selector:
             return Decision(-1, None, pred, False, True)
         return Decision(0, self.variants[0], pred, False, False)
 
+    def _corrected(self, i: int, base: tuple[float, ...], f: float, at_rest: bool, last: int) -> float:
+        """Adaptive's prediction of variant ``i``: its base x the factor, x its switch scale unless its slot ran it
+        last or it runs at rest (the rest scale is in ``base_rest`` already), plus the additive term."""
+        return base[i] * f * (1.0 if at_rest or i == last else self.switch[i]) + self.add[i]
+
     def decision(self, index: int, at_rest: bool = False, last: int = -1) -> Decision:
         """The decision for variant ``index``, which fits (the scheduler's load-aware pick among those that fit)."""
-        pred = self.predict(index, at_rest)
-        if self.corrects:
-            if not at_rest and index != last:
-                pred *= self.switch[index]
-            pred += self.add[index]
-        return Decision(index, self.variants[index], pred, True, False)
+        return Decision(index, self.variants[index], self._predicted(index, at_rest, last), True, False)
+
+    def _predicted(self, i: int, at_rest: bool, last: int) -> float:
+        base = self.base_rest if at_rest else self.base
+        if not self.corrects:
+            return base[i]
+        return self._corrected(i, base, self.slowdown.factor, at_rest, last)
 
     def predictions(self, upto: int, at_rest: bool = False, last: int = -1) -> list[float]:
         """The predicted latency of variants 0..``upto`` as ``decision`` gives each (for the load-aware pick)."""
-        base = self.base_rest if at_rest else self.base
-        if not self.corrects:
-            return list(base[: upto + 1])
-        f = self.slowdown.factor
-        sw, add = self.switch, self.add
-        return [base[i] * f * (1.0 if at_rest or i == last else sw[i]) + add[i] for i in range(upto + 1)]
+        return [self._predicted(i, at_rest, last) for i in range(upto + 1)]
 
     def observe(self, index: int, observed_ms: float, at_rest: bool = False, switched: bool = False) -> float:
         """Feed the measured inference time of variant ``index`` (run ``at_rest`` or not; ``switched``: its slot
@@ -252,12 +252,11 @@ class Selector:
         variant: the selector's quantile of the recent excesses, less what the variant's table tail allows."""
         if not excess_ms == excess_ms:  # NaN
             return
-        self._excess[self._excess_i] = excess_ms
-        self._excess_i = (self._excess_i + 1) % EXCESS_N
+        self._excess.append(excess_ms)
         self._excess_n += 1
         if self._excess_n % EXCESS_EVERY or self._excess_n < EXCESS_N // 2:
             return
-        recent = sorted(self._excess[: min(self._excess_n, EXCESS_N)])
+        recent = sorted(self._excess)
         q = recent[min(len(recent) - 1, int(QUANTILE_SHARE.get(self.quantile, 0.95) * len(recent)))]
         self.excess_q = max(0.0, q)
         f = self.slowdown.factor
