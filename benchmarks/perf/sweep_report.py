@@ -11,7 +11,10 @@ way) and per artifact (all formats and precisions):
 - the share some other one beats on both accuracy and latency (strictly): the paper's
   observation that a bigger CNN is often not a more accurate one;
 - the share of models that a model with fewer MACs beats on accuracy;
-- with ``--run``, the training wall time and time per model from each model's train.json.
+- with ``--run``, the training wall time and time per model from each model's train.json, and per
+  block kind (each model's spec.json ``block``: conv, dwsep, mbconv, residual; ensembles and imported
+  models apart) how many reach the front and how many another model beats, with accuracy against
+  latency drawn per block kind.
 
 Accuracy is the table's, measured on the device on the bundle's selection half.
 Never imports TensorFlow: it reads files only.
@@ -96,6 +99,71 @@ def train_times(run: Path) -> dict[str, float]:
             "train_s_per_model": round(float(np.mean(walls)), 2), "train_s_median": round(float(np.median(walls)), 2)}
 
 
+def block_kinds(run: Path, names: Sequence[str]) -> dict[str, str]:
+    """model id -> its block kind, read from the run's ``models/<id>/spec.json`` ("conv" for a spec written before
+    the key existed, "ensemble" for an ensemble, "imported" for a model without a spec)."""
+    out = {}
+    for name in names:
+        try:
+            spec = json.loads((run / "models" / name / "spec.json").read_text())
+        except (OSError, ValueError):
+            out[name] = "imported"
+            continue
+        out[name] = "ensemble" if spec.get("kind") == "ensemble" else str(spec.get("block", "conv"))
+    return out
+
+
+def block_stats(pts: Sequence[Point], front: Sequence[str], kinds: dict[str, str]) -> list[dict]:
+    """Per block kind: its models, how many are on the whole sweep's front, how many some model beats on both."""
+    lat = np.array([p.latency_ms for p in pts])
+    acc = np.array([p.accuracy for p in pts])
+    on = set(front)
+    rows = []
+    for kind in sorted({kinds.get(p.name, "imported") for p in pts}):
+        mine = [i for i, p in enumerate(pts) if kinds.get(p.name, "imported") == kind]
+        beaten = sum(bool(np.any((acc > acc[i]) & (lat < lat[i]))) for i in mine)
+        rows.append({"block": kind, "count": len(mine), "on_front": sum(pts[i].name in on for i in mine),
+                     "dominated": beaten, "dominated_share": round(beaten / len(mine), 4),
+                     "best_accuracy": max(float(acc[i]) for i in mine)})
+    return rows
+
+
+def plot_blocks(pts: Sequence[Point], front: Sequence[str], kinds: dict[str, str], path: Path, title: str) -> None:
+    """Accuracy against tail latency, one colour per block kind, the sweep's front as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    for kind in sorted({kinds.get(p.name, "imported") for p in pts}):
+        mine = [p for p in pts if kinds.get(p.name, "imported") == kind]
+        ax.scatter([p.latency_ms for p in mine], [p.accuracy * 100 for p in mine], s=18, alpha=0.75,
+                   label=f"{kind} ({len(mine)})")
+    on = sorted((p for p in pts if p.name in set(front)), key=lambda p: p.latency_ms)
+    ax.plot([p.latency_ms for p in on], [p.accuracy * 100 for p in on], "-", c="black", lw=1, alpha=0.6,
+            label=f"{QUANTILE} latency front ({len(on)})")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{QUANTILE} latency (ms)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def plot(pts: Sequence[Point], front: Sequence[str], x: str, path: Path, title: str) -> None:
     import matplotlib
 
@@ -117,13 +185,7 @@ def plot(pts: Sequence[Point], front: Sequence[str], x: str, path: Path, title: 
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    import io
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save(fig, path)
 
 
 def build(table_path: Path, out: Path, reference: str, run: Path | None) -> dict:
@@ -156,6 +218,10 @@ def build(table_path: Path, out: Path, reference: str, run: Path | None) -> dict
     }
     if run is not None:
         summary["training"] = train_times(run)
+        kinds = block_kinds(run, [p.name for p in per_model])
+        summary["blocks"] = block_stats(per_model, m.front, kinds)
+        plot_blocks(per_model, m.front, kinds, out / "accuracy_vs_p95_by_block.png",
+                    f"{m.count} models ({reference}) by block kind: accuracy vs {QUANTILE} latency")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "report.md", format_summary(summary))
     return summary
@@ -178,7 +244,14 @@ def format_summary(s: dict) -> str:
     if t:
         lines.append(f"- training: {t['models']} models, {t['train_s_total']:.0f} s of training in all, "
                      f"{t['train_s_per_model']:.1f} s per model (median {t['train_s_median']:.1f} s)")
+    if s.get("blocks"):
+        lines += ["", "| block | models | on the front | beaten on accuracy and latency | best accuracy |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {b['block']} | {b['count']} | {b['on_front']} | {b['dominated']} ({b['dominated_share']:.0%}) | "
+                  f"{b['best_accuracy']:.2%} |" for b in s["blocks"]]
     lines += ["", "![accuracy vs p95](accuracy_vs_p95.png)", "", "![accuracy vs MACs](accuracy_vs_macs.png)", ""]
+    if s.get("blocks"):
+        lines += ["![accuracy vs p95 by block kind](accuracy_vs_p95_by_block.png)", ""]
     return "\n".join(lines)
 
 
@@ -187,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("table", type=Path, help="latency table from 'edgekit bench' on the sweep's bundle")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md, summary.json and the plots")
     p.add_argument("--reference", default="tflite-fp32", help="the artifact kind that stands for a model")
-    p.add_argument("--run", type=Path, default=None, help="the run folder, for training times")
+    p.add_argument("--run", type=Path, default=None, help="the run folder, for training times and block kinds")
     a = p.parse_args(argv)
     s = build(a.table, a.out, a.reference, a.run)
     sys.stdout.write(format_summary(s))

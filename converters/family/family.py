@@ -125,7 +125,7 @@ class FamilySpec:
             filters = tuple(max(1, int(round(width * growth**b))) for b in range(blocks))
         c.pop("blocks", None), c.pop("width", None), c.pop("growth", None)
         spec = ModelSpec(filters=filters, preprocess=self.preprocess, mean=self.mean, std=self.std, **c)
-        if spec.psconv and not any(p["psconv"] for p in spec.conv_plan(self.input_size)):
+        if spec.psconv and not spec.mobile and not any(p["psconv"] for p in spec.conv_plan(self.input_size)):
             # Only the first conv exists and it stays dense: the same network as ps0.
             spec = ModelSpec(**{**{f.name: getattr(spec, f.name) for f in fields(spec)}, "psconv": False})
         return spec

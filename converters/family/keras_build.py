@@ -28,8 +28,6 @@ def build_model(
     """
     import keras
 
-    from converters.family.layers import PSConv2D
-
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"build_model needs a ModelSpec, got {type(spec).__name__}")
     if len(input_shape) != 3 or not all(is_int(int(v)) and int(v) > 0 for v in input_shape):
@@ -47,7 +45,30 @@ def build_model(
         var = [s * s for s in spec.std] * (c if len(spec.std) == 1 else 1)
         x = keras.layers.Normalization(mean=mean, variance=var, name="standardize")(inp)
 
-    for p in spec.conv_plan((h, w)):
+    if spec.mobile:
+        x = _mobile_body(x, spec.units((h, w, c)), psconv_implementation)
+    else:
+        x = _conv_body(x, spec, (h, w), psconv_implementation)
+
+    if spec.head == "gap":
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    else:
+        x = keras.layers.Flatten(name="flatten")(x)
+    if spec.dense:
+        x = keras.layers.Dense(spec.dense, activation="relu", name="dense")(x)
+    if spec.dropout:
+        x = keras.layers.Dropout(spec.dropout, name="dropout")(x)
+    out = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inp, out, name=name or keras_name(spec.model_id))
+
+
+def _conv_body(x, spec: ModelSpec, hw: tuple[int, int], psconv_implementation: str):
+    """The plain conv blocks of ``spec`` (``ModelSpec.conv_plan``): conv [-> BN] -> ReLU [-> ViP] [-> pool]."""
+    import keras
+
+    from converters.family.layers import PSConv2D
+
+    for p in spec.conv_plan(hw):
         tag = f"b{p['block'] + 1}c{p['conv'] + 1}"
         stride = p["stride"] * (2 if p["vip"] else 1)
         # With batch norm: conv (no bias) -> BN -> ReLU; the converters fold BN into the conv.
@@ -69,16 +90,60 @@ def build_model(
             pool_cls = keras.layers.MaxPooling2D if spec.pool == "max" else keras.layers.AveragePooling2D
             x = pool_cls(2, name=f"b{p['block'] + 1}_{spec.pool}pool")(x)
 
-    if spec.head == "gap":
-        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return x
+
+
+def _mobile_body(x, units, psconv_implementation: str):
+    """The stem and stage units of a mobile spec (``converters.family.blocks``), one Keras layer per op."""
+    import keras
+
+    for unit in units:
+        inp = x
+        for op in unit.ops:
+            x = _op(x, op, psconv_implementation)
+        if unit.vip_hw is not None:
+            # Virtual pooling: the unit ran at twice its stride; interpolate back to its nominal size.
+            x = keras.layers.Resizing(*unit.vip_hw, interpolation="bilinear", name=f"{unit.name}_vip")(x)
+        if unit.skip:
+            short = inp if unit.shortcut is None else _op(inp, unit.shortcut, psconv_implementation)
+            x = keras.layers.Add(name=f"{unit.name}_add")([x, short])
+        if unit.post_act:
+            x = _activation(unit.post_act, f"{unit.name}_out")(x)
+    return x
+
+
+def _activation(act: str, name: str):
+    import keras
+
+    if act == "relu6":
+        return keras.layers.ReLU(max_value=6.0, name=f"{name}_relu6")
+    return keras.layers.ReLU(name=f"{name}_relu")
+
+
+def _op(x, op, psconv_implementation: str):
+    """One planned op: its conv (no bias), batch norm and activation; squeeze-excite as MobileNetV3 builds it."""
+    import keras
+
+    from converters.family.layers import PSConv2D
+
+    if op.kind == "se":
+        s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{op.name}_squeeze")(x)
+        s = keras.layers.Conv2D(op.cout, 1, activation="relu", name=f"{op.name}_reduce")(s)
+        s = keras.layers.Conv2D(op.cin, 1, activation="hard_sigmoid", name=f"{op.name}_expand")(s)
+        return keras.layers.Multiply(name=f"{op.name}_excite")([x, s])
+    if op.kind == "dwconv":
+        x = keras.layers.DepthwiseConv2D(op.kernel, strides=op.stride, padding="same", use_bias=False,
+                                         name=op.name)(x)
+    elif op.kind == "psconv":
+        x = PSConv2D(op.cout, strides=op.stride, use_bias=False, implementation=psconv_implementation,
+                     name=f"{op.name}_psconv")(x)
     else:
-        x = keras.layers.Flatten(name="flatten")(x)
-    if spec.dense:
-        x = keras.layers.Dense(spec.dense, activation="relu", name="dense")(x)
-    if spec.dropout:
-        x = keras.layers.Dropout(spec.dropout, name="dropout")(x)
-    out = keras.layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inp, out, name=name or keras_name(spec.model_id))
+        x = keras.layers.Conv2D(op.cout, op.kernel, strides=op.stride, padding="same", use_bias=False,
+                                name=op.name)(x)
+    x = keras.layers.BatchNormalization(name=f"{op.name}_bn")(x)
+    if op.act:
+        x = _activation(op.act, op.name)(x)
+    return x
 
 
 def _outputs_probabilities(model) -> bool:

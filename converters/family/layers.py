@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from converters.family.specs import psconv_macs  # the arithmetic lives Keras-free in specs (estimate_macs uses it too)
+from converters.family.blocks import psconv_macs  # the arithmetic lives Keras-free (estimate_macs uses it too)
 from edge.core.errors import UsageError
 
 # Corner p of the 3x3 window -> (row offset, col offset) of its 2x2 block, clockwise from top-left.

@@ -15,6 +15,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from converters.family.blocks import (
+    BLOCKS,
+    MOBILE_BLOCKS,
+    STRIDES,
+    Unit,
+    make_divisible,
+    plan_units,
+    psconv_macs,
+    shape_problems,
+)
 from edge.core.errors import EdgekitError
 
 POOLS = ("max", "avg", "stride", "none")
@@ -39,10 +49,10 @@ class FamilyError(EdgekitError, ValueError):
 class ModelSpec:
     """One CNN of a family; every field is a hyper-parameter and the id is derived from all of them."""
 
-    filters: tuple[int, ...]
+    filters: tuple[int, ...]  # per block (a stage of a mobile block), before the width multiplier ``alpha``
     kernel: int = 3
-    convs: int = 1
-    pool: str = "max"
+    convs: int = 1  # conv layers per block; for a mobile block, units per stage
+    pool: str = ""  # "" is the block's default: "max" for conv, "none" for the mobile blocks (they stride)
     vip: tuple[int, ...] = ()  # per block 0/1; () means no ViP
     psconv: bool = False
     dense: int = 0
@@ -53,6 +63,11 @@ class ModelSpec:
     std: tuple[float, ...] = ()
     batch_norm: bool = False  # conv -> batch norm -> ReLU (folded into the conv when converted)
     recipe: str = ""  # a named training recipe (RECIPES) instead of the run's schedule
+    block: str = "conv"  # BLOCKS: conv, dwsep, mbconv, residual (converters.family.blocks)
+    alpha: float = 1.0  # width multiplier on every block's filters, rounded to a multiple of 8 when not 1
+    expand: int = 1  # mbconv: expansion ratio of its 1x1 expansion conv (1: none)
+    se: bool = False  # mbconv: squeeze-excite after the depthwise conv (MobileNetV3)
+    stride: tuple[int, ...] = ()  # mobile blocks: each stage's stride (1 or 2); () = 2 for every stage
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass normalisation)
@@ -71,6 +86,10 @@ class ModelSpec:
                 raise FamilyError(f"{key}: must be an integer >= {lo}, got {v!r}")
         if self.kernel > 15:
             raise FamilyError(f"kernel: {self.kernel} is larger than any supported input (max 15)")
+        check_choice("block", self.block, BLOCKS)
+        mobile = self.block in MOBILE_BLOCKS
+        if self.pool == "":
+            set_("pool", "none" if mobile else "max")
         check_choice("pool", self.pool, POOLS)
         check_choice("head", self.head, HEADS)
         check_choice("preprocess", self.preprocess, PREPROCESS)
@@ -89,6 +108,7 @@ class ModelSpec:
         set_("vip", resolve_vip(self.vip, len(self.filters)))
         if self.psconv and self.kernel != 3:
             raise FamilyError(f"psconv: pre-defined sparse kernels need kernel 3, got kernel {self.kernel}")
+        self._check_mobile_knobs(set_, mobile)
         mean, std = tuple(self.mean or ()), tuple(self.std or ())
         if self.preprocess == "standardize":
             if not mean or not std:
@@ -103,10 +123,67 @@ class ModelSpec:
         set_("mean", tuple(float(v) for v in mean))
         set_("std", tuple(float(v) for v in std))
 
+    def _check_mobile_knobs(self, set_, mobile: bool) -> None:
+        """alpha, expand, se and stride, and which block kinds they combine with (an error names both)."""
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 8:
+            raise FamilyError(f"alpha: the width multiplier must be a number in (0, 8], got {self.alpha!r}")
+        set_("alpha", float(self.alpha))
+        if not is_int(self.expand) or self.expand < 1:
+            raise FamilyError(f"expand: must be an integer >= 1, got {self.expand!r}")
+        if self.expand != 1 and self.block != "mbconv":
+            raise FamilyError(f"expand: the expansion ratio belongs to block 'mbconv'; block {self.block!r} has no "
+                              "expansion conv (leave expand out, or use block = 'mbconv')")
+        if not isinstance(self.se, (bool, int)) or self.se not in (0, 1, True, False):
+            raise FamilyError(f"se: must be true or false, got {self.se!r}")
+        set_("se", bool(self.se))
+        if self.se and self.block != "mbconv":
+            raise FamilyError(f"se: squeeze-excite belongs to block 'mbconv'; block {self.block!r} has no "
+                              "expanded depthwise stage to weigh (leave se out, or use block = 'mbconv')")
+        stride = self.stride
+        if is_int(stride):
+            stride = (stride,) * len(self.filters)
+        if not isinstance(stride, (tuple, list)) or any(not is_int(v) or v not in STRIDES for v in stride):
+            raise FamilyError(f"stride: must be a list of 1 or 2 per stage, got {self.stride!r}")
+        if stride and not mobile:
+            raise FamilyError("stride: per-stage strides belong to the blocks dwsep, mbconv and residual; block "
+                              "'conv' downsamples with pool (pool = 'stride' makes each block's last conv stride 2)")
+        if mobile:
+            stride = tuple(stride) or (2,) * len(self.filters)
+            if len(stride) != len(self.filters):
+                raise FamilyError(f"stride: {list(stride)} has {len(stride)} entries but the spec has "
+                                  f"{len(self.filters)} stages (filters {list(self.filters)})")
+            if self.pool != "none":
+                raise FamilyError(f"pool: block {self.block!r} downsamples with its per-stage stride; pool "
+                                  f"{self.pool!r} does not combine with it (leave pool out)")
+            if self.psconv and self.block != "residual":
+                raise FamilyError(f"psconv: pre-defined sparse kernels replace dense 3x3 convs; block {self.block!r} "
+                                  "has none (its 3x3 convs are depthwise); use psconv with block 'conv' or 'residual'")
+            set_("batch_norm", True)  # part of every mobile block (folded into its convs when converted)
+        set_("stride", tuple(int(v) for v in stride))
+
     # -- derived ---------------------------------------------------------------------------------
     @property
     def blocks(self) -> int:
         return len(self.filters)
+
+    @property
+    def mobile(self) -> bool:
+        return self.block in MOBILE_BLOCKS
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Each block's filters after the width multiplier: as written at alpha 1, else make_divisible(f * alpha)."""
+        if self.alpha == 1.0:
+            return self.filters
+        return tuple(make_divisible(f * self.alpha) for f in self.filters)
+
+    def units(self, input_shape: Sequence[int]) -> list[Unit]:
+        """The stem and stage units of a mobile spec on an (H, W[, C]) input (converters.family.blocks)."""
+        if not self.mobile:
+            raise FamilyError(f"block: {self.block!r} is planned by conv_plan, not by units")
+        cin = int(input_shape[2]) if len(input_shape) > 2 else 1
+        return plan_units(self.block, self.channels, self.stride, self.vip, self.convs, self.kernel, self.expand,
+                          self.se, self.psconv, (int(input_shape[0]), int(input_shape[1])), cin)
 
     @property
     def uses_vip(self) -> bool:
@@ -132,6 +209,11 @@ class ModelSpec:
             parts.append("bn")
         if self.recipe:
             parts.append(self.recipe)
+        if self.mobile:
+            parts.append(self.block + (f"e{self.expand}" if self.expand != 1 else "") + ("se" if self.se else ""))
+            parts.append("s" + "".join(str(v) for v in self.stride))
+        if self.alpha != 1.0:
+            parts.append(f"a{self.alpha:g}")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,7 +258,8 @@ class ModelSpec:
     def check_input(self, input_size: Sequence[int]) -> None:
         """Raise FamilyError if this spec cannot run on an (H, W[, C]) input (pooling too deep, kernel too big)."""
         h, w = int(input_size[0]), int(input_size[1])
-        for key, reason in _shape_problems(self, h, w):
+        problems = shape_problems(self.units((h, w))) if self.mobile else _shape_problems(self, h, w)
+        for key, reason in problems:
             raise FamilyError(f"{key}: {reason}")
         if self.preprocess == "standardize" and len(input_size) > 2:
             c = int(input_size[2])
@@ -188,6 +271,11 @@ class ModelSpec:
     def estimate_macs(self, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10) -> int:
         """MACs per image computed from the spec alone (no Keras); equals count_params_macs' MACs."""
         cin = int(input_shape[2]) if len(input_shape) > 2 else 1
+        if self.mobile:
+            units = self.units(input_shape)
+            h, w = units[-1].out_hw
+            feat = units[-1].cout if self.head == "gap" else h * w * units[-1].cout
+            return sum(u.macs for u in units) + self._head_macs(feat, num_classes)
         macs = 0
         h = w = 0
         for p in self.conv_plan(input_shape):
@@ -204,16 +292,21 @@ class ModelSpec:
             if p["conv"] == self.convs - 1 and self.pool in ("max", "avg"):
                 h, w = h // 2, w // 2
         feat = cin if self.head == "gap" else h * w * cin
+        return macs + self._head_macs(feat, num_classes)
+
+    def _head_macs(self, feat: int, num_classes: int) -> int:
+        """The dense layer (if any) and the logits on ``feat`` features."""
         if self.dense:
-            macs += feat * self.dense
-            feat = self.dense
-        return macs + feat * num_classes
+            return feat * self.dense + self.dense * num_classes
+        return feat * num_classes
 
     def conv_plan(self, input_size: Sequence[int]) -> list[dict[str, Any]]:
-        """Per conv layer: block, index, stride, vip, psconv, input and output feature map sizes."""
+        """Per conv layer of a conv spec: block, index, stride, vip, psconv, input and output feature map sizes."""
+        if self.mobile:
+            raise FamilyError(f"block: {self.block!r} is planned by units, not by conv_plan")
         h, w = int(input_size[0]), int(input_size[1])
         plan = []
-        for b, f in enumerate(self.filters):
+        for b, f in enumerate(self.channels):
             for j in range(self.convs):
                 stride = 2 if (self.pool == "stride" and j == self.convs - 1) else 1
                 first = b == 0 and j == 0
@@ -226,16 +319,6 @@ class ModelSpec:
             if self.pool in ("max", "avg"):
                 h, w = h // 2, w // 2
         return plan
-
-
-def psconv_macs(h: int, w: int, cin: int, cout: int, strides: int = 1, implementation: str = "shifted") -> int:
-    """MACs of one PSConv2D on an h x w input, as the given implementation executes them."""
-    oh, ow = math.ceil(h / strides), math.ceil(w / strides)
-    if implementation == "masked":
-        return oh * ow * 9 * cin * cout
-    if strides == 1 and cout > 1:
-        return (oh + 1) * ow * 4 * cin * cout  # one extra row feeds the output-side row shift
-    return oh * ow * 4 * cin * cout
 
 
 def is_int(v: Any) -> bool:

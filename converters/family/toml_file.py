@@ -23,6 +23,10 @@ A family file (``converters/family/builtin/<name>.toml`` or any path) looks like
     dense = [0, 64]            # hidden dense units before the logits (0: none)
     dropout = [0.0]
     head = ["gap"]             # "gap" (global average pooling) or "flatten"
+    block = "conv"             # or the mobile blocks "dwsep", "mbconv", "residual" (converters.family.blocks)
+    alpha = [0.5, 1.0]         # width multiplier on every block's filters (rounded to a multiple of 8 when not 1)
+    stride = [1, 2, 2]         # mobile blocks: each stage's stride (default 2); they take no pool
+    expand = [3, 6]            # mbconv: expansion ratio; se = [false, true]: its squeeze-excite
 
 Every space key takes a value or a list of values (a list is one grid axis); an integer axis may be
 written ``{min = 4, max = 32, step = 4}``. A space key may also be set once at the top level as the
@@ -57,6 +61,7 @@ from typing import Any, Sequence
 
 import tomllib
 
+from converters.family.blocks import BLOCKS, MOBILE_BLOCKS, STRIDES
 from converters.family.family import EnsembleDecl, FamilySpec, Space
 from converters.family.specs import (
     ENSEMBLE_NAME_RE,
@@ -94,13 +99,20 @@ _SPACE_KEYS = {
     "head": "str",
     "batch_norm": "bool",
     "recipe": "str",
+    "block": "str",
+    "alpha": "num",
+    "expand": "int",
+    "se": "bool",
+    "stride": "stridelist",
 }
+# pool has no default here: it is the block's (ModelSpec: "max" for conv, "none" for the mobile blocks).
 _SPACE_DEFAULTS = {
-    "convs": [1], "kernel": [3], "pool": ["max"], "vip": ["none"], "psconv": [False],
+    "convs": [1], "kernel": [3], "vip": ["none"], "psconv": [False],
     "dense": [0], "dropout": [0.0], "head": ["gap"], "growth": [2],
 }
-# Axes the spatial shape depends on (validated exhaustively at load time).
-_SHAPE_AXES = ("blocks", "filters", "convs", "kernel", "pool", "vip", "psconv")
+# Axes the spatial shape and the knobs' combinations depend on (validated exhaustively at load time).
+_SHAPE_AXES = ("blocks", "filters", "convs", "kernel", "pool", "vip", "psconv", "block", "stride", "expand", "se",
+               "batch_norm")
 
 
 def list_families() -> list[str]:
@@ -215,8 +227,8 @@ def _axis(key: str, raw: Any, where: str) -> tuple:
         if not all(is_int(v) for v in (lo, hi, step)) or step < 1 or hi < lo:
             raise FamilyError(f"{where}.{key}: bad range {raw!r} (integers, min <= max, step >= 1)")
         values: list = list(range(lo, hi + 1, step))
-    elif kind in ("intlist", "vip") and isinstance(raw, list) and raw and all(is_int(x) for x in raw):
-        values = [raw]  # one explicit per-block list (filters = [8, 16] or vip = [0, 1])
+    elif kind in ("intlist", "vip", "stridelist") and isinstance(raw, list) and raw and all(is_int(x) for x in raw):
+        values = [raw]  # one explicit per-block list (filters = [8, 16], vip = [0, 1] or stride = [1, 2])
     elif isinstance(raw, list):
         values = raw
     else:
@@ -236,10 +248,11 @@ def _axis(key: str, raw: Any, where: str) -> tuple:
                 bad = "a number"
             elif key == "dropout" and not 0 <= v < 1:
                 bad = "a number in [0, 1)"
-            elif key == "growth" and v <= 0:
+            elif key in ("growth", "alpha") and v <= 0:
                 bad = "a positive number"
         elif kind == "str":
-            allowed = {"pool": POOLS, "head": HEADS, "recipe": ("", *RECIPES)}[key]  # recipe "": the run's
+            # recipe "": the run's schedule
+            allowed = {"pool": POOLS, "head": HEADS, "recipe": ("", *RECIPES), "block": BLOCKS}[key]
             if v not in allowed:
                 bad = f"one of {list(allowed)}"
         elif kind == "bool":
@@ -251,6 +264,11 @@ def _axis(key: str, raw: Any, where: str) -> tuple:
                 bad = "a list of integers per block"
             elif any(x <= 0 for x in v):
                 bad = "positive (filters must be > 0)"
+            else:
+                v = tuple(v)
+        elif kind == "stridelist":
+            if not isinstance(v, list) or not v or not all(is_int(x) and x in STRIDES for x in v):
+                bad = "a list of strides per stage, each 1 or 2"
             else:
                 v = tuple(v)
         elif kind == "vip":
@@ -300,8 +318,13 @@ def _parse_space(i: int, raw: dict[str, Any], input_size: tuple[int, int]) -> Sp
         else:
             filters = (1,) * c["blocks"]
         try:
-            spec = ModelSpec(filters=filters, kernel=c["kernel"], convs=c["convs"], pool=c["pool"], vip=c["vip"],
-                             psconv=c["psconv"], dense=c["dense"], dropout=c["dropout"], head=c["head"])
+            block = c.get("block", "conv")
+            if block in MOBILE_BLOCKS and c.get("batch_norm") is False:
+                raise FamilyError(f"batch_norm: block {block!r} always uses batch norm (folded into its convs "
+                                  "when converted); leave batch_norm out")
+            knobs = {k: c[k] for k in ("pool", "block", "expand", "se", "stride", "alpha", "batch_norm") if k in c}
+            spec = ModelSpec(filters=filters, kernel=c["kernel"], convs=c["convs"], vip=c["vip"],
+                             psconv=c["psconv"], dense=c["dense"], dropout=c["dropout"], head=c["head"], **knobs)
             spec.check_input(input_size)
         except FamilyError as exc:
             desc = ", ".join(f"{k}={_show(c[k])}" for k in _SHAPE_AXES if k in c)

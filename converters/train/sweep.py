@@ -302,8 +302,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default="demo",
                         help="a built-in family or a family .toml file. Built in: demo (the default when "
                              "--family is left out: 10 quick CNNs, 3 batch-norm CNNs on a longer recipe and 3 "
-                             "ensembles of them; what `make demo` trains) and default (300+ plain, ViP and pSConv "
-                             "CNNs, tiny to tens of MMACs; pick some with --sample or --limit)")
+                             "ensembles of them; what `make demo` trains), default (300+ plain, ViP and pSConv "
+                             "CNNs, tiny to tens of MMACs; pick some with --sample or --limit) and mobile (21 "
+                             "depthwise-separable, inverted-residual and residual CNNs at three widths)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--dataset", default=None, choices=["fashion_mnist", "mnist", "cifar10"],
                       help="a named dataset (default: the run's own when RUN exists, else fashion_mnist)")

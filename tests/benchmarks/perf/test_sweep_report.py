@@ -45,3 +45,18 @@ def test_build_writes_the_report(tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["reference"] == "tflite-fp32"
     with pytest.raises(SystemExit, match="--reference one of"):
         build(tmp_path / "t.json", tmp_path / "out2", "onnx-fp32", None)
+
+    # With the run folder: block kinds from each model's spec.json (no key: conv; no spec: imported)
+    run = tmp_path / "run"
+    for mid, spec in (("m1", {"filters": [8]}), ("m2", {"filters": [8, 16], "block": "dwsep"}), ("m3", None)):
+        (run / "models" / mid).mkdir(parents=True)
+        if spec is not None:
+            (run / "models" / mid / "spec.json").write_text(json.dumps(spec))
+    s = build(tmp_path / "t.json", tmp_path / "out3", "tflite-fp32", run)
+    assert s["blocks"] == [
+        {"block": "conv", "count": 1, "on_front": 1, "dominated": 0, "dominated_share": 0.0, "best_accuracy": 0.80},
+        {"block": "dwsep", "count": 1, "on_front": 1, "dominated": 0, "dominated_share": 0.0, "best_accuracy": 0.85},
+        {"block": "imported", "count": 1, "on_front": 0, "dominated": 1, "dominated_share": 1.0, "best_accuracy": 0.83},
+    ]
+    assert (tmp_path / "out3" / "accuracy_vs_p95_by_block.png").stat().st_size > 0
+    assert "| dwsep | 1 | 1 | 0 (0%) | 85.00% |" in (tmp_path / "out3" / "report.md").read_text()

@@ -100,6 +100,21 @@ def test_demo_family():
         ("recipe = ['long', 'fast']\n[[space]]\nblocks = 1\nwidth = 8\n", "space[0].recipe", "'fast' is not one of"),
         ("[[space]]\nblocks = 1\nwidth = 8\nbatch_norm = 'yes'\n", "space[0].batch_norm", "true or false"),
         ("[[space]]\nblocks = 1\nwidth = 8\nbatch_norm = [true, true]\n", "space[0].batch_norm", "repeated"),
+        # the mobile blocks: a knob that does not combine with the block names both
+        ("[[space]]\nblocks = 2\nwidth = 8\nblock = 'ghost'\n", "space[0].block", "'ghost' is not one of"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nblock = 'dwsep'\nexpand = 6\n", "space[0].expand", "block 'dwsep'"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nblock = 'residual'\nse = [false, true]\n", "space[0].se",
+         "block 'residual'"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nblock = 'mbconv'\npsconv = true\n", "space[0].psconv", "block 'mbconv'"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nblock = 'dwsep'\npool = 'max'\n", "space[0].pool", "block 'dwsep'"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nstride = [1, 2]\n", "space[0].stride", "block 'conv'"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nblock = 'dwsep'\nstride = [1, 2, 2]\n", "space[0].stride",
+         "3 entries"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nblock = 'dwsep'\nstride = [1, 4]\n", "space[0].stride", "1 or 2"),
+        ("[[space]]\nblocks = 2\nwidth = 8\nblock = 'mbconv'\nbatch_norm = false\n", "space[0].batch_norm",
+         "block 'mbconv' always uses batch norm"),
+        ("[[space]]\nblocks = 6\nwidth = 8\nblock = 'dwsep'\n", "space[0].stride", "strides over a 1x1"),
+        ("[[space]]\nblocks = 1\nwidth = 8\nalpha = 0\n", "space[0].alpha", "a positive number"),
     ],
 )
 def test_bad_family_files_name_the_key(tmp_path, body, key, reason):
@@ -152,6 +167,42 @@ def test_batch_norm_and_recipe_axes(tmp_path):
     assert [(s.batch_norm, s.recipe) for s in specs] == [(False, "long"), (True, "long"), (True, "")]
     assert [s.model_id for s in specs] == ["c1-f4-k3-max-d0-vip0-ps0-long", "c1-f4-k3-max-d0-vip0-ps0-bn-long",
                                            "c1-f8-k3-max-d0-vip0-ps0-bn"]
+
+
+def test_mobile_blocks_in_a_family(tmp_path):
+    p = write_family(tmp_path, """
+        alpha = [0.5, 1.0]
+        [[space]]
+        block = ["dwsep", "residual"]
+        filters = [16, 32]
+        stride = [1, 2]
+        [[space]]
+        block = "mbconv"
+        filters = [16, 24]
+        expand = 6
+        se = true
+        convs = 2
+        [[space]]
+        blocks = 1
+        width = 8
+        """)
+    specs = load_family(p).expand()
+    assert [(s.block, s.alpha, s.channels, s.stride, s.pool) for s in specs] == [
+        ("dwsep", 0.5, (8, 16), (1, 2), "none"), ("dwsep", 1.0, (16, 32), (1, 2), "none"),
+        ("residual", 0.5, (8, 16), (1, 2), "none"), ("residual", 1.0, (16, 32), (1, 2), "none"),
+        ("mbconv", 0.5, (8, 16), (2, 2), "none"), ("mbconv", 1.0, (16, 24), (2, 2), "none"),
+        ("conv", 0.5, (8,), (), "max"), ("conv", 1.0, (8,), (), "max")]
+    assert all(s.batch_norm for s in specs[:6]) and not specs[6].batch_norm
+    assert specs[4].model_id == "c2x2-f16.24-k3-none-d0-vip00-ps0-bn-mbconve6se-s22-a0.5"
+
+
+def test_builtin_mobile_family():
+    fam = load_family("mobile")
+    specs = fam.expand()
+    assert len(specs) == 21 and {s.block for s in specs} == {"dwsep", "mbconv", "residual"}
+    assert {s.alpha for s in specs} == {0.5, 1.0, 1.5} and all(s.recipe == "long" for s in specs)
+    macs = [s.estimate_macs((28, 28, 1)) for s in specs]
+    assert 0.2e6 < min(macs) and max(macs) < 30e6
 
 
 # --- [[ensemble]] in family files: syntax and errors ------------------------------------------

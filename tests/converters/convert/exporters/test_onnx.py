@@ -125,3 +125,25 @@ def test_from_fp32_makes_every_precision_of_a_given_model_with_its_convention(tm
     assert np.allclose(out["fp32"], want, atol=1e-4)
     assert float((out["fp16"].argmax(1) == want.argmax(1)).mean()) >= 0.95
     assert float((out["int8"].argmax(1) == want.argmax(1)).mean()) >= 0.8
+
+
+def test_batch_norm_beside_a_resize_is_exported_in_inference_mode(tmp_path, data):
+    """A ViP net with batch norm: Keras' ONNX export left to itself traced a batch norm with batch statistics
+    (1.2 logits off); the exporter calls the model with training=False."""
+    from converters.family.keras_build import build_model
+    from converters.family.specs import ModelSpec
+
+    model = build_model(ModelSpec(filters=(8, 16), vip="first", batch_norm=True), (28, 28, 1))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # moving statistics far from any batch's, so the two modes differ
+        if type(layer).__name__ == "BatchNormalization":
+            layer.moving_mean.assign(rng.normal(0, 0.5, layer.moving_mean.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape).astype("float32"))
+    res = export_onnx(model, tmp_path / "vipbn.onnx", "fp32")
+    x = data[2][:64]
+    scores, _, _ = run(res.path, x)
+    ref = keras_logits(model, x)
+    assert float(np.abs(ref).max()) > 0.1
+    assert float(np.abs(scores - ref).max()) < 1e-4
+    ops = {n.op_type for n in onnx.load(str(res.path)).graph.node}
+    assert "ReduceMean" not in ops  # no batch statistics in the graph
