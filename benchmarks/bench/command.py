@@ -60,6 +60,7 @@ from edge.core.atomic import sha256_file
 from edge.core.errors import UsageError
 from edge.core.memory import PeakRss
 from edge.core.progress import Bar, NoBar, progress_bar
+from edge.core.textable import format_table
 from edge.tables.table import DeviceHeader, LatencyTable, TableError
 
 # --------------------------------------------------------------------------- whole bundle
@@ -321,6 +322,17 @@ def bench_bundle(
 # --------------------------------------------------------------------------- CLI
 
 
+def resize_lines(rows) -> str:
+    """The variants at another input size than the bundle's images: what their resize costs beside the rest."""
+    rows = [r for r in rows if r.resize_ms > 0]
+    if not rows:
+        return ""
+    body = [[r.variant, f"{r.resize_ms:.4f}", f"{r.p50_ms:.4f}", f"{r.resize_ms / r.p50_ms:.0%}" if r.p50_ms else "-"]
+            for r in sorted(rows, key=lambda r: r.p50_ms)]
+    return ("variants that resize each image (their times include the resize, the input preparation and the "
+            "invoke):\n" + format_table(["variant", "resize ms", "p50 ms", "resize share of p50"], body, align="lrrr"))
+
+
 def _beside(table: Path, what: str) -> Path:
     """rpi4-table.json -> rpi4-selected.json (what='selected.json'), table.json -> table-selected.json."""
     stem = table.stem[: -len("-table")] if table.stem.endswith("-table") else table.stem
@@ -393,6 +405,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for v, why in res.skipped.items():
         print(f"  skipped {v}: {why}", file=sys.stderr)
+    resized = resize_lines(res.table.rows)
+    if resized:
+        print(resized)
     if res.table.header.host_mismatch:
         print(f"note: {mismatch_label(res.table.header.profile, res.table.header.host_mismatch)}")
     name = args.profile or res.table.header.profile

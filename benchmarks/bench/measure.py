@@ -48,12 +48,15 @@ def timed_loop(
     min_seconds: float,
     max_seconds: float = 0.0,
     start: int = 0,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Invoke ``model`` on ``inputs`` in turn until ``min_runs`` runs *and* ``min_seconds`` passed.
 
     Returns per-run invoke times in nanoseconds. Setting the next input is outside the
     timed region; the garbage collector is paused so it cannot land inside a sample.
     ``max_seconds`` > 0 stops early (fewer than ``min_runs`` samples) for very slow models.
+    With ``prepare`` the inputs are images and each sample also covers ``prepare`` and setting
+    the input (a variant that resizes: serving times the same span).
     """
     if not inputs:
         raise UsageError("timed_loop needs at least one prepared input")
@@ -71,8 +74,12 @@ def timed_loop(
     gc.disable()
     try:
         while True:
-            set_input(inputs[i % k])
-            t0 = pc()
+            if prepare is None:
+                set_input(inputs[i % k])
+                t0 = pc()
+            else:
+                t0 = pc()
+                set_input(prepare(inputs[i % k]))
             invoke()
             t1 = pc()
             append(t1 - t0)
@@ -88,11 +95,11 @@ def timed_loop(
 
 
 def rest_loop(model: LoadedModel, inputs: Sequence[np.ndarray], runs: int, gap_ms: float = REST_GAP_MS,
-              start: int = 0) -> np.ndarray:
+              start: int = 0, prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """``runs`` invoke times (ns), each after ``gap_ms`` of idle sleep, as a request that finds the runtime at rest.
 
     The input is set after the rest and outside the timed region, as the runtime sets it when a
-    request arrives; the garbage collector is paused."""
+    request arrives; the garbage collector is paused. ``prepare``: as in ``timed_loop``."""
     if not inputs:
         raise UsageError("rest_loop needs at least one prepared input")
     pc = time.perf_counter_ns
@@ -102,14 +109,31 @@ def rest_loop(model: LoadedModel, inputs: Sequence[np.ndarray], runs: int, gap_m
     try:
         for i in range(runs):
             time.sleep(gap_ms / 1000.0)
-            model.set_input(inputs[(start + i) % len(inputs)])  # type: ignore[attr-defined]
-            t0 = pc()
+            if prepare is None:
+                model.set_input(inputs[(start + i) % len(inputs)])  # type: ignore[attr-defined]
+                t0 = pc()
+            else:
+                t0 = pc()
+                model.set_input(prepare(inputs[(start + i) % len(inputs)]))  # type: ignore[attr-defined]
             model.invoke_prepared()
             out[i] = pc() - t0
     finally:
         if gc_was:
             gc.enable()
     return out
+
+
+def resize_time_ms(images: Sequence[np.ndarray], size: tuple[int, int], rounds: int = 5) -> float:
+    """Median over ``rounds`` of the mean time (ms) ``edge.artifacts.images.resize_pixels`` takes per image."""
+    from edge.artifacts.images import resize_pixels
+
+    per = []
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for img in images:
+            resize_pixels(img, size)
+        per.append((time.perf_counter_ns() - t0) / max(1, len(images)))
+    return float(np.median(per)) / 1e6
 
 
 def accuracy_of(
@@ -202,6 +226,16 @@ def measure(
         inputs.append(np.ascontiguousarray(x1))
     preprocess_ms = float(np.mean(pre_ns)) / 1e6
     x_eval = prepare_input(images, rec.input)
+    # A variant at another input size than the bundle's images resizes each one as serving does: its samples
+    # cover the resize, the input preparation and the invoke (serving's InputPreparer), resize_ms the resize alone.
+    prepare, timed_inputs, resize_ms = None, inputs, 0.0
+    want_hw = tuple(int(v) for v in rec.input.shape[1:3])
+    if bench_imgs.ndim == 4 and tuple(bench_imgs.shape[1:3]) != want_hw:
+        from edge.runtime.scheduler import InputPreparer
+
+        prepare = InputPreparer(rec.input)
+        timed_inputs = [np.ascontiguousarray(img[None]) for img in bench_imgs]
+        resize_ms = resize_time_ms(timed_inputs, want_hw)
 
     def load() -> LoadedModel:
         return backend.load(path, setting)
@@ -226,8 +260,10 @@ def measure(
             model.set_input(inputs[(i + 1) % len(inputs)])  # type: ignore[attr-defined]
             model.invoke_prepared()
         rss.checkpoint()
-        samples_ns = timed_loop(model, inputs, opts.min_runs, opts.min_seconds, opts.max_seconds, start=opts.warmup + 1)
-        rest_ns = rest_loop(model, inputs, opts.rest_runs) if opts.rest_runs else np.zeros(0, np.int64)
+        samples_ns = timed_loop(model, timed_inputs, opts.min_runs, opts.min_seconds, opts.max_seconds,
+                                start=opts.warmup + 1, prepare=prepare)
+        rest_ns = (rest_loop(model, timed_inputs, opts.rest_runs, prepare=prepare) if opts.rest_runs
+                   else np.zeros(0, np.int64))
         peak_mb = rss.added_mb()
         provider = model.provider
         acc, n_eval, correct = accuracy_of(load, model, x_eval, labels, rec, opts.batch_size)
@@ -258,5 +294,6 @@ def measure(
         macs=int(rec.macs),
         rest_p50_ms=float(np.median(rest_ns)) / 1e6 if len(rest_ns) else 0.0,
         correct=correct,
+        resize_ms=resize_ms,
     )
     return row, samples_ns.astype(np.float64) / 1e6

@@ -102,6 +102,7 @@ def oracle_pass(
             for _ in range(max(1, warmup)):
                 m.predict(prepare_input(x0, m.input_spec))
         n, k = workload.count, len(models)
+        resizes = [tuple(x0.shape[-3:-1]) != tuple(int(d) for d in m.input_spec.shape[1:3]) for m in models]
         lat = np.zeros((n, k), dtype=np.float64)
         preds = np.full((n, k), -1, dtype=np.int64)
         schedule.reset()
@@ -116,7 +117,8 @@ def oracle_pass(
                     x = prepare_input(img, m.input_spec)
                     m.predict(x)  # untimed: the timed run finds its own weights in cache, as a served variant does
                     s = time.perf_counter()
-                    y = m.predict(x)
+                    # A variant at another input size is charged its resize too, as the daemon times it.
+                    y = m.predict(prepare_input(img, m.input_spec) if resizes[v] else x)
                     lat[i, v] = (time.perf_counter() - s) * 1000.0  # the span the daemon reports as inference_ms
                     preds[i, v] = int(np.argmax(dequantize_output(y, m.output_spec).reshape(-1)))
                 if progress is not None:

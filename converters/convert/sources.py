@@ -89,15 +89,26 @@ class KerasConvert(ConvertSource):
 
         self.model = _load_keras(self.model_path)
 
+    def _at_model_size(self, images: np.ndarray | None) -> np.ndarray | None:
+        """The run's images at the model's input size (a spec with its own resolution), by the one resize."""
+        from converters.convert.exporters.base import model_input_shape
+        from edge.artifacts.images import resize_pixels
+
+        h, w, _ = model_input_shape(self.model)
+        if images is None or len(images) == 0:
+            return images
+        x = images[..., None] if images.ndim == 3 else images
+        return x if tuple(x.shape[1:3]) == (h, w) else resize_pixels(x, (h, w))
+
     def reference(self, images, batch_size):
         from converters.convert import validate
 
-        return validate.keras_outputs(self.model, images, batch_size=batch_size)
+        return validate.keras_outputs(self.model, self._at_model_size(images), batch_size=batch_size)
 
     def export(self, t, path, calib_images):
         from converters.convert.exporters import export_model
 
-        return export_model(self.model, path, t.format, t.precision, calib_images=calib_images)
+        return export_model(self.model, path, t.format, t.precision, calib_images=self._at_model_size(calib_images))
 
     def close(self) -> None:
         self.model = None

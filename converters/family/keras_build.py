@@ -24,6 +24,8 @@ def build_model(
 ):
     """The spec as a functional keras.Model: float32 raw pixels (0..255) in, logits out.
 
+    ``input_shape`` is the run's images' (H, W, C); a spec with a ``resolution`` takes (resolution, C).
+
     ``psconv_implementation="masked"`` builds pSConv layers as masked dense 3x3 convs (a reference).
     """
     import keras
@@ -32,7 +34,7 @@ def build_model(
         raise TypeError(f"build_model needs a ModelSpec, got {type(spec).__name__}")
     if len(input_shape) != 3 or not all(is_int(int(v)) and int(v) > 0 for v in input_shape):
         raise FamilyError(f"input_shape: must be (H, W, C), got {tuple(input_shape)!r}")
-    h, w, c = (int(v) for v in input_shape)
+    h, w, c = spec.input_shape(tuple(int(v) for v in input_shape))
     if not is_int(num_classes) or num_classes < 2:
         raise FamilyError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
     spec.check_input((h, w, c))

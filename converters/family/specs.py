@@ -68,6 +68,7 @@ class ModelSpec:
     expand: int = 1  # mbconv: expansion ratio of its 1x1 expansion conv (1: none)
     se: bool = False  # mbconv: squeeze-excite after the depthwise conv (MobileNetV3)
     stride: tuple[int, ...] = ()  # mobile blocks: each stage's stride (1 or 2); () = 2 for every stage
+    resolution: tuple[int, ...] = ()  # (H, W) the images are resized to for this model; () = the run's size
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass normalisation)
@@ -109,6 +110,7 @@ class ModelSpec:
         if self.psconv and self.kernel != 3:
             raise FamilyError(f"psconv: pre-defined sparse kernels need kernel 3, got kernel {self.kernel}")
         self._check_mobile_knobs(set_, mobile)
+        set_("resolution", check_resolution(self.resolution))
         mean, std = tuple(self.mean or ()), tuple(self.std or ())
         if self.preprocess == "standardize":
             if not mean or not std:
@@ -177,13 +179,24 @@ class ModelSpec:
             return self.filters
         return tuple(make_divisible(f * self.alpha) for f in self.filters)
 
+    def input_hw(self, run_size: Sequence[int]) -> tuple[int, int]:
+        """The (H, W) this model takes: its ``resolution``, or the run's images' size."""
+        if self.resolution:
+            return (int(self.resolution[0]), int(self.resolution[1]))
+        return (int(run_size[0]), int(run_size[1]))
+
+    def input_shape(self, run_shape: Sequence[int]) -> tuple[int, int, int]:
+        """The (H, W, C) this model takes, given the run's images' (H, W[, C])."""
+        c = int(run_shape[2]) if len(run_shape) > 2 else 1
+        return (*self.input_hw(run_shape), c)
+
     def units(self, input_shape: Sequence[int]) -> list[Unit]:
         """The stem and stage units of a mobile spec on an (H, W[, C]) input (converters.family.blocks)."""
         if not self.mobile:
             raise FamilyError(f"block: {self.block!r} is planned by conv_plan, not by units")
         cin = int(input_shape[2]) if len(input_shape) > 2 else 1
         return plan_units(self.block, self.channels, self.stride, self.vip, self.convs, self.kernel, self.expand,
-                          self.se, self.psconv, (int(input_shape[0]), int(input_shape[1])), cin)
+                          self.se, self.psconv, self.input_hw(input_shape), cin)
 
     @property
     def uses_vip(self) -> bool:
@@ -214,6 +227,9 @@ class ModelSpec:
             parts.append("s" + "".join(str(v) for v in self.stride))
         if self.alpha != 1.0:
             parts.append(f"a{self.alpha:g}")
+        if self.resolution:
+            h, w = self.resolution
+            parts.append(f"r{h}" if h == w else f"r{h}x{w}")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,8 +272,9 @@ class ModelSpec:
 
     # -- shape ------------------------------------------------------------------------------------
     def check_input(self, input_size: Sequence[int]) -> None:
-        """Raise FamilyError if this spec cannot run on an (H, W[, C]) input (pooling too deep, kernel too big)."""
-        h, w = int(input_size[0]), int(input_size[1])
+        """Raise FamilyError if this spec cannot run on an (H, W[, C]) run's images (pooling too deep, kernel too big):
+        at its ``resolution`` if it has one."""
+        h, w = self.input_hw(input_size)
         problems = shape_problems(self.units((h, w))) if self.mobile else _shape_problems(self, h, w)
         for key, reason in problems:
             raise FamilyError(f"{key}: {reason}")
@@ -304,7 +321,7 @@ class ModelSpec:
         """Per conv layer of a conv spec: block, index, stride, vip, psconv, input and output feature map sizes."""
         if self.mobile:
             raise FamilyError(f"block: {self.block!r} is planned by units, not by conv_plan")
-        h, w = int(input_size[0]), int(input_size[1])
+        h, w = self.input_hw(input_size)
         plan = []
         for b, f in enumerate(self.channels):
             for j in range(self.convs):
@@ -319,6 +336,22 @@ class ModelSpec:
             if self.pool in ("max", "avg"):
                 h, w = h // 2, w // 2
         return plan
+
+
+MAX_RESOLUTION = 1024
+
+
+def check_resolution(value: Any) -> tuple[int, ...]:
+    """A resolution as a spec holds it: () (the run's size), or (H, W) from N, [N] or [H, W] positive integers."""
+    if value is None or value == () or value == []:
+        return ()
+    v = (value, value) if is_int(value) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if v is not None and len(v) == 1:
+        v = (v[0], v[0])
+    if v is None or len(v) != 2 or not all(is_int(x) and 1 <= x <= MAX_RESOLUTION for x in v):
+        raise FamilyError(f"resolution: must be N or [H, W], integers from 1 to {MAX_RESOLUTION} (the input size the "
+                          f"images are resized to), got {value!r}")
+    return (int(v[0]), int(v[1]))
 
 
 def is_int(v: Any) -> bool:

@@ -7,7 +7,7 @@ A family file (``converters/family/builtin/<name>.toml`` or any path) looks like
     mode = "grid"              # "grid": every combination; "random": `count` seeded draws
     # count = 50               # random mode only
     # seed = 0                 # random mode only
-    input_size = [28, 28]      # the smallest input the family must fit (shape checks use it)
+    input_size = [28, 28]      # the run's image size the family must fit (shape checks use it, or each resolution)
     preprocess = "rescale"     # or "standardize" with mean = [..], std = [..] in pixel units (0..255)
 
     [[space]]                  # one or more; the family is their union, in order, without duplicates
@@ -27,6 +27,7 @@ A family file (``converters/family/builtin/<name>.toml`` or any path) looks like
     alpha = [0.5, 1.0]         # width multiplier on every block's filters (rounded to a multiple of 8 when not 1)
     stride = [1, 2, 2]         # mobile blocks: each stage's stride (default 2); they take no pool
     expand = [3, 6]            # mbconv: expansion ratio; se = [false, true]: its squeeze-excite
+    resolution = [20, 28, 36]  # the input size each model's images are resized to (N, or [[H, W]]); default the run's
 
 Every space key takes a value or a list of values (a list is one grid axis); an integer axis may be
 written ``{min = 4, max = 32, step = 4}``. A space key may also be set once at the top level as the
@@ -104,6 +105,7 @@ _SPACE_KEYS = {
     "expand": "int",
     "se": "bool",
     "stride": "stridelist",
+    "resolution": "resolution",
 }
 # pool has no default here: it is the block's (ModelSpec: "max" for conv, "none" for the mobile blocks).
 _SPACE_DEFAULTS = {
@@ -112,7 +114,7 @@ _SPACE_DEFAULTS = {
 }
 # Axes the spatial shape and the knobs' combinations depend on (validated exhaustively at load time).
 _SHAPE_AXES = ("blocks", "filters", "convs", "kernel", "pool", "vip", "psconv", "block", "stride", "expand", "se",
-               "batch_norm")
+               "batch_norm", "resolution")
 
 
 def list_families() -> list[str]:
@@ -266,6 +268,13 @@ def _axis(key: str, raw: Any, where: str) -> tuple:
                 bad = "positive (filters must be > 0)"
             else:
                 v = tuple(v)
+        elif kind == "resolution":
+            if is_int(v) and v > 0:
+                v = (v, v)
+            elif isinstance(v, list) and len(v) == 2 and all(is_int(x) and x > 0 for x in v):
+                v = tuple(v)
+            else:
+                bad = "an input size: N (square) or [H, W]; a list of N is one axis of square sizes"
         elif kind == "stridelist":
             if not isinstance(v, list) or not v or not all(is_int(x) and x in STRIDES for x in v):
                 bad = "a list of strides per stage, each 1 or 2"
@@ -322,7 +331,8 @@ def _parse_space(i: int, raw: dict[str, Any], input_size: tuple[int, int]) -> Sp
             if block in MOBILE_BLOCKS and c.get("batch_norm") is False:
                 raise FamilyError(f"batch_norm: block {block!r} always uses batch norm (folded into its convs "
                                   "when converted); leave batch_norm out")
-            knobs = {k: c[k] for k in ("pool", "block", "expand", "se", "stride", "alpha", "batch_norm") if k in c}
+            knobs = {k: c[k] for k in ("pool", "block", "expand", "se", "stride", "alpha", "batch_norm", "resolution")
+                     if k in c}
             spec = ModelSpec(filters=filters, kernel=c["kernel"], convs=c["convs"], vip=c["vip"],
                              psconv=c["psconv"], dense=c["dense"], dropout=c["dropout"], head=c["head"], **knobs)
             spec.check_input(input_size)

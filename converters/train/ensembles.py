@@ -59,6 +59,12 @@ def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: 
     shas = member_sha256(models_dir, ens.members)
     keras.backend.clear_session()
     members = [load_keras_model(models_dir / m / MODEL_FILE) for m in ens.members]
+    for m, km in zip(ens.members, members):
+        takes = tuple(int(d) for d in km.inputs[0].shape[1:])
+        if takes != tuple(splits.input_shape):
+            raise StepFailed(f"ensemble {ens.model_id}: member {m} takes {takes} images but the run's are "
+                             f"{tuple(splits.input_shape)}; an ensemble's members take the run's image size "
+                             "(leave resolution out of the members' space, or list other members)")
     model = build_ensemble(members, name=keras_name(ens.model_id), views=ens.views)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False), metrics=["accuracy"])
     val_ds = tf_dataset(splits.x_val, splits.y_val, 512, shuffle_seed=None)

@@ -69,6 +69,22 @@ def train_subset(splits, schedule: Schedule, seed: int) -> tuple[np.ndarray, np.
     return splits.x_train[idx], splits.y_train[idx]
 
 
+def at_resolution(splits, spec):
+    """The run's splits at ``spec``'s input size, resized by ``edge.artifacts.images.resize_pixels`` (the resize the
+    board serves with); the splits themselves when the spec takes the run's size."""
+    from edge.artifacts.images import resize_pixels
+
+    hw = spec.input_hw(splits.input_shape)
+    if hw == tuple(splits.input_shape[:2]):
+        return splits
+
+    def fit(x: np.ndarray) -> np.ndarray:
+        return resize_pixels(x, hw) if len(x) else np.zeros((0, *hw, x.shape[-1]), np.uint8)
+
+    return dataclasses.replace(splits, x_train=fit(splits.x_train), x_val=fit(splits.x_val),
+                               x_calib=fit(splits.x_calib), x_test=fit(splits.x_test))
+
+
 def spec_schedule(spec, schedule: Schedule) -> Schedule:
     """The schedule ``spec`` trains with: its named recipe if it has one, else the run's."""
     return RECIPES[spec.recipe] if spec.recipe else schedule
@@ -151,6 +167,7 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
     atomic_write_json(model_dir / SPEC_FILE, spec.to_dict())
 
     schedule = spec_schedule(spec, schedule)
+    splits = at_resolution(splits, spec)
     x_train, y_train = train_subset(splits, schedule, seed)
     model = build_model(spec, input_shape=splits.input_shape, num_classes=splits.num_classes)
     params, macs = count_params_macs(model)

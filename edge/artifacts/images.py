@@ -185,6 +185,40 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, size: tuple[int, in
     return out
 
 
+def resize_pixels(images: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:
+    """uint8 pixels (H, W, C) or (N, H, W, C) -> the same at ``size`` (height, width): the one resize between a
+    run's or a bundle's images (at the dataset's size) and a variant that takes another input size.
+
+    Pillow's ``method`` filter (bilinear by default; a downscale is antialiased, as ``load_image``'s is), one
+    image and channel layout at a time: C = 1 as mode L, C = 3 as RGB, any other C one L plane per channel.
+    Training, conversion, the canary, the benchmark and serving all resize through it, so a variant sees
+    at serving exactly the pixels it was trained and measured on. Images already at ``size`` are returned.
+    """
+    from PIL import Image
+
+    x = np.asarray(images)
+    single = x.ndim == 3
+    if single:
+        x = x[None]
+    if x.ndim != 4 or x.dtype != np.uint8:
+        raise UsageError(f"resize_pixels needs uint8 pixels (H, W, C) or (N, H, W, C), got {x.dtype}{x.shape}")
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise UsageError(f"cannot resize to {h}x{w}")
+    if x.shape[1:3] == (h, w):
+        return images
+    n, _, _, c = x.shape
+    flt = resample(method)
+    out = np.empty((n, h, w, c), np.uint8)
+    for i in range(n):
+        if c == 3:
+            out[i] = np.asarray(Image.fromarray(x[i], "RGB").resize((w, h), resample=flt))
+        else:
+            for ch in range(c):
+                out[i, :, :, ch] = np.asarray(Image.fromarray(x[i, :, :, ch], "L").resize((w, h), resample=flt))
+    return out[0] if single else out
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     """Whether a file name ends in one of IMAGE_SUFFIXES (case-insensitive), as Keras decides."""
     return Path(path).name.lower().endswith(IMAGE_SUFFIXES)

@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from edge.artifacts.images import resize_pixels
 from edge.artifacts.manifest import TensorSpec
 from edge.core.errors import UsageError
 
@@ -17,14 +18,28 @@ def prepare_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
     graph, so a float input is just a cast and an int8/uint8 input is quantized with
     the artifact's recorded scale and zero point. An imported ONNX or TFLite model whose
     spec records an input convention (``mean``/``std``) gets (x - mean) / std first.
+
+    Images of another height and width but the same channels are first resized to the artifact's
+    by ``fit_size`` (a variant trained at another resolution than its bundle's images).
     """
-    x = np.asarray(images)
-    if x.ndim == len(spec.shape) - 1:
-        x = x[None, ...]
+    x = fit_size(np.asarray(images), spec)
     want = tuple(s for s in spec.shape[1:])
     if tuple(x.shape[1:]) != want:
         raise UsageError(f"input shape {tuple(x.shape[1:])} does not match the model's {want} (NHWC, no batch)")
     return pixel_values(x, spec)
+
+
+def fit_size(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """uint8 NHWC images (or one HWC image, given a batch axis) at the artifact's input height and width: resized
+    by ``edge.artifacts.images.resize_pixels`` when only those differ, else as they are."""
+    x = images
+    if x.ndim == len(spec.shape) - 1:
+        x = x[None, ...]
+    want = tuple(int(s) for s in spec.shape[1:])
+    if (x.ndim == 4 and len(want) == 3 and x.dtype == np.uint8 and x.shape[1:3] != want[:2] and x.shape[3] == want[2]
+            and min(want[:2]) > 0):
+        x = resize_pixels(x, want[:2])
+    return x
 
 
 def pixel_values(x: np.ndarray, spec: TensorSpec) -> np.ndarray:

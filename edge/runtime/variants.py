@@ -85,10 +85,14 @@ class VariantPool:
             return self._fail(row, f"cannot load: {exc}")
         hwc = tuple(int(s) for s in first.input_spec.shape[1:])
         classes = int(first.output_spec.shape[-1])
-        if self.input_hwc is not None and (hwc != self.input_hwc or classes != self.classes):
+        # Served at the bundle's image size: a variant of another height and width gets each image resized
+        # (edge.runtime.scheduler.InputPreparer), one of other channels or classes cannot be served beside them.
+        source = tuple(self.bundle.input_shape) or hwc
+        served = self.input_hwc or source
+        if len(hwc) != 3 or hwc[2] != served[-1] or (self.classes is not None and classes != self.classes):
             first.close()
-            return self._fail(row, f"takes {hwc} -> {classes} classes, the other variants "
-                                   f"{self.input_hwc} -> {self.classes}")
+            return self._fail(row, f"takes {hwc} -> {classes} classes, the served images are {served} and the other "
+                                   f"variants give {self.classes if self.classes is not None else classes} classes")
         try:
             res = check_canary(self.bundle, row.artifact_id, first)
             ok, msg = bool(res.ok), str(res.message)
@@ -98,7 +102,7 @@ class VariantPool:
             first.close()
             return self._fail(row, msg, first.provider)
         if self.input_hwc is None:
-            self.input_hwc, self.classes = hwc, classes
+            self.input_hwc, self.classes = served, classes
         copies = [first]
         try:
             for _ in range(1, self.slots):

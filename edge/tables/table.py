@@ -114,6 +114,10 @@ class LatencyRow(LatencyTimes, _RowHead):
     # Which of the eval_count images it got right: base64 of numpy.packbits (for the paired test
     # that decides whether a more accurate variant is really more accurate); "" when not recorded.
     correct: str = ""
+    # A variant at another input size than the bundle's images: the mean time resizing one image takes
+    # (edge.artifacts.images.resize_pixels). Its times above already include it, the input preparation and
+    # setting the input, as serving pays them; 0 for a variant that takes the images as they are.
+    resize_ms: float = 0.0
 
 
 _ROW_FIELDS = [f.name for f in dataclasses.fields(LatencyRow)]

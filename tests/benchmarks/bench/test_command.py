@@ -298,3 +298,19 @@ def test_benchmarks_import_no_tensorflow():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_variants_that_resize_are_timed_with_their_resize(resolution_run, capsys):
+    """The table of a bundle whose variants take 20x20, 28x28 and 36x36 images of its 28x28 ones: the resize is
+    measured for the two that resize (and is inside their times), not for the one at the images' size."""
+    from benchmarks.bench.command import resize_lines
+    from edge.tables.table import LatencyTable
+
+    table = LatencyTable.load(resolution_run["table"])
+    assert len(table.rows) == 9
+    for r in table.rows:
+        resizes = not r.model_id.endswith("-r28")
+        assert (r.resize_ms > 0) == resizes, r.variant
+        assert r.accuracy > 0.3  # the eval images reach each variant at its size
+    text = resize_lines(table.rows)
+    assert "resize share of p50" in text and len(text.splitlines()) == 2 + 6

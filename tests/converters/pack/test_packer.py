@@ -378,3 +378,17 @@ def test_real_pipeline_bundles(real_run, tmp_path, capsys):
         assert set(b.canary().scores) == {a.artifact_id for a in b.artifacts}
         assert main(["verify", str(out), "--profile", "desktop-cpu"]) == 0, capsys.readouterr()
         assert f"{n} ok, 0 failed" in capsys.readouterr().out
+
+
+def test_a_bundle_of_variants_at_three_input_sizes_keeps_the_datasets_images(resolution_run, capsys):
+    """Eval, canary and calibration images stay 28x28; each artifact takes its own size, and verify's canary
+    (which resizes for each) passes for all of them."""
+    from edge.bundle.reader import open_bundle
+    from edgekit.cli import main
+
+    b = open_bundle(resolution_run["bundle"])
+    assert b.input_shape == (28, 28, 1) and b.canary().images.shape[1:] == (28, 28, 1)
+    sizes = {a.artifact_id: tuple(a.input.shape[1:3]) for a in b.artifacts}
+    assert set(sizes.values()) == {(20, 20), (28, 28), (36, 36)} and len(sizes) == 9
+    assert main(["verify", str(resolution_run["bundle"]), "--profile", str(resolution_run["profile"])]) == 0
+    assert "9 ok, 0 failed" in capsys.readouterr().out

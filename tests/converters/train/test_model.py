@@ -158,3 +158,47 @@ def test_optimizer_follows_the_schedule():
     assert isinstance(sched, keras.optimizers.schedules.CosineDecay)
     assert sched.decay_steps == FAST_LONG.epochs * 10
     assert float(sched(0)) == pytest.approx(3e-3) and float(sched(10)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_spec_at_its_own_resolution_trains_on_the_resized_images(resolution_run):
+    """train -> model.keras at each spec's resolution; MACs as the spec estimates them at that size."""
+    from converters.family.keras_build import load_keras_model
+    from converters.family.specs import ModelSpec
+    from tests.conftest import RESOLUTIONS
+
+    run = resolution_run["run"]
+    macs = {}
+    for mid, n in RESOLUTIONS.items():
+        model = load_keras_model(run / "models" / mid / "model.keras")
+        assert tuple(model.inputs[0].shape[1:]) == (n, n, 1)
+        rec = json.loads((run / "models" / mid / "train.json").read_text())
+        spec = ModelSpec.load(run / "models" / mid / "spec.json")
+        assert spec.resolution == (n, n) and rec["macs"] == spec.estimate_macs((28, 28, 1), 10)
+        assert rec["test_accuracy"] > 0.3  # learnt from the resized images
+        macs[n] = rec["macs"]
+    assert macs[20] < macs[28] < macs[36]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Splits:
+    x_train: np.ndarray
+    x_val: np.ndarray
+    x_calib: np.ndarray
+    x_test: np.ndarray
+
+    @property
+    def input_shape(self):
+        return tuple(self.x_train.shape[1:])
+
+
+def test_at_resolution_resizes_every_split_with_the_one_resize():
+    from converters.train.model import at_resolution
+    from edge.artifacts.images import resize_pixels
+
+    rng = np.random.default_rng(0)
+    s = _Splits(*(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8) for n in (6, 2, 3, 0)))
+    assert at_resolution(s, ModelSpec(filters=(4,))) is s
+    assert at_resolution(s, ModelSpec(filters=(4,), resolution=28)) is s
+    r = at_resolution(s, ModelSpec(filters=(4,), resolution=16))
+    np.testing.assert_array_equal(r.x_train, resize_pixels(s.x_train, (16, 16)))
+    assert r.x_val.shape == (2, 16, 16, 1) and r.x_calib.shape == (3, 16, 16, 1) and r.x_test.shape == (0, 16, 16, 1)

@@ -190,3 +190,40 @@ def test_prep_record_round_trip_and_validation():
 def test_suffixes_as_keras():
     assert is_image_file("a/B.JPG") and is_image_file("x.jpeg") and is_image_file("y.gif")
     assert not is_image_file("z.webp") and not is_image_file("notes.txt") and not is_image_file("png")
+
+
+# ---------------------------------------------------------------------------------------------- resize_pixels
+
+
+@pytest.mark.parametrize("c", [1, 2, 3])
+@pytest.mark.parametrize("size", [(20, 20), (36, 40)])
+def test_resize_pixels_is_a_pillow_resize_per_image_and_layout(c, size):
+    from PIL import Image
+
+    from edge.artifacts.images import resize_pixels
+
+    x = np.random.default_rng(c).integers(0, 256, (3, 28, 28, c), dtype=np.uint8)
+    out = resize_pixels(x, size)
+    assert out.shape == (3, *size, c) and out.dtype == np.uint8
+    h, w = size
+    for i in range(3):
+        if c == 3:
+            want = np.asarray(Image.fromarray(x[i], "RGB").resize((w, h), Image.Resampling.BILINEAR))
+        else:
+            want = np.stack([np.asarray(Image.fromarray(x[i, :, :, k], "L").resize((w, h), Image.Resampling.BILINEAR))
+                             for k in range(c)], axis=-1)
+        np.testing.assert_array_equal(out[i], want)
+    np.testing.assert_array_equal(resize_pixels(x[1], size), out[1])  # one HWC image the same
+    assert resize_pixels(x, (28, 28)) is x  # at its own size: untouched
+    assert not np.array_equal(resize_pixels(x, size, "nearest"), out)
+
+
+def test_resize_pixels_refuses_what_is_not_pixels():
+    from edge.artifacts.images import resize_pixels
+
+    with pytest.raises(UsageError, match=r"uint8 pixels .* got float32\(2, 8, 8, 1\)"):
+        resize_pixels(np.zeros((2, 8, 8, 1), np.float32), (4, 4))
+    with pytest.raises(UsageError, match="cannot resize to 0x4"):
+        resize_pixels(np.zeros((8, 8, 1), np.uint8), (0, 4))
+    with pytest.raises(UsageError, match="unknown resize method 'cubic'"):
+        resize_pixels(np.zeros((8, 8, 1), np.uint8), (4, 4), "cubic")

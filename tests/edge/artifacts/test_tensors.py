@@ -89,3 +89,16 @@ def test_the_daemons_lookup_table_computes_what_prepare_input_does(spec):
     got = InputPreparer(spec)(img)
     want = prepare_input(img, spec)[0]
     assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_prepare_input_resizes_to_a_variant_of_another_size_and_refuses_other_channels():
+    from edge.artifacts.images import resize_pixels
+    from edge.artifacts.tensors import fit_size
+
+    spec = TensorSpec("x", (-1, 20, 20, 1), "int8", scale=1.0, zero_point=-128)
+    x = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(prepare_input(x, spec), prepare_input(resize_pixels(x, (20, 20)), spec))
+    assert fit_size(x[0], spec).shape == (1, 20, 20, 1)  # one HWC image gets its batch axis
+    assert fit_size(x, TensorSpec("x", (-1, 28, 28, 1), "float32")) is x
+    with pytest.raises(ValueError, match=r"input shape \(28, 28, 3\) does not match the model's \(20, 20, 1\)"):
+        prepare_input(np.zeros((1, 28, 28, 3), np.uint8), spec)

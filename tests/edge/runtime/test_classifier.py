@@ -283,3 +283,29 @@ def test_classify_teaches_the_selector_its_own_overhead(fx):
         assert 0 < own < 5.0
     finally:
         c.close(drain=False)
+
+
+@pytest.mark.parametrize("size", [20, 36])
+def test_variants_at_another_input_size_are_served_from_the_bundles_images(resolution_run, tmp_path, size):
+    """One 28x28 image in; a 20x20 or 36x36 variant answers what the workstation's canary computed for it
+    (the same resize on both sides), and an image of another size is refused naming the shape served."""
+    from edgekit.cli import main
+
+    run = resolution_run
+    selected = tmp_path / "sel.json"
+    assert main(["select", str(run["table"]), "--profile", str(run["profile"]), "--significance", "0",
+                 "--models", f"*-r{size}", "--out", str(selected)]) == 0
+    with np.load(run["bundle"] / "canary.npz") as z:
+        images = z["images"]
+        host = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("scores/")}
+    c = AdaptiveClassifier.open(str(run["bundle"]), str(selected), str(run["profile"]))
+    try:
+        assert c.input_hwc == (28, 28, 1)
+        for i in range(len(images)):
+            r = c.classify(images[i], deadline_ms=10_000)
+            assert r.outcome == "ok" and f"-r{size}." in r.variant
+            np.testing.assert_allclose(r.scores[0], host[r.variant.split("@")[0]][i], atol=1e-4)
+        with pytest.raises(ValueError, match=r"expected one image of shape \(28, 28, 1\)"):
+            c.classify(np.zeros((size, size, 1), np.uint8), 10_000)
+    finally:
+        c.close(drain=False)
