@@ -64,7 +64,7 @@ def _stages(out: Path, profile: str, family: str, quick: bool, requests: int) ->
         for suffix, transport, how in TRANSPORTS for key, what, extra in LOADS
     ]
     return [
-        Stage("train", ("train", str(run), "--family", family), (), "train the demo family on Fashion-MNIST"),
+        Stage("train", ("train", str(run), "--family", family), (), f"train the {family} family on Fashion-MNIST"),
         Stage(
             "convert",
             # Validation against Keras on 2,000 test images resolves its 2-point threshold; on all

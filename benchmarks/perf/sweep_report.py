@@ -99,18 +99,103 @@ def train_times(run: Path) -> dict[str, float]:
             "train_s_per_model": round(float(np.mean(walls)), 2), "train_s_median": round(float(np.median(walls)), 2)}
 
 
-def block_kinds(run: Path, names: Sequence[str]) -> dict[str, str]:
-    """model id -> its block kind, read from the run's ``models/<id>/spec.json`` ("conv" for a spec written before
-    the key existed, "ensemble" for an ensemble, "imported" for a model without a spec)."""
+def _specs(run: Path, names: Sequence[str]) -> dict[str, dict]:
+    """model id -> its ``models/<id>/spec.json`` (absent for an imported model or an unreadable file)."""
     out = {}
     for name in names:
         try:
             spec = json.loads((run / "models" / name / "spec.json").read_text())
         except (OSError, ValueError):
-            out[name] = "imported"
             continue
-        out[name] = "ensemble" if spec.get("kind") == "ensemble" else str(spec.get("block", "conv"))
+        if isinstance(spec, dict):
+            out[name] = spec
     return out
+
+
+def block_kinds(run: Path, names: Sequence[str]) -> dict[str, str]:
+    """model id -> its block kind, read from the run's ``models/<id>/spec.json`` ("conv" for a spec written before
+    the key existed, "ensemble" for an ensemble, "imported" for a model without a spec)."""
+    specs = _specs(run, names)
+    return {n: ("imported" if n not in specs else "ensemble" if specs[n].get("kind") == "ensemble"
+                else str(specs[n].get("block", "conv"))) for n in names}
+
+
+@dataclass(frozen=True)
+class GridCell:
+    alpha: float
+    resolution: str  # "HxW"
+    model: str  # the most accurate model of the cell
+    accuracy: float
+    latency_ms: float
+    on_front: bool  # a model of this cell is on the sweep's front
+    models: int
+
+
+def width_resolution_grid(run: Path, pts: Sequence[Point], front: Sequence[str], kinds: dict[str, str]
+                          ) -> tuple[str, list[GridCell]]:
+    """The block kind with the most (alpha, resolution) cells, and one cell per pair: its most accurate model, and
+    whether any of its models reaches the sweep's front. ("", []) when no kind has 2 widths and 2 resolutions."""
+    specs = _specs(run, [p.name for p in pts])
+    try:
+        shape = json.loads((run / "run.json").read_text()).get("input_shape", [])
+    except (OSError, ValueError):
+        shape = []
+    default_res = f"{shape[0]}x{shape[1]}" if len(shape) >= 2 else "run"
+    cells: dict[str, dict[tuple[float, str], list[Point]]] = {}
+    for p in pts:
+        spec = specs.get(p.name)
+        if spec is None or spec.get("kind") == "ensemble":
+            continue
+        res = spec.get("resolution") or []
+        key = (float(spec.get("alpha", 1.0)), f"{res[0]}x{res[1]}" if len(res) == 2 else default_res)
+        cells.setdefault(kinds.get(p.name, "conv"), {}).setdefault(key, []).append(p)
+
+    def axes(kind: str) -> tuple[int, int]:
+        keys = cells[kind]
+        return len({a for a, _ in keys}), len({r for _, r in keys})
+
+    ranked = sorted((k for k in cells if min(axes(k)) >= 2), key=lambda k: (-len(cells[k]), k))
+    if not ranked:
+        return "", []
+    kind, on = ranked[0], set(front)
+    out = []
+    for (alpha, res), members in sorted(cells[kind].items()):
+        best = max(members, key=lambda p: (p.accuracy, -p.latency_ms))
+        out.append(GridCell(alpha, res, best.name, best.accuracy, best.latency_ms,
+                            any(p.name in on for p in members), len(members)))
+    return kind, out
+
+
+def plot_grid(kind: str, cells: Sequence[GridCell], path: Path) -> None:
+    """A width x resolution grid for one block kind: accuracy and p95 per cell, the front's cells outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def side(r: str) -> int:
+        return int(r.split("x")[0]) if r.split("x")[0].isdigit() else 0
+
+    alphas = sorted({c.alpha for c in cells})
+    ress = sorted({c.resolution for c in cells}, key=side)
+    acc = np.full((len(alphas), len(ress)), np.nan)
+    for c in cells:
+        acc[alphas.index(c.alpha), ress.index(c.resolution)] = c.accuracy * 100
+    fig, ax = plt.subplots(figsize=(1.9 * len(ress) + 2.4, 1.2 * len(alphas) + 1.6), dpi=110)
+    im = ax.imshow(acc, cmap="viridis", aspect="auto", origin="lower")
+    for c in cells:
+        i, j = alphas.index(c.alpha), ress.index(c.resolution)
+        ax.text(j, i, f"{c.accuracy:.1%}\n{c.latency_ms:.4f} ms" + ("\n★ front" if c.on_front else ""),
+                ha="center", va="center", fontsize=8, color="white")
+        if c.on_front:
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
+    ax.set_xticks(range(len(ress)), ress)
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_xlabel("input resolution")
+    ax.set_ylabel("width multiplier (alpha)")
+    ax.set_title(f"{kind}: accuracy and {QUANTILE} latency per width x resolution; red: on the front", fontsize=9)
+    fig.colorbar(im, ax=ax, label="top-1 accuracy (%)")
+    _save(fig, path)
 
 
 def block_stats(pts: Sequence[Point], front: Sequence[str], kinds: dict[str, str]) -> list[dict]:
@@ -222,6 +307,10 @@ def build(table_path: Path, out: Path, reference: str, run: Path | None) -> dict
         summary["blocks"] = block_stats(per_model, m.front, kinds)
         plot_blocks(per_model, m.front, kinds, out / "accuracy_vs_p95_by_block.png",
                     f"{m.count} models ({reference}) by block kind: accuracy vs {QUANTILE} latency")
+        grid_kind, cells = width_resolution_grid(run, per_model, m.front, kinds)
+        if cells:
+            summary["grid"] = {"block": grid_kind, "cells": [asdict(c) for c in cells]}
+            plot_grid(grid_kind, cells, out / "width_resolution_grid.png")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "report.md", format_summary(summary))
     return summary
@@ -249,9 +338,16 @@ def format_summary(s: dict) -> str:
                   "| --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {b['block']} | {b['count']} | {b['on_front']} | {b['dominated']} ({b['dominated_share']:.0%}) | "
                   f"{b['best_accuracy']:.2%} |" for b in s["blocks"]]
+    grid = s.get("grid")
+    if grid:
+        on = [f"alpha {c['alpha']:g} at {c['resolution']}" for c in grid["cells"] if c["on_front"]]
+        lines += ["", f"Width x resolution ({grid['block']}): {len(on)} of {len(grid['cells'])} cells reach the front "
+                  f"({', '.join(on) or 'none'})."]
     lines += ["", "![accuracy vs p95](accuracy_vs_p95.png)", "", "![accuracy vs MACs](accuracy_vs_macs.png)", ""]
     if s.get("blocks"):
         lines += ["![accuracy vs p95 by block kind](accuracy_vs_p95_by_block.png)", ""]
+    if grid:
+        lines += ["![width x resolution](width_resolution_grid.png)", ""]
     return "\n".join(lines)
 
 

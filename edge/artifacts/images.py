@@ -185,16 +185,36 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, size: tuple[int, in
     return out
 
 
-def resize_pixels(images: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:
+# OpenCV's interpolation for each method name of resize_pixels; "auto" is area averaging when shrinking
+# (OpenCV's advice for decimation: no aliasing) and bilinear when enlarging.
+CV_METHODS = ("auto", "nearest", "bilinear", "bicubic", "lanczos", "area")
+
+
+def _cv_interpolation(method: str, shrink: bool) -> int:
+    import cv2
+
+    table = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+             "lanczos": cv2.INTER_LANCZOS4, "area": cv2.INTER_AREA}
+    if method == "auto":
+        return cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    try:
+        return table[method]
+    except KeyError:
+        raise UsageError(f"unknown resize method {method!r}; available: {list(CV_METHODS)}") from None
+
+
+def resize_pixels(images: np.ndarray, size: tuple[int, int], method: str = "auto") -> np.ndarray:
     """uint8 pixels (H, W, C) or (N, H, W, C) -> the same at ``size`` (height, width): the one resize between a
     run's or a bundle's images (at the dataset's size) and a variant that takes another input size.
 
-    Pillow's ``method`` filter (bilinear by default; a downscale is antialiased, as ``load_image``'s is), one
-    image and channel layout at a time: C = 1 as mode L, C = 3 as RGB, any other C one L plane per channel.
-    Training, conversion, the canary, the benchmark and serving all resize through it, so a variant sees
-    at serving exactly the pixels it was trained and measured on. Images already at ``size`` are returned.
+    OpenCV's ``cv2.resize``, one image at a time: with ``method`` "auto" (the default) area averaging when
+    the image shrinks and bilinear when it grows. Training, conversion, the canary, the benchmark and serving
+    all resize through it, so a variant sees at serving exactly the pixels it was trained and measured on.
+    OpenCV rather than Pillow (which decodes the files): on this project's 2-core VM a 28x28 gray image took
+    Pillow 32-43 us to resize and OpenCV 4-8 us, against CNNs that run in a few microseconds.
+    Images already at ``size`` are returned as they are.
     """
-    from PIL import Image
+    import cv2
 
     x = np.asarray(images)
     single = x.ndim == 3
@@ -205,17 +225,16 @@ def resize_pixels(images: np.ndarray, size: tuple[int, int], method: str = "bili
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
         raise UsageError(f"cannot resize to {h}x{w}")
-    if x.shape[1:3] == (h, w):
+    n, ih, iw, c = x.shape
+    if (ih, iw) == (h, w):
         return images
-    n, _, _, c = x.shape
-    flt = resample(method)
+    flag = _cv_interpolation(method, shrink=h * w < ih * iw)
     out = np.empty((n, h, w, c), np.uint8)
     for i in range(n):
-        if c == 3:
-            out[i] = np.asarray(Image.fromarray(x[i], "RGB").resize((w, h), resample=flt))
+        if c == 1:
+            out[i, :, :, 0] = cv2.resize(x[i, :, :, 0], (w, h), interpolation=flag)
         else:
-            for ch in range(c):
-                out[i, :, :, ch] = np.asarray(Image.fromarray(x[i, :, :, ch], "L").resize((w, h), resample=flt))
+            out[i] = cv2.resize(x[i], (w, h), interpolation=flag).reshape(h, w, c)
     return out[0] if single else out
 
 

@@ -60,3 +60,27 @@ def test_build_writes_the_report(tmp_path):
     ]
     assert (tmp_path / "out3" / "accuracy_vs_p95_by_block.png").stat().st_size > 0
     assert "| dwsep | 1 | 1 | 0 (0%) | 85.00% |" in (tmp_path / "out3" / "report.md").read_text()
+    assert "grid" not in s  # no block kind with two widths and two resolutions
+
+
+def test_width_resolution_grid_marks_the_cells_on_the_front(tmp_path):
+    from benchmarks.perf.sweep_report import width_resolution_grid
+
+    run = tmp_path / "run"
+    (run / "models").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"input_shape": [28, 28, 1]}))
+    pts = []
+    for i, (alpha, res, lat, acc) in enumerate([(0.5, None, 1.0, 0.80), (0.5, [36, 36], 2.0, 0.84),
+                                                (1.0, None, 1.5, 0.78), (1.0, [36, 36], 3.0, 0.86),
+                                                (1.0, [36, 36], 3.5, 0.85)]):
+        name = f"m{i}"
+        (run / "models" / name).mkdir()
+        spec = {"filters": [8], "block": "dwsep", "alpha": alpha, **({"resolution": res} if res else {})}
+        (run / "models" / name / "spec.json").write_text(json.dumps(spec))
+        pts.append(Point(name, macs=i, latency_ms=lat, accuracy=acc))
+    front = front_stats("m", pts).front
+    kind, cells = width_resolution_grid(run, pts, front, {p.name: "dwsep" for p in pts})
+    assert kind == "dwsep" and front == ("m0", "m1", "m3")
+    got = {(c.alpha, c.resolution): (c.model, c.on_front, c.models) for c in cells}
+    assert got == {(0.5, "28x28"): ("m0", True, 1), (0.5, "36x36"): ("m1", True, 1),
+                   (1.0, "28x28"): ("m2", False, 1), (1.0, "36x36"): ("m3", True, 2)}

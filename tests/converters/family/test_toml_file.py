@@ -199,10 +199,31 @@ def test_mobile_blocks_in_a_family(tmp_path):
 def test_builtin_mobile_family():
     fam = load_family("mobile")
     specs = fam.expand()
-    assert len(specs) == 21 and {s.block for s in specs} == {"dwsep", "mbconv", "residual"}
-    assert {s.alpha for s in specs} == {0.5, 1.0, 1.5} and all(s.recipe == "long" for s in specs)
+    assert len(specs) == 15 and {s.block for s in specs} == {"dwsep", "mbconv", "residual"}
+    assert all(s.recipe == "long" and s.batch_norm for s in specs)
+    dwsep = [s for s in specs if s.block == "dwsep"]
+    assert {(s.alpha, s.resolution) for s in dwsep} == {(a, (r, r)) for a in (0.5, 1.0, 1.5) for r in (20, 28, 36)}
     macs = [s.estimate_macs((28, 28, 1)) for s in specs]
-    assert 0.2e6 < min(macs) and max(macs) < 30e6
+    assert 0.1e6 < min(macs) and max(macs) < 10e6
+
+
+def test_resolution_axis_and_its_errors(tmp_path):
+    p = write_family(tmp_path, """
+        [[space]]
+        blocks = 2
+        width = 8
+        resolution = [20, 36, [24, 32]]
+        """)
+    specs = load_family(p).expand()
+    assert [s.resolution for s in specs] == [(20, 20), (36, 36), (24, 32)]
+    assert [s.model_id.rsplit("-", 1)[1] for s in specs] == ["r20", "r36", "r24x32"]
+    assert specs[1].estimate_macs((28, 28, 1)) > specs[0].estimate_macs((28, 28, 1))
+    for body, msg in (("resolution = 0", "space[0].resolution: 0 is not an input size"),
+                      ("resolution = [[20, 20, 1]]", "is not an input size"),
+                      ("resolution = 4", "space[0].blocks: 2 blocks with max downsampling shrink the 4x4 input")):
+        bad = write_family(tmp_path, f"[[space]]\nblocks = 2\nwidth = 8\n{body}\n", name="bad.toml")
+        with pytest.raises(FamilyError, match=re.escape(msg)):
+            load_family(bad)
 
 
 # --- [[ensemble]] in family files: syntax and errors ------------------------------------------
