@@ -386,3 +386,31 @@ def test_the_standard_triton_v2_client_works(srv, fx):
     assert c.get_model_metadata("edgekit")["parameters"]["labels"] == list(CLASS_NAMES)
     c.close()
 
+
+
+def test_the_daemon_serves_a_36x36_variant_from_28x28_requests(resolution_run, tmp_path):
+    """v2 metadata names the bundle's image size; a request at it is resized for the chosen variant and answers what
+    the workstation's canary computed; a request at the variant's own size is a 400 that names the shape served."""
+    from edgekit.cli import main
+    from tests.edge._fixtures import DaemonProc
+
+    run = resolution_run
+    selected = tmp_path / "sel36.json"
+    assert main(["select", str(run["table"]), "--profile", str(run["profile"]), "--significance", "0",
+                 "--models", "*-r36", "--out", str(selected)]) == 0
+    with np.load(run["bundle"] / "canary.npz") as z:
+        image = z["images"][0]
+        host = {k.split("/", 1)[1]: z[k][0] for k in z.files if k.startswith("scores/")}
+    d = DaemonProc(run["bundle"], selected, profile=run["profile"])
+    try:
+        s, _, meta = jcall(d, "GET", "/v2/models/edgekit")
+        assert s == 200 and meta["inputs"][0]["shape"] == [-1, 28, 28, 1]
+        s, _, out = jcall(d, "POST", INFER, infer_doc(image[None], deadline=10_000))
+        assert s == 200, out
+        variant = out["parameters"]["variant"]
+        assert "-r36." in variant
+        np.testing.assert_allclose(out["outputs"][0]["data"], host[variant.split("@")[0]], atol=1e-4)
+        s, _, err = jcall(d, "POST", INFER, infer_doc(np.zeros((1, 36, 36, 1), np.uint8), shape=[1, 36, 36, 1]))
+        assert s == 400 and "[1, 28, 28, 1]" in err["error"], err
+    finally:
+        d.stop()
