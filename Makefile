@@ -1,5 +1,5 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
-.PHONY: setup demo test mobile board board-check
+.PHONY: setup demo test mobile pruning board board-check
 
 setup:
 	bash scripts/setup.sh runtime,train,dev,cluster
@@ -11,6 +11,10 @@ demo: setup
 # ./mobile; not part of `make demo`, which must stay within its time budget.
 mobile: setup
 	.venv/bin/edgekit demo --family mobile --out mobile
+
+# The demo's largest plain CNN, its ViP twin and their pruned children (L1 and ThiNet), into ./pruning.
+pruning: setup
+	.venv/bin/edgekit demo --family pruning --out pruning
 
 test: setup
 	.venv/bin/ruff check .

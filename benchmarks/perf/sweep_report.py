@@ -166,6 +166,79 @@ def width_resolution_grid(run: Path, pts: Sequence[Point], front: Sequence[str],
     return kind, out
 
 
+def pruned_children(run: Path, names: Sequence[str]) -> dict[str, tuple[str, float, str]]:
+    """child model id -> (its parent's id, the pruned fraction, the method), from each child's train.json."""
+    out = {}
+    for name in names:
+        try:
+            rec = json.loads((run / "models" / name / "train.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("pruned_from"):
+            out[name] = (str(rec["pruned_from"]), float(rec.get("prune", 0.0)), str(rec.get("prune_method", "l1")))
+    return out
+
+
+def _plain_key(spec: dict) -> str:
+    """A spec without its ViP and pruning: what a ViP or pruned model is compared to."""
+    return json.dumps({k: v for k, v in spec.items() if k not in ("model_id", "vip", "prune", "prune_method")},
+                      sort_keys=True)
+
+
+def pruning_rows(pts: Sequence[Point], children: dict[str, tuple[str, float, str]], vip: dict[str, bool],
+                 specs: dict[str, dict] | None = None) -> list[dict]:
+    """One row per pruned child whose parent was measured: both latencies, the speed-up and the accuracy change;
+    with ``specs``, also against the plain member (the same spec without ViP or pruning) when it was measured."""
+    by = {p.name: p for p in pts}
+    specs = specs or {}
+    plain = {_plain_key(sp): n for n, sp in specs.items()
+             if n in by and not any(sp.get("vip") or []) and not sp.get("prune") and sp.get("kind") != "ensemble"}
+    rows = []
+    for child, (parent, ratio, method) in sorted(children.items()):
+        if child not in by or parent not in by:
+            continue
+        c, p = by[child], by[parent]
+        rows.append({"child": child, "parent": parent, "prune": ratio, "method": method, "vip": vip.get(child, False),
+                     "parent_ms": p.latency_ms, "child_ms": c.latency_ms, "speedup": p.latency_ms / c.latency_ms,
+                     "parent_accuracy": p.accuracy, "child_accuracy": c.accuracy,
+                     "accuracy_change_points": 100 * (c.accuracy - p.accuracy)})
+        base = plain.get(_plain_key(specs[child])) if child in specs else None
+        if base is not None and base != parent:
+            rows[-1].update(plain=base, speedup_vs_plain=by[base].latency_ms / c.latency_ms,
+                            accuracy_change_vs_plain_points=100 * (c.accuracy - by[base].accuracy))
+    return rows
+
+
+def plot_pruning(pts: Sequence[Point], children: dict[str, tuple[str, float, str]], vip: dict[str, bool],
+                 path: Path) -> None:
+    """Each pruned child joined to its parent in the accuracy-latency plane; ViP models drawn as squares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {p.name: p for p in pts}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    family = {n for n in by if n in children or n in {v[0] for v in children.values()}}
+    for n in family:
+        p = by[n]
+        ax.scatter([p.latency_ms], [p.accuracy * 100], marker="s" if vip.get(n) else "o",
+                   c="tab:red" if n in children else "tab:blue", s=30, zorder=3)
+    for child, (parent, ratio, method) in children.items():
+        if child in by and parent in by:
+            c, p = by[child], by[parent]
+            ax.annotate("", (c.latency_ms, c.accuracy * 100), (p.latency_ms, p.accuracy * 100),
+                        arrowprops=dict(arrowstyle="->", color="gray"))
+            ax.text(c.latency_ms, c.accuracy * 100, f" {ratio:.0%} {method}" + (" +ViP" if vip.get(child) else ""),
+                    fontsize=7, va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{QUANTILE} latency (ms)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("pruned children (red) from their parents (blue); squares: ViP", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, path)
+
+
 def plot_grid(kind: str, cells: Sequence[GridCell], path: Path) -> None:
     """A width x resolution grid for one block kind: accuracy and p95 per cell, the front's cells outlined."""
     import matplotlib
@@ -307,6 +380,12 @@ def build(table_path: Path, out: Path, reference: str, run: Path | None) -> dict
         summary["blocks"] = block_stats(per_model, m.front, kinds)
         plot_blocks(per_model, m.front, kinds, out / "accuracy_vs_p95_by_block.png",
                     f"{m.count} models ({reference}) by block kind: accuracy vs {QUANTILE} latency")
+        children = pruned_children(run, [p.name for p in per_model])
+        if children:
+            specs = _specs(run, [p.name for p in per_model])
+            vip = {n: any(sp.get("vip") or []) for n, sp in specs.items()}
+            summary["pruning"] = pruning_rows(per_model, children, vip, specs)
+            plot_pruning(per_model, children, vip, out / "pruning.png")
         grid_kind, cells = width_resolution_grid(run, per_model, m.front, kinds)
         if cells:
             summary["grid"] = {"block": grid_kind, "cells": [asdict(c) for c in cells]}
@@ -348,6 +427,15 @@ def format_summary(s: dict) -> str:
         lines += ["![accuracy vs p95 by block kind](accuracy_vs_p95_by_block.png)", ""]
     if grid:
         lines += ["![width x resolution](width_resolution_grid.png)", ""]
+    if s.get("pruning"):
+        lines += ["| pruned child | from | method | ViP | parent ms | child ms | speed-up | accuracy change (points) |",
+                  "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['child']} | {r['parent']} | {r['prune']:.0%} {r['method']} | {'yes' if r['vip'] else 'no'} | "
+                  f"{r['parent_ms']:.4f} | {r['child_ms']:.4f} | {r['speedup']:.2f}x | "
+                  f"{r['accuracy_change_points']:+.2f} |" for r in s["pruning"]]
+        lines += [f"- {r['child']} against the plain {r['plain']}: {r['speedup_vs_plain']:.2f}x faster, "
+                  f"{r['accuracy_change_vs_plain_points']:+.2f} points" for r in s["pruning"] if "plain" in r]
+        lines += ["", "![pruning](pruning.png)", ""]
     return "\n".join(lines)
 
 

@@ -34,6 +34,10 @@ VIP_PATTERNS = ("none", "first", "last", "all", "alt")
 # Named training recipes a spec may ask for instead of its run's schedule (defined in
 # converters.train.options.RECIPES); "" means the run's schedule.
 RECIPES = ("long",)
+# How a pruned child ranks its parent's filters (converters.train.pruning): their L1 norm, or ThiNet's greedy
+# choice of the input channels of the next layer that reconstruct its output best.
+PRUNE_METHODS = ("l1", "thinet")
+MAX_PRUNE = 0.9
 
 
 class FamilyError(EdgekitError, ValueError):
@@ -69,6 +73,8 @@ class ModelSpec:
     se: bool = False  # mbconv: squeeze-excite after the depthwise conv (MobileNetV3)
     stride: tuple[int, ...] = ()  # mobile blocks: each stage's stride (1 or 2); () = 2 for every stage
     resolution: tuple[int, ...] = ()  # (H, W) the images are resized to for this model; () = the run's size
+    prune: float = 0.0  # structured pruning: this fraction of every conv's filters removed from the trained parent
+    prune_method: str = "l1"  # PRUNE_METHODS: how the kept filters are chosen
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass normalisation)
@@ -111,6 +117,7 @@ class ModelSpec:
             raise FamilyError(f"psconv: pre-defined sparse kernels need kernel 3, got kernel {self.kernel}")
         self._check_mobile_knobs(set_, mobile)
         set_("resolution", check_resolution(self.resolution))
+        self._check_prune(set_)
         mean, std = tuple(self.mean or ()), tuple(self.std or ())
         if self.preprocess == "standardize":
             if not mean or not std:
@@ -163,6 +170,33 @@ class ModelSpec:
             set_("batch_norm", True)  # part of every mobile block (folded into its convs when converted)
         set_("stride", tuple(int(v) for v in stride))
 
+    def _check_prune(self, set_) -> None:
+        """prune and prune_method, and the blocks that cannot be pruned safely (the error names the block)."""
+        if isinstance(self.prune, bool) or not isinstance(self.prune, (int, float)) or not 0 <= self.prune <= MAX_PRUNE:
+            raise FamilyError(f"prune: the fraction of filters to remove must be a number from 0 to {MAX_PRUNE}, "
+                              f"got {self.prune!r}")
+        set_("prune", float(self.prune))
+        check_choice("prune_method", self.prune_method, PRUNE_METHODS)
+        if not self.prune:
+            if self.prune_method != "l1":
+                raise FamilyError("prune_method: only used with prune > 0")
+            return
+        if self.block != "conv":
+            raise FamilyError(f"prune: block {self.block!r} cannot be pruned safely here: a residual add needs the "
+                              "same kept channels on both of its sides and a depthwise conv ties its input to its "
+                              "output channels; edgekit prunes the filters of plain 'conv' blocks")
+        if self.psconv:
+            raise FamilyError("prune: pSConv layers cannot be pruned: their fixed kernel corners follow the halves of "
+                              "the channel order, which removing channels would move; prune a spec with psconv false")
+
+    @property
+    def parent(self) -> "ModelSpec":
+        """The unpruned spec a pruned one is cut from (itself when it is not pruned)."""
+        if not self.prune:
+            return self
+        return ModelSpec(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "prune": 0.0,
+                            "prune_method": "l1"})
+
     # -- derived ---------------------------------------------------------------------------------
     @property
     def blocks(self) -> int:
@@ -174,10 +208,12 @@ class ModelSpec:
 
     @property
     def channels(self) -> tuple[int, ...]:
-        """Each block's filters after the width multiplier: as written at alpha 1, else make_divisible(f * alpha)."""
-        if self.alpha == 1.0:
-            return self.filters
-        return tuple(make_divisible(f * self.alpha) for f in self.filters)
+        """Each block's filters after the width multiplier (as written at alpha 1, else make_divisible(f * alpha)),
+        then pruning (round(c * (1 - prune)), at least 1)."""
+        widths = self.filters if self.alpha == 1.0 else tuple(make_divisible(f * self.alpha) for f in self.filters)
+        if self.prune:
+            widths = tuple(max(1, int(round(c * (1.0 - self.prune)))) for c in widths)
+        return widths
 
     def input_hw(self, run_size: Sequence[int]) -> tuple[int, int]:
         """The (H, W) this model takes: its ``resolution``, or the run's images' size."""
@@ -230,6 +266,8 @@ class ModelSpec:
         if self.resolution:
             h, w = self.resolution
             parts.append(f"r{h}" if h == w else f"r{h}x{w}")
+        if self.prune:
+            parts.append(f"p{self.prune:g}" + ("" if self.prune_method == "l1" else self.prune_method))
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,8 @@ A family file (``converters/family/builtin/<name>.toml`` or any path) looks like
     stride = [1, 2, 2]         # mobile blocks: each stage's stride (default 2); they take no pool
     expand = [3, 6]            # mbconv: expansion ratio; se = [false, true]: its squeeze-excite
     resolution = [20, 28, 36]  # the input size each model's images are resized to (N, or [[H, W]]); default the run's
+    prune = [0, 0.5]           # pruned children: this fraction of every conv's filters cut from the trained spec
+    prune_method = "l1"        # or "thinet"; then fine-tuned (converters.train.pruning)
 
 Every space key takes a value or a list of values (a list is one grid axis); an integer axis may be
 written ``{min = 4, max = 32, step = 4}``. A space key may also be set once at the top level as the
@@ -67,8 +69,10 @@ from converters.family.family import EnsembleDecl, FamilySpec, Space
 from converters.family.specs import (
     ENSEMBLE_NAME_RE,
     HEADS,
+    MAX_PRUNE,
     POOLS,
     PREPROCESS,
+    PRUNE_METHODS,
     RECIPES,
     VIP_PATTERNS,
     FamilyError,
@@ -106,6 +110,8 @@ _SPACE_KEYS = {
     "se": "bool",
     "stride": "stridelist",
     "resolution": "resolution",
+    "prune": "num",
+    "prune_method": "str",
 }
 # pool has no default here: it is the block's (ModelSpec: "max" for conv, "none" for the mobile blocks).
 _SPACE_DEFAULTS = {
@@ -114,7 +120,7 @@ _SPACE_DEFAULTS = {
 }
 # Axes the spatial shape and the knobs' combinations depend on (validated exhaustively at load time).
 _SHAPE_AXES = ("blocks", "filters", "convs", "kernel", "pool", "vip", "psconv", "block", "stride", "expand", "se",
-               "batch_norm", "resolution")
+               "batch_norm", "resolution", "prune", "prune_method")
 
 
 def list_families() -> list[str]:
@@ -250,11 +256,14 @@ def _axis(key: str, raw: Any, where: str) -> tuple:
                 bad = "a number"
             elif key == "dropout" and not 0 <= v < 1:
                 bad = "a number in [0, 1)"
+            elif key == "prune" and not 0 <= v <= MAX_PRUNE:
+                bad = f"a fraction of filters from 0 to {MAX_PRUNE}"
             elif key in ("growth", "alpha") and v <= 0:
                 bad = "a positive number"
         elif kind == "str":
             # recipe "": the run's schedule
-            allowed = {"pool": POOLS, "head": HEADS, "recipe": ("", *RECIPES), "block": BLOCKS}[key]
+            allowed = {"pool": POOLS, "head": HEADS, "recipe": ("", *RECIPES), "block": BLOCKS,
+                       "prune_method": PRUNE_METHODS}[key]
             if v not in allowed:
                 bad = f"one of {list(allowed)}"
         elif kind == "bool":
@@ -331,8 +340,8 @@ def _parse_space(i: int, raw: dict[str, Any], input_size: tuple[int, int]) -> Sp
             if block in MOBILE_BLOCKS and c.get("batch_norm") is False:
                 raise FamilyError(f"batch_norm: block {block!r} always uses batch norm (folded into its convs "
                                   "when converted); leave batch_norm out")
-            knobs = {k: c[k] for k in ("pool", "block", "expand", "se", "stride", "alpha", "batch_norm", "resolution")
-                     if k in c}
+            knobs = {k: c[k] for k in ("pool", "block", "expand", "se", "stride", "alpha", "batch_norm", "resolution",
+                                       "prune", "prune_method") if k in c}
             spec = ModelSpec(filters=filters, kernel=c["kernel"], convs=c["convs"], vip=c["vip"],
                              psconv=c["psconv"], dense=c["dense"], dropout=c["dropout"], head=c["head"], **knobs)
             spec.check_input(input_size)

@@ -170,6 +170,11 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
     splits = at_resolution(splits, spec)
     x_train, y_train = train_subset(splits, schedule, seed)
     model = build_model(spec, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    pruning_record: dict[str, Any] = {}
+    if spec.prune:  # a pruned child: the parent's kept filters, then fine-tuning (converters.train.pruning)
+        from converters.train.pruning import start_from_parent
+
+        schedule, pruning_record = start_from_parent(model, spec, model_dir.parent, splits, schedule, write)
     params, macs = count_params_macs(model)
     model.compile(optimizer=_optimizer(schedule, -(-len(x_train) // schedule.batch_size)),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -197,6 +202,7 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
         "params": int(params),
         "macs": int(macs),
         "model_seed": mseed,
+        **pruning_record,
         **run_fields(seed, splits, schedule, train_images=len(x_train)),
     }
     atomic_write_json(model_dir / TRAIN_FILE, record)

@@ -152,7 +152,7 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
     if opts.ray is not None:
         ray_sweep.preflight(opts.ray)  # Ray installed, the cluster answers: before any work starts
     family = load_family(opts.family)
-    specs = family.expand(limit=opts.limit, sample=opts.sample, seed=opts.seed)
+    specs = with_parents(family.expand(limit=opts.limit, sample=opts.sample, seed=opts.seed))
     if not specs:
         raise UsageError(f"family {opts.family!r} selected no specs (limit={opts.limit}, sample={opts.sample})")
 
@@ -214,12 +214,23 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
               + (f"; then {len(family.ensembles)} [[ensemble]] declaration(s)" if family.ensembles else ""),
               file=out, flush=True)
 
+        # Pruned children after every parent, here: each starts from its parent's model.keras in the run folder.
+        children = [s for s in todo if s.prune]
+        todo = [s for s in todo if not s.prune]
         if todo and opts.ray is not None:
             _train_on_ray(todo, splits, models_dir, opts, results, out)
         else:
             if todo:
                 import_tensorflow_quietly()
             _train_here(todo, splits, models_dir, opts, results, out)
+        ready = [s for s in children if results.get(s.parent.model_id) is None
+                 or results[s.parent.model_id].status != "failed"]
+        for s in children:
+            if s not in ready:
+                results[s.model_id] = _failed(s.model_id, f"its parent {s.parent.model_id} failed to train")
+        if ready:
+            import_tensorflow_quietly()
+            _train_here(ready, splits, models_dir, opts, results, out)
 
         # Ensembles last: they need their members' model.keras (and, for top = K, their accuracy).
         say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
@@ -243,6 +254,17 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
             say(f"done {ens.model_id} (ensemble of {len(ens.members)}): test acc {rec['test_accuracy']:.4f} "
                 f"(best member {best:.4f}), {rec['wall_s']:.1f}s")
     return [results[s.model_id] for s in specs] + [results[e.model_id] for e in ensembles]
+
+
+def with_parents(specs: list) -> list:
+    """``specs`` with each pruned spec's parent (the same spec unpruned) listed before it, once."""
+    out, seen = [], set()
+    for spec in specs:
+        for s in ((spec.parent, spec) if spec.prune else (spec,)):
+            if s.model_id not in seen:
+                seen.add(s.model_id)
+                out.append(s)
+    return out
 
 
 def _data_label(meta: dict[str, Any]) -> str:

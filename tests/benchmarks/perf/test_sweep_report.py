@@ -84,3 +84,28 @@ def test_width_resolution_grid_marks_the_cells_on_the_front(tmp_path):
     got = {(c.alpha, c.resolution): (c.model, c.on_front, c.models) for c in cells}
     assert got == {(0.5, "28x28"): ("m0", True, 1), (0.5, "36x36"): ("m1", True, 1),
                    (1.0, "28x28"): ("m2", False, 1), (1.0, "36x36"): ("m3", True, 2)}
+
+
+def test_pruning_rows_compare_each_child_to_its_parent_and_to_the_plain_member(tmp_path):
+    from benchmarks.perf.sweep_report import pruned_children, pruning_rows
+
+    run = tmp_path / "run"
+    models = {"plain": ({"filters": [8], "vip": [0]}, None), "vip": ({"filters": [8], "vip": [1]}, None),
+              "plain-p": ({"filters": [8], "vip": [0], "prune": 0.5}, ("plain", 0.5)),
+              "vip-p": ({"filters": [8], "vip": [1], "prune": 0.5}, ("vip", 0.5))}
+    for name, (spec, parent) in models.items():
+        (run / "models" / name).mkdir(parents=True)
+        (run / "models" / name / "spec.json").write_text(json.dumps(spec))
+        rec = {"model_id": name, **({"pruned_from": parent[0], "prune": parent[1]} if parent else {})}
+        (run / "models" / name / "train.json").write_text(json.dumps(rec))
+    pts = [Point("plain", 4, 1.0, 0.90), Point("vip", 2, 0.5, 0.89), Point("plain-p", 1, 0.5, 0.895),
+           Point("vip-p", 1, 0.25, 0.88)]
+    children = pruned_children(run, [p.name for p in pts])
+    assert children == {"plain-p": ("plain", 0.5, "l1"), "vip-p": ("vip", 0.5, "l1")}
+    specs = {n: m[0] for n, m in models.items()}
+    rows = {r["child"]: r for r in pruning_rows(pts, children, {"vip": True, "vip-p": True}, specs)}
+    assert rows["plain-p"]["speedup"] == pytest.approx(2.0) and "plain" not in rows["plain-p"]
+    assert rows["plain-p"]["accuracy_change_points"] == pytest.approx(-0.5)
+    assert rows["vip-p"]["speedup"] == pytest.approx(2.0) and rows["vip-p"]["plain"] == "plain"
+    assert rows["vip-p"]["speedup_vs_plain"] == pytest.approx(4.0)
+    assert rows["vip-p"]["accuracy_change_vs_plain_points"] == pytest.approx(-2.0)

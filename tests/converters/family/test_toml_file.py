@@ -207,6 +207,26 @@ def test_builtin_mobile_family():
     assert 0.1e6 < min(macs) and max(macs) < 10e6
 
 
+def test_prune_axis_and_the_builtin_pruning_family(tmp_path):
+    p = write_family(tmp_path, """
+        [[space]]
+        filters = [8, 16]
+        batch_norm = true
+        prune = [0, 0.25, 0.5]
+        """)
+    assert [s.model_id.rsplit("-", 1)[1] for s in load_family(p).expand()] == ["bn", "p0.25", "p0.5"]
+    bad = write_family(tmp_path, "[[space]]\nfilters = [8, 16]\nblock = 'residual'\nprune = 0.5\n", name="b.toml")
+    with pytest.raises(FamilyError, match=re.escape("space[0].prune: block 'residual' cannot be pruned safely")):
+        load_family(bad)
+    bad = write_family(tmp_path, "[[space]]\nfilters = [8]\nprune = 1.5\n", name="c.toml")
+    with pytest.raises(FamilyError, match=re.escape("space[0].prune: 1.5 is not a fraction of filters")):
+        load_family(bad)
+    specs = load_family("pruning").expand()
+    assert len(specs) == 5 and sum(bool(s.prune) for s in specs) == 3
+    assert {s.parent.model_id for s in specs if s.prune} <= {s.model_id for s in specs}
+    assert {s.prune_method for s in specs if s.prune} == {"l1", "thinet"}
+
+
 def test_resolution_axis_and_its_errors(tmp_path):
     p = write_family(tmp_path, """
         [[space]]
