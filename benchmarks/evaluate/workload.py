@@ -15,7 +15,9 @@ from edge.core.errors import EdgekitError
 # Hard bounds so a typo cannot start an hour-long run or allocate a huge schedule.
 MAX_COUNT = 100_000
 MAX_DEADLINE_MS = 600_000.0
-MAX_RATE = 10_000.0
+# In process a microsecond front serves over 10,000 requests/s: the mobile family's most accurate variant
+# served 11,474/s closed loop, so its 1.2x overload asked for 13,768/s.
+MAX_RATE = 100_000.0
 
 
 class WorkloadError(EdgekitError, ValueError):

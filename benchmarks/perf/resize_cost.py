@@ -44,10 +44,9 @@ def bare_resize(images: Sequence[np.ndarray], size: tuple[int, int]) -> float:
     h, w = size
     shrink = h * w < images[0].shape[0] * images[0].shape[1]
     flag = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    gray = images[0].shape[-1] == 1
     t0 = time.perf_counter()
     for img in images:
-        cv2.resize(img[:, :, 0] if gray else img, (w, h), interpolation=flag)
+        cv2.resize(img, (w, h), interpolation=flag)
     return (time.perf_counter() - t0) / len(images)
 
 
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", required=True, help="its selected table (edgekit select) or one with all its variants")
     p.add_argument("--profile", default=None, help="device profile (default: the bundle's)")
     p.add_argument("--images", type=int, default=256, help="evaluation images per round (default 256)")
-    p.add_argument("--rounds", type=int, default=7, help="alternating rounds of bare and kit resizes (default 7)")
+    p.add_argument("--rounds", type=int, default=15, help="alternating rounds of bare and kit resizes (default 15)")
     p.add_argument("--requests", type=int, default=400, help="requests per variant served in process (default 400)")
     a = p.parse_args(argv)
     try:
