@@ -35,6 +35,7 @@ from typing import Any, Callable, cast
 
 import numpy as np
 
+from edge.artifacts.images import resize_pixels
 from edge.artifacts.manifest import TensorSpec
 from edge.artifacts.tensors import dequantize_output, fit_size, pixel_values, prepare_input
 from edge.backends.base import LoadedModel
@@ -139,7 +140,7 @@ class InputPreparer:
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)
         # A variant at another input size than the served images: resized first (edge.artifacts.tensors.fit_size).
-        self.hw = tuple(int(v) for v in spec.shape[1:3]) if len(spec.shape) == 4 else None
+        self.hw: tuple[int, int] | None = (int(spec.shape[1]), int(spec.shape[2])) if len(spec.shape) == 4 else None
         self.lut, self.chan = None, None
         # The arithmetic of edge.artifacts.tensors.prepare_input, once per pixel value (and per channel
         # when an imported model's input convention normalizes each channel differently).
@@ -153,7 +154,8 @@ class InputPreparer:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.dtype == np.uint8:
             if self.hw is not None and image.shape[-3:-1] != self.hw:
-                image = fit_size(image, self.spec)
+                # One request's image: edge.artifacts.images.resize_pixels' one-image path (what fit_size calls)
+                image = resize_pixels(image[0], self.hw)[None] if image.ndim == 4 else fit_size(image, self.spec)
             if self.lut is not None:
                 return self.lut[image] if self.chan is None else self.lut[image, self.chan]
             return image.astype(self.dtype)
