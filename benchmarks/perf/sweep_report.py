@@ -167,7 +167,8 @@ def width_resolution_grid(run: Path, pts: Sequence[Point], front: Sequence[str],
 
 
 def pruned_children(run: Path, names: Sequence[str]) -> dict[str, tuple[str, float, str]]:
-    """child model id -> (its parent's id, the pruned fraction, the method), from each child's train.json."""
+    """child model id -> (its parent's id, the pruned fraction, the method), from each child's train.json; a ViP
+    child of a pruned member is (the pruned member, 0, "ViP after pruning")."""
     out = {}
     for name in names:
         try:
@@ -176,6 +177,8 @@ def pruned_children(run: Path, names: Sequence[str]) -> dict[str, tuple[str, flo
             continue
         if isinstance(rec, dict) and rec.get("pruned_from"):
             out[name] = (str(rec["pruned_from"]), float(rec.get("prune", 0.0)), str(rec.get("prune_method", "l1")))
+        elif isinstance(rec, dict) and rec.get("vip_from"):  # a ViP child of a pruned member
+            out[name] = (str(rec["vip_from"]), 0.0, "ViP after pruning")
     return out
 
 
@@ -229,8 +232,8 @@ def plot_pruning(pts: Sequence[Point], children: dict[str, tuple[str, float, str
             c, p = by[child], by[parent]
             ax.annotate("", (c.latency_ms, c.accuracy * 100), (p.latency_ms, p.accuracy * 100),
                         arrowprops=dict(arrowstyle="->", color="gray"))
-            ax.text(c.latency_ms, c.accuracy * 100, f" {ratio:.0%} {method}" + (" +ViP" if vip.get(child) else ""),
-                    fontsize=7, va="bottom")
+            label = method if not ratio else f"{ratio:.0%} {method}" + (" +ViP" if vip.get(child) else "")
+            ax.text(c.latency_ms, c.accuracy * 100, " " + label, fontsize=7, va="bottom")
     ax.set_xscale("log")
     ax.set_xlabel(f"{QUANTILE} latency (ms)")
     ax.set_ylabel("top-1 accuracy (%)")
@@ -395,6 +398,11 @@ def build(table_path: Path, out: Path, reference: str, run: Path | None) -> dict
     return summary
 
 
+def _how(row: dict) -> str:
+    """How a child was made: "50% l1", or "ViP after pruning"."""
+    return f"{row['prune']:.0%} {row['method']}" if row["prune"] else row["method"]
+
+
 def format_summary(s: dict) -> str:
     lines = [f"# Sweep report: {s['profile']} on {s['device']}", ""]
     lines.append(f"| population | count | on the {s['quantile']} front | beaten on accuracy and latency | "
@@ -430,7 +438,7 @@ def format_summary(s: dict) -> str:
     if s.get("pruning"):
         lines += ["| pruned child | from | method | ViP | parent ms | child ms | speed-up | accuracy change (points) |",
                   "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['child']} | {r['parent']} | {r['prune']:.0%} {r['method']} | {'yes' if r['vip'] else 'no'} | "
+        lines += [f"| {r['child']} | {r['parent']} | {_how(r)} | {'yes' if r['vip'] else 'no'} | "
                   f"{r['parent_ms']:.4f} | {r['child_ms']:.4f} | {r['speedup']:.2f}x | "
                   f"{r['accuracy_change_points']:+.2f} |" for r in s["pruning"]]
         lines += [f"- {r['child']} against the plain {r['plain']}: {r['speedup_vs_plain']:.2f}x faster, "

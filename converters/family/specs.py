@@ -75,6 +75,9 @@ class ModelSpec:
     resolution: tuple[int, ...] = ()  # (H, W) the images are resized to for this model; () = the run's size
     prune: float = 0.0  # structured pruning: this fraction of every conv's filters removed from the trained parent
     prune_method: str = "l1"  # PRUNE_METHODS: how the kept filters are chosen
+    # "pruned": a pruned spec with ViP made as a ViP child of its pruned twin without ViP (its weights, ViP
+    # switched on, fine-tuned) instead of pruned from its unpruned ViP twin; "" = the latter
+    vip_from: str = ""
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass normalisation)
@@ -171,7 +174,7 @@ class ModelSpec:
         set_("stride", tuple(int(v) for v in stride))
 
     def _check_prune(self, set_) -> None:
-        """prune and prune_method, and the blocks that cannot be pruned safely (the error names the block)."""
+        """prune, prune_method and vip_from, and the blocks that cannot be pruned safely (the error names the block)."""
         if isinstance(self.prune, bool) or not isinstance(self.prune, (int, float)) or not 0 <= self.prune <= MAX_PRUNE:
             raise FamilyError(f"prune: the fraction of filters to remove must be a number from 0 to {MAX_PRUNE}, "
                               f"got {self.prune!r}")
@@ -180,6 +183,8 @@ class ModelSpec:
         if not self.prune:
             if self.prune_method != "l1":
                 raise FamilyError("prune_method: only used with prune > 0")
+            if self.vip_from:
+                raise FamilyError("vip_from: only used with prune > 0 (a ViP child of a pruned member)")
             return
         if self.block != "conv":
             raise FamilyError(f"prune: block {self.block!r} cannot be pruned safely here: a residual add needs the "
@@ -188,14 +193,26 @@ class ModelSpec:
         if self.psconv:
             raise FamilyError("prune: pSConv layers cannot be pruned: their fixed kernel corners follow the halves of "
                               "the channel order, which removing channels would move; prune a spec with psconv false")
+        check_choice("vip_from", self.vip_from, ("", "pruned"))
+        if self.vip_from and not any(self.vip):
+            raise FamilyError("vip_from: 'pruned' makes a ViP child of the pruned member; this spec has no ViP "
+                              "(set vip, or leave vip_from out)")
+
+    @property
+    def derived(self) -> bool:
+        """Made from another trained model of the run (pruned, or ViP switched on), not trained from scratch."""
+        return bool(self.prune)
 
     @property
     def parent(self) -> "ModelSpec":
-        """The unpruned spec a pruned one is cut from (itself when it is not pruned)."""
+        """The trained spec a derived one starts from (itself when it is trained from scratch): the same spec
+        unpruned, or with ``vip_from = "pruned"`` the same pruned spec without ViP."""
         if not self.prune:
             return self
-        return ModelSpec(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "prune": 0.0,
-                            "prune_method": "l1"})
+        mine = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.vip_from == "pruned":
+            return ModelSpec(**{**mine, "vip": (0,) * len(self.filters), "vip_from": ""})
+        return ModelSpec(**{**mine, "prune": 0.0, "prune_method": "l1"})
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -268,6 +285,8 @@ class ModelSpec:
             parts.append(f"r{h}" if h == w else f"r{h}x{w}")
         if self.prune:
             parts.append(f"p{self.prune:g}" + ("" if self.prune_method == "l1" else self.prune_method))
+        if self.vip_from:
+            parts.append("vipft")  # ViP switched on after pruning, then fine-tuned
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ A family file (``converters/family/builtin/<name>.toml`` or any path) looks like
     resolution = [20, 28, 36]  # the input size each model's images are resized to (N, or [[H, W]]); default the run's
     prune = [0, 0.5]           # pruned children: this fraction of every conv's filters cut from the trained spec
     prune_method = "l1"        # or "thinet"; then fine-tuned (converters.train.pruning)
+    vip_from = "pruned"        # a pruned ViP spec made from its pruned twin without ViP (default: pruned from ViP)
 
 Every space key takes a value or a list of values (a list is one grid axis); an integer axis may be
 written ``{min = 4, max = 32, step = 4}``. A space key may also be set once at the top level as the
@@ -112,6 +113,7 @@ _SPACE_KEYS = {
     "resolution": "resolution",
     "prune": "num",
     "prune_method": "str",
+    "vip_from": "str",
 }
 # pool has no default here: it is the block's (ModelSpec: "max" for conv, "none" for the mobile blocks).
 _SPACE_DEFAULTS = {
@@ -120,7 +122,7 @@ _SPACE_DEFAULTS = {
 }
 # Axes the spatial shape and the knobs' combinations depend on (validated exhaustively at load time).
 _SHAPE_AXES = ("blocks", "filters", "convs", "kernel", "pool", "vip", "psconv", "block", "stride", "expand", "se",
-               "batch_norm", "resolution", "prune", "prune_method")
+               "batch_norm", "resolution", "prune", "prune_method", "vip_from")
 
 
 def list_families() -> list[str]:
@@ -263,7 +265,7 @@ def _axis(key: str, raw: Any, where: str) -> tuple:
         elif kind == "str":
             # recipe "": the run's schedule
             allowed = {"pool": POOLS, "head": HEADS, "recipe": ("", *RECIPES), "block": BLOCKS,
-                       "prune_method": PRUNE_METHODS}[key]
+                       "prune_method": PRUNE_METHODS, "vip_from": ("", "pruned")}[key]
             if v not in allowed:
                 bad = f"one of {list(allowed)}"
         elif kind == "bool":
@@ -341,7 +343,7 @@ def _parse_space(i: int, raw: dict[str, Any], input_size: tuple[int, int]) -> Sp
                 raise FamilyError(f"batch_norm: block {block!r} always uses batch norm (folded into its convs "
                                   "when converted); leave batch_norm out")
             knobs = {k: c[k] for k in ("pool", "block", "expand", "se", "stride", "alpha", "batch_norm", "resolution",
-                                       "prune", "prune_method") if k in c}
+                                       "prune", "prune_method", "vip_from") if k in c}
             spec = ModelSpec(filters=filters, kernel=c["kernel"], convs=c["convs"], vip=c["vip"],
                              psconv=c["psconv"], dense=c["dense"], dropout=c["dropout"], head=c["head"], **knobs)
             spec.check_input(input_size)

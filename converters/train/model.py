@@ -171,7 +171,7 @@ def train_one(spec, splits, model_dir: Path, schedule: Schedule, seed: int, writ
     x_train, y_train = train_subset(splits, schedule, seed)
     model = build_model(spec, input_shape=splits.input_shape, num_classes=splits.num_classes)
     pruning_record: dict[str, Any] = {}
-    if spec.prune:  # a pruned child: the parent's kept filters, then fine-tuning (converters.train.pruning)
+    if spec.derived:  # a pruned (or ViP) child: its parent's weights, then fine-tuning (converters.train.pruning)
         from converters.train.pruning import start_from_parent
 
         schedule, pruning_record = start_from_parent(model, spec, model_dir.parent, splits, schedule, write)

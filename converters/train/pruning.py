@@ -14,7 +14,9 @@ removed: narrower convolutions, which is what makes a runtime faster (a sparse m
    (one per channel after global average pooling, one per channel and position after a flatten);
 3. fine-tunes it for a few epochs at a tenth of the learning rate.
 
-ViP composes: a ViP spec's pruned child keeps its strided conv and resize (neither has weights to cut).
+ViP composes both ways. A ViP spec's pruned child keeps its strided conv and resize (neither has weights
+to cut). With ``vip_from = "pruned"`` a pruned ViP spec is instead a ViP child of its pruned twin without
+ViP: the same weights (ViP adds none), ViP switched on, and the same fine-tuning.
 Blocks that cannot be pruned safely are refused by the spec (``ModelSpec._check_prune``): residual adds,
 depthwise convs and pSConv's fixed kernel corners.
 """
@@ -160,13 +162,18 @@ def start_from_parent(model, spec: ModelSpec, models_dir: Path, splits, schedule
         raise StepFailed(f"{spec.model_id}: its parent {pid} is not trained in {models_dir}; train it first (edgekit "
                          "train trains a pruned spec's parent before it)")
     parent = load_keras_model(models_dir / pid / MODEL_FILE)
-    kept = copy_kept_weights(parent, model, spec, splits.input_shape, spec.prune_method, splits.x_train)
+    if spec.vip_from == "pruned":
+        model.set_weights(parent.get_weights())  # ViP adds no weights: the same tensors, in the same order
+        what, record = "ViP switched on", {"vip_from": pid}
+    else:
+        kept = copy_kept_weights(parent, model, spec, splits.input_shape, spec.prune_method, splits.x_train)
+        what = f"{spec.prune:.0%} of the filters cut ({spec.prune_method})"
+        record = {"pruned_from": pid, "prune": spec.prune, "prune_method": spec.prune_method, "kept_channels": kept}
     before = float(np.mean(np.argmax(np.asarray(model.predict(splits.x_val.astype(np.float32), batch_size=512,
                                                               verbose=0)), 1) == splits.y_val))
-    write(f"  {spec.model_id}: {spec.prune:.0%} of the filters of {pid} cut ({spec.prune_method}); validation "
-          f"accuracy {before:.4f} before fine-tuning, {float(rec['val_accuracy']):.4f} for the parent")
+    write(f"  {spec.model_id}: from {pid}, {what}; validation accuracy {before:.4f} before fine-tuning, "
+          f"{float(rec['val_accuracy']):.4f} for the parent")
     return fine_tune_schedule(schedule), {
-        "pruned_from": pid, "prune": spec.prune, "prune_method": spec.prune_method,
-        "parent_test_accuracy": float(rec["test_accuracy"]), "parent_macs": int(rec["macs"]),
-        "val_accuracy_before_fine_tuning": before, "kept_channels": kept,
+        **record, "parent_test_accuracy": float(rec["test_accuracy"]), "parent_macs": int(rec["macs"]),
+        "val_accuracy_before_fine_tuning": before,
     }

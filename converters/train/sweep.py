@@ -215,8 +215,8 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
               file=out, flush=True)
 
         # Pruned children after every parent, here: each starts from its parent's model.keras in the run folder.
-        children = [s for s in todo if s.prune]
-        todo = [s for s in todo if not s.prune]
+        children = [s for s in todo if s.derived]
+        todo = [s for s in todo if not s.derived]
         if todo and opts.ray is not None:
             _train_on_ray(todo, splits, models_dir, opts, results, out)
         else:
@@ -257,13 +257,20 @@ def train_sweep(opts: TrainOptions, out: TextIO | None = None) -> list[ModelResu
 
 
 def with_parents(specs: list) -> list:
-    """``specs`` with each pruned spec's parent (the same spec unpruned) listed before it, once."""
+    """``specs`` with each derived spec's parent (and its parent's, for a ViP child of a pruned member) listed
+    before it, once."""
     out, seen = [], set()
+
+    def add(spec) -> None:
+        if spec.model_id in seen:
+            return
+        if spec.derived:
+            add(spec.parent)
+        seen.add(spec.model_id)
+        out.append(spec)
+
     for spec in specs:
-        for s in ((spec.parent, spec) if spec.prune else (spec,)):
-            if s.model_id not in seen:
-                seen.add(s.model_id)
-                out.append(s)
+        add(spec)
     return out
 
 

@@ -222,7 +222,7 @@ def test_prune_axis_and_the_builtin_pruning_family(tmp_path):
     with pytest.raises(FamilyError, match=re.escape("space[0].prune: 1.5 is not a fraction of filters")):
         load_family(bad)
     specs = load_family("pruning").expand()
-    assert len(specs) == 5 and sum(bool(s.prune) for s in specs) == 3
+    assert len(specs) == 6 and sum(bool(s.prune) for s in specs) == 4 and sum(bool(s.vip_from) for s in specs) == 1
     assert {s.parent.model_id for s in specs if s.prune} <= {s.model_id for s in specs}
     assert {s.prune_method for s in specs if s.prune} == {"l1", "thinet"}
 

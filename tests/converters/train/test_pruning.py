@@ -141,7 +141,46 @@ def test_a_sweep_trains_the_parent_then_its_pruned_children(tmp_path):
     assert rec["pruned_from"] == parent and rec["prune"] == 0.5 and rec["prune_method"] == "l1"
     assert rec["macs"] < rec["parent_macs"] and len(rec["kept_channels"]["b1c1"]) == 4
     assert rec["schedule"]["learning_rate"] == pytest.approx(3e-4)
-    assert "of the filters of " + parent + " cut (l1)" in out.getvalue()
+    assert f"from {parent}, 50% of the filters cut (l1)" in out.getvalue()
     # Resumed, nothing trained again.
     again = train_sweep(opts, out=io.StringIO())
     assert [r.status for r in again] == ["resumed", "resumed"]
+
+
+def test_a_vip_child_of_a_pruned_member():
+    s = ModelSpec(filters=(8, 16), batch_norm=True, vip="last", prune=0.5, vip_from="pruned")
+    assert s.model_id.endswith("-bn-p0.5-vipft")
+    assert s.parent == ModelSpec(filters=(8, 16), batch_norm=True, prune=0.5)  # the pruned twin without ViP
+    assert s.parent.parent == ModelSpec(filters=(8, 16), batch_norm=True)
+    with pytest.raises(FamilyError, match="^vip_from: 'pruned' makes a ViP child of the pruned member; this spec "
+                                          "has no ViP"):
+        ModelSpec(filters=(8, 16), prune=0.5, vip_from="pruned")
+    with pytest.raises(FamilyError, match="^vip_from: only used with prune > 0"):
+        ModelSpec(filters=(8, 16), vip="last", vip_from="pruned")
+    shape = (16, 16, 1)
+    parent = _randomize(build_model(s.parent, shape))
+    child = build_model(s, shape)
+    child.set_weights(parent.get_weights())  # what start_from_parent does: ViP adds no weights
+    assert [w.shape for w in child.get_weights()] == [w.shape for w in parent.get_weights()]
+
+
+def test_a_sweep_trains_the_chain_of_a_vip_child_of_a_pruned_member(tmp_path):
+    from converters.data.files import DatasetNotFound
+    from converters.train.options import Schedule, SplitOptions, TrainOptions
+    from converters.train.sweep import train_sweep
+
+    fam = tmp_path / "v.toml"
+    fam.write_text('name = "v"\n[[space]]\nfilters = [8, 16]\nbatch_norm = true\nvip = "last"\nprune = 0.5\n'
+                   'vip_from = "pruned"\n')
+    opts = TrainOptions(run_dir=tmp_path / "run", family=str(fam), progress=False,
+                        schedule=Schedule(mode="quick", epochs=1, patience=1, batch_size=32, learning_rate=3e-3),
+                        splits=SplitOptions(calib_size=16, limit_train=400, limit_test=100))
+    try:
+        results = train_sweep(opts, out=io.StringIO())
+    except DatasetNotFound as exc:
+        pytest.skip(f"the real Fashion-MNIST is not installed: {exc}")
+    base = "c2-f8.16-k3-max-d0-vip00-ps0-bn"
+    assert [r.model_id for r in results] == [base, base + "-p0.5", "c2-f8.16-k3-max-d0-vip01-ps0-bn-p0.5-vipft"]
+    rec = json.loads((tmp_path / "run" / "models" / results[2].model_id / "train.json").read_text())
+    assert rec["vip_from"] == base + "-p0.5" and "pruned_from" not in rec
+    assert rec["macs"] < rec["parent_macs"]  # ViP runs the last block's conv at twice its stride
