@@ -112,10 +112,10 @@ def _specs(run: Path, names: Sequence[str]) -> dict[str, dict]:
     return out
 
 
-def block_kinds(run: Path, names: Sequence[str]) -> dict[str, str]:
-    """model id -> its block kind, read from the run's ``models/<id>/spec.json`` ("conv" for a spec written before
-    the key existed, "ensemble" for an ensemble, "imported" for a model without a spec)."""
-    specs = _specs(run, names)
+def block_kinds(run: Path, names: Sequence[str], specs: dict[str, dict] | None = None) -> dict[str, str]:
+    """model id -> its block kind, from the run's ``models/<id>/spec.json`` (``specs`` if already read): "conv" for
+    a spec written before the key existed, "ensemble" for an ensemble, "imported" for a model without a spec."""
+    specs = _specs(run, names) if specs is None else specs
     return {n: ("imported" if n not in specs else "ensemble" if specs[n].get("kind") == "ensemble"
                 else str(specs[n].get("block", "conv"))) for n in names}
 
@@ -131,11 +131,11 @@ class GridCell:
     models: int
 
 
-def width_resolution_grid(run: Path, pts: Sequence[Point], front: Sequence[str], kinds: dict[str, str]
-                          ) -> tuple[str, list[GridCell]]:
+def width_resolution_grid(run: Path, pts: Sequence[Point], front: Sequence[str], kinds: dict[str, str],
+                          specs: dict[str, dict] | None = None) -> tuple[str, list[GridCell]]:
     """The block kind with the most (alpha, resolution) cells, and one cell per pair: its most accurate model, and
     whether any of its models reaches the sweep's front. ("", []) when no kind has 2 widths and 2 resolutions."""
-    specs = _specs(run, [p.name for p in pts])
+    specs = _specs(run, [p.name for p in pts]) if specs is None else specs
     try:
         shape = json.loads((run / "run.json").read_text()).get("input_shape", [])
     except (OSError, ValueError):
@@ -234,11 +234,7 @@ def plot_pruning(pts: Sequence[Point], children: dict[str, tuple[str, float, str
                         arrowprops=dict(arrowstyle="->", color="gray"))
             label = method if not ratio else f"{ratio:.0%} {method}" + (" +ViP" if vip.get(child) else "")
             ax.text(c.latency_ms, c.accuracy * 100, " " + label, fontsize=7, va="bottom")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{QUANTILE} latency (ms)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("pruned children (red) from their parents (blue); squares: ViP", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
+    _accuracy_axes(ax, f"{QUANTILE} latency (ms)", "pruned children (red) from their parents (blue); squares: ViP")
     _save(fig, path)
 
 
@@ -304,13 +300,18 @@ def plot_blocks(pts: Sequence[Point], front: Sequence[str], kinds: dict[str, str
     on = sorted((p for p in pts if p.name in set(front)), key=lambda p: p.latency_ms)
     ax.plot([p.latency_ms for p in on], [p.accuracy * 100 for p in on], "-", c="black", lw=1, alpha=0.6,
             label=f"{QUANTILE} latency front ({len(on)})")
+    _accuracy_axes(ax, f"{QUANTILE} latency (ms)", title)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
+def _accuracy_axes(ax, xlabel: str, title: str) -> None:
+    """The accuracy plane every plot here draws on: a log x axis, accuracy in % up, a grid."""
     ax.set_xscale("log")
-    ax.set_xlabel(f"{QUANTILE} latency (ms)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    _save(fig, path)
 
 
 def _save(fig, path: Path) -> None:
@@ -340,11 +341,7 @@ def plot(pts: Sequence[Point], front: Sequence[str], x: str, path: Path, title: 
     order = np.argsort(xs[mask])
     front_name = "MACs front" if x == "macs" else f"{QUANTILE} latency front"
     ax.plot(xs[mask][order], ys[mask][order], "-o", c="tab:red", ms=5, label=f"{front_name} ({int(mask.sum())})")
-    ax.set_xscale("log")
-    ax.set_xlabel("multiply-accumulates per image" if x == "macs" else f"{QUANTILE} latency (ms)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
+    _accuracy_axes(ax, "multiply-accumulates per image" if x == "macs" else f"{QUANTILE} latency (ms)", title)
     ax.legend(fontsize=8, loc="lower right")
     _save(fig, path)
 
@@ -379,17 +376,17 @@ def build(table_path: Path, out: Path, reference: str, run: Path | None) -> dict
     }
     if run is not None:
         summary["training"] = train_times(run)
-        kinds = block_kinds(run, [p.name for p in per_model])
+        specs = _specs(run, [p.name for p in per_model])  # read once for the block kinds, pruning and the grid
+        kinds = block_kinds(run, [p.name for p in per_model], specs)
         summary["blocks"] = block_stats(per_model, m.front, kinds)
         plot_blocks(per_model, m.front, kinds, out / "accuracy_vs_p95_by_block.png",
                     f"{m.count} models ({reference}) by block kind: accuracy vs {QUANTILE} latency")
         children = pruned_children(run, [p.name for p in per_model])
         if children:
-            specs = _specs(run, [p.name for p in per_model])
             vip = {n: any(sp.get("vip") or []) for n, sp in specs.items()}
             summary["pruning"] = pruning_rows(per_model, children, vip, specs)
             plot_pruning(per_model, children, vip, out / "pruning.png")
-        grid_kind, cells = width_resolution_grid(run, per_model, m.front, kinds)
+        grid_kind, cells = width_resolution_grid(run, per_model, m.front, kinds, specs)
         if cells:
             summary["grid"] = {"block": grid_kind, "cells": [asdict(c) for c in cells]}
             plot_grid(grid_kind, cells, out / "width_resolution_grid.png")

@@ -33,10 +33,6 @@ from typing import Sequence
 BLOCKS = ("conv", "dwsep", "mbconv", "residual")
 MOBILE_BLOCKS = ("dwsep", "mbconv", "residual")
 STRIDES = (1, 2)
-# Op kinds: a dense kxk conv, a pSConv kxk conv (3x3 with 4 free taps), a depthwise kxk conv, a 1x1
-# pointwise conv, and squeeze-excite (global average pool, 1x1 conv to cout, ReLU, 1x1 conv back, hard sigmoid,
-# multiply).
-OP_KINDS = ("conv", "psconv", "dwconv", "pw", "se")
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -60,7 +56,11 @@ def psconv_macs(h: int, w: int, cin: int, cout: int, strides: int = 1, implement
 
 @dataclass(frozen=True)
 class Op:
-    """One conv-like layer of a unit, with batch norm and ``act`` after it ("" = linear)."""
+    """One conv-like layer of a unit, with batch norm and ``act`` after it ("" = linear).
+
+    ``kind``: "conv" (dense kxk), "psconv" (3x3 with 4 free taps), "dwconv" (depthwise kxk), "pw" (1x1), or "se"
+    (squeeze-excite: global average pool, 1x1 conv to cout, ReLU, 1x1 conv back, hard sigmoid, multiply; no
+    batch norm)."""
 
     kind: str
     name: str
@@ -87,10 +87,6 @@ class Op:
         if self.kind == "se":  # two 1x1 convs on the pooled vector: cin -> cout -> cin
             return 2 * self.cin * self.cout
         return oh * ow * self.kernel * self.kernel * self.cin * self.cout
-
-    @property
-    def batch_norm(self) -> bool:
-        return self.kind != "se"
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,8 @@ def _conv_layers(spec: ModelSpec, input_shape) -> list[str]:
     return [f"b{p['block'] + 1}c{p['conv'] + 1}" for p in spec.conv_plan(input_shape)]
 
 
-def _next_input(parent, tag: str, nxt: str, images: np.ndarray) -> np.ndarray:
-    """The input the conv ``nxt`` sees on ``images`` in the parent (what follows conv ``tag``)."""
+def _next_input(parent, nxt: str, images: np.ndarray) -> np.ndarray:
+    """The input the conv ``nxt`` sees on ``images`` in the parent (what follows the conv before it)."""
     import keras
 
     layer = parent.get_layer(f"{nxt}_conv")
@@ -117,7 +117,7 @@ def copy_kept_weights(parent, child, spec: ModelSpec, input_shape, method: str, 
             if images is None:
                 raise StepFailed("ThiNet pruning needs the run's training images")
             nxt = tags[i + 1]
-            x = _next_input(parent, tag, nxt, images[:THINET_SAMPLES])
+            x = _next_input(parent, nxt, images[:THINET_SAMPLES])
             out_keep = thinet_keep(x, np.asarray(parent.get_layer(f"{nxt}_conv").kernel), n, rng)
         else:
             out_keep = l1_keep(kernel, n)
