@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fnmatch
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from edge.backends import get_backend
 from edge.core.atomic import sha256_file
 from edge.core.errors import UsageError
 from edge.core.memory import PeakRss
+from edge.core.patterns import matches, split_patterns
 from edge.core.progress import Bar, NoBar, progress_bar
 from edge.core.textable import format_table
 from edge.tables.table import DeviceHeader, LatencyTable, TableError
@@ -75,15 +75,6 @@ class BenchResult:
     skipped: dict[str, str] = field(default_factory=dict)  # variant -> why
 
 
-def _matches(patterns: Sequence[str], *names: str) -> bool:
-    for pat in patterns:
-        glob = any(c in pat for c in "*?[")
-        for n in names:
-            if (fnmatch.fnmatchcase(n, pat) if glob else pat in n):
-                return True
-    return False
-
-
 def plan_rows(
     artifacts: Sequence[ArtifactRecord], profile: DeviceProfile, only: Sequence[str] = ()
 ) -> list[tuple[ArtifactRecord, RuntimeSetting]]:
@@ -92,7 +83,7 @@ def plan_rows(
     for rec in artifacts:
         for setting in profile.settings_for(rec.format):
             variant = variant_id(rec.artifact_id, setting.name)
-            if only and not _matches(only, rec.artifact_id, variant):
+            if only and not matches(only, rec.artifact_id, variant):
                 continue
             plan.append((rec, setting))
     return plan
@@ -372,7 +363,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    only = [s.strip() for pat in args.only for s in pat.split(",") if s.strip()]
+    only = split_patterns(args.only)
     opts = BenchOptions(
         min_runs=args.min_runs,
         min_seconds=args.min_seconds,

@@ -27,6 +27,7 @@ from edge.artifacts.images import ImagePrep
 from edge.artifacts.manifest import ArtifactRecord, Manifest, ManifestError
 from edge.artifacts.tensors import scores, with_recorded_input
 from edge.bundle.canary import CANARY_NAME, SCORES_PREFIX
+from edge.bundle.predictive import PREDICTIVE_NAME, dump_tests
 from edge.bundle.reader import BUNDLE_VERSION, EVAL_NAME, MANIFEST_NAME, is_bundle_folder
 from edge.core.atomic import atomic_writer, read_json, sha256_bytes, sha256_file
 from edge.core.errors import MissingError, UsageError
@@ -47,6 +48,7 @@ class BundleResult:
     eval_count: int
     canary_count: int
     size_bytes: int
+    predictive: tuple = ()  # converters.pack.predictive.TestReport per artifact with a predictive test
 
 
 def is_archive(path: str | os.PathLike) -> bool:
@@ -166,10 +168,13 @@ def build_bundle(
     force: bool = False,
     splits: Any = None,
     say: Callable[[str], None] = print,
+    predictive: Any = None,
 ) -> BundleResult:
     """Pack RUN's artifacts that ``profile`` builds into the folder or tar.gz ``out`` (written atomically).
 
     ``splits`` (x_test, y_test, class_names) defaults to converters.data.datasets.splits_for_run(RUN).
+    ``predictive`` (converters.pack.predictive.PredictiveOptions): also build the compact predictive test of
+    every bundled artifact whose runtime this workstation has (predictive.npz).
     """
     run_dir = Path(run_dir)
     out = Path(out)
@@ -249,6 +254,11 @@ def build_bundle(
                 canary_skipped.append((rec.artifact_id, str(exc)))
                 warnings.warn(f"no canary for {rec.artifact_id}: {exc}", stacklevel=2)
 
+        reports: list = []
+        tests: dict = {}
+        if predictive is not None:
+            tests, reports = _predictive_tests(run_dir, records, tmp, canary_skipped, x_test[:n_eval],
+                                               np.asarray(y_test[:n_eval], dtype=np.int64), predictive, say)
         files = {
             EVAL_NAME: _save_npz(
                 tmp / EVAL_NAME,
@@ -262,6 +272,8 @@ def build_bundle(
                 **{f"{SCORES_PREFIX}{aid}": s for aid, s in canary_scores.items()},
             ),
         }
+        if tests:
+            files[PREDICTIVE_NAME] = _save_npz(tmp / PREDICTIVE_NAME, **dump_tests(tests))
         manifest = Manifest(
             dataset=run_manifest.dataset,
             labels=run_manifest.labels,
@@ -277,6 +289,8 @@ def build_bundle(
                 "canary_count": n_can,
                 "canary_skipped": [a for a, _ in canary_skipped],
                 "forced": forced,
+                **({"predictive_test": {"file": PREDICTIVE_NAME, "images": predictive.images,
+                                        "artifacts": sorted(tests)}} if tests else {}),
                 "source_run": str(run_dir.resolve()),
                 "source_manifest_sha256": sha256_file(mpath),
                 # an image-folder run: how the board turns a file into this bundle's input (edge.artifacts.images)
@@ -303,9 +317,45 @@ def build_bundle(
         eval_count=n_eval,
         canary_count=n_can,
         size_bytes=size,
+        predictive=tuple(reports),
     )
     _print_summary(result, manifest, say)
     return result
+
+
+def _predictive_tests(run_dir: Path, records: list[ArtifactRecord], folder: Path, skipped: list[tuple[str, str]],
+                      eval_x: np.ndarray, eval_y: np.ndarray, options: Any, say: Callable[[str], None]):
+    """The predictive test of every bundled artifact this workstation can run (its canary was not skipped)."""
+    from converters.pack.predictive import build_tests
+    from edge.core.patterns import matches
+
+    no_runtime = {a for a, _ in skipped}
+    items = [(r, (folder / r.path).read_bytes()) for r in records if r.artifact_id not in no_runtime
+             and (not options.only or matches(options.only, r.artifact_id))]
+    if not items:
+        raise UsageError(f"--predictive-only {', '.join(options.only)} matches no artifact of this bundle that the "
+                         "workstation can run; see the artifact ids above or in the run's manifest.json")
+    cache: dict[str, Any] = {}
+
+    def keras_model(model_id: str):
+        if model_id not in cache:
+            from converters.convert.model import _load_keras
+            from converters.train.run_folder import MODEL_FILE
+
+            path = run_dir / "models" / model_id / MODEL_FILE
+            cache.clear()  # one float model in memory at a time: the records come sorted by model
+            cache[model_id] = _load_keras(path) if path.is_file() else None
+        return cache[model_id]
+
+    say(f"predictive test: {len(items)} artifacts, {options.images} test images each")
+    tests, reports = build_tests(items, eval_x, eval_y, options, keras_model, say)
+    if reports:
+        h = np.array([r.heldout_mae for r in reports])
+        rnd = np.array([r.random_mae for r in reports])
+        say(f"predictive test: error on held-out degraded copies (accuracy {100 * 0.2:.0f} % to the artifact's): "
+            f"median {100 * np.median(h):.2f} pt, max {100 * h.max():.2f} pt; with random test images median "
+            f"{100 * np.median(rnd):.2f} pt ({100 * (1 - np.median(h) / max(np.median(rnd), 1e-9)):.0f} % lower)")
+    return tests, reports
 
 
 def _print_summary(res: BundleResult, manifest: Manifest, say: Callable[[str], None]) -> None:
@@ -355,6 +405,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--canary-size", type=int, default=8, help="test images in canary.npz (default 8)")
     p.add_argument("--force", action="store_true", help="also bundle artifacts that validation rejected")
+    p.add_argument("--predictive-test", action="store_true",
+                   help="also build each artifact's compact predictive test (a few images and a regressor that "
+                        "predict its accuracy on the board; minutes per artifact)")
+    p.add_argument("--predictive-images", type=int, default=4, metavar="K", help="test images per artifact (4)")
+    p.add_argument("--predictive-only", action="append", default=[], metavar="PATTERN",
+                   help="build the predictive test only for artifacts matching PATTERN (glob, or substring; "
+                        "repeatable, comma-separated), e.g. the ones a board is likely to select")
+
+
+def _predictive_options(args: argparse.Namespace):
+    if not args.predictive_test:
+        if args.predictive_only:
+            raise UsageError("--predictive-only needs --predictive-test")
+        return None
+    from converters.pack.predictive import PredictiveOptions
+    from edge.core.patterns import split_patterns
+
+    return PredictiveOptions(images=args.predictive_images, only=tuple(split_patterns(args.predictive_only)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -362,7 +430,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the summary already says which canaries were skipped
         build_bundle(
-            args.run, args.profile, args.out, eval_size=args.eval_size, canary_size=args.canary_size, force=args.force
+            args.run, args.profile, args.out, eval_size=args.eval_size, canary_size=args.canary_size, force=args.force,
+            predictive=_predictive_options(args),
         )
     print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@ import os
 import stat
 import tarfile
 import warnings
+import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
@@ -23,6 +24,7 @@ from edge.bundle.archive import (
     unsafe_reason,
 )
 from edge.bundle.canary import CANARY_NAME, SCORES_PREFIX, Canary
+from edge.bundle.predictive import PREDICTIVE_NAME, ArtifactTest, load_tests
 from edge.core.atomic import open_regular, read_json, sha256_fd, sha256_file
 from edge.core.errors import EdgekitError, UsageError
 
@@ -84,6 +86,7 @@ class Bundle:
         self.archive_sha256 = archive_sha256
         self.extra_files: tuple[str, ...] = ()
         self._canary: Canary | None = None
+        self._predictive: dict[str, ArtifactTest] | None = None
 
     @property
     def profile(self) -> str:
@@ -142,7 +145,7 @@ class Bundle:
                 return {k: z[k] for k in z.files}
         except FileNotFoundError:
             raise BundleError(f"bundle {self.source}: missing file {name}; re-copy the bundle") from None
-        except (ValueError, OSError, EOFError, zlib.error) as exc:
+        except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
             raise BundleError(f"bundle {self.source}: {name} is unreadable ({exc}); re-copy the bundle") from None
 
     def eval_set(self, limit: int | None = None, part: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +180,33 @@ class Bundle:
                     scores[k[len(SCORES_PREFIX):]] = v.astype(np.float32)
             self._canary = Canary(images, labels, scores)
         return self._canary
+
+    @property
+    def has_predictive_test(self) -> bool:
+        return isinstance(self.manifest.extra.get("predictive_test"), dict)
+
+    def predictive_test(self) -> dict[str, ArtifactTest]:
+        """Artifact id -> its compact predictive test ({} for a bundle built without ``--predictive-test``).
+
+        BundleError names predictive.npz when the manifest says there is a test and the file is missing,
+        unreadable, malformed or made for other artifacts (another bundle's)."""
+        if self._predictive is None:
+            if not self.has_predictive_test:
+                self._predictive = {}
+                return self._predictive
+            files = self.manifest.extra.get("files") or {}
+            if PREDICTIVE_NAME not in files:
+                raise BundleError(f"bundle {self.source}: {MANIFEST_NAME} names a predictive test but does not list "
+                                  f"{PREDICTIVE_NAME}; rebuild the bundle with 'edgekit bundle --predictive-test'")
+            z = self._npz(PREDICTIVE_NAME)
+            try:
+                self._predictive = load_tests(
+                    z, {a.artifact_id: a.sha256 for a in self.artifacts},
+                    {a.artifact_id: int(a.output.shape[-1]) for a in self.artifacts}, self.input_shape)
+            except (ValueError, KeyError) as exc:
+                raise BundleError(f"bundle {self.source}: {PREDICTIVE_NAME} is refused: {exc}; rebuild the bundle "
+                                  "with 'edgekit bundle --predictive-test' or re-copy it") from None
+        return self._predictive
 
     def verify(self) -> tuple[str, ...]:
         """Check every listed file's sha256 and look for unlisted ones; returns (and warns about) the extras."""

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge.bundle.predictive import DRIFT_MARGIN, ON_DRIFT
 from edge.core.errors import UsageError
 from edge.runtime.scheduler import DONE, InferenceRequest, InferenceResult, Scheduler
 from edge.runtime.selector import MISS_POLICIES, Policy, Selector
@@ -54,6 +55,8 @@ class RuntimeOptions:
     workers: int | None = None  # slots (loaded copies of every variant); None: the profile's
     inject_delay_ms: float = 0.0  # testing: every inference takes this much longer, as on a slower board
     warmup: int = 5
+    on_drift: str = "drop"  # drop | serve: a variant whose predicted accuracy drifted below its table's
+    drift_margin: float = DRIFT_MARGIN  # how far below (accuracy 0..1) is a drift
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, str):
@@ -70,6 +73,10 @@ class RuntimeOptions:
             raise UsageError(f"workers must be 1..64, got {self.workers}")
         if not (self.inject_delay_ms >= 0 and self.inject_delay_ms < 1e7):
             raise UsageError("inject_delay_ms must be >= 0")
+        if self.on_drift not in ON_DRIFT:
+            raise UsageError(f"unknown --on-drift '{self.on_drift}'; available: {list(ON_DRIFT)}")
+        if not 0 <= self.drift_margin <= 1:
+            raise UsageError(f"the drift margin is an accuracy difference in 0..1, got {self.drift_margin}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,8 @@ class AdaptiveClassifier:
         self.table = table
         self.table_path = str(table_path)
         self.workers = int(opts.workers or profile.workers)
-        self._pool = VariantPool(bundle, profile, self.workers, warmup=opts.warmup, log=self.log)
+        self._pool = VariantPool(bundle, profile, self.workers, warmup=opts.warmup, log=self.log,
+                                 on_drift=opts.on_drift, drift_margin=opts.drift_margin, warn=self._warn)
         self._slowdown = make_filter(opts.slowdown_filter)
         self.policy = opts.policy
         self._selector_args = dict(policy=opts.policy, miss=opts.miss)
@@ -390,6 +398,8 @@ class AdaptiveClassifier:
                 "provider": "" if info is None else info.provider,
                 f"{sel.quantile}_ms": row.latency(sel.quantile),
                 "accuracy": row.accuracy,
+                **({} if info is None or info.predicted_accuracy is None else
+                   {"predicted_accuracy": round(info.predicted_accuracy, 4), "drift": info.drift}),
             })
         return out
 

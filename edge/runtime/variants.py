@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.bundle.predictive import DRIFT_MARGIN, check_drift
 from edge.core.errors import UsageError
 from edge.runtime.scheduler import ServingState
 from edge.runtime.selector import Selector
@@ -21,14 +22,27 @@ class VariantInfo:
     ready: bool
     reason: str = ""
     provider: str = ""
+    predicted_accuracy: float | None = None  # the bundle's predictive test, None without one
+    drift: bool = False  # the prediction fell more than the drift margin below the table's accuracy
 
 
 class VariantPool:
     """Loads each variant once per slot; a variant is served only if its file matches the
-    manifest's sha256 when it is first loaded (at start or on a reload) and its canary passes."""
+    manifest's sha256 when it is first loaded (at start or on a reload) and its canary passes.
 
-    def __init__(self, bundle, profile, slots: int, warmup: int = WARMUP_RUNS, log=None):
+    A bundle with a predictive test (``edgekit bundle --predictive-test``) also predicts each variant's accuracy
+    then; a variant predicted more than ``drift_margin`` below its table's accuracy is dropped
+    (``on_drift="drop"``) or served with a warning (``"serve"``). The test file is read (and refused by name if
+    missing, corrupt or another bundle's) when the pool is made."""
+
+    def __init__(self, bundle, profile, slots: int, warmup: int = WARMUP_RUNS, log=None, on_drift: str = "drop",
+                 drift_margin: float = DRIFT_MARGIN, warn=None):
         self.bundle = bundle
+        self.on_drift = on_drift
+        self.drift_margin = drift_margin
+        self.warn = warn or log or (lambda msg: None)
+        predictive = getattr(bundle, "predictive_test", None)
+        self.tests = predictive() if callable(predictive) else {}
         self.profile = profile
         self.slots = slots
         self.warmup = warmup
@@ -101,6 +115,20 @@ class VariantPool:
         if not ok:
             first.close()
             return self._fail(row, msg, first.provider)
+        predicted, drift = None, False
+        test = self.tests.get(row.artifact_id)
+        if test is not None:
+            dc = check_drift(test, first, row.accuracy, self.drift_margin, what=v)
+            predicted, drift = dc.predicted, dc.drift
+            if drift and self.on_drift == "drop":
+                first.close()
+                info = VariantInfo(v, row.artifact_id, row.setting, False, dc.message + " (dropped: --on-drift drop)",
+                                   first.provider, predicted, True)
+                self.info[v] = info
+                return info
+            if drift:
+                self.warn(dc.message + " (served anyway: --on-drift serve)")
+            msg = f"{msg}; {dc.message}"
         if self.input_hwc is None:
             self.input_hwc, self.classes = served, classes
         copies = [first]
@@ -112,7 +140,7 @@ class VariantPool:
         except (ValueError, OSError, RuntimeError) as exc:
             return self._fail(row, f"warm-up failed: {exc}", first.provider)
         self.loaded[v] = copies
-        info = VariantInfo(v, row.artifact_id, row.setting, True, msg, first.provider)
+        info = VariantInfo(v, row.artifact_id, row.setting, True, msg, first.provider, predicted, drift)
         self.info[v] = info
         return info
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 
+from edge.bundle.predictive import DRIFT_MARGIN, ON_DRIFT
 from edge.runtime.selector import MISS_POLICIES
 from edge.runtime.slowdown import FILTERS
 from edge.serve.config import BUFFERED_BODIES, BUFFERED_CAP_BYTES, MB, config_from_args
@@ -72,6 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="deadline for requests without parameters.deadline_ms (default: such requests get 400)")
     p.add_argument("--inject-delay-ms", type=float, default=0.0,
                    help="testing: add this much time to every inference, as a slower board would")
+    p.add_argument("--on-drift", default="drop", choices=ON_DRIFT,
+                   help="a variant whose accuracy the bundle's predictive test puts more than --drift-margin below "
+                        "its table's, at start or on a reload: drop it (default) or serve it with a warning")
+    p.add_argument("--drift-margin", type=float, default=DRIFT_MARGIN, metavar="ACC",
+                   help=f"how far below its table's accuracy (0..1) a prediction is a drift (default {DRIFT_MARGIN})")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
 
 

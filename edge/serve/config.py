@@ -122,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         log(f"warning: binding {args.host} without a token; anyone who can reach it may use it (set --token-file)")
     runtime = RuntimeOptions(policy=Policy.from_string(args.policy), miss=args.miss, quantile=args.quantile,
                              slowdown_filter=args.filter, queue_size=args.queue_size, workers=args.workers,
-                             inject_delay_ms=args.inject_delay_ms)
+                             inject_delay_ms=args.inject_delay_ms, on_drift=args.on_drift,
+                             drift_margin=args.drift_margin)
     limits = TransportLimits(max_connections=args.max_connections, max_body_bytes=max_body,
                              max_buffered_bytes=max_buffered,
                              header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,

@@ -62,3 +62,27 @@ def rewrite_manifest(folder: Path, edit) -> None:
     m = json.loads(p.read_text())
     edit(m)
     p.write_text(json.dumps(m))
+
+
+def add_predictive_test(folder: Path, predicted: dict[str, float], default: float = 0.99) -> Path:
+    """Give the bundle ``folder`` a predictive test whose regressors are constant: each artifact is predicted
+    ``predicted.get(artifact_id, default)`` whatever its scores (what the board does with a prediction is under
+    test, not the regressor: tests/converters/pack/test_predictive.py builds real ones)."""
+    import numpy as np
+
+    from edge.bundle.predictive import PREDICTIVE_NAME, AccuracyRegressor, ArtifactTest, dump_tests
+    from edge.core.atomic import sha256_file
+
+    m = json.loads((folder / "manifest.json").read_text())
+    shape = m["extra"]["input_shape"]
+    tests = {}
+    for a in m["artifacts"]:
+        aid, classes = a["artifact_id"], int(a["output"]["shape"][-1])
+        reg = AccuracyRegressor(np.zeros(4), np.ones(4), np.zeros(4), predicted.get(aid, default))
+        tests[aid] = ArtifactTest(aid, np.zeros((2, *shape), np.uint8), np.zeros((2, classes), np.float32), reg,
+                                  a["sha256"], False, 0.01, 0.02, float(a["host_accuracy"] or 0.5))
+    np.savez(folder / PREDICTIVE_NAME, **dump_tests(tests))
+    m["extra"]["files"][PREDICTIVE_NAME] = sha256_file(folder / PREDICTIVE_NAME)
+    m["extra"]["predictive_test"] = {"file": PREDICTIVE_NAME, "images": 2, "artifacts": sorted(tests)}
+    (folder / "manifest.json").write_text(json.dumps(m))
+    return folder

@@ -62,3 +62,23 @@ def test_verify_says_when_the_profile_does_not_describe_this_host(folder, tmp_pa
     monkeypatch.setattr(host.Host, "detect", classmethod(lambda cls: host.Host("x86_64", 8, frozenset())))
     assert main(["verify", str(folder), "--profile", "desktop-cpu"]) == 0
     assert "NOT A" not in capsys.readouterr().out
+
+
+def test_verify_prints_each_predicted_accuracy_and_fails_a_drift(folder, capsys):
+    from edgekit.cli import main
+    from tests.edge._bundles import add_predictive_test
+
+    assert main(["verify", str(folder), "--profile", "desktop-cpu"]) == 0
+    assert "no predictive test in this bundle" in capsys.readouterr().out
+    add_predictive_test(folder, {}, default=1.0)
+    assert main(["verify", str(folder), "--profile", "desktop-cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted acc" in out and "3 ok, 0 failed" in out
+    assert any(TFLITE_INT8 in line and "1.000" in line for line in out.splitlines())
+    add_predictive_test(folder, {TFLITE_INT8: 0.0}, default=1.0)
+    assert main(["verify", str(folder), "--profile", "desktop-cpu"]) == 1
+    cap = capsys.readouterr()
+    assert "2 ok, 1 failed (1 by drift)" in cap.out and f"{TFLITE_INT8}: predicted accuracy 0.000" in cap.err
+    assert "DRIFT" in cap.err
+    # a margin of 1 lets any prediction pass
+    assert main(["verify", str(folder), "--profile", "desktop-cpu", "--drift-margin", "1"]) == 0

@@ -127,3 +127,12 @@ def test_bad_token_files_are_refused(tmp_path):
                         (tmp_path, "not a regular file"), (fifo, "not a regular file")):
         with pytest.raises(UsageError, match=words):
             config_from_args(parse("--token-file", str(path)))
+
+
+def test_on_drift_and_its_margin_reach_the_runtime():
+    cfg = config_from_args(parse())
+    assert cfg.runtime.on_drift == "drop" and cfg.runtime.drift_margin == 0.05
+    cfg = config_from_args(parse("--on-drift", "serve", "--drift-margin", "0.1"))
+    assert cfg.runtime.on_drift == "serve" and cfg.runtime.drift_margin == 0.1
+    with pytest.raises(UsageError, match="drift margin"):
+        config_from_args(parse("--drift-margin", "2"))
