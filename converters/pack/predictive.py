@@ -30,7 +30,7 @@ import numpy as np
 
 from converters.pack.degrade import Degradation, degrade, kinds_for, weights_of
 from edge.artifacts.manifest import ArtifactRecord
-from edge.bundle.predictive import AccuracyRegressor, ArtifactTest, predictive_features
+from edge.bundle.predictive import AccuracyRegressor, ArtifactTest, capped_prediction, predictive_features
 from edge.core.errors import UsageError
 
 # The calibration grid per degradation (levels as in converters.pack.degrade.kinds).
@@ -240,7 +240,7 @@ def refine_images(keras_model: Any, images: np.ndarray, truth_x: np.ndarray, tru
     import tensorflow as tf
 
     rng = np.random.default_rng(opts.seed + 17)
-    kernels = [v for v in keras_model.trainable_variables if len(v.shape) >= 2]
+    kernels = [v for v in keras_model.weights if len(v.shape) >= 2]  # also an ensemble's frozen members
     base = [v.numpy() for v in kernels]
     stds = [float(b.std()) or 1.0 for b in base]
 
@@ -350,19 +350,23 @@ def build_test(rec: ArtifactRecord, data: bytes, truth_x: np.ndarray, truth_y: n
             else:
                 refined = f"not kept (fitting LOO error {100 * fit_err:.2f} -> {100 * err_n:.2f} pt)"
     mask = in_range if in_range.any() else np.ones_like(in_range)
-    heldout_mae = float(np.mean(np.abs(reg.predict(Fh) - yh)[mask]))
+
+    def capped(r: AccuracyRegressor, F_: np.ndarray) -> np.ndarray:  # as the board predicts (ArtifactTest)
+        return capped_prediction(r, F_, clean_acc)
+
+    heldout_mae = float(np.mean(np.abs(capped(reg, Fh) - yh)[mask]))
 
     rng = np.random.default_rng(opts.seed + 31)
     random_errs = []
     for _ in range(RANDOM_DRAWS):
         idx = sorted(int(i) for i in rng.choice(len(candidates), opts.images, replace=False))
         r, _ = fit_ridge(_features(fit_scores, clean_cand, idx, probabilities), y)
-        pred = r.predict(_features(held_scores, clean_cand, idx, probabilities))
+        pred = capped(r, _features(held_scores, clean_cand, idx, probabilities))
         random_errs.append(float(np.mean(np.abs(pred - yh)[mask])))
     random_mae = float(np.mean(random_errs))
     wide = sorted(int(i) for i in rng.choice(len(candidates), min(WIDE_IMAGES, len(candidates)), replace=False))
     r, _ = fit_ridge(_features(fit_scores, clean_cand, wide, probabilities), y)
-    wide_mae = float(np.mean(np.abs(r.predict(_features(held_scores, clean_cand, wide, probabilities)) - yh)[mask]))
+    wide_mae = float(np.mean(np.abs(capped(r, _features(held_scores, clean_cand, wide, probabilities)) - yh)[mask]))
 
     test = ArtifactTest(rec.artifact_id, np.ascontiguousarray(images, np.uint8), reference.astype(np.float32), reg,
                         rec.sha256, probabilities,

@@ -23,7 +23,7 @@ File ``predictive.npz`` (plain arrays, read with allow_pickle=False), per artifa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -83,6 +83,12 @@ class AccuracyRegressor:
         return cls(mean=v[1:1 + d], scale=v[1 + d:1 + 2 * d], weights=v[1 + 2 * d:], bias=float(v[0]))
 
 
+def capped_prediction(regressor: AccuracyRegressor, features: np.ndarray, ceiling: float) -> np.ndarray:
+    """The regressor's prediction, at most ``ceiling`` (the undegraded artifact's accuracy): a copy is no more
+    accurate than what it is a copy of, and the linear fit would overshoot at the undegraded end (no movement)."""
+    return np.minimum(regressor.predict(features), ceiling)
+
+
 @dataclass(frozen=True)
 class ArtifactTest:
     """One artifact's test: its images, its regressor, and what the workstation measured of them."""
@@ -95,14 +101,17 @@ class ArtifactTest:
     probabilities: bool
     heldout_mae: float  # on degraded copies the regressor was not fitted on (other seeds and levels)
     random_mae: float  # the same regressor fitted on random test images instead, on the same copies
-    host_accuracy: float
+    host_accuracy: float  # the undegraded artifact's, on the images the copies were measured on
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        return capped_prediction(self.regressor, features, self.host_accuracy)
 
     def predict(self, loaded_model: Any) -> float:
         """The predicted accuracy of ``loaded_model`` (this artifact loaded by a backend), from one call per image."""
         s = scores(loaded_model, self.images)
         if not np.all(np.isfinite(s)):
             return 0.0  # an artifact that answers NaN or inf answers nothing right
-        return float(self.regressor.predict(predictive_features(s, self.reference, self.probabilities)))
+        return float(self.predict_features(predictive_features(s, self.reference, self.probabilities)))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         a = self.artifact_id
@@ -122,9 +131,10 @@ def dump_tests(tests: dict[str, ArtifactTest]) -> dict[str, np.ndarray]:
     return out
 
 
-def load_tests(z: dict[str, np.ndarray], expected_sha256: dict[str, str], classes: dict[str, int],
-                      image_shape: tuple[int, ...]) -> dict[str, ArtifactTest]:
-    """The tests in ``z`` (the arrays of predictive.npz), checked against the bundle they sit in.
+def load_tests(z: Mapping[str, np.ndarray], expected_sha256: dict[str, str], classes: dict[str, int],
+               image_shape: tuple[int, ...], only: Iterable[str] | None = None) -> dict[str, ArtifactTest]:
+    """The tests in ``z`` (the arrays of predictive.npz, or the open file: arrays are read only for the tests
+    returned), checked against the bundle they sit in; ``only``: just these artifacts' tests.
 
     ``expected_sha256``: artifact id -> sha256 from the bundle's manifest; ``classes``: artifact id -> its
     output classes. ValueError says what is wrong: unknown keys, a test for an artifact the bundle lacks or whose
@@ -136,14 +146,15 @@ def load_tests(z: dict[str, np.ndarray], expected_sha256: dict[str, str], classe
         if kind not in _KEYS or not aid:
             raise ValueError(f"unexpected array '{key}' (expected {', '.join(k + '/<artifact>' for k in _KEYS)})")
         ids.add(aid)
-    tests: dict[str, ArtifactTest] = {}
-    for aid in sorted(ids):
+    for aid in sorted(ids):  # from the names alone
         missing = [k for k in _KEYS if f"{k}/{aid}" not in z]
         if missing:
             raise ValueError(f"the test of {aid} lacks {missing}")
         if aid not in expected_sha256:
             raise ValueError(f"it holds a test for artifact {aid}, which this bundle does not have: the file comes "
                              "from another bundle")
+    tests: dict[str, ArtifactTest] = {}
+    for aid in sorted(ids if only is None else ids & set(only)):
         digest = z[f"sha256/{aid}"]
         sha = bytes(digest.astype(np.uint8)).hex() if digest.shape == (32,) else ""
         if sha != expected_sha256[aid]:

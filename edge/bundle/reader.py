@@ -9,6 +9,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import Iterable
 
 import numpy as np
 
@@ -86,7 +87,8 @@ class Bundle:
         self.archive_sha256 = archive_sha256
         self.extra_files: tuple[str, ...] = ()
         self._canary: Canary | None = None
-        self._predictive: dict[str, ArtifactTest] | None = None
+        self._predictive: dict[str, ArtifactTest] = {}
+        self._predictive_all = False
 
     @property
     def profile(self) -> str:
@@ -185,28 +187,41 @@ class Bundle:
     def has_predictive_test(self) -> bool:
         return isinstance(self.manifest.extra.get("predictive_test"), dict)
 
-    def predictive_test(self) -> dict[str, ArtifactTest]:
-        """Artifact id -> its compact predictive test ({} for a bundle built without ``--predictive-test``).
+    def predictive_test(self, artifact_ids: Iterable[str] | None = None) -> dict[str, ArtifactTest]:
+        """Artifact id -> its compact predictive test ({} for a bundle built without ``--predictive-test``), for
+        ``artifact_ids`` (default: every artifact with a test); the file is read once per artifact asked for.
 
         BundleError names predictive.npz when the manifest says there is a test and the file is missing,
         unreadable, malformed or made for other artifacts (another bundle's)."""
-        if self._predictive is None:
-            if not self.has_predictive_test:
-                self._predictive = {}
-                return self._predictive
+        if not self.has_predictive_test:
+            return {}
+        wanted = None if artifact_ids is None else set(artifact_ids)
+        if not self._predictive_all and (wanted is None or not wanted <= set(self._predictive)):
             files = self.manifest.extra.get("files") or {}
             if PREDICTIVE_NAME not in files:
                 raise BundleError(f"bundle {self.source}: {MANIFEST_NAME} names a predictive test but does not list "
                                   f"{PREDICTIVE_NAME}; rebuild the bundle with 'edgekit bundle --predictive-test'")
-            z = self._npz(PREDICTIVE_NAME)
+            path = _inside(self.root, PREDICTIVE_NAME, "file", self.source)
+            unreadable = f"bundle {self.source}: {PREDICTIVE_NAME} is unreadable"
             try:
-                self._predictive = load_tests(
-                    z, {a.artifact_id: a.sha256 for a in self.artifacts},
-                    {a.artifact_id: int(a.output.shape[-1]) for a in self.artifacts}, self.input_shape)
-            except (ValueError, KeyError) as exc:
-                raise BundleError(f"bundle {self.source}: {PREDICTIVE_NAME} is refused: {exc}; rebuild the bundle "
-                                  "with 'edgekit bundle --predictive-test' or re-copy it") from None
-        return self._predictive
+                z = np.load(path, allow_pickle=False)
+            except FileNotFoundError:
+                raise BundleError(f"bundle {self.source}: missing file {PREDICTIVE_NAME}; re-copy the bundle") from None
+            except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+                raise BundleError(f"{unreadable} ({exc}); re-copy the bundle") from None
+            with z:
+                try:
+                    self._predictive.update(load_tests(
+                        z, {a.artifact_id: a.sha256 for a in self.artifacts},
+                        {a.artifact_id: int(a.output.shape[-1]) for a in self.artifacts}, self.input_shape,
+                        only=None if wanted is None else wanted - set(self._predictive)))
+                except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+                    raise BundleError(f"{unreadable} ({exc}); re-copy the bundle") from None
+                except (ValueError, KeyError) as exc:
+                    raise BundleError(f"bundle {self.source}: {PREDICTIVE_NAME} is refused: {exc}; rebuild the "
+                                      "bundle with 'edgekit bundle --predictive-test' or re-copy it") from None
+            self._predictive_all = wanted is None
+        return {a: t for a, t in self._predictive.items() if wanted is None or a in wanted}
 
     def verify(self) -> tuple[str, ...]:
         """Check every listed file's sha256 and look for unlisted ones; returns (and warns about) the extras."""

@@ -47,8 +47,8 @@ def verify_bundle(bundle: Bundle, profile, artifact_ids: Iterable[str] | None = 
     ``drift_margin`` below the workstation's accuracy)."""
     from edge.backends import BackendUnavailable, get_backend
 
-    tests = bundle.predictive_test()
     ids = list(artifact_ids) if artifact_ids else [a.artifact_id for a in bundle.artifacts]
+    tests = bundle.predictive_test(ids)
     rows: list[dict[str, Any]] = []
     for aid in ids:
         rec = bundle.artifact(aid)

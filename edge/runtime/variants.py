@@ -32,8 +32,8 @@ class VariantPool:
 
     A bundle with a predictive test (``edgekit bundle --predictive-test``) also predicts each variant's accuracy
     then; a variant predicted more than ``drift_margin`` below its table's accuracy is dropped
-    (``on_drift="drop"``) or served with a warning (``"serve"``). The test file is read (and refused by name if
-    missing, corrupt or another bundle's) when the pool is made."""
+    (``on_drift="drop"``) or served with a warning (``"serve"``). The test file is read for the table's
+    artifacts (and refused by name if missing, corrupt or another bundle's) before they load."""
 
     def __init__(self, bundle, profile, slots: int, warmup: int = WARMUP_RUNS, log=None, on_drift: str = "drop",
                  drift_margin: float = DRIFT_MARGIN, warn=None):
@@ -41,8 +41,7 @@ class VariantPool:
         self.on_drift = on_drift
         self.drift_margin = drift_margin
         self.warn = warn or log or (lambda msg: None)
-        predictive = getattr(bundle, "predictive_test", None)
-        self.tests = predictive() if callable(predictive) else {}
+        self.tests: dict = {}
         self.profile = profile
         self.slots = slots
         self.warmup = warmup
@@ -154,6 +153,9 @@ class VariantPool:
     def state_for(self, table, selector_args: dict, slowdown, table_path: str, generation: int,
                   verify: bool = True) -> ServingState:
         """Load what ``table`` needs and build a serving state; ValueError if no variant is usable."""
+        predictive = getattr(self.bundle, "predictive_test", None)
+        if callable(predictive):
+            self.tests.update(predictive([r.artifact_id for r in table.rows]))
         rows = []
         for row in table.rows:
             info = self.load_variant(row, verify)

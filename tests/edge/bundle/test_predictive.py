@@ -115,3 +115,10 @@ def test_drift_is_a_prediction_more_than_the_margin_below_the_expected_accuracy(
     assert dr.drift and dr.predicted < 0.1 and "DRIFT" in dr.message
     nan = check_drift(t, _Model(np.full((2, 3), np.nan, np.float32)), expected=0.9)
     assert nan.drift and nan.predicted == 0.0
+
+
+def test_a_prediction_never_exceeds_the_undegraded_artifacts_accuracy():
+    reg = AccuracyRegressor(mean=np.zeros(4), scale=np.ones(4), weights=np.zeros(4), bias=0.99)
+    t = ArtifactTest("m", np.zeros((2, 4, 4, 1), np.uint8), np.zeros((2, 3), np.float32), reg, SHA, False, 0.01,
+                     0.02, 0.83)
+    assert t.predict(_Model(np.zeros((2, 3), np.float32))) == pytest.approx(0.83)
