@@ -229,6 +229,7 @@ def build_bundle(
     try:
         (tmp / "artifacts").mkdir()
         records: list[ArtifactRecord] = []
+        payloads: dict[str, bytes] = {}  # artifact id -> file bytes, kept for the predictive test
         canary_scores: dict[str, np.ndarray] = {}
         canary_skipped: list[tuple[str, str]] = []
         for rec in included:
@@ -247,6 +248,8 @@ def build_bundle(
                 )
             rel = f"artifacts/{rec.artifact_id}.{get_format(rec.format).extension}"
             (tmp / rel).write_bytes(data)
+            if predictive is not None:
+                payloads[rec.artifact_id] = data
             records.append(dataclasses.replace(rec, path=rel, size_bytes=len(data)))
             try:
                 canary_scores[rec.artifact_id] = _host_canary(rec, data, canary_images)
@@ -257,7 +260,7 @@ def build_bundle(
         reports: list = []
         tests: dict = {}
         if predictive is not None:
-            tests, reports = _predictive_tests(run_dir, records, tmp, canary_skipped, x_test[:n_eval],
+            tests, reports = _predictive_tests(run_dir, records, payloads, canary_skipped, x_test[:n_eval],
                                                np.asarray(y_test[:n_eval], dtype=np.int64), predictive, say)
         files = {
             EVAL_NAME: _save_npz(
@@ -323,14 +326,15 @@ def build_bundle(
     return result
 
 
-def _predictive_tests(run_dir: Path, records: list[ArtifactRecord], folder: Path, skipped: list[tuple[str, str]],
+def _predictive_tests(run_dir: Path, records: list[ArtifactRecord], payloads: dict[str, bytes],
+                      skipped: list[tuple[str, str]],
                       eval_x: np.ndarray, eval_y: np.ndarray, options: Any, say: Callable[[str], None]):
     """The predictive test of every bundled artifact this workstation can run (its canary was not skipped)."""
     from converters.pack.predictive import build_tests
     from edge.core.patterns import matches
 
     no_runtime = {a for a, _ in skipped}
-    items = [(r, (folder / r.path).read_bytes()) for r in records if r.artifact_id not in no_runtime
+    items = [(r, payloads[r.artifact_id]) for r in records if r.artifact_id not in no_runtime
              and (not options.only or matches(options.only, r.artifact_id))]
     if not items:
         raise UsageError(f"--predictive-only {', '.join(options.only)} matches no artifact of this bundle that the "

@@ -343,7 +343,7 @@ def build_test(rec: ArtifactRecord, data: bytes, truth_x: np.ndarray, truth_y: n
             reg_n, alpha_n = fit_ridge(Fn, y)
             err_n = loo_error(Fn, y, alpha_n)
             if err_n < fit_err:
-                images, reference, reg, F = new, ref_n, reg_n, Fn
+                images, reference, reg = new, ref_n, reg_n
                 Fh = np.stack([predictive_features(runner.scores_on(c.data, new), ref_n, probabilities)
                                for c in held])
                 refined = f"kept (fitting LOO error {100 * fit_err:.2f} -> {100 * err_n:.2f} pt)"

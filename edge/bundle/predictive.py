@@ -28,10 +28,20 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from edge.artifacts.tensors import scores
+from edge.core.errors import UsageError
 
 PREDICTIVE_NAME = "predictive.npz"
 DRIFT_MARGIN = 0.05  # how far (accuracy, 0..1) a prediction may fall below the table's before it is a drift
 ON_DRIFT = ("drop", "serve")  # what the daemon does with a variant whose prediction drifted
+
+
+def check_margin(margin: float, what: str = "the drift margin") -> float:
+    """``margin`` if it is an accuracy difference in 0..1, else UsageError naming ``what``."""
+    if not 0 <= margin <= 1:
+        raise UsageError(f"{what} is an accuracy difference in 0..1, got {margin}")
+    return margin
+
+
 _KEYS = ("images", "reference", "regressor", "sha256", "meta")
 
 

@@ -9,7 +9,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -32,6 +32,8 @@ from edge.core.errors import EdgekitError, UsageError
 BUNDLE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 EVAL_NAME = "eval.npz"
+# What np.load and reading a member raise for a damaged .npz (ValueError: neither npy nor zip, or bad header).
+_NPZ_ERRORS = (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile)
 # Two disjoint halves of the evaluation set, interleaved so each has every class in proportion:
 # the benchmark's accuracy (which chooses the front) comes from one, a policy comparison serves the other.
 EVAL_PARTS = {"select": slice(0, None, 2), "serve": slice(1, None, 2)}
@@ -140,15 +142,25 @@ class Bundle:
         check_listed_file(path, str(PurePosixPath(rec.path)), rec.sha256, rec.size_bytes, self.source)
         return path
 
-    def _npz(self, name: str) -> dict[str, np.ndarray]:
+    def _unreadable(self, name: str, exc: BaseException) -> BundleError:
+        return BundleError(f"bundle {self.source}: {name} is unreadable ({exc}); re-copy the bundle")
+
+    def _open_npz(self, name: str) -> Any:
+        """The bundle's ``name`` opened with np.load (members read on access); BundleError if missing or unreadable."""
         path = _inside(self.root, name, "file", self.source)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+            return np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise BundleError(f"bundle {self.source}: missing file {name}; re-copy the bundle") from None
-        except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-            raise BundleError(f"bundle {self.source}: {name} is unreadable ({exc}); re-copy the bundle") from None
+        except _NPZ_ERRORS as exc:
+            raise self._unreadable(name, exc) from None
+
+    def _npz(self, name: str) -> dict[str, np.ndarray]:
+        with self._open_npz(name) as z:
+            try:
+                return {k: z[k] for k in z.files}
+            except _NPZ_ERRORS as exc:
+                raise self._unreadable(name, exc) from None
 
     def eval_set(self, limit: int | None = None, part: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 (N,H,W,C), labels int64 (N,)), the first ``limit`` if given.
@@ -201,22 +213,14 @@ class Bundle:
             if PREDICTIVE_NAME not in files:
                 raise BundleError(f"bundle {self.source}: {MANIFEST_NAME} names a predictive test but does not list "
                                   f"{PREDICTIVE_NAME}; rebuild the bundle with 'edgekit bundle --predictive-test'")
-            path = _inside(self.root, PREDICTIVE_NAME, "file", self.source)
-            unreadable = f"bundle {self.source}: {PREDICTIVE_NAME} is unreadable"
-            try:
-                z = np.load(path, allow_pickle=False)
-            except FileNotFoundError:
-                raise BundleError(f"bundle {self.source}: missing file {PREDICTIVE_NAME}; re-copy the bundle") from None
-            except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-                raise BundleError(f"{unreadable} ({exc}); re-copy the bundle") from None
-            with z:
+            with self._open_npz(PREDICTIVE_NAME) as z:
                 try:
                     self._predictive.update(load_tests(
                         z, {a.artifact_id: a.sha256 for a in self.artifacts},
                         {a.artifact_id: int(a.output.shape[-1]) for a in self.artifacts}, self.input_shape,
                         only=None if wanted is None else wanted - set(self._predictive)))
                 except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-                    raise BundleError(f"{unreadable} ({exc}); re-copy the bundle") from None
+                    raise self._unreadable(PREDICTIVE_NAME, exc) from None
                 except (ValueError, KeyError) as exc:
                     raise BundleError(f"bundle {self.source}: {PREDICTIVE_NAME} is refused: {exc}; rebuild the "
                                       "bundle with 'edgekit bundle --predictive-test' or re-copy it") from None

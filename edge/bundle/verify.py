@@ -14,9 +14,8 @@ from typing import Any, Iterable
 
 from edge.artifacts.tensors import with_recorded_input
 from edge.bundle.canary import check_canary
-from edge.bundle.predictive import DRIFT_MARGIN, check_drift
+from edge.bundle.predictive import DRIFT_MARGIN, check_drift, check_margin
 from edge.bundle.reader import Bundle, BundleWarning, open_bundle
-from edge.core.errors import UsageError
 from edge.core.textable import format_table
 
 
@@ -89,8 +88,7 @@ def verify_bundle(bundle: Bundle, profile, artifact_ids: Iterable[str] | None = 
 def run(args: argparse.Namespace) -> int:
     from device_profiles import host_label, host_profile_name, load_profile
 
-    if not 0 <= args.drift_margin <= 1:
-        raise UsageError(f"--drift-margin is an accuracy difference in 0..1, got {args.drift_margin}")
+    check_margin(args.drift_margin, "--drift-margin")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BundleWarning)
         bundle = open_bundle(args.bundle, verify=True, cache_dir=args.cache_dir)

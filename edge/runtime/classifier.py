@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge.bundle.predictive import DRIFT_MARGIN, ON_DRIFT
+from edge.bundle.predictive import DRIFT_MARGIN, ON_DRIFT, check_margin
 from edge.core.errors import UsageError
 from edge.runtime.scheduler import DONE, InferenceRequest, InferenceResult, Scheduler
 from edge.runtime.selector import MISS_POLICIES, Policy, Selector
@@ -75,8 +75,7 @@ class RuntimeOptions:
             raise UsageError("inject_delay_ms must be >= 0")
         if self.on_drift not in ON_DRIFT:
             raise UsageError(f"unknown --on-drift '{self.on_drift}'; available: {list(ON_DRIFT)}")
-        if not 0 <= self.drift_margin <= 1:
-            raise UsageError(f"the drift margin is an accuracy difference in 0..1, got {self.drift_margin}")
+        check_margin(self.drift_margin)
 
 
 @dataclass(frozen=True)

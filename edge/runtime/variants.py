@@ -153,9 +153,7 @@ class VariantPool:
     def state_for(self, table, selector_args: dict, slowdown, table_path: str, generation: int,
                   verify: bool = True) -> ServingState:
         """Load what ``table`` needs and build a serving state; ValueError if no variant is usable."""
-        predictive = getattr(self.bundle, "predictive_test", None)
-        if callable(predictive):
-            self.tests.update(predictive([r.artifact_id for r in table.rows]))
+        self.tests.update(self.bundle.predictive_test([r.artifact_id for r in table.rows]))
         rows = []
         for row in table.rows:
             info = self.load_variant(row, verify)
