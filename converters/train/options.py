@@ -67,9 +67,10 @@ FULL_SPLITS = SplitOptions(limit_train=None, limit_test=None)
 # schedule for that spec. "long": every training image, batch norm's usual companions (AdamW, a
 # cosine schedule) and mirrored images, 4 epochs. Measured on a batch-norm 32/64/128 x2 net (29 MMACs):
 # 92.7 % test accuracy after a 5-epoch schedule (40 s an epoch on 2 cores), where the quick schedule's
-# best members stop near 89.6 %. Fewer epochs or a larger batch do not save time well (measured on the demo's
-# members, 2-core AMD EPYC VM, 2026-12-03): batch norm's running statistics lag the weights until the cosine has settled them,
-# so 2 epochs at batch 256 ended at 46.7 % test accuracy; the demo fits its budget with narrower members.
+# best members stop near 89.6 %. Fewer epochs or a larger batch do not save time well (measured on the
+# demo's members, 2-core AMD EPYC VM, 2026-12-03): batch norm's running statistics lag the weights until
+# the cosine has settled them, so 2 epochs at batch 256 ended at 46.7 % test accuracy; the demo fits its
+# budget with narrower members.
 LONG = Schedule(mode="long", epochs=4, patience=4, batch_size=128, learning_rate=3e-3, decay="cosine",
                 augment="flip", weight_decay=5e-4)
 RECIPES = {"long": LONG}
