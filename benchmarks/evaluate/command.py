@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.evaluate.contention import ContentionSchedule, ContentionSpec
 from benchmarks.evaluate.daemon_proc import Daemon, serve_argv
-from benchmarks.evaluate.inproc import InProcess, probe_inproc, run_inproc
+from benchmarks.evaluate.inproc import INTERLEAVE, InProcess, TurnPolicy, probe_inproc, run_inproc, run_inproc_turns
 from benchmarks.evaluate.loadgen import (
     DEFAULT_DURATION_S,
     MAX_DURATION_S,
@@ -166,6 +166,7 @@ class EvaluateOptions:
     plane: bool = False  # the whole plane: statics all, and adaptive at each of PLANE_QUANTILES
     repeat: int = 1  # runs of the whole comparison, seeds seed .. seed+repeat-1
     transport: str = "daemon"  # one of TRANSPORTS (below)
+    interleave: int = INTERLEAVE  # in process, closed loop: requests per turn as the policies take turns (0: none)
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
@@ -179,6 +180,8 @@ class EvaluateOptions:
             raise UsageError(f"--statics must be one of {', '.join(STATICS)}, got {self.statics!r}")
         if self.transport not in TRANSPORTS:
             raise UsageError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        if not 0 <= self.interleave <= MAX_COUNT:
+            raise UsageError(f"--interleave must be in [0, {MAX_COUNT}] requests per turn, got {self.interleave}")
         if not 1 <= self.repeat <= MAX_REPEAT:
             raise UsageError(f"--repeat must be in [1, {MAX_REPEAT}], got {self.repeat}")
         overload_factor(self.arrival)
@@ -191,7 +194,7 @@ class EvaluateOptions:
             contention=ContentionSpec.parse(args.contention, quota=args.quota), seed=args.seed,
             duration_s=args.duration, warmup=args.warmup, miss=args.miss, quantile=args.quantile,
             plots=not args.no_plots, statics=args.statics, plane=args.plane, repeat=args.repeat,
-            transport=args.transport,
+            transport=args.transport, interleave=args.interleave,
         )
 
     @property
@@ -202,7 +205,13 @@ class EvaluateOptions:
         """What else the run was asked, for results.json (a repeat reuses a finished run only when it matches)."""
         return {"policies": list(self.policies), "profile": self.profile, "arrival": self.arrival,
                 "miss": self.miss, "quantile": self.quantile, "duration_s": self.duration_s,
-                "statics": self.statics, "plane": self.plane, "transport": self.transport}
+                "statics": self.statics, "plane": self.plane, "transport": self.transport,
+                "interleave": self.interleave}
+
+    def takes_turns(self, wl: Workload) -> bool:
+        """Whether the policies take turns (``benchmarks.evaluate.inproc.run_inproc_turns``): in process, closed
+        loop, with ``interleave`` > 0."""
+        return self.transport == "inproc" and self.interleave > 0 and wl.closed
 
     @property
     def serves_statics(self) -> bool:
@@ -485,10 +494,36 @@ def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Work
                schedule: ContentionSchedule, quantile: str | None = None) -> PolicyResult:
     """One policy: a fresh daemon (or, in process, a fresh classifier), the warm-up, then the workload under the
     contention schedule."""
-    o = plan.opts
     log = plan.log(policy)
-    records, wall_s, truncated = TRANSPORTS[o.transport].serve(plan, policy, served_as, quantile, wl, warm, schedule,
-                                                               log)
+    served = TRANSPORTS[plan.opts.transport].serve(plan, policy, served_as, quantile, wl, warm, schedule, log)
+    return policy_result(plan, PolicyRun(policy, served_as, quantile), served, wl, schedule)
+
+
+def run_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Workload | None,
+                 schedule: ContentionSchedule) -> dict[str, PolicyResult]:
+    """Every run in process, taking turns of ``--interleave`` requests (``benchmarks.evaluate.inproc``)."""
+    o = plan.opts
+    plan.say(f"evaluate: {len(runs)} policies in process, taking turns of {o.interleave} requests: "
+             + ", ".join(r.name for r in runs))
+    # The contention window spans every policy's turns inside it: its hog must not stop by itself before.
+    schedule.max_s = min(MAX_DURATION_S, o.duration_s * len(runs) + 60)
+    served = run_inproc_turns(plan.inproc, [TurnPolicy(r.name, r.served_as, r.quantile, plan.log(r.name))
+                                            for r in runs],
+                              plan.images, plan.labels, wl, warm, schedule, o.duration_s, o.interleave,
+                              progress=plan.progress("turns"))
+    out = {}
+    for r in runs:
+        s = served[r.name]
+        out[r.name] = policy_result(plan, r, (s.records, s.wall_s, s.truncated), wl, schedule)
+    return out
+
+
+def policy_result(plan: Plan, run: PolicyRun, served: Served, wl: Workload,
+                  schedule: ContentionSchedule) -> PolicyResult:
+    """One policy's served requests as its results: the summary, the achieved slowdown under contention."""
+    o = plan.opts
+    policy, served_as, quantile, log = run.name, run.served_as, run.quantile, plan.log(run.name)
+    records, wall_s, truncated = served
     slowdown = achieved_slowdown(records, plan.rows, o.contention.window(wl.count)) \
         if o.contention.active else None
     if slowdown is not None and slowdown.slowdown is not None:
@@ -663,11 +698,15 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                 ev = dataclasses.replace(ev, held_out=held_out(plan, wl, op),
                                          best_static=pick_best_static(plan, wl, op, floors[1]))
             # --- every daemon policy, the same requests (and the plane's runs after them)
-            for pr in daemon_runs(plan, ev.best_static):
-                run = run_policy(plan, pr.name, pr.served_as, wl, warm, schedule, pr.quantile)
-                ev = dataclasses.replace(ev, policies={**ev.policies, pr.name: run})
-                # A partial file beside the final one, so an interrupted run leaves its finished policies.
-                atomic_write_json(opts.out / "results.partial.json", ev.to_json())
+            runs = daemon_runs(plan, ev.best_static)
+            if opts.takes_turns(wl):
+                ev = dataclasses.replace(ev, policies={**ev.policies, **run_in_turns(plan, runs, wl, warm, schedule)})
+            else:
+                for pr in runs:
+                    run = run_policy(plan, pr.name, pr.served_as, wl, warm, schedule, pr.quantile)
+                    ev = dataclasses.replace(ev, policies={**ev.policies, pr.name: run})
+                    # A partial file beside the final one, so an interrupted run leaves its finished policies.
+                    atomic_write_json(opts.out / "results.partial.json", ev.to_json())
             if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
                 charged, source = oracle_floors(wl, ev.policies, floors)
                 run, oracle = oracle_policy(plan, wl, op, charged, source)
@@ -780,6 +819,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="daemon", choices=tuple(TRANSPORTS),
                    help="how the policies are served: " + "; ".join(f"{k}: {t.what}" for k, t in TRANSPORTS.items())
                         + " (default daemon); the oracle is charged the transport's own serving floor")
+    p.add_argument("--interleave", type=int, default=INTERLEAVE,
+                   help=f"with --transport inproc and closed-loop arrivals: the policies take turns of N requests "
+                        f"each (default {INTERLEAVE}), so that all of them meet the host's fast and slow phases "
+                        "alike; 0: one policy after another, as the daemon transport and open-loop arrivals run")
     p.add_argument("--out", default="evaluation", help="output folder for results.json, report.md and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the report")
 

@@ -14,6 +14,15 @@ then serves the workload:
   to a thread on another core costs 115 us at p50, more than most of the front's inferences: a harness of
   threads would measure the host's wake-up latency, not the runtime (the daemon pays it, in its floor).
 
+In closed loop the policies of one comparison take **turns** (``run_inproc_turns``): every classifier is opened
+and warmed first, then one application thread serves requests [0, 100) with each policy in turn, then [100, 200)
+starting with the next policy, and so on (``--interleave``; a turn never straddles the contention window's edge).
+This project's VM runs in phases: the same 2 us of numpy work took 2.6 us in some seconds and 4.2-5.0 us in
+others, alternating about once a second (``python -m benchmarks.perf.host_phases``), while one policy's 3,000
+requests take 0.05-0.5 s; served one after another, a policy's figure said which phase it fell in. Taking turns
+gives every policy the same mix of phases. The first request of a turn meets its classifier's models cold in
+cache; that is one request in a hundred, for every policy alike.
+
 The classifier and the application thread run on the daemon's cores (``Placement.server``: the thread
 pins itself, and the runtime's own threads are made by a pinned thread). In process the
 application's clock is the only clock: a request's ``total_ms`` and its end-to-end latency are both
@@ -42,6 +51,7 @@ from edge.core.errors import UsageError
 from edge.runtime.scheduler import QueueFull, ShuttingDown
 from edge.serve.errors import RULES, DeadlineRejected, InferenceFailed, InvalidInput, refusal
 
+INTERLEAVE = 100  # requests per turn when the policies of a closed-loop comparison take turns (0: none)
 POLL_S = 0.002  # the application thread sleeps until this long before a scheduled arrival, then polls
 PROBE_SEED = 104729  # the same probe requests as the daemon's probe (benchmarks.evaluate.probe)
 
@@ -172,38 +182,130 @@ def serve_workload(clf, images: np.ndarray, labels: np.ndarray, wl: Workload, *,
     box: dict[str, Any] = {}
 
     def app() -> None:
-        pin()
         t0 = time.perf_counter()
         end = t0 + duration_s
+        for i in range(n):
+            if arrivals is None:
+                if time.perf_counter() >= end:
+                    box["truncated"] = True
+                    break
+                if on_request is not None:  # before the request's clock starts: starting contention takes ms
+                    on_request(i)
+                at = time.perf_counter()
+            else:
+                at = t0 + float(arrivals[i])
+                if at >= end:
+                    box["truncated"] = True
+                    break
+                _wait_until(at)
+                if on_request is not None:
+                    on_request(i)
+            records.append(_call(clf, images, labels, wl, i, at, t0))
+            if progress is not None:
+                progress(i + 1, n)
+        box["wall"] = time.perf_counter() - t0
+
+    _in_app_thread(pin, app)
+    return InProcessRun(records, float(box["wall"]), bool(box.get("truncated")))
+
+
+def _in_app_thread(pin: Callable[[], None], body: Callable[[], None]) -> None:
+    """Run ``body`` in a new application thread that runs ``pin`` first, with fine timer slack; re-raise what it
+    raised in the caller's thread."""
+    box: dict[str, BaseException] = {}
+
+    def app() -> None:
+        pin()
         try:
             with fine_timer_slack():
-                for i in range(n):
-                    if arrivals is None:
-                        at = time.perf_counter()
-                        if at >= end:
-                            box["truncated"] = True
-                            break
-                    else:
-                        at = t0 + float(arrivals[i])
-                        if at >= end:
-                            box["truncated"] = True
-                            break
-                        _wait_until(at)
-                    if on_request is not None:
-                        on_request(i)
-                    records.append(_call(clf, images, labels, wl, i, at, t0))
-                    if progress is not None:
-                        progress(i + 1, n)
+                body()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
-        box["wall"] = time.perf_counter() - t0
 
     t = threading.Thread(target=app, name="inproc-app")
     t.start()
     t.join()
     if "error" in box:
         raise box["error"]
-    return InProcessRun(records, float(box["wall"]), bool(box.get("truncated")))
+
+
+def turns(count: int, block: int, window: tuple[int, int] = (0, 0)) -> list[tuple[int, int]]:
+    """The [start, stop) request ranges of the turns: every ``block`` requests, split also at the contention
+    window's edges so that each turn lies wholly inside or wholly outside it."""
+    if block < 1:
+        raise UsageError(f"a turn needs at least 1 request, got {block}")
+    edges = set(range(0, count, block)) | {count}
+    edges |= {min(max(int(w), 0), count) for w in window if window[1] > window[0]}
+    e = sorted(edges)
+    return list(zip(e[:-1], e[1:]))
+
+
+@dataclass(frozen=True)
+class TurnPolicy:
+    """One policy of a run in turns: its name in the results, what it is served as, its quantile, its log."""
+
+    name: str
+    served_as: str
+    quantile: str | None
+    log: Path
+
+
+def run_inproc_turns(app: InProcess, policies: list[TurnPolicy], images: np.ndarray, labels: np.ndarray,
+                     wl: Workload, warm: Workload | None, schedule: ContentionSchedule | None, duration_s: float,
+                     block: int = INTERLEAVE,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, InProcessRun]:
+    """Every policy in process, closed loop, taking turns of ``block`` requests (module docstring): all classifiers
+    opened and warmed, then from one application thread requests [0, block) with each policy, [block, 2 block)
+    starting with the next one, and so on. Each policy's records keep its own clock (its arrival offsets and wall
+    time count only its own turns). The turns stop when ``duration_s`` x the number of policies has passed, every
+    policy then cut at the same request."""
+    if not wl.closed:
+        raise UsageError("policies take turns only in closed loop: under open-loop arrivals a turn's end would drop "
+                         "the queue that built up; pass --interleave 0")
+    if not policies:
+        return {}
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise UsageError(f"policies taking turns need distinct names, got {names}")
+    window = (schedule.start, schedule.stop) if schedule is not None and schedule.spec.active else (0, 0)
+    spans = turns(wl.count, block, window)
+    with contextlib.ExitStack() as stack:
+        clfs = [stack.enter_context(app.opened(p.served_as, p.quantile, p.log)) for p in policies]
+        if warm is not None:
+            for clf in clfs:
+                serve_workload(clf, images, labels, warm, duration_s=min(duration_s, 60.0), pin=app.pin)
+        records: list[list[RequestRecord]] = [[] for _ in policies]
+        own = [0.0] * len(policies)  # each policy's own time so far (the clock its records read)
+        box: dict[str, bool] = {}
+
+        def body() -> None:
+            end = time.perf_counter() + duration_s * len(policies)
+            for k, (s, e) in enumerate(spans):
+                if time.perf_counter() >= end:
+                    box["truncated"] = True
+                    break
+                for j in range(len(policies)):
+                    m = (k + j) % len(policies)
+                    clf, recs = clfs[m], records[m]
+                    t0 = time.perf_counter() - own[m]
+                    for i in range(s, e):
+                        if schedule is not None:
+                            schedule(i)
+                        recs.append(_call(clf, images, labels, wl, i, time.perf_counter(), t0))
+                    own[m] = time.perf_counter() - t0
+                if progress is not None:
+                    progress(e, wl.count)
+
+        if schedule is not None:
+            schedule.reset()
+            schedule.target(os.getpid())
+        try:
+            _in_app_thread(app.pin, body)
+        finally:
+            if schedule is not None:
+                schedule.halt()
+    cut = bool(box.get("truncated"))
+    return {p.name: InProcessRun(recs, wall, cut) for p, recs, wall in zip(policies, records, own)}
 
 
 def run_inproc(app: InProcess, policy: str, quantile: str | None, images: np.ndarray, labels: np.ndarray,

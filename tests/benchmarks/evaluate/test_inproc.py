@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from benchmarks.evaluate.inproc import InProcess, probe_inproc, run_inproc, serve_workload
+from benchmarks.evaluate import inproc
+from benchmarks.evaluate.inproc import (
+    InProcess,
+    TurnPolicy,
+    probe_inproc,
+    run_inproc,
+    run_inproc_turns,
+    serve_workload,
+    turns,
+)
 from benchmarks.evaluate.loadgen import load_eval_set, summarize
 from benchmarks.evaluate.placement import place
 from benchmarks.evaluate.workload import make_workload
@@ -131,3 +140,74 @@ def test_evaluate_inproc_end_to_end(evb, tmp_path):
     assert (out / "app-adaptive.log").is_file() and not list(out.glob("daemon-*.log"))
     assert "application's clock" in res["headline"]["note"]
     assert "(in process)" in (out / "report.md").read_text()
+
+
+def test_turns_split_every_block_and_at_the_contention_windows_edges():
+    assert turns(250, 100) == [(0, 100), (100, 200), (200, 250)]
+    assert turns(250, 100, (60, 190)) == [(0, 60), (60, 100), (100, 190), (190, 200), (200, 250)]
+    assert turns(5, 100, (0, 0)) == [(0, 5)]
+    with pytest.raises(ValueError, match="at least 1 request"):
+        turns(10, 0)
+
+
+def test_policies_take_turns_each_on_its_own_clock(evb, tmp_path, monkeypatch):
+    """Two policies, 25 requests, turns of 10: [0, 10) with each, then [10, 20) starting with the other, then the
+    rest; each keeps every request in order, its own log, and a clock that counts only its own turns."""
+    images, labels, _ = load_eval_set(str(evb.bundle))
+    wl = make_workload(images.shape[0], 25, "uniform:1:6", "closed", 3)
+    order: list[tuple[str, int]] = []
+    call = inproc._call
+
+    def spy(clf, images, labels, wl, i, arrival, t0):
+        order.append((clf.policy.kind, i))
+        return call(clf, images, labels, wl, i, arrival, t0)
+
+    monkeypatch.setattr(inproc, "_call", spy)
+    pols = [TurnPolicy("fastest", "fastest", None, tmp_path / "a.log"),
+            TurnPolicy("most-accurate", "most-accurate", None, tmp_path / "b.log")]
+    runs = run_inproc_turns(app_of(evb), pols, images, labels, wl, None, None, 60.0, block=10)
+    want = ([("fastest", i) for i in range(10)] + [("most-accurate", i) for i in range(10)]
+            + [("most-accurate", i) for i in range(10, 20)] + [("fastest", i) for i in range(10, 20)]
+            + [("fastest", i) for i in range(20, 25)] + [("most-accurate", i) for i in range(20, 25)])
+    assert order == want
+    assert list(runs) == ["fastest", "most-accurate"]
+    for name, run in runs.items():
+        assert not run.truncated and [r.index for r in run.records] == list(range(25)), name
+        assert all(r.status == 200 and r.policy == name for r in run.records)
+        sent = [r.sent_s for r in run.records]
+        assert sent == sorted(sent) and 0 <= sent[0] and sent[-1] < run.wall_s
+    assert {r.variant for r in runs["fastest"].records} == {evb.variants[0]}
+    assert "in process: fastest" in (tmp_path / "a.log").read_text()
+    assert "in process: most-accurate" in (tmp_path / "b.log").read_text()
+
+
+def test_turns_refuse_open_loop_arrivals(evb, tmp_path):
+    images, labels, _ = load_eval_set(str(evb.bundle))
+    wl = make_workload(images.shape[0], 10, "fixed:50", "poisson:1000", 1)
+    with pytest.raises(ValueError, match="only in closed loop"):
+        run_inproc_turns(app_of(evb), [TurnPolicy("fastest", "fastest", None, tmp_path / "a.log")], images, labels,
+                         wl, None, None, 10.0)
+
+
+def test_evaluate_inproc_closed_loop_takes_turns_under_contention(evb, tmp_path):
+    """``evaluate --transport inproc`` in closed loop: the policies take turns (``--interleave``), every one serves
+    the whole workload, and the contention window covers the same requests for each of them."""
+    from benchmarks.evaluate.command import EvaluateOptions, evaluate
+    from benchmarks.evaluate.contention import ContentionSpec
+
+    out = tmp_path / "turns"
+    opts = EvaluateOptions(bundle=str(evb.bundle), table=str(evb.table), out=out,
+                           policies=("adaptive", "mean-table", "best-static", "oracle"), count=40, warmup=3,
+                           contention=ContentionSpec.parse("cpu:half"), transport="inproc", interleave=7,
+                           plots=False, quiet=True)
+    assert opts.takes_turns(make_workload(10, 5, "fixed:50", "closed", 0))
+    ev = evaluate(opts)
+    res = json.loads((out / "results.json").read_text())
+    assert res["options"]["interleave"] == 7 and ev.complete
+    assert list(res["policies"]) == ["adaptive", "mean-table", "best-static", "oracle"]
+    for name in ("adaptive", "mean-table", "best-static"):
+        pol = res["policies"][name]
+        assert [r["index"] for r in pol["records"]] == list(range(40)), name
+        assert len(pol["contention_s"]) == 1, name  # one window, shared by every policy's turns inside it
+    with pytest.raises(ValueError, match="--interleave must be in"):
+        EvaluateOptions(bundle="b", table="t", out=out, interleave=-1)

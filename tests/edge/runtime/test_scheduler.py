@@ -296,3 +296,25 @@ def test_a_request_that_finds_its_slot_idle_runs_at_rest():
     assert not serve(s, InferenceRequest(img(), deadline_ms=1000)).at_rest  # back to back
     time.sleep(REST_GAP_MS / 1000 * 1.5)
     assert serve(s, InferenceRequest(img(), deadline_ms=1000)).at_rest
+
+
+@pytest.mark.parametrize("policy, leaves", [("adaptive", "tail"), ("mean-table", "mean"), ("quantile-table", "mean")])
+def test_adaptive_leaves_room_for_the_tail_of_its_own_work(policy, leaves):
+    """The runtime's own work around an invoke: its EWMA for the baselines, its quantile (the selector's, p95)
+    over the recent runs for adaptive, whose tightest deadlines that tail decides."""
+    from edge.runtime.scheduler import OWN_N
+
+    m = FakeModel()
+    s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], policy=policy)
+    for k in range(OWN_N):
+        s._note_own(5.0 if k % 16 == 0 else 1.0, "p95")  # one run in 16 takes five times the others
+    assert s.own_q_ms == pytest.approx(5.0)
+    assert 1.0 < s.own_ms < 2.0
+    now = time.perf_counter()
+    req = InferenceRequest(img(), deadline_ms=100.0, arrival=now)
+    sel = s.state.selector
+    room = 100.0 - (5.0 if leaves == "tail" else s.own_ms)
+    assert s._budget_ms(req, sel, now) == pytest.approx(room, abs=1e-6)
+    s._note_own(-1.0, "p95")  # a clock step backwards is no sample
+    s._note_own(1e9, "p95")
+    assert len(s._own) == OWN_N and s.own_q_ms == pytest.approx(5.0)
