@@ -42,7 +42,7 @@ from edge.artifacts.tensors import dequantize_output, fit_size, pixel_values, pr
 from edge.backends.base import LoadedModel
 from edge.core.errors import UsageError
 from edge.runtime.load import ArrivalLoad
-from edge.runtime.selector import QUANTILE_SHARE, Selector
+from edge.runtime.selector import Selector, recent_quantile
 from edge.tables.table import REST_GAP_MS
 
 OVERHEAD_ALPHA = 0.1  # EWMA weight of the measured serving overhead
@@ -402,8 +402,7 @@ class Scheduler:
         self._own.append(ms)
         n = self._own_n = self._own_n + 1
         if n % OWN_EVERY == 0:
-            recent = sorted(self._own)
-            self.own_q_ms = recent[min(len(recent) - 1, int(QUANTILE_SHARE.get(quantile, 0.95) * len(recent)))]
+            self.own_q_ms = recent_quantile(self._own, quantile)
 
     def _run(self, req: InferenceRequest) -> InferenceResult:
         t_deq = time.perf_counter()

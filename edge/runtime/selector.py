@@ -53,7 +53,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from edge.core.errors import UsageError
 from edge.runtime.slowdown import NoSlowdown, SlowdownFilter, make_filter
@@ -256,8 +256,7 @@ class Selector:
         self._excess_n += 1
         if self._excess_n % EXCESS_EVERY or self._excess_n < EXCESS_N // 2:
             return
-        recent = sorted(self._excess)
-        q = recent[min(len(recent) - 1, int(QUANTILE_SHARE.get(self.quantile, 0.95) * len(recent)))]
+        q = recent_quantile(self._excess, self.quantile)
         self.excess_q = max(0.0, q)
         f = self.slowdown.factor
         self.add = [max(0.0, self.excess_q - m * f) for m in self.margin]
@@ -275,6 +274,13 @@ class Selector:
                 for i, (v, b, a) in enumerate(zip(self.variants, self.base, self.accuracy))
             ],
         }
+
+
+def recent_quantile(values: Iterable[float], quantile: str) -> float:
+    """The ``quantile`` (a table quantile's name: p95...) of recent samples, as the runtime reads its own tails:
+    the sorted sample at that share of its length (the largest for ``max``); ``values`` must not be empty."""
+    recent = sorted(values)
+    return recent[min(len(recent) - 1, int(QUANTILE_SHARE.get(quantile, 0.95) * len(recent)))]
 
 
 def _suffix_min(base: Sequence[float]) -> list[float]:
