@@ -75,6 +75,21 @@ class ConvertSource(abc.ABC):
         """The input spec fields an artifact records for this source (None: raw pixels)."""
         return None
 
+    @abc.abstractmethod
+    def input_hw(self) -> tuple[int, int]:
+        """The (H, W) the loaded model takes."""
+
+    def _at_model_size(self, images: np.ndarray | None) -> np.ndarray | None:
+        """The run's images at the model's input size (a spec with its own resolution, or an import of another
+        size), by the one resize."""
+        from edge.artifacts.images import resize_pixels
+
+        if images is None or len(images) == 0:
+            return images
+        h, w = self.input_hw()
+        x = images[..., None] if images.ndim == 3 else images
+        return x if tuple(x.shape[1:3]) == (h, w) else resize_pixels(x, (h, w))
+
     def close(self) -> None:
         pass
 
@@ -89,16 +104,11 @@ class KerasConvert(ConvertSource):
 
         self.model = _load_keras(self.model_path)
 
-    def _at_model_size(self, images: np.ndarray | None) -> np.ndarray | None:
-        """The run's images at the model's input size (a spec with its own resolution), by the one resize."""
+    def input_hw(self) -> tuple[int, int]:
         from converters.convert.exporters.base import model_input_shape
-        from edge.artifacts.images import resize_pixels
 
         h, w, _ = model_input_shape(self.model)
-        if images is None or len(images) == 0:
-            return images
-        x = images[..., None] if images.ndim == 3 else images
-        return x if tuple(x.shape[1:3]) == (h, w) else resize_pixels(x, (h, w))
+        return h, w
 
     def reference(self, images, batch_size):
         from converters.convert import validate
@@ -141,6 +151,10 @@ class _Imported(ConvertSource):
         self.src = self.source_cls(self.model_path)
         self.conv = self.conv.for_channels(self.src.input_hwc[2], self.model_path)
 
+    def input_hw(self) -> tuple[int, int]:
+        h, w, _ = self.src.input_hwc
+        return h, w
+
     def reference(self, images, batch_size):
         return self.src.scores(images, self.conv)
 
@@ -163,7 +177,8 @@ class OnnxConvert(_Imported):
     def export(self, t, path, calib_images):
         from converters.convert.exporters.onnx import from_fp32
 
-        return from_fp32(self.src.data, path, t.precision, calib_images, convention=self.convention)
+        return from_fp32(self.src.data, path, t.precision, self._at_model_size(calib_images),
+                         convention=self.convention)
 
 
 class TfliteConvert(_Imported):
@@ -207,7 +222,8 @@ class TfliteConvert(_Imported):
 
         if self._onnx is None:
             self._onnx = from_tflite(self.model_path)
-        return from_fp32(self._onnx, path, t.precision, calib_images, convention=self.convention)
+        return from_fp32(self._onnx, path, t.precision, self._at_model_size(calib_images),
+                         convention=self.convention)
 
 
 class SavedModelConvert(KerasConvert):

@@ -149,22 +149,28 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(scores).argmax(axis=1) == np.asarray(labels).reshape(-1)).mean())
 
 
-def check_against_run(src: Source, splits, run_dir: Path) -> None:
-    """The model's input (H, W, C) and class count must be the run's."""
+def check_against_run(src: Source, splits, run_dir: Path) -> str | None:
+    """The model's channels and class count must be the run's. Another height and width is accepted: the run's
+    images are resized to the model's by the one resize, in the import's measurement as in conversion, the
+    benchmark and serving. Returns a note saying so (None at the run's size)."""
     run_shape = tuple(int(v) for v in splits.input_shape)
-    if tuple(src.input_hwc) != run_shape:
-        h, w, c = src.input_hwc
-        rh, rw, rc = run_shape
-        what = "channels" if (h, w) == (rh, rw) else "input sizes"
+    h, w, c = src.input_hwc
+    rh, rw, rc = run_shape
+    if c != rc:
         raise UsageError(
             f"{src.path} takes {h}x{w}x{c} images (H x W x C) but the run {run_dir} has {rh}x{rw}x{rc} images: the "
-            f"{what} differ. Import it into a run of its own size and colour (a new RUN with --images DIR decodes "
-            "the images at the model's size), or export the model for this run's images")
+            f"channels differ ({c} against {rc}). Import it into a run of its colour (a new RUN with --images DIR "
+            "decodes the images in the first model's colour), or export the model for this run's images")
     if src.classes != splits.num_classes:
         raise UsageError(
             f"{src.path} outputs {src.classes} class scores but the run {run_dir} has {splits.num_classes} classes "
             f"({', '.join(splits.class_names[:12])}{' ...' if splits.num_classes > 12 else ''}); import it into a run "
             "with its classes")
+    if (h, w) == (rh, rw):
+        return None
+    how = "area averaging" if h * w < rh * rw else "bilinear"
+    return (f"takes {h}x{w} images: the run's {rh}x{rw} images are resized to {h}x{w} ({how}, edgekit's one resize) "
+            "to measure, convert, benchmark and serve it")
 
 
 def import_one(src: Source, conv: InputConvention, model_dir: Path, model_id: str, splits) -> dict[str, Any]:
@@ -285,8 +291,10 @@ def import_models(opts: ImportOptions, out: TextIO | None = None) -> list[Import
                 splits=SplitOptions(val_fraction=opts.val_fraction, calib_size=opts.calib_size),
                 seed=opts.seed, want_shape=opened[0][0].input_hwc if new_run else None,
                 progress=opts.progress, out=out)
-            for src, _ in opened:
-                check_against_run(src, splits, run_dir)
+            for src, _ in opened:  # every model checked before any is written
+                note = check_against_run(src, splits, run_dir)
+                if note is not None:
+                    src.notes = (*src.notes, note)
             return _import_all(opened, opts, models_dir, splits, out)
     finally:
         for src, _ in opened:

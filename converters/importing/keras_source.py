@@ -145,7 +145,7 @@ class KerasGraphSource(Source):
         return self._folded[key]
 
     def scores(self, images: np.ndarray, convention: InputConvention) -> np.ndarray:
-        return keras_scores(self.folded(convention), images)
+        return keras_scores(self.folded(convention), self.at_input_size(images))
 
     def close(self) -> None:
         import keras

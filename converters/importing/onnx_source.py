@@ -211,7 +211,7 @@ class OnnxSource(Source):
         lm = self._load()
         spec = convention.for_channels(self.input_hwc[2], self.path).tensor_spec(lm.input_spec)
         lm = with_recorded_input(lm, spec)
-        return scores(lm, images, batch_size=self.batch or EVAL_BATCH)
+        return scores(lm, self.at_input_size(images), batch_size=self.batch or EVAL_BATCH)
 
     def write(self, model_dir: Path, convention: InputConvention) -> Path:
         return atomic_write_bytes(model_dir / self.file_name, self.data)

@@ -43,7 +43,20 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def scores(self, images: np.ndarray, convention: InputConvention) -> np.ndarray:
-        """float32 (N, classes) scores of the model for uint8 NHWC images, fed as ``convention`` says."""
+        """float32 (N, classes) scores of the model for uint8 NHWC images, fed as ``convention`` says; images of
+        another height and width (the run's) are resized to the model's first (``at_input_size``)."""
+
+    def at_input_size(self, images: np.ndarray) -> np.ndarray:
+        """uint8 NHWC images at this model's input height and width: resized by the one resize
+        (``edge.artifacts.images.resize_pixels``, as training, the bundle, the benchmark and serving resize) when
+        only those differ from the run's, else as they are."""
+        x = np.asarray(images)
+        h, w, _ = self.input_hwc
+        if x.ndim != 4 or tuple(x.shape[1:3]) == (h, w):
+            return x
+        from edge.artifacts.images import resize_pixels
+
+        return resize_pixels(x, (h, w))
 
     @abc.abstractmethod
     def write(self, model_dir: Path, convention: InputConvention) -> Path:

@@ -77,12 +77,13 @@ class TfliteSource(Source):
 
         lm = self._load()
         lm = with_recorded_input(lm, convention.for_channels(self.input_hwc[2], self.path).tensor_spec(lm.input_spec))
+        x = self.at_input_size(images)
         try:
-            return scores(lm, images, batch_size=EVAL_BATCH)
+            return scores(lm, x, batch_size=EVAL_BATCH)
         except (ValueError, RuntimeError):  # a graph with a fixed batch: one image at a time
             self.close()
             lm = with_recorded_input(self._load(), lm.input_spec)
-            return scores(lm, images, batch_size=1)
+            return scores(lm, x, batch_size=1)
 
     def write(self, model_dir: Path, convention: InputConvention) -> Path:
         return atomic_write_bytes(model_dir / self.file_name, self.data)

@@ -229,3 +229,95 @@ def test_finished_models_knows_each_source(tmp_path):
     got = {m.model_id: (m.source, m.model_path.name, m.imported) for m in finished_models(tmp_path)}
     assert got == {"k": ("keras", "model.keras", False), "o": ("onnx", "model.onnx", True),
                    "t": ("tflite", "model.tflite", True), "s": ("savedmodel", "saved_model", True)}
+
+
+OTHER_SIZE_PROFILE = """
+name = "other-size-board"
+arch = "x86_64"
+memory_budget_mb = 256
+
+[[build]]
+format = "tflite"
+precisions = ["fp32", "int8"]
+
+[[build]]
+format = "onnx"
+precisions = ["fp32", "int8"]
+
+[[runtime]]
+backend = "litert"
+threads = 1
+
+[[runtime]]
+backend = "onnxruntime"
+threads = 1
+"""
+
+
+@pytest.mark.slow
+def test_a_model_of_another_input_size_is_imported_converted_bundled_and_served(tmp_path):
+    """A user's 36x36 model (tiny_model behind a Resizing layer) imported as .keras, .onnx and .tflite into a 28x28 run: each
+    measured on the run's images resized to 36x36, converted (int8 calibrated at 36x36) and validated, bundled with
+    the images at 28x28, and served from a 28x28 image."""
+    import keras
+
+    from converters.pack.packer import build_bundle
+    from device_profiles import load_profile
+    from edge.bundle.reader import open_bundle
+    from edge.bundle.verify import verify_bundle
+    from edge.runtime.classifier import AdaptiveClassifier
+    from tests.converters._fixtures import keras_logits
+
+    xtr, ytr, xte, yte = fashion_subset()
+    data_dir = write_idx(tmp_path / "fm", xtr, ytr, xte, yte)
+    inp = keras.Input((36, 36, 1))
+    big = keras.Model(inp, tiny_model()(keras.layers.Resizing(28, 28)(inp)))
+    user = tmp_path / "user"
+    user.mkdir()
+    big.save(user / "big.keras")
+    export_model(big, user / "big.onnx", "onnx", "fp32")
+    export_model(big, user / "big.tflite", "tflite", "fp32")
+    run = tmp_path / "run"
+    rc, out, err = _cli("import", run, user / "big.keras", user / "big.onnx", user / "big.tflite", "--dataset", "fashion_mnist",
+                        "--data-dir", data_dir, "--no-progress")
+    assert rc == 0, err
+    assert out.count("takes 36x36 images: the run's 28x28 images are resized to 36x36 (bilinear") == 3, out
+    small_acc = float((keras_logits(tiny_model(), xte).argmax(1) == yte).mean())
+    for mid in ("big", "big-onnx", "big-tflite"):
+        rec = json.loads((run / "models" / mid / "train.json").read_text())
+        assert abs(rec["test_accuracy"] - small_acc) < 0.03, (mid, rec["test_accuracy"], small_acc)
+        assert any("resized to 36x36" in n for n in rec["source"]["notes"])
+    (tmp_path / "board.toml").write_text(OTHER_SIZE_PROFILE)
+    rc, out, err = _cli("convert", run, "--profile", tmp_path / "board.toml", "--no-progress")
+    assert rc == 0, err + out
+    m = Manifest.load(run / "manifest.json")
+    assert {a.artifact_id for a in m.artifacts} == {
+        "big.tflite-fp32", "big.tflite-int8", "big.onnx-fp32", "big.onnx-int8", "big-onnx.onnx-fp32",
+        "big-onnx.onnx-int8", "big-tflite.tflite-fp32", "big-tflite.onnx-fp32", "big-tflite.onnx-int8"}
+    for a in m.artifacts:
+        assert a.status == "ok" and tuple(a.input.shape[1:]) == (36, 36, 1), (a.artifact_id, a.reason, a.input)
+        assert a.agreement >= (0.95 if a.precision == "int8" else 0.995), (a.artifact_id, a.agreement)
+    out_dir = tmp_path / "bundle"
+    build_bundle(run, str(tmp_path / "board.toml"), out_dir, eval_size=100, say=lambda s: None)
+    bundle = open_bundle(out_dir)
+    assert tuple(bundle.input_shape) == (28, 28, 1)
+    rows = verify_bundle(bundle, load_profile(str(tmp_path / "board.toml")))
+    assert rows and all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    from benchmarks.bench.command import bench_bundle
+    from benchmarks.bench.measure import BenchOptions
+    from edge.tables.selection import select_subset
+
+    aid = "big-onnx.onnx-int8"
+    res = bench_bundle(out_dir, tmp_path / "t.json", profile=str(tmp_path / "board.toml"), only=[aid], progress=False,
+                       opts=BenchOptions(min_runs=50, min_seconds=0.05, warmup=5, inputs=8, rest_runs=3),
+                       log=lambda m: None)
+    (row,) = res.table.rows
+    assert row.resize_ms > 0 and row.p50_ms > row.resize_ms  # the table counts the resize serving pays
+    select_subset(res.table, significance=0).save(tmp_path / "sel.json")
+    images, labels = bundle.eval_set(limit=100)
+    assert images.shape[1:] == (28, 28, 1)
+    with AdaptiveClassifier.open(str(out_dir), str(tmp_path / "sel.json"), str(tmp_path / "board.toml"),
+                                 log=lambda m: None) as clf:
+        got = [clf.classify(images[i], deadline_ms=1e6) for i in range(len(images))]
+    assert {r.variant for r in got} == {row.variant}
+    assert np.mean([r.label == int(y) for r, y in zip(got, labels)]) > small_acc - 0.1

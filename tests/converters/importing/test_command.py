@@ -90,8 +90,8 @@ def test_other_data_for_an_existing_run_names_both(tmp_path, models, data_dir, c
 
 
 @pytest.mark.parametrize("model, what", [
-    (lambda: onnx_linear((6, 6, 1)), r"takes 6x6x1 images \(H x W x C\) but the run .* has 8x8x1 images: the input sizes differ"),
-    (lambda: onnx_linear((8, 8, 3)), "takes 8x8x3 images .* has 8x8x1 images: the channels differ"),
+    (lambda: onnx_linear((8, 8, 3)), r"takes 8x8x3 images \(H x W x C\) .* has 8x8x1 images: the channels differ"),
+    (lambda: onnx_linear((6, 6, 3)), "takes 6x6x3 images .* has 8x8x1 images: the channels differ"),
     (lambda: onnx_linear(classes=5), "outputs 5 class scores but the run .* has 10 classes"),
 ])
 def test_a_model_that_does_not_fit_the_run_names_both(tmp_path, models, data_dir, capsys, model, what):
@@ -102,6 +102,25 @@ def test_a_model_that_does_not_fit_the_run_names_both(tmp_path, models, data_dir
     assert rc == 2 and str(bad) in err
     assert re.search(what, err), err
     assert not (run / "models" / "odd").exists()
+
+
+def test_a_model_of_another_size_is_measured_on_the_runs_images_resized(tmp_path, models, data_dir, capsys):
+    """A 16x16 model in an 8x8 run: its bright-pixel weights upsampled, so it is right only if the import feeds it the
+    run's images resized to 16x16 by the one resize; a 4x4 model is fed them shrunk (area averaging)."""
+    from edge.artifacts.images import resize_pixels
+
+    run = tmp_path / "run"
+    w16 = resize_pixels(bright_pixel_weights().T.reshape(10, 8, 8, 1).astype(np.uint8) * 255, (16, 16))
+    big = save_onnx(onnx_linear((16, 16, 1), weights=w16.reshape(10, -1).T.astype(np.float32) / 255), models / "big.onnx")
+    small = save_onnx(onnx_linear((4, 4, 1), seed=2), models / "small.onnx")
+    rc, out, err = _import(capsys, run, big, small, "--dataset", "fashion_mnist", "--data-dir", data_dir)
+    assert rc == 0, err
+    assert "takes 16x16 images: the run's 8x8 images are resized to 16x16 (bilinear" in out
+    assert "takes 4x4 images: the run's 8x8 images are resized to 4x4 (area averaging" in out
+    assert _train(run, "big")["test_accuracy"] == 1.0
+    assert any("resized to 16x16" in n for n in _train(run, "big")["source"]["notes"])
+    assert 0.0 <= _train(run, "small")["test_accuracy"] <= 1.0
+    assert "16x16x1" in out and "4x4x1" in out  # the table's input column
 
 
 def test_bad_file_among_several_imports_none(tmp_path, models, data_dir, capsys):
