@@ -124,15 +124,20 @@ def rest_loop(model: LoadedModel, inputs: Sequence[np.ndarray], runs: int, gap_m
 
 
 def resize_time_ms(images: Sequence[np.ndarray], size: tuple[int, int], rounds: int = 5) -> float:
-    """Median over ``rounds`` of the mean time (ms) ``edge.artifacts.images.resize_pixels`` takes per image."""
-    from edge.artifacts.images import resize_pixels
+    """Median over ``rounds`` of the mean time (ms) the kit's resize takes per image (H, W, C) or (1, H, W, C), as
+    serving's ``InputPreparer`` resizes one: ``edge.artifacts.images.resizer`` prepared for the images' shape."""
+    from edge.artifacts.images import resizer
 
+    if not len(images):
+        return 0.0
+    one = [img[0] if img.ndim == 4 else img for img in images]
+    resize = resizer(one[0].shape, size)
     per = []
     for _ in range(rounds):
         t0 = time.perf_counter_ns()
-        for img in images:
-            resize_pixels(img, size)
-        per.append((time.perf_counter_ns() - t0) / max(1, len(images)))
+        for img in one:
+            resize(img)
+        per.append((time.perf_counter_ns() - t0) / len(images))
     return float(np.median(per)) / 1e6
 
 

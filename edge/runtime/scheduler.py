@@ -36,7 +36,7 @@ from typing import Any, Callable, cast
 
 import numpy as np
 
-from edge.artifacts.images import resize_pixels
+from edge.artifacts.images import resizer
 from edge.artifacts.manifest import TensorSpec
 from edge.artifacts.tensors import dequantize_output, fit_size, pixel_values, prepare_input
 from edge.backends.base import LoadedModel
@@ -137,13 +137,19 @@ class InputPreparer:
     """uint8 pixels -> a model's input tensor, through a 256-entry table when the input is
     quantized or normalized (one gather instead of scale, round, clip and cast on every request)."""
 
-    __slots__ = ("spec", "dtype", "lut", "chan", "hw")
+    __slots__ = ("spec", "dtype", "lut", "chan", "hw", "_resized", "_resizers")
 
     def __init__(self, spec: TensorSpec):
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)
-        # A variant at another input size than the served images: resized first (edge.artifacts.tensors.fit_size).
+        # A variant at another input size than the served images: resized first (edge.artifacts.tensors.fit_size),
+        # one request's image into this preparer's own buffer (one per model instance, so per slot: never shared
+        # by two requests at once; what is made from it below is a new array).
         self.hw: tuple[int, int] | None = (int(spec.shape[1]), int(spec.shape[2])) if len(spec.shape) == 4 else None
+        self._resized: np.ndarray | None = None
+        self._resizers: dict[tuple, Callable[[np.ndarray], np.ndarray]] = {}  # by the served images' shape
+        if self.hw is not None and int(spec.shape[3]) > 0:
+            self._resized = np.empty((1, *self.hw, int(spec.shape[3])), np.uint8)
         self.lut, self.chan = None, None
         # The arithmetic of edge.artifacts.tensors.prepare_input, once per pixel value (and per channel
         # when an imported model's input convention normalizes each channel differently).
@@ -157,8 +163,16 @@ class InputPreparer:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.dtype == np.uint8:
             if self.hw is not None and image.shape[-3:-1] != self.hw:
-                # One request's image: edge.artifacts.images.resize_pixels' one-image path (what fit_size calls)
-                image = resize_pixels(image[0], self.hw)[None] if image.ndim == 4 else fit_size(image, self.spec)
+                # One request's image, into this preparer's buffer by resize_pixels prepared for its shape (resizer)
+                buf = self._resized
+                if buf is not None and image.ndim == 4 and len(image) == 1 and image.shape[3] == buf.shape[3]:
+                    resize = self._resizers.get(image.shape)
+                    if resize is None:  # the first request of this shape: the resize prepared for it
+                        resize = self._resizers[image.shape] = resizer(image.shape[1:], self.hw, out=buf[0])
+                    resize(image[0])
+                    image = buf
+                else:
+                    image = fit_size(image, self.spec)
             if self.lut is not None:
                 return self.lut[image] if self.chan is None else self.lut[image, self.chan]
             return image.astype(self.dtype)

@@ -215,6 +215,46 @@ def test_resize_pixels_is_an_opencv_resize_per_image(c, size):
     assert not np.array_equal(resize_pixels(x, size, "nearest"), out)
 
 
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("size", [(20, 20), (36, 40), (28, 28)])
+def test_resize_pixels_into_out_and_the_prepared_resizer_give_the_same_pixels(c, size):
+    from edge.artifacts.images import resize_pixels, resizer
+
+    x = np.random.default_rng(c).integers(0, 256, (3, 28, 28, c), dtype=np.uint8)
+    want = resize_pixels(x, size)
+    out = np.zeros((*size, c), np.uint8)
+    for i in range(3):
+        assert resize_pixels(x[i], size, out=out) is out
+        np.testing.assert_array_equal(out, want[i])
+    batch_out = np.zeros((3, *size, c), np.uint8)
+    assert resize_pixels(x, size, out=batch_out) is batch_out  # a batch (the general path) into out as well
+    np.testing.assert_array_equal(batch_out, want)
+    resize = resizer((28, 28, c), size)
+    first = resize(x[0])
+    np.testing.assert_array_equal(first, want[0])
+    assert resize(x[1]) is first  # into one buffer, every call
+    np.testing.assert_array_equal(first, want[1])
+    mine = np.zeros((*size, c), np.uint8)
+    assert resizer((28, 28, c), size, out=mine)(x[2]) is mine
+    np.testing.assert_array_equal(mine, want[2])
+
+
+def test_resize_into_a_wrong_buffer_is_refused():
+    from edge.artifacts.images import resize_pixels, resizer
+
+    x = np.zeros((28, 28, 1), np.uint8)
+    with pytest.raises(UsageError, match=r"out must be uint8 \(20, 20, 1\), got uint8\(20, 21, 1\)"):
+        resize_pixels(x, (20, 20), out=np.zeros((20, 21, 1), np.uint8))
+    with pytest.raises(UsageError, match=r"out must be uint8 \(20, 20, 1\), got float32"):
+        resize_pixels(x, (20, 20), out=np.zeros((20, 20, 1), np.float32))
+    with pytest.raises(UsageError, match=r"out must be uint8 \(3, 20, 20, 1\)"):
+        resize_pixels(np.zeros((3, 28, 28, 1), np.uint8), (20, 20), out=np.zeros((20, 20, 1), np.uint8))
+    with pytest.raises(UsageError, match=r"resizer: out must be uint8 \(20, 20, 1\)"):
+        resizer((28, 28, 1), (20, 20), out=np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(UsageError, match="cannot resize 28x28x1 images to 0x20"):
+        resizer((28, 28, 1), (0, 20))
+
+
 def test_resize_pixels_refuses_what_is_not_pixels():
     from edge.artifacts.images import resize_pixels
 

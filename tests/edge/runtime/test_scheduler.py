@@ -269,6 +269,25 @@ def test_input_preparer_matches_prepare_input(dtype, scale, zp):
     assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype,scale,zp", [("int8", 2.0, -3), ("float32", None, None), ("uint8", None, None)])
+@pytest.mark.parametrize("hwc", [(20, 20, 1), (36, 40, 3)])
+def test_input_preparer_resizes_each_request_as_prepare_input_does(dtype, scale, zp, hwc):
+    """A variant at another size: each request resized into the preparer's buffer, the tensor the same as
+    prepare_input's, and a tensor already handed out not changed by the next request."""
+    h, w, c = hwc
+    spec = TensorSpec("x", (-1, h, w, c), dtype, scale, zp)
+    rng = np.random.default_rng(c)
+    prep = InputPreparer(spec)
+    images = [rng.integers(0, 256, (1, 28, 28, c), dtype=np.uint8) for _ in range(3)]
+    got = [prep(x) for x in images]
+    for x, g in zip(images, got):
+        want = prepare_input(x, spec)
+        assert g.shape == (1, h, w, c) and g.dtype == want.dtype and np.array_equal(g, want)
+    assert not np.array_equal(got[0], got[1])
+    batch = np.concatenate(images)  # more than one image: not the one-request path, the same arithmetic
+    assert np.array_equal(prep(batch), prepare_input(batch, spec))
+
+
 @pytest.mark.parametrize("policy, waiting_ms, want", [
     ("adaptive", 30.0, "fast"),  # the slow variant (50 ms) would leave the waiter no time: fast for the head
     ("adaptive", 0.5, "slow"),  # a waiter nothing can save does not hold the head back

@@ -1,0 +1,36 @@
+"""benchmarks.perf.resize_cost on a real bundle whose variant takes 36x36 images of its 28x28 ones: the kit's resize
+beside the bare call, and serving beside bench's own timed loop, in process and through the daemon."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from benchmarks.perf import resize_cost
+
+
+def test_prints_the_resize_and_served_beside_bench(resolution_run, tmp_path, capsys):
+    table = json.loads(resolution_run["table"].read_text())
+    sel = json.loads(resolution_run["selected"].read_text())
+    sel["rows"] = [next(r for r in table["rows"] if "-r36.tflite-fp32@" in r["variant"])]  # one row: a front
+    (tmp_path / "one.json").write_text(json.dumps(sel))
+    rc = resize_cost.main([str(resolution_run["bundle"]), "--table", str(tmp_path / "one.json"), "--profile",
+                           str(resolution_run["profile"]), "--images", "16", "--rounds", "1", "--requests", "40",
+                           "--serve-rounds", "2", "--daemon"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert re.search(r"^\s+36x36\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.M), out
+    assert "goal kit resize (as serving calls it) <= 1.2x a bare cv2.resize call into a buffer: worst" in out
+    rows = re.findall(r"r36\.tflite-fp32@\S+: served [\d.]+ us, bench [\d.]+ us: ([\d.]+) .*resizes", out)
+    assert len(rows) == 2 and all(float(r) > 0 for r in rows), out  # in process and through the daemon
+    assert "goal daemon served/table <= 1.1 for the variants that resize (side by side): worst" in out
+
+
+def test_a_bundle_without_a_resizing_variant_says_so(resolution_run, tmp_path, capsys):
+    table = json.loads(resolution_run["table"].read_text())
+    sel = json.loads(resolution_run["selected"].read_text())
+    sel["rows"] = [next(r for r in table["rows"] if "-r28.tflite-fp32@" in r["variant"])]
+    (tmp_path / "one.json").write_text(json.dumps(sel))
+    assert resize_cost.main([str(resolution_run["bundle"]), "--table", str(tmp_path / "one.json"), "--profile",
+                             str(resolution_run["profile"]), "--images", "8"]) == 0
+    assert "no variant of the table takes another input size: nothing resizes" in capsys.readouterr().out
