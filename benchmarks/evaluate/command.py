@@ -17,6 +17,7 @@ the workload seeds seed, seed+1, ... and reports the median and range of every f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -30,10 +31,11 @@ import numpy as np
 
 from benchmarks.evaluate.contention import ContentionSchedule, ContentionSpec
 from benchmarks.evaluate.daemon_proc import Daemon, serve_argv
-from benchmarks.evaluate.inproc import INTERLEAVE, InProcess, TurnPolicy, probe_inproc, run_inproc, run_inproc_turns
+from benchmarks.evaluate.inproc import InProcess, TurnPolicy, probe_inproc, run_inproc, run_inproc_turns
 from benchmarks.evaluate.loadgen import (
     DEFAULT_DURATION_S,
     MAX_DURATION_S,
+    ClosedLoopClient,
     RequestRecord,
     load_eval_set,
     run_load,
@@ -72,6 +74,7 @@ from benchmarks.evaluate.results import (
     clock_name,
     variant_labels,
 )
+from benchmarks.evaluate.turns import INTERLEAVE, take_turns, turns
 from benchmarks.evaluate.workload import MAX_COUNT, Workload, WorkloadError, make_workload
 from edge.core.atomic import atomic_write_json, atomic_write_text
 from edge.core.errors import UsageError
@@ -166,7 +169,7 @@ class EvaluateOptions:
     plane: bool = False  # the whole plane: statics all, and adaptive at each of PLANE_QUANTILES
     repeat: int = 1  # runs of the whole comparison, seeds seed .. seed+repeat-1
     transport: str = "daemon"  # one of TRANSPORTS (below)
-    interleave: int = INTERLEAVE  # in process, closed loop: requests per turn as the policies take turns (0: none)
+    interleave: int = INTERLEAVE  # closed loop: requests per turn as the policies take turns (0: none)
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
@@ -206,12 +209,15 @@ class EvaluateOptions:
         return {"policies": list(self.policies), "profile": self.profile, "arrival": self.arrival,
                 "miss": self.miss, "quantile": self.quantile, "duration_s": self.duration_s,
                 "statics": self.statics, "plane": self.plane, "transport": self.transport,
-                "interleave": self.interleave}
+                "interleave": self.interleave, "turns": TURNS_VERSION}
 
     def takes_turns(self, wl: Workload) -> bool:
-        """Whether the policies take turns (``benchmarks.evaluate.inproc.run_inproc_turns``): in process, closed
-        loop, with ``interleave`` > 0."""
-        return self.transport == "inproc" and self.interleave > 0 and wl.closed
+        """Whether the policies take turns (``benchmarks.evaluate.turns``): closed loop, ``interleave`` > 0, and
+        for the daemon transport a contention kind that acts on cores, not on one process (a CPU quota is put on
+        one daemon's process: those runs go one after another)."""
+        if not (self.interleave > 0 and wl.closed):
+            return False
+        return self.transport == "inproc" or self.contention.kind != "quota"
 
     @property
     def serves_statics(self) -> bool:
@@ -499,23 +505,60 @@ def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Work
     return policy_result(plan, PolicyRun(policy, served_as, quantile), served, wl, schedule)
 
 
+TURNS_VERSION = 2  # 2: the daemon transport takes turns too (results without it were sequential there)
+
+
 def run_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Workload | None,
                  schedule: ContentionSchedule) -> dict[str, PolicyResult]:
-    """Every run in process, taking turns of ``--interleave`` requests (``benchmarks.evaluate.inproc``)."""
+    """Every run taking turns of ``--interleave`` requests (``benchmarks.evaluate.turns``): in process, or through
+    one daemon per policy, all up at once."""
     o = plan.opts
-    plan.say(f"evaluate: {len(runs)} policies in process, taking turns of {o.interleave} requests: "
+    where = "in process" if o.transport == "inproc" else "each through its own daemon"
+    plan.say(f"evaluate: {len(runs)} policies {where}, taking turns of {o.interleave} requests: "
              + ", ".join(r.name for r in runs))
     # The contention window spans every policy's turns inside it: its hog must not stop by itself before.
     schedule.max_s = min(MAX_DURATION_S, o.duration_s * len(runs) + 60)
-    served = run_inproc_turns(plan.inproc, [TurnPolicy(r.name, r.served_as, r.quantile, plan.log(r.name))
-                                            for r in runs],
-                              plan.images, plan.labels, wl, warm, schedule, o.duration_s, o.interleave,
-                              progress=plan.progress("turns"))
-    out = {}
-    for r in runs:
-        s = served[r.name]
-        out[r.name] = policy_result(plan, r, (s.records, s.wall_s, s.truncated), wl, schedule)
-    return out
+    if o.transport == "inproc":
+        served = run_inproc_turns(plan.inproc, [TurnPolicy(r.name, r.served_as, r.quantile, plan.log(r.name))
+                                                for r in runs],
+                                  plan.images, plan.labels, wl, warm, schedule, o.duration_s, o.interleave,
+                                  progress=plan.progress("turns"))
+        got = {name: (s.records, s.wall_s, s.truncated) for name, s in served.items()}
+    else:
+        got = _daemons_in_turns(plan, runs, wl, warm, schedule)
+    return {r.name: policy_result(plan, r, got[r.name], wl, schedule) for r in runs}
+
+
+def _daemons_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Workload | None,
+                      schedule: ContentionSchedule) -> dict[str, Served]:
+    """One daemon per run, all started (on the serving cores) and warmed first, each with its own keep-alive
+    connection; then the turns, closed loop, from this process on the client cores. An idle daemon waits in
+    its event loop, so only the daemon whose turn it is runs."""
+    o = plan.opts
+    window = (schedule.start, schedule.stop) if schedule.spec.active else (0, 0)
+    spans = turns(wl.count, o.interleave, window)
+    with contextlib.ExitStack() as stack:
+        clients = []
+        for r in runs:
+            plan.say(f"evaluate: policy {r.name}: starting its daemon")
+            d = Daemon(serve_argv(o.bundle, o.table, r.served_as, o.profile, o.miss, r.quantile), plan.log(r.name),
+                       o.start_timeout_s, cpus=plan.placement.server)
+            stack.callback(d.stop)
+            url = d.start()
+            wait_ready(url, timeout_s=30.0)
+            if warm is not None:
+                run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(o.duration_s, 60.0),
+                         binary=True)
+            clients.append(stack.enter_context(ClosedLoopClient(url, plan.images, plan.labels, wl, token=plan.token,
+                                                                binary=True)))
+        schedule.reset()
+        try:
+            records, own, cut = take_turns(spans, len(runs), lambda m, i, t0: clients[m].send(i, t0),
+                                           o.duration_s * len(runs), on_request=schedule,
+                                           progress=plan.progress("turns"), count=wl.count)
+        finally:
+            schedule.halt()
+    return {r.name: (recs, wall, cut) for r, recs, wall in zip(runs, records, own)}
 
 
 def policy_result(plan: Plan, run: PolicyRun, served: Served, wl: Workload,
@@ -820,9 +863,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how the policies are served: " + "; ".join(f"{k}: {t.what}" for k, t in TRANSPORTS.items())
                         + " (default daemon); the oracle is charged the transport's own serving floor")
     p.add_argument("--interleave", type=int, default=INTERLEAVE,
-                   help=f"with --transport inproc and closed-loop arrivals: the policies take turns of N requests "
-                        f"each (default {INTERLEAVE}), so that all of them meet the host's fast and slow phases "
-                        "alike; 0: one policy after another, as the daemon transport and open-loop arrivals run")
+                   help=f"with closed-loop arrivals: the policies take turns of N requests each (default "
+                        f"{INTERLEAVE}; the daemon transport then runs one daemon per policy, all up at once), so "
+                        "that all of them meet the host's fast and slow phases alike; 0: one policy after another, "
+                        "as open-loop arrivals (and the daemon under --contention quota) run")
     p.add_argument("--out", default="evaluation", help="output folder for results.json, report.md and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the report")
 

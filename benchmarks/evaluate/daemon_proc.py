@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Mapping
 
 from edge.core.errors import StepFailed
+from edge.core.spawn import same_code_env
 
 LISTEN_RE = re.compile(r"listening on (http://\S+)")
 TAIL_LINES = 30  # of its output, in the error when it does not start
@@ -86,7 +87,7 @@ class Daemon:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "w", encoding="utf-8")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = same_code_env(dict(os.environ, PYTHONUNBUFFERED="1"))  # this code, whatever the working folder
         for k, v in self.env.items():
             if v is None:
                 env.pop(k, None)

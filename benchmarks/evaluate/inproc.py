@@ -14,7 +14,7 @@ then serves the workload:
   to a thread on another core costs 115 us at p50, more than most of the front's inferences: a harness of
   threads would measure the host's wake-up latency, not the runtime (the daemon pays it, in its floor).
 
-In closed loop the policies of one comparison take **turns** (``run_inproc_turns``): every classifier is opened
+In closed loop the policies take **turns** (``run_inproc_turns``, by ``benchmarks.evaluate.turns``): all opened
 and warmed first, then one application thread serves requests [0, 100) with each policy in turn, then [100, 200)
 starting with the next policy, and so on (``--interleave``; a turn never straddles the contention window's edge).
 This project's VM runs in phases: the same 2 us of numpy work took 2.6 us in some seconds and 4.2-5.0 us in
@@ -46,12 +46,12 @@ from benchmarks.evaluate.contention import Contention, ContentionSchedule, Conte
 from benchmarks.evaluate.loadgen import RequestRecord, fine_timer_slack
 from benchmarks.evaluate.probe import probe_result
 from benchmarks.evaluate.results import ServingProbe
+from benchmarks.evaluate.turns import INTERLEAVE, take_turns, turns
 from benchmarks.evaluate.workload import Workload, make_workload
 from edge.core.errors import UsageError
 from edge.runtime.scheduler import QueueFull, ShuttingDown
 from edge.serve.errors import RULES, DeadlineRejected, InferenceFailed, InvalidInput, refusal
 
-INTERLEAVE = 100  # requests per turn when the policies of a closed-loop comparison take turns (0: none)
 POLL_S = 0.002  # the application thread sleeps until this long before a scheduled arrival, then polls
 PROBE_SEED = 104729  # the same probe requests as the daemon's probe (benchmarks.evaluate.probe)
 
@@ -229,17 +229,6 @@ def _in_app_thread(pin: Callable[[], None], body: Callable[[], None]) -> None:
         raise box["error"]
 
 
-def turns(count: int, block: int, window: tuple[int, int] = (0, 0)) -> list[tuple[int, int]]:
-    """The [start, stop) request ranges of the turns: every ``block`` requests, split also at the contention
-    window's edges so that each turn lies wholly inside or wholly outside it."""
-    if block < 1:
-        raise UsageError(f"a turn needs at least 1 request, got {block}")
-    edges = set(range(0, count, block)) | {count}
-    edges |= {min(max(int(w), 0), count) for w in window if window[1] > window[0]}
-    e = sorted(edges)
-    return list(zip(e[:-1], e[1:]))
-
-
 @dataclass(frozen=True)
 class TurnPolicy:
     """One policy of a run in turns: its name in the results, what it is served as, its quantile, its log."""
@@ -274,27 +263,14 @@ def run_inproc_turns(app: InProcess, policies: list[TurnPolicy], images: np.ndar
         if warm is not None:
             for clf in clfs:
                 serve_workload(clf, images, labels, warm, duration_s=min(duration_s, 60.0), pin=app.pin)
-        records: list[list[RequestRecord]] = [[] for _ in policies]
-        own = [0.0] * len(policies)  # each policy's own time so far (the clock its records read)
-        box: dict[str, bool] = {}
+        box: dict[str, Any] = {}
+
+        def send(m: int, i: int, t0: float) -> RequestRecord:
+            return _call(clfs[m], images, labels, wl, i, time.perf_counter(), t0)
 
         def body() -> None:
-            end = time.perf_counter() + duration_s * len(policies)
-            for k, (s, e) in enumerate(spans):
-                if time.perf_counter() >= end:
-                    box["truncated"] = True
-                    break
-                for j in range(len(policies)):
-                    m = (k + j) % len(policies)
-                    clf, recs = clfs[m], records[m]
-                    t0 = time.perf_counter() - own[m]
-                    for i in range(s, e):
-                        if schedule is not None:
-                            schedule(i)
-                        recs.append(_call(clf, images, labels, wl, i, time.perf_counter(), t0))
-                    own[m] = time.perf_counter() - t0
-                if progress is not None:
-                    progress(e, wl.count)
+            box["out"] = take_turns(spans, len(policies), send, duration_s * len(policies), on_request=schedule,
+                                    progress=progress, count=wl.count)
 
         if schedule is not None:
             schedule.reset()
@@ -304,7 +280,7 @@ def run_inproc_turns(app: InProcess, policies: list[TurnPolicy], images: np.ndar
         finally:
             if schedule is not None:
                 schedule.halt()
-    cut = bool(box.get("truncated"))
+    records, own, cut = box["out"]
     return {p.name: InProcessRun(recs, wall, cut) for p, recs, wall in zip(policies, records, own)}
 
 

@@ -267,6 +267,48 @@ def _one(
     return rec
 
 
+def _target(url: str, images: np.ndarray, workload: Workload, model: str, token: str | None, allow_remote: bool,
+            binary: bool) -> tuple[str, int, str, dict[str, str], RequestEncoder]:
+    """(host, port, infer path, headers, encoder) for sending ``workload``'s requests to the daemon at ``url``."""
+    host, port, base = parse_url(url, allow_remote)
+    if images.shape[0] != workload.n_images:
+        raise UsageError(
+            f"the workload was drawn for {workload.n_images} eval images but the set has {images.shape[0]}"
+        )
+    path = f"{base}/v2/models/{urllib.parse.quote(model, safe='')}/infer"
+    headers = {"Connection": "keep-alive"}  # the encoder adds the content headers
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return host, port, path, headers, RequestEncoder(images, workload.image_indices, binary=binary)
+
+
+class ClosedLoopClient:
+    """One keep-alive connection to a daemon sending ``workload``'s requests one at a time: ``send(i, t0)`` sends
+    request ``i`` and returns its record, its times from ``t0`` (perf_counter seconds). ``run_load``'s closed loop,
+    and one daemon's side when the policies take turns (``benchmarks.evaluate.turns``)."""
+
+    def __init__(self, url: str, images: np.ndarray, labels: np.ndarray, workload: Workload, *,
+                 model: str = "edgekit", token: str | None = None, allow_remote: bool = False, timeout_s: float = 30.0,
+                 binary: bool = False):
+        host, port, self.path, self.headers, self.enc = _target(url, images, workload, model, token, allow_remote,
+                                                                binary)
+        self.workload, self.labels = workload, np.asarray(labels)
+        self.conn = ClientConnection(host, port, timeout_s)
+        self.conn.connect()
+
+    def send(self, i: int, t0: float) -> RequestRecord:
+        return _one(self.conn, self.path, self.headers, self.enc, self.workload, self.labels, i, t0, None)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ClosedLoopClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run_load(
     url: str,
     images: np.ndarray,
@@ -292,41 +334,30 @@ def run_load(
     ``on_request(i)`` runs just before request ``i`` is issued (used to switch contention).
     ``binary`` sends the images with the binary tensor data extension instead of JSON.
     """
-    host, port, base = parse_url(url, allow_remote)
     if not 0 < duration_s <= MAX_DURATION_S:
         raise UsageError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {duration_s:g}")
-    if images.shape[0] != workload.n_images:
-        raise UsageError(
-            f"the workload was drawn for {workload.n_images} eval images but the set has {images.shape[0]}"
-        )
-    path = f"{base}/v2/models/{urllib.parse.quote(model, safe='')}/infer"
-    headers = {"Connection": "keep-alive"}  # the encoder adds the content headers
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    enc = RequestEncoder(images, workload.image_indices, binary=binary)
-    labels = np.asarray(labels)
     n = workload.count
     records: list[RequestRecord] = []
     truncated = False
 
     if workload.closed:
-        conn = ClientConnection(host, port, timeout_s)
-        conn.connect()
-        t0 = time.perf_counter()
-        deadline_t = t0 + duration_s
-        try:
+        with ClosedLoopClient(url, images, labels, workload, model=model, token=token, allow_remote=allow_remote,
+                              timeout_s=timeout_s, binary=binary) as client:
+            t0 = time.perf_counter()
+            deadline_t = t0 + duration_s
             for i in range(n):
                 if time.perf_counter() >= deadline_t:
                     truncated = True
                     break
                 if on_request is not None:
                     on_request(i)
-                records.append(_one(conn, path, headers, enc, workload, labels, i, t0, None))
+                records.append(client.send(i, t0))
                 if progress is not None:
                     progress(i + 1, n)
-        finally:
-            conn.close()
         return LoadResult(records, time.perf_counter() - t0, truncated, workload.head(len(records)))
+
+    host, port, path, headers, enc = _target(url, images, workload, model, token, allow_remote, binary)
+    labels = np.asarray(labels)
 
     # Poisson: a dispatcher releases requests at their arrival times to a pool of senders.
     nworkers = max(1, min(int(workers), MAX_WORKERS, n))

@@ -146,6 +146,36 @@ def test_evaluate_end_to_end(evb, tmp_path):
     assert "| policy |" in md and "![Timeline](timeline.png)" in md and "Oracle" in md
 
 
+def test_daemons_take_turns_one_per_policy(evb, tmp_path):
+    """The daemon transport in closed loop: one daemon per policy, all up at once, taking turns of --interleave
+    requests; every policy serves the whole workload from its own daemon, and the contention window covers the
+    same requests for each. A CPU quota acts on one process, so with it the daemons run one after another."""
+    from benchmarks.evaluate.command import EvaluateOptions, evaluate
+    from benchmarks.evaluate.contention import ContentionSpec
+    from benchmarks.evaluate.workload import make_workload
+
+    out = tmp_path / "turns"
+    opts = EvaluateOptions(bundle=str(evb.bundle), table=str(evb.table), out=out,
+                           policies=("adaptive", "most-accurate", "best-static", "oracle"), count=40, warmup=3,
+                           contention=ContentionSpec.parse("cpu:half"), interleave=7, plots=False, quiet=True)
+    closed = make_workload(10, 5, "fixed:50", "closed", 0)
+    assert opts.transport == "daemon" and opts.takes_turns(closed)
+    assert not EvaluateOptions(bundle="b", table="t", out=out, contention=ContentionSpec.parse("quota")
+                               ).takes_turns(closed)
+    ev = evaluate(opts)
+    res = json.loads((out / "results.json").read_text())
+    assert ev.complete and res["options"]["interleave"] == 7 and res["options"]["turns"] == 2
+    for name in ("adaptive", "most-accurate", "best-static"):
+        pol = res["policies"][name]
+        assert [r["index"] for r in pol["records"]] == list(range(40)), name
+        assert all(r["status"] == 200 and r["policy"] for r in pol["records"]), name
+        assert len(pol["contention_s"]) == 1, name
+        assert (out / f"daemon-{name}.log").is_file(), name
+    assert {r["variant"] for r in res["policies"]["most-accurate"]["records"]} == {evb.variants[-1]}
+    sent = [r["sent_s"] for r in res["policies"]["adaptive"]["records"]]
+    assert sent == sorted(sent) and sent[0] >= 0  # its own clock, over its turns only
+
+
 def test_evaluate_rejects_bad_input(evb, tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "edgekit.cli", "evaluate", *args], capture_output=True,

@@ -18,7 +18,6 @@ from benchmarks.evaluate.inproc import (
     run_inproc,
     run_inproc_turns,
     serve_workload,
-    turns,
 )
 from benchmarks.evaluate.loadgen import load_eval_set, summarize
 from benchmarks.evaluate.placement import place
@@ -140,14 +139,6 @@ def test_evaluate_inproc_end_to_end(evb, tmp_path):
     assert (out / "app-adaptive.log").is_file() and not list(out.glob("daemon-*.log"))
     assert "application's clock" in res["headline"]["note"]
     assert "(in process)" in (out / "report.md").read_text()
-
-
-def test_turns_split_every_block_and_at_the_contention_windows_edges():
-    assert turns(250, 100) == [(0, 100), (100, 200), (200, 250)]
-    assert turns(250, 100, (60, 190)) == [(0, 60), (60, 100), (100, 190), (190, 200), (200, 250)]
-    assert turns(5, 100, (0, 0)) == [(0, 5)]
-    with pytest.raises(ValueError, match="at least 1 request"):
-        turns(10, 0)
 
 
 def test_policies_take_turns_each_on_its_own_clock(evb, tmp_path, monkeypatch):

@@ -231,28 +231,6 @@ def test_finished_models_knows_each_source(tmp_path):
                    "t": ("tflite", "model.tflite", True), "s": ("savedmodel", "saved_model", True)}
 
 
-OTHER_SIZE_PROFILE = """
-name = "other-size-board"
-arch = "x86_64"
-memory_budget_mb = 256
-
-[[build]]
-format = "tflite"
-precisions = ["fp32", "int8"]
-
-[[build]]
-format = "onnx"
-precisions = ["fp32", "int8"]
-
-[[runtime]]
-backend = "litert"
-threads = 1
-
-[[runtime]]
-backend = "onnxruntime"
-threads = 1
-"""
-
 
 @pytest.mark.slow
 def test_a_model_of_another_input_size_is_imported_converted_bundled_and_served(tmp_path):
@@ -287,13 +265,15 @@ def test_a_model_of_another_input_size_is_imported_converted_bundled_and_served(
         rec = json.loads((run / "models" / mid / "train.json").read_text())
         assert abs(rec["test_accuracy"] - small_acc) < 0.03, (mid, rec["test_accuracy"], small_acc)
         assert any("resized to 36x36" in n for n in rec["source"]["notes"])
-    (tmp_path / "board.toml").write_text(OTHER_SIZE_PROFILE)
+    (tmp_path / "board.toml").write_text(PROFILE)
     rc, out, err = _cli("convert", run, "--profile", tmp_path / "board.toml", "--no-progress")
     assert rc == 0, err + out
     m = Manifest.load(run / "manifest.json")
     assert {a.artifact_id for a in m.artifacts} == {
-        "big.tflite-fp32", "big.tflite-int8", "big.onnx-fp32", "big.onnx-int8", "big-onnx.onnx-fp32",
-        "big-onnx.onnx-int8", "big-tflite.tflite-fp32", "big-tflite.onnx-fp32", "big-tflite.onnx-int8"}
+        f"{mid}.{t}" for mid, ts in (("big", ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-fp16", "onnx-int8")),
+                                     ("big-onnx", ("onnx-fp32", "onnx-fp16", "onnx-int8")),
+                                     ("big-tflite", ("tflite-fp32", "onnx-fp32", "onnx-fp16", "onnx-int8")))
+        for t in ts}
     for a in m.artifacts:
         assert a.status == "ok" and tuple(a.input.shape[1:]) == (36, 36, 1), (a.artifact_id, a.reason, a.input)
         assert a.agreement >= (0.95 if a.precision == "int8" else 0.995), (a.artifact_id, a.agreement)
