@@ -76,6 +76,14 @@ class DeviceProfile:
     def settings_for(self, fmt: str) -> tuple[RuntimeSetting, ...]:
         return tuple(s for s in self.settings if s.format == fmt)
 
+    def setting(self, name: str) -> RuntimeSetting:
+        """The runtime setting ``name`` (a table row's ``setting``); an error naming the ones it has."""
+        for st in self.settings:
+            if st.name == name:
+                return st
+        raise ProfileError(f"profile '{self.name}' has no runtime setting '{name}' "
+                           f"(has {[st.name for st in self.settings]}); benchmark with this profile")
+
 
 _TOP_KEYS = {"name", "description", "arch", "memory_budget_mb", "workers", "build", "runtime"}
 _BUILD_KEYS = {"format", "precisions"}

@@ -540,15 +540,10 @@ def _daemons_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Wor
     with contextlib.ExitStack() as stack:
         clients = []
         for r in runs:
-            plan.say(f"evaluate: policy {r.name}: starting its daemon")
             d = Daemon(serve_argv(o.bundle, o.table, r.served_as, o.profile, o.miss, r.quantile), plan.log(r.name),
                        o.start_timeout_s, cpus=plan.placement.server)
             stack.callback(d.stop)
-            url = d.start()
-            wait_ready(url, timeout_s=30.0)
-            if warm is not None:
-                run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(o.duration_s, 60.0),
-                         binary=True)
+            url = _start_warm(plan, r.name, d, warm)
             clients.append(stack.enter_context(ClosedLoopClient(url, plan.images, plan.labels, wl, token=plan.token,
                                                                 binary=True)))
         schedule.reset()
@@ -585,19 +580,25 @@ def policy_result(plan: Plan, run: PolicyRun, served: Served, wl: Workload,
 Served = tuple[list[RequestRecord], float, bool]  # a policy's records, its wall time, whether --duration cut it
 
 
+def _start_warm(plan: Plan, policy: str, d: Daemon, warm: Workload | None) -> str:
+    """Start ``policy``'s daemon, wait until it is ready and send it the unmeasured warm-up; returns its URL."""
+    plan.say(f"evaluate: policy {policy}: starting the daemon")
+    url = d.start()
+    wait_ready(url, timeout_s=30.0)
+    if warm is not None:
+        run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(plan.opts.duration_s, 60.0),
+                 binary=True)
+    return url
+
+
 def _serve_daemon(plan: Plan, policy: str, served_as: str, quantile: str | None, wl: Workload,
                   warm: Workload | None, schedule: ContentionSchedule, log: Path) -> Served:
     """A fresh daemon serving ``served_as``, the warm-up, then the workload under the schedule (on the daemon)."""
     o = plan.opts
-    plan.say(f"evaluate: policy {policy}: starting the daemon")
     d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, quantile), log, o.start_timeout_s,
                cpus=plan.placement.server)
     try:
-        url = d.start()
-        wait_ready(url, timeout_s=30.0)
-        if warm is not None:
-            run_load(url, plan.images, plan.labels, warm, token=plan.token, duration_s=min(o.duration_s, 60.0),
-                     binary=True)
+        url = _start_warm(plan, policy, d, warm)
         schedule.reset()
         assert d.proc is not None
         schedule.target(d.proc.pid)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.evaluate.daemon_proc import Daemon
-from edge.core.errors import EdgekitError, StepFailed, UsageError
+from edge.core.errors import EdgekitError, StepFailed
 from edge.core.textable import format_table
 
 GOAL_INSIDE_RATIO = 4.0  # daemon inside overhead / reference's at p50 (issue 22: "at most 4x")
@@ -147,9 +147,7 @@ def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = 
     profile = load_profile(profile_name or bundle.profile)
     table = SelectedTable.load(table_path, profile=profile.name)
     row = table.row(variant) if variant else table.rows[0]
-    setting = next((s for s in profile.settings if s.name == row.setting), None)
-    if setting is None:
-        raise UsageError(f"profile {profile.name} has no runtime setting '{row.setting}'")
+    setting = profile.setting(row.setting)
     from benchmarks.evaluate.placement import client_side, place
 
     with client_side(place()) as p:

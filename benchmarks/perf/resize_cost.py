@@ -130,9 +130,7 @@ class BenchSide:
         from edge.runtime.scheduler import InputPreparer
 
         prof = load_profile(profile or b.profile)
-        setting = next((st for st in prof.settings if st.name == row.setting), None)
-        if setting is None:
-            raise UsageError(f"the profile {prof.name} has no runtime setting {row.setting!r} (the table's)")
+        setting = prof.setting(row.setting)
         rec = b.artifact(row.artifact_id)
         self.model = with_recorded_input(get_backend(setting.backend).load(b.artifact_path(row.artifact_id), setting),
                                          rec.input)

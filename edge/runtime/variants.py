@@ -53,15 +53,10 @@ class VariantPool:
         self.classes: int | None = None
 
     def _setting(self, row):
-        for s in self.profile.settings:
-            if s.name == row.setting:
-                if s.backend != row.backend:
-                    raise UsageError(f"profile runs setting '{s.name}' with {s.backend}, the table with {row.backend}")
-                return s
-        raise UsageError(
-            f"profile '{self.profile.name}' has no runtime setting '{row.setting}' "
-            f"(has {[s.name for s in self.profile.settings]}); benchmark with this profile"
-        )
+        s = self.profile.setting(row.setting)
+        if s.backend != row.backend:
+            raise UsageError(f"profile runs setting '{s.name}' with {s.backend}, the table with {row.backend}")
+        return s
 
     def _warm(self, model) -> None:
         from edge.artifacts.tensors import prepare_input
