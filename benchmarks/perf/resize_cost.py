@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="alternating rounds of serving and bench's timed loop per variant (default 8)")
     p.add_argument("--daemon", action="store_true", help="also serve each variant through edgekit serve")
     a = p.parse_args(argv)
+    for name in ("images", "rounds", "requests", "serve_rounds"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     try:
         return run(a)
     except EdgekitError as exc:

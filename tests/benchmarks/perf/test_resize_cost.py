@@ -34,3 +34,11 @@ def test_a_bundle_without_a_resizing_variant_says_so(resolution_run, tmp_path, c
     assert resize_cost.main([str(resolution_run["bundle"]), "--table", str(tmp_path / "one.json"), "--profile",
                              str(resolution_run["profile"]), "--images", "8"]) == 0
     assert "no variant of the table takes another input size: nothing resizes" in capsys.readouterr().out
+
+
+def test_counts_below_one_are_refused_by_name(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        resize_cost.main(["bundle", "--table", "t.json", "--serve-rounds", "0"])
+    assert e.value.code == 2 and "--serve-rounds must be at least 1, got 0" in capsys.readouterr().err
