@@ -179,7 +179,8 @@ def _view(x, view: str, i: int):
     return keras.layers.Cropping2D(crop, name=f"view_{view}_crop_{i}")(x)
 
 
-def build_ensemble(members: Sequence, name: str | None = None, views: Sequence[str] = ("id",)):
+def build_ensemble(members: Sequence, name: str | None = None, views: Sequence[str] = ("id",),
+                   input_shape: Sequence[int] | None = None):
     """One functional keras.Model: input -> every member -> softmax (if it outputs logits) -> mean.
 
     With ``views`` every member also runs on each view of the input (1-pixel translations) and
@@ -188,6 +189,10 @@ def build_ensemble(members: Sequence, name: str | None = None, views: Sequence[s
     The members (built or loaded keras.Models, distinct names) run as nested models on the same
     float32 raw-pixel input; the output has their (N, classes) float32 shape and holds the mean
     probabilities, so its argmax is the ensemble's class. The input is named "input" like a member's.
+
+    ``input_shape`` (H, W, C), the run's images: the ensemble's input. A member that takes another height and
+    width then runs on its view resized inside the graph by ``Resample`` (resize_pixels' resize, as the member
+    was trained); the channels must match. Without it, every member takes one shape and that is the input.
     """
     import keras
 
@@ -197,22 +202,40 @@ def build_ensemble(members: Sequence, name: str | None = None, views: Sequence[s
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise FamilyError(f"ensemble members need distinct Keras model names, got {names}")
-    in_shapes = {tuple(m.inputs[0].shape[1:]) for m in members}
+    from converters.family.layers import Resample
+
+    if any(len(m.inputs) != 1 or len(m.outputs) != 1 for m in members):
+        raise FamilyError(f"ensemble members must have one input and one output each, got {names}")
+    takes = [tuple(int(d) for d in m.inputs[0].shape[1:]) for m in members]
+    in_shapes = set(takes)
     out_shapes = {tuple(m.outputs[0].shape[1:]) for m in members}
-    if len(in_shapes) != 1 or len(out_shapes) != 1 or any(len(m.inputs) != 1 or len(m.outputs) != 1 for m in members):
-        raise FamilyError(f"ensemble members must share one input and one output shape, got inputs {sorted(in_shapes)} "
-                          f"and outputs {sorted(out_shapes)}")
+    if input_shape is None and len(in_shapes) != 1:
+        raise FamilyError(f"ensemble members must share one input shape, got {sorted(in_shapes)} (or give the "
+                          "ensemble's input_shape: members of other sizes then resize inside it)")
+    shape = tuple(int(d) for d in (input_shape if input_shape is not None else takes[0]))
+    for m, t in zip(members, takes):
+        if len(t) != 3 or t[2] != shape[2]:
+            raise FamilyError(f"ensemble member {m.name} takes {t} images, the ensemble {shape}: the channels must "
+                              "match (a member may take another height and width)")
+    if len(out_shapes) != 1:
+        raise FamilyError(f"ensemble members must share one output shape, got {sorted(out_shapes)}")
     for m in members:
         m.trainable = False  # an ensemble is built, never trained: batch norm stays on its moving statistics
-    inp = keras.Input(shape=next(iter(in_shapes)), dtype="float32", name="input")
+    inp = keras.Input(shape=shape, dtype="float32", name="input")
     probs = []
     views = check_views(list(views), "views")
     for vi, view in enumerate(views):
         x = _view(inp, view, vi)
-        for i, m in enumerate(members):
+        resized = {}  # one resize per view and size, shared by the members of that size
+        for i, (m, t) in enumerate(zip(members, takes)):
+            xm = x
+            if t[:2] != shape[:2]:
+                if t[:2] not in resized:
+                    resized[t[:2]] = Resample(t[:2], name=f"resize_{t[0]}x{t[1]}" + (f"_{view}" if vi else ""))(x)
+                xm = resized[t[:2]]
             # Members always run in inference mode (batch norm on its moving statistics); without the
             # explicit flag Keras' ONNX export traced nested batch-norm members with batch statistics.
-            y = m(x, training=False)
+            y = m(xm, training=False)
             if not _outputs_probabilities(m):
                 y = keras.layers.Softmax(name=f"softmax_{i}" if vi == 0 else f"softmax_{i}_{view}")(y)
             probs.append(y)
@@ -231,13 +254,16 @@ def count_params_macs(model) -> tuple[int, int]:
     MACs count Conv1D, Conv2D (grouped too), DepthwiseConv2D, SeparableConv2D, Dense and PSConv2D (what it
     executes: 4 taps per kernel), inside nested models too (keras.applications);
     pooling, resizing and element-wise layers are not counted. Parameters are the model's weights,
-    except that a masked PSConv2D counts only its free weights.
+    except that a masked PSConv2D counts only its free weights and an ensemble's Resample (a resize's
+    constants) counts none.
     """
-    from converters.family.layers import PSConv2D
+    from converters.family.layers import PSConv2D, Resample
 
     params = 0
     macs = 0
     for layer in _walk_layers(model):
+        if isinstance(layer, Resample):  # a resize's constants, not the model's weights
+            continue
         if isinstance(layer, PSConv2D):
             params += layer.free_params()
             _, ih, iw, _ = layer.input.shape

@@ -275,6 +275,55 @@ class Flip(keras.layers.Layer):
         return input_shape
 
 
+@keras.saving.register_keras_serializable(package="edgekit")
+class Resample(keras.layers.Layer):
+    """An (N, h, w, C) input resized to ``size`` (H, W) inside the graph, as ``edge.artifacts.images.resize_pixels``
+    resizes (area averaging when it shrinks, bilinear when it enlarges): an ensemble's member that takes
+    another input size than the ensemble.
+
+    The resize is the linear map ``resize_matrices`` gives, ``rows @ x @ cols.T`` per channel, held as two
+    constant weights: transposes and two matrix products, which LiteRT (FULLY_CONNECTED) and ONNX (MatMul)
+    run at every precision, where an area resize has no LiteRT op. The member then sees the pixels it was
+    trained on, up to resize_pixels' rounding to uint8 (under one gray level). Its weights are a resize's,
+    not the model's: ``count_params_macs`` counts neither.
+    """
+
+    def __init__(self, size, **kwargs):
+        kwargs["trainable"] = False  # a saved config says so too
+        super().__init__(**kwargs)
+        self.size = (int(size[0]), int(size[1]))
+
+    def build(self, input_shape):
+        from edge.artifacts.images import resize_matrices
+
+        rows, cols = resize_matrices((int(input_shape[1]), int(input_shape[2])), self.size)
+        self.rows_t = self.add_weight(name="rows_t", shape=rows.T.shape,
+                                      initializer=keras.initializers.Constant(np.ascontiguousarray(rows.T)),
+                                      trainable=False)
+        self.cols_t = self.add_weight(name="cols_t", shape=cols.T.shape,
+                                      initializer=keras.initializers.Constant(np.ascontiguousarray(cols.T)),
+                                      trainable=False)
+
+    def call(self, inputs):
+        # Each product has the constant on the right, as a Dense layer's: LiteRT runs it as FULLY_CONNECTED,
+        # which its int8 path quantizes well (a constant on the left, a BATCH_MATMUL, read chance accuracy).
+        # Reshapes to constant shapes (the batch as -1) keep the graph free of runtime shape arithmetic.
+        ops = keras.ops
+        (h, oh), (w, ow), c = self.rows_t.shape, self.cols_t.shape, int(inputs.shape[3])
+        x = ops.reshape(ops.transpose(inputs, (0, 3, 1, 2)), (-1, w))  # N*C*h, w
+        x = ops.reshape(ops.matmul(x, self.cols_t), (-1, c, h, ow))  # N, C, h, W
+        x = ops.reshape(ops.transpose(x, (0, 1, 3, 2)), (-1, h))  # N*C*W, h
+        x = ops.reshape(ops.matmul(x, self.rows_t), (-1, c, ow, oh))  # N, C, W, H
+        return ops.transpose(x, (0, 3, 2, 1))  # N, H, W, C
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.size, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size)}
+
+
 def custom_objects() -> dict:
     """Every custom layer, under its registered name and its class name, for keras.saving.load_model."""
-    return {"edgekit>PSConv2D": PSConv2D, "PSConv2D": PSConv2D, "edgekit>Flip": Flip, "Flip": Flip}
+    return {"edgekit>PSConv2D": PSConv2D, "PSConv2D": PSConv2D, "edgekit>Flip": Flip, "Flip": Flip,
+            "edgekit>Resample": Resample, "Resample": Resample}

@@ -61,11 +61,13 @@ def build_ensemble_one(ens, splits, models_dir: Path, schedule: Schedule, seed: 
     members = [load_keras_model(models_dir / m / MODEL_FILE) for m in ens.members]
     for m, km in zip(ens.members, members):
         takes = tuple(int(d) for d in km.inputs[0].shape[1:])
-        if takes != tuple(splits.input_shape):
+        if takes[-1:] != tuple(splits.input_shape)[-1:]:
             raise StepFailed(f"ensemble {ens.model_id}: member {m} takes {takes} images but the run's are "
-                             f"{tuple(splits.input_shape)}; an ensemble's members take the run's image size "
-                             "(leave resolution out of the members' space, or list other members)")
-    model = build_ensemble(members, name=keras_name(ens.model_id), views=ens.views)
+                             f"{tuple(splits.input_shape)}; an ensemble's members take the run's channels "
+                             "(list other members)")
+    # The ensemble takes the run's images; a member at another resolution resizes them inside it (Resample).
+    model = build_ensemble(members, name=keras_name(ens.model_id), views=ens.views,
+                           input_shape=tuple(splits.input_shape))
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False), metrics=["accuracy"])
     val_ds = tf_dataset(splits.x_val, splits.y_val, 512, shuffle_seed=None)
     val_acc = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])

@@ -285,6 +285,34 @@ def resizer(source_hwc: tuple[int, int, int], size: tuple[int, int], out: np.nda
     return run
 
 
+def resize_matrices(source_hw: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (H, h), cols (W, w)) float32: resize_pixels's resize from ``source_hw`` (h, w) to ``size`` (H, W) as the
+    linear map it is, ``rows @ image @ cols.T`` per channel, for a graph that has to resize inside itself (an
+    ensemble whose members take other sizes than its input: ``converters.family.layers.Resample``).
+
+    OpenCV's area averaging and bilinear interpolation are separable, so the two matrices are what it does to
+    images constant along one axis, taken with the interpolation resize_pixels chooses for this pair of sizes
+    (by total pixels). The map matches OpenCV's float resize to 1e-4 and its uint8 resize (which rounds, in
+    fixed point) to within one gray level (test). Each row sums to one."""
+    ih, iw = int(source_hw[0]), int(source_hw[1])
+    h, w = int(size[0]), int(size[1])
+    if min(ih, iw, h, w) < 1:
+        raise UsageError(f"cannot resize {ih}x{iw} images to {h}x{w}")
+    cv2 = _CV[0] if _CV else _cv()[0]
+    flag = _AREA if h * w < ih * iw else _LINEAR
+    rows = np.empty((h, ih), np.float32)
+    cols = np.empty((w, iw), np.float32)
+    for i in range(ih):
+        basis = np.zeros((ih, iw), np.float32)
+        basis[i, :] = 1.0
+        rows[:, i] = cv2.resize(basis, (w, h), None, 0, 0, flag)[:, 0]
+    for j in range(iw):
+        basis = np.zeros((ih, iw), np.float32)
+        basis[:, j] = 1.0
+        cols[:, j] = cv2.resize(basis, (w, h), None, 0, 0, flag)[0, :]
+    return rows, cols
+
+
 def _resize_any(images: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
     """resize_pixels for any input it takes, checked: one image or a batch, any method."""
     x = images if isinstance(images, np.ndarray) else np.asarray(images)

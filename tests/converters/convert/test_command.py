@@ -364,6 +364,76 @@ def test_convert_builds_and_validates_every_desktop_target_of_an_ensemble(ensemb
         assert a.output.shape[-1] == 10
 
 
+SIZES_FAMILY = """
+name = "sizesens"
+mode = "grid"
+input_size = [28, 28]
+pool = "max"
+head = "flatten"
+
+[[space]]
+filters = [[4]]
+resolution = [20, 36]
+
+[[ensemble]]
+top = 2
+name = "sizes"
+"""
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_members_at_two_resolutions_takes_the_runs_images_and_converts_to_every_target(tmp_path):
+    """Members trained at 20x20 and 36x36 (the family's resolution knob): their ensemble takes the run's 28x28
+    images, resizes them inside (Resample) as training resized them, and builds and validates all 7 targets."""
+    from converters.data.datasets import splits_for_run
+    from converters.family.keras_build import load_keras_model
+    from edge.artifacts.images import resize_pixels
+    from tests.converters._ensembles import run_sweep, train_options
+    from tests.converters.data.test_datasets import REAL_FASHION, write_idx_set
+
+    family = tmp_path / "sizes.toml"
+    family.write_text(SIZES_FAMILY)
+    data_dir = None
+    if not (REAL_FASHION / "train-images-idx3-ubyte.gz").exists():
+        data_dir = tmp_path / "fm"
+        write_idx_set(data_dir, n_train=1500, n_test=300, gz=True)
+    run_dir = tmp_path / "run"
+    results, out = run_sweep(train_options(run_dir, family, data_dir))
+    assert [r.status for r in results] == ["trained", "trained", "built"], out[-2000:]
+    members, ens_id = [r.model_id for r in results[:2]], results[2].model_id
+    sizes = {m: tuple(load_keras_model(run_dir / "models" / m / "model.keras").inputs[0].shape[1:3]) for m in members}
+    assert sorted(sizes.values()) == [(20, 20), (36, 36)]
+    ens = load_keras_model(run_dir / "models" / ens_id / "model.keras")
+    assert tuple(ens.inputs[0].shape[1:]) == (28, 28, 1)
+    s = splits_for_run(run_dir)
+    x = s.x_test[:200]
+    got = np.asarray(ens.predict(x.astype(np.float32), verbose=0))
+    want = np.mean([np.asarray(keras_softmax(load_keras_model(run_dir / "models" / m / "model.keras"),
+                                             resize_pixels(x, sizes[m]))) for m in members], axis=0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)  # the members see what they were trained on
+    rec = train_record(run_dir, ens_id)
+    assert rec["test_accuracy"] > 0.5 and rec["macs"] == sum(train_record(run_dir, m)["macs"] for m in members)
+    for m in members:  # convert the ensemble alone: its model.keras holds its members
+        shutil.rmtree(run_dir / "models" / m)
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        rc = main(["convert", str(run_dir), "--profile", "desktop-cpu", "--no-progress"])
+    assert rc == 0, buf.getvalue()[-3000:] + err.getvalue()[-3000:]
+    arts = Manifest.load(run_dir / "manifest.json").artifacts
+    assert len(arts) == DESKTOP_TARGETS and {a.model_id for a in arts} == {ens_id}
+    for a in arts:
+        assert a.status == "ok", (a.artifact_id, a.reason)
+        assert tuple(a.input.shape[1:]) == (28, 28, 1)
+        assert a.agreement >= (0.98 if a.precision in ("fp32", "fp16", "dynamic") else 0.9), a.artifact_id
+
+
+def keras_softmax(model, images: np.ndarray) -> np.ndarray:
+    """A member's probabilities on uint8 images (the family's members output logits)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(images.astype(np.float32), verbose=0)))
+
+
 MIXED_PROFILE = """
 name = "mixed-board"
 arch = "x86_64"

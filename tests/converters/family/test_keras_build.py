@@ -21,7 +21,7 @@ from converters.family.keras_build import (  # noqa: E402
     custom_objects,
     load_keras_model,
 )
-from converters.family.layers import Flip, PSConv2D  # noqa: E402
+from converters.family.layers import Flip, PSConv2D, Resample  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside keras.saving
 
@@ -198,6 +198,36 @@ def test_build_ensemble_averages_softmax_and_reloads_with_custom_layers(tmp_path
         build_ensemble(members[:1])
     with pytest.raises(FamilyError, match="distinct Keras model names"):
         build_ensemble([members[0], members[0]])
+
+
+def test_an_ensemble_of_members_at_other_sizes_resizes_inside_as_resize_pixels_does(tmp_path):
+    from edge.artifacts.images import resize_pixels
+
+    keras.utils.set_random_seed(1)
+    at = {(20, 20): build_model(ModelSpec(filters=(4,), resolution=(20, 20)), name="m20"),
+          (36, 36): build_model(ModelSpec(filters=(6,), resolution=(36, 36)), name="m36"),
+          (28, 28): build_model(ModelSpec(filters=(4,)), name="m28")}
+    assert {hw: tuple(m.inputs[0].shape[1:3]) for hw, m in at.items()} == {hw: hw for hw in at}
+    ens = build_ensemble(list(at.values()), name="mixed", views=("id", "flip"), input_shape=(28, 28, 1))
+    assert tuple(ens.inputs[0].shape[1:]) == (28, 28, 1)
+    assert sorted(layer.name for layer in ens.layers if isinstance(layer, Resample)) == [
+        "resize_20x20", "resize_20x20_flip", "resize_36x36", "resize_36x36_flip"]  # none for the 28x28 member
+    x = np.random.default_rng(2).integers(0, 256, (6, 28, 28, 1)).astype(np.uint8)
+    views = (x, x[:, :, ::-1].copy())
+    want = np.mean([_softmax(m, resize_pixels(v, hw)) for v in views for hw, m in at.items()], axis=0)
+    got = _np(ens(x.astype(np.float32)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)  # resize_pixels rounds to uint8, Resample does not
+    # A resize's constants: neither parameters nor MACs of the ensemble (each member counted once, as always).
+    assert count_params_macs(ens) == tuple(np.sum([count_params_macs(m) for m in at.values()], axis=0))
+    ens.save(tmp_path / "mixed.keras")
+    back = load_keras_model(tmp_path / "mixed.keras")  # safe mode: Resample is a registered layer
+    np.testing.assert_allclose(_np(back(x.astype(np.float32))), got, rtol=0, atol=1e-6)
+    # Without the ensemble's input shape the members must agree; the channels always must.
+    with pytest.raises(FamilyError, match="share one input shape"):
+        build_ensemble(list(at.values()))
+    rgb = build_model(ModelSpec(filters=(4,)), input_shape=(28, 28, 3), name="rgb")
+    with pytest.raises(FamilyError, match="member rgb takes .*the channels must match"):
+        build_ensemble([at[(20, 20)], rgb], input_shape=(28, 28, 1))
 
 
 def _shift(x: np.ndarray, view: str) -> np.ndarray:

@@ -215,6 +215,28 @@ def test_resize_pixels_is_an_opencv_resize_per_image(c, size):
     assert not np.array_equal(resize_pixels(x, size, "nearest"), out)
 
 
+@pytest.mark.parametrize("size", [(20, 20), (36, 40), (14, 14), (20, 36), (96, 96)])
+def test_resize_matrices_are_resize_pixels_as_a_linear_map(size):
+    """What an ensemble's in-graph Resample applies: the same resize, up to resize_pixels' rounding to uint8."""
+    import cv2
+
+    from edge.artifacts.images import resize_matrices, resize_pixels
+
+    rows, cols = resize_matrices((28, 28), size)
+    assert rows.shape == (size[0], 28) and cols.shape == (size[1], 28) and rows.dtype == np.float32
+    np.testing.assert_allclose(rows.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(cols.sum(1), 1.0, atol=1e-5)
+    x = np.random.default_rng(size[0]).integers(0, 256, (4, 28, 28, 3), dtype=np.uint8)
+    want = resize_pixels(x, size).astype(np.float32)
+    got = np.einsum("ph,nhwc,qw->npqc", rows, x.astype(np.float32), cols)
+    assert np.abs(got - want).max() <= 1.0  # OpenCV's uint8 path rounds (fixed point); the map does not
+    flag = cv2.INTER_AREA if size[0] * size[1] < 28 * 28 else cv2.INTER_LINEAR
+    exact = cv2.resize(x[0, :, :, 0].astype(np.float32), (size[1], size[0]), interpolation=flag)
+    np.testing.assert_allclose(rows @ x[0, :, :, 0].astype(np.float32) @ cols.T, exact, rtol=0, atol=1e-3)
+    with pytest.raises(UsageError, match="cannot resize 28x28 images to 0x5"):
+        resize_matrices((28, 28), (0, 5))
+
+
 @pytest.mark.parametrize("c", [1, 3])
 @pytest.mark.parametrize("size", [(20, 20), (36, 40), (28, 28)])
 def test_resize_pixels_into_out_and_the_prepared_resizer_give_the_same_pixels(c, size):
