@@ -21,9 +21,14 @@ def test_prints_the_resize_and_served_beside_bench(resolution_run, tmp_path, cap
     assert rc == 0, out
     assert re.search(r"^\s+36x36\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.M), out
     assert "goal kit resize (as serving calls it) <= 1.2x a bare cv2.resize call into a buffer: worst" in out
-    rows = re.findall(r"r36\.tflite-fp32@\S+: served [\d.]+ us, bench [\d.]+ us: ([\d.]+) .*resizes", out)
+    rows = re.findall(r"r36\.tflite-fp32@\S+: served [\d.]+ us, bench [\d.]+ us: ([\d.]+)[ ,].*resizes", out)
     assert len(rows) == 2 and all(float(r) > 0 for r in rows), out  # in process and through the daemon
     assert "goal daemon served/table <= 1.1 for the variants that resize (side by side): worst" in out
+    # The daemon's row also times bench idling, before each run, as long as the daemon's core between requests.
+    idle = re.findall(r"r36\.tflite-fp32@\S+: served .*, bench idling (\d+) us before each run [\d.]+ us: ([\d.]+)",
+                      out)
+    assert len(idle) == 1 and int(idle[0][0]) > 0 and float(idle[0][1]) > 0, out
+    assert "the same with bench idling as the daemon's core does between requests" in out
 
 
 def test_a_bundle_without_a_resizing_variant_says_so(resolution_run, tmp_path, capsys):
