@@ -13,7 +13,8 @@ For each artifact x runtime setting (one table row, keyed "<artifact_id>@<settin
 * peak resident memory the artifact added over load + first inference + runs (see
   :class:`edge.core.memory.PeakRss` for how it is measured; one row is ``benchmarks.bench.measure``);
 * the median of ``--rest-runs`` single runs, each after 10 ms idle (``rest_p50_ms``: what a request
-  that finds the runtime at rest pays; see ``benchmarks.bench.measure``);
+  that finds the runtime at rest pays; see ``benchmarks.bench.measure``), and of 5x as many after 0.5 ms
+  idle each (``gap_p50_ms``: what a daemon's requests pay between their client's round trips);
 * top-1 accuracy on the selection half of the bundle's evaluation set with this runtime on this device
   (the serve half stays unseen; ``edge.bundle.reader.EVAL_PARTS``).
 
@@ -292,6 +293,7 @@ def bench_bundle(
                 write(
                     f"{tag}{variant}: p50 {row.p50_ms:.4g} ms  p99 {row.p99_ms:.4g} ms  n={row.samples}  "
                     + (f"at rest {row.rest_p50_ms:.4g} ms  " if row.rest_p50_ms else "")
+                    + (f"at 0.5 ms gaps {row.gap_p50_ms:.4g} ms  " if row.gap_p50_ms else "")
                     + f"acc {row.accuracy:.4f}  load {row.load_ms:.1f} ms  +{row.peak_rss_mb:.1f} MB  [{row.provider}]"
                 )
             header = dataclasses.replace(table.header, settings={**table.header.settings, "skipped": dict(skipped)})
@@ -351,7 +353,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch size for the accuracy pass (default %(default)s)")
     p.add_argument("--rest-runs", type=int, default=DEFAULT_REST_RUNS,
                    help="single runs after 10 ms idle each, for the latency at rest that serving predicts an "
-                        "idle runtime with (default %(default)s; 0: not measured)")
+                        "idle runtime with, and 5x as many after 0.5 ms idle each, for the latency at a "
+                        "request's cadence (default %(default)s; 0: neither measured)")
     p.add_argument("--only", action="append", default=[], metavar="PATTERN",
                    help="benchmark only artifacts/variants matching PATTERN (glob, or substring); "
                         "repeatable, comma-separated")

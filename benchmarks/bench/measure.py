@@ -11,6 +11,13 @@ went to sleep and must be woken): on this project's 2-core VM 2x to 4x for a 0.0
 after 10 ms of rest, and over 10x for a microsecond one. So a row also records its median *at rest*
 (``rest_p50_ms``: ``--rest-runs`` single runs, each after ``REST_GAP_MS`` idle), which the runtime
 predicts with and compares to when a request finds its slot idle that long.
+
+Between those, a daemon's requests find the runtime idle for their client's round trip, a few tenths of a
+millisecond over loopback: on the same VM a 20 us model took 52 us served by the daemon at rest, and as long
+in bench's loop sleeping as long before each run (``benchmarks.perf.resize_cost``). So a row also records
+its median *at a request's cadence* (``gap_p50_ms``: ``GAP_RUNS_PER_REST`` x ``--rest-runs`` single runs, each
+after ``GAP_MS`` idle), which the runtime predicts with when a slot has been idle from ``IDLE_FROM_MS`` to
+``REST_GAP_MS``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from edge.artifacts.tensors import prepare_input, scores
 from edge.backends import LoadedModel, get_backend
 from edge.core.errors import UsageError
 from edge.core.memory import PeakRss
-from edge.tables.table import REST_GAP_MS, LatencyRow, encode_correct
+from edge.tables.table import GAP_MS, REST_GAP_MS, LatencyRow, encode_correct
 
 DEFAULT_MIN_RUNS = 100
 DEFAULT_MIN_SECONDS = 2.0
@@ -39,6 +46,7 @@ DEFAULT_WARMUP = 10
 DEFAULT_INPUTS = 64
 DEFAULT_BATCH = 256
 DEFAULT_REST_RUNS = 20  # single runs after REST_GAP_MS idle each: 0.2 s a row
+GAP_RUNS_PER_REST = 5  # single runs after GAP_MS idle each, per run at rest: 100 runs, 0.05 s a row by default
 
 
 def timed_loop(
@@ -269,6 +277,8 @@ def measure(
                                 start=opts.warmup + 1, prepare=prepare)
         rest_ns = (rest_loop(model, timed_inputs, opts.rest_runs, prepare=prepare) if opts.rest_runs
                    else np.zeros(0, np.int64))
+        gap_ns = (rest_loop(model, timed_inputs, opts.rest_runs * GAP_RUNS_PER_REST, gap_ms=GAP_MS, prepare=prepare)
+                  if opts.rest_runs else np.zeros(0, np.int64))
         peak_mb = rss.added_mb()
         provider = model.provider
         acc, n_eval, correct = accuracy_of(load, model, x_eval, labels, rec, opts.batch_size)
@@ -298,6 +308,7 @@ def measure(
         params=int(rec.params),
         macs=int(rec.macs),
         rest_p50_ms=float(np.median(rest_ns)) / 1e6 if len(rest_ns) else 0.0,
+        gap_p50_ms=float(np.median(gap_ns)) / 1e6 if len(gap_ns) else 0.0,
         correct=correct,
         resize_ms=resize_ms,
     )

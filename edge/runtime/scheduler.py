@@ -19,7 +19,8 @@ Under the ``reject`` miss policy a request that no variant can meet is answered 
 on arrival and again when it reaches a slot.
 
 A request that finds its slot idle for ``REST_GAP_MS`` or more runs *at rest*: the selector predicts
-it with the table's latency at rest and the slowdown filter compares it to that
+it with the table's latency at rest and the slowdown filter compares it to that; one idle from
+``IDLE_FROM_MS`` runs at a request's cadence, with the table's latency after a short gap
 (``edge.runtime.selector``).
 """
 
@@ -42,8 +43,7 @@ from edge.artifacts.tensors import dequantize_output, fit_size, pixel_values, pr
 from edge.backends.base import LoadedModel
 from edge.core.errors import UsageError
 from edge.runtime.load import ArrivalLoad
-from edge.runtime.selector import Selector, recent_quantile
-from edge.tables.table import REST_GAP_MS
+from edge.runtime.selector import HOT, REST, Selector, idle_level, recent_quantile
 
 OVERHEAD_ALPHA = 0.1  # EWMA weight of the measured serving overhead
 OVERHEAD_INITIAL_MS = 0.05
@@ -282,9 +282,9 @@ class Scheduler:
                           or req.arrival < max(self._last_end))
         if sel.reject_on_miss:
             now = time.perf_counter()
-            # It would run at rest if it found every slot free and idle long enough (the least it can pay).
-            rest = not self._heap and self.busy == 0 and now - max(self._last_end) >= REST_GAP_MS / 1000.0
-            d = sel.select((req.abs_deadline - now) * 1000.0 - self.overhead_ms, rest)
+            # It would run after the slots' idle time if it found every slot free (the least it can pay).
+            idle = idle_level(now - max(self._last_end)) if not self._heap and self.busy == 0 else HOT
+            d = sel.select((req.abs_deadline - now) * 1000.0 - self.overhead_ms, idle)
             if d.reject:
                 self._reject(req, sel, d.predicted_ms, now)
                 return DONE
@@ -422,18 +422,18 @@ class Scheduler:
         t_deq = time.perf_counter()
         state = self.state
         sel = state.selector
-        at_rest = t_deq - self._last_end[req.slot] >= REST_GAP_MS / 1000.0
+        idle = idle_level(t_deq - self._last_end[req.slot])
         last = self._last_variant[req.slot]
-        d = sel.select(self._budget_ms(req, sel, t_deq), at_rest, last)
+        d = sel.select(self._budget_ms(req, sel, t_deq), idle, last)
         if d.reject:
             return self._reject(req, sel, d.predicted_ms, t_deq)
         load = self.load
         if d.index > 0 and d.fits and sel.prices_load and load.priced(d.predicted_ms):
             # Open-loop load: weigh what a longer variant costs the requests likely to arrive meanwhile.
-            preds = sel.predictions(d.index, at_rest, last)
+            preds = sel.predictions(d.index, idle, last)
             j = load.choose(preds, sel.accuracy, d.index, self.overhead_ms + preds[0])
             if j != d.index:
-                d = sel.decision(j, at_rest, last)
+                d = sel.decision(j, idle, last)
         assert d.variant is not None  # a decision that does not reject names its variant
         model = state.models[req.slot][d.variant]
         prep = self._prep.get(id(model))
@@ -454,7 +454,7 @@ class Scheduler:
         self._last_end[req.slot] = t1 + self.inject_delay_ms / 1000.0  # an injected delay holds the slot busy
         raw = model.output()
         inf_ms = (t1 - t0) * 1000.0 + self.inject_delay_ms
-        factor = sel.observe(d.index, inf_ms, at_rest, switched=last != d.index)
+        factor = sel.observe(d.index, inf_ms, idle, switched=last != d.index)
         self._last_variant[req.slot] = d.index
         scores = dequantize_output(raw, model.output_spec)
         t_end = time.perf_counter()
@@ -475,6 +475,6 @@ class Scheduler:
             policy=str(sel.policy),
             scores=scores,
             label=int(scores[0].argmax()),
-            at_rest=at_rest,
+            at_rest=idle == REST,
             hold_ms=self.inject_delay_ms,
         )

@@ -29,6 +29,15 @@ compared to ``rest_p50_ms``, so the slowdown factor keeps meaning "slower than t
 idle board, instead of learning the cold start (it read 3.5 to 4.8 at rest on an rpi4 setting
 before).  Tables without ``rest_p50_ms`` behave as before.
 
+**At a request's cadence.**  Between those, a daemon's requests find their slot idle for their client's
+round trip (a few tenths of a millisecond over loopback), and each run pays part of the cold start: on the
+demo's front through the daemon at rest, the invokes took 5.5x their table p50 for a 2.4 us net and 1.3x for
+a 0.1 ms one. One slowdown factor cannot fit both: learnt mostly from the microsecond nets (2.27), it
+over-predicted the longer ones by 1.3-1.8x, so adaptive ran shorter nets than the deadlines allowed. A
+request whose slot was idle from ``IDLE_FROM_MS`` to ``REST_GAP_MS`` is therefore predicted at the variant's
+quantile x its ``gap_p50_ms``/back-to-back ratio (adaptive only) and observed against ``gap_p50_ms``, as at
+rest. The idle level is ``HOT``, ``IDLE`` or ``REST`` (``idle_level``).
+
 **After a switch.**  The table times each variant back to back, its own weights and code in cache. A
 request served by another variant than its slot's last one pays for bringing them back, and that
 costs the microsecond variants most: on the demo's front in process, a switched-to run took 1.65x its
@@ -57,7 +66,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 from edge.core.errors import UsageError
 from edge.runtime.slowdown import NoSlowdown, SlowdownFilter, make_filter
-from edge.tables.table import QUANTILES, LatencyRow
+from edge.tables.table import IDLE_FROM_MS, QUANTILES, REST_GAP_MS, LatencyRow
 
 QUANTILE_SHARE = {"mean": 0.50, "p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99, "max": 1.0}
 
@@ -69,6 +78,13 @@ SWITCH_ALPHA = 0.1  # EWMA weight of a switched-to run in its variant's switch s
 SWITCH_MAX = 4.0
 EXCESS_N = 64  # recent runs whose additive excess over the prediction's median sets the additive term
 EXCESS_EVERY = 16  # runs between recomputing it
+# How long a slot was idle before a run (module docstring): back to back, at a request's cadence, at rest.
+HOT, IDLE, REST = 0, 1, 2
+
+
+def idle_level(idle_s: float) -> int:
+    """HOT, IDLE or REST for a slot idle ``idle_s`` seconds since its last run ended."""
+    return REST if idle_s >= REST_GAP_MS / 1000.0 else IDLE if idle_s >= IDLE_FROM_MS / 1000.0 else HOT
 
 
 @dataclass(frozen=True)
@@ -134,12 +150,17 @@ class Selector:
         self.rest_scale = tuple(max(1.0, float(r.rest_p50_ms) / m) if r.rest_p50_ms > 0 else 1.0
                                 for r, m in zip(rows, self.median))
         self.rest_median = tuple(m * k for m, k in zip(self.median, self.rest_scale))
+        # At a request's cadence (module docstring): after GAP_MS idle; 1 when not measured.
+        self.gap_scale = tuple(max(1.0, float(r.gap_p50_ms) / m) if r.gap_p50_ms > 0 else 1.0
+                               for r, m in zip(rows, self.median))
+        self.gap_median = tuple(m * k for m, k in zip(self.median, self.gap_scale))
         kind = self.policy.kind
         self.base = tuple(float(r.mean_ms if kind == "mean-table" else r.latency(quantile)) for r in rows)
         # Baselines that trust the table do not correct; the filter still runs for metrics.
         self.corrects = kind in ("adaptive", "adaptive-greedy")
         # Only adaptive predicts the cold start; the baselines keep the table as the paper does.
         self.base_rest = tuple(b * k for b, k in zip(self.base, self.rest_scale)) if self.corrects else self.base
+        self.base_gap = tuple(b * k for b, k in zip(self.base, self.gap_scale)) if self.corrects else self.base
         self.switch = [1.0] * len(rows)  # per variant: a switched-to run / a repeated one (learnt, adaptive only)
         # Additive interference (adaptive): the quantile of recent runs' excess over median x factor, less the
         # part of it the table's own tail (its quantile over its median) already allows, per variant.
@@ -149,7 +170,10 @@ class Selector:
         self.excess_q = 0.0
         self.add = [0.0] * len(rows)
         self._suffix_min = _suffix_min(self.base)
-        self._suffix_min_rest = _suffix_min(self.base_rest)
+        # Per idle level (HOT, IDLE, REST): the bases, their suffix minima, what a run is observed against.
+        self._bases = (self.base, self.base_gap, self.base_rest)
+        self._suffix_mins = (self._suffix_min, _suffix_min(self.base_gap), _suffix_min(self.base_rest))
+        self._medians = (self.median, self.gap_median, self.rest_median)
         self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
         # Adaptive also leaves the requests waiting behind this one time to meet their deadlines
         # (edge.runtime.scheduler); the paper's policy and the other baselines look at one request alone.
@@ -176,16 +200,15 @@ class Selector:
         """The slowdown factor this policy applies (1 for the non-adaptive ones)."""
         return self.slowdown.factor if self.corrects else 1.0
 
-    def predict(self, index: int, at_rest: bool = False) -> float:
-        base = self.base_rest if at_rest else self.base
-        return base[index] * (self.slowdown.factor if self.corrects else 1.0)
+    def predict(self, index: int, idle: int = HOT) -> float:
+        return self._bases[idle][index] * (self.slowdown.factor if self.corrects else 1.0)
 
-    def select(self, remaining_ms: float, at_rest: bool = False, last: int = -1) -> Decision:
-        """The variant for a request with ``remaining_ms`` left (after queueing and overhead); ``at_rest``:
-        its slot has been idle for REST_GAP_MS or more; ``last``: the variant its slot ran last (-1: none), any
-        other one pays its switch scale (adaptive)."""
+    def select(self, remaining_ms: float, idle: int = HOT, last: int = -1) -> Decision:
+        """The variant for a request with ``remaining_ms`` left (after queueing and overhead); ``idle``: how long
+        its slot has been idle (HOT, IDLE, REST: ``idle_level``); ``last``: the variant its slot ran last (-1:
+        none), any other one pays its switch scale (adaptive)."""
         f = self.slowdown.factor if self.corrects else 1.0
-        base, suffix_min = (self.base_rest, self._suffix_min_rest) if at_rest else (self.base, self._suffix_min)
+        base, suffix_min = self._bases[idle], self._suffix_mins[idle]
         fixed = self._fixed
         if fixed is not None:
             pred = base[fixed] * f
@@ -201,7 +224,7 @@ class Selector:
             # The most accurate that fits with its switch scale and the additive term (``_corrected``); the
             # bisect's pick is an upper bound, as both only add.
             while i >= 0:
-                pred = self._corrected(i, base, f, at_rest, last)
+                pred = self._corrected(i, base, f, idle, last)
                 if pred <= remaining_ms:
                     return Decision(i, self.variants[i], pred, True, False)
                 i -= 1
@@ -210,32 +233,32 @@ class Selector:
             return Decision(-1, None, pred, False, True)
         return Decision(0, self.variants[0], pred, False, False)
 
-    def _corrected(self, i: int, base: tuple[float, ...], f: float, at_rest: bool, last: int) -> float:
+    def _corrected(self, i: int, base: tuple[float, ...], f: float, idle: int, last: int) -> float:
         """Adaptive's prediction of variant ``i``: its base x the factor, x its switch scale unless its slot ran it
         last or it runs at rest (the rest scale is in ``base_rest`` already), plus the additive term."""
-        return base[i] * f * (1.0 if at_rest or i == last else self.switch[i]) + self.add[i]
+        return base[i] * f * (1.0 if idle == REST or i == last else self.switch[i]) + self.add[i]
 
-    def decision(self, index: int, at_rest: bool = False, last: int = -1) -> Decision:
+    def decision(self, index: int, idle: int = HOT, last: int = -1) -> Decision:
         """The decision for variant ``index``, which fits (the scheduler's load-aware pick among those that fit)."""
-        return Decision(index, self.variants[index], self._predicted(index, at_rest, last), True, False)
+        return Decision(index, self.variants[index], self._predicted(index, idle, last), True, False)
 
-    def _predicted(self, i: int, at_rest: bool, last: int) -> float:
-        base = self.base_rest if at_rest else self.base
+    def _predicted(self, i: int, idle: int, last: int) -> float:
+        base = self._bases[idle]
         if not self.corrects:
             return base[i]
-        return self._corrected(i, base, self.slowdown.factor, at_rest, last)
+        return self._corrected(i, base, self.slowdown.factor, idle, last)
 
-    def predictions(self, upto: int, at_rest: bool = False, last: int = -1) -> list[float]:
+    def predictions(self, upto: int, idle: int = HOT, last: int = -1) -> list[float]:
         """The predicted latency of variants 0..``upto`` as ``decision`` gives each (for the load-aware pick)."""
-        return [self._predicted(i, at_rest, last) for i in range(upto + 1)]
+        return [self._predicted(i, idle, last) for i in range(upto + 1)]
 
-    def observe(self, index: int, observed_ms: float, at_rest: bool = False, switched: bool = False) -> float:
-        """Feed the measured inference time of variant ``index`` (run ``at_rest`` or not; ``switched``: its slot
-        ran another variant last); returns the new factor."""
-        if at_rest:
+    def observe(self, index: int, observed_ms: float, idle: int = HOT, switched: bool = False) -> float:
+        """Feed the measured inference time of variant ``index`` (run after ``idle``: HOT, IDLE or REST;
+        ``switched``: its slot ran another variant last); returns the new factor."""
+        if idle == REST:
             expected = self.rest_median[index]
         else:
-            expected = self.median[index]
+            expected = self._medians[idle][index]
             if switched and self.corrects:
                 f = self.slowdown.factor
                 r = observed_ms / (expected * f) if f > 0 else 1.0
@@ -269,7 +292,8 @@ class Selector:
             "slowdown": self.slowdown.describe(),
             "variants": [
                 {"variant": v, "base_ms": b, "accuracy": a, "predicted_ms": self.predict(i),
-                 "predicted_at_rest_ms": self.predict(i, at_rest=True),
+                 "predicted_at_rest_ms": self.predict(i, REST),
+                 "predicted_at_cadence_ms": self.predict(i, IDLE),
                  "switch_scale": round(self.switch[i], 4) if self.corrects else 1.0}
                 for i, (v, b, a) in enumerate(zip(self.variants, self.base, self.accuracy))
             ],

@@ -21,6 +21,8 @@ QUANTILES = ("mean", "p50", "p90", "p95", "p99", "max")
 KINDS = ("latency", "selected")
 MAX_TABLE_BYTES = 16 << 20  # a table of thousands of variants is a few MB
 REST_GAP_MS = 10.0  # idle time before each run at rest (edgekit bench) and from which serving counts a request at rest
+GAP_MS = 0.5  # idle time before each run at a request's cadence (edgekit bench: gap_p50_ms), a client's round trip
+IDLE_FROM_MS = 0.1  # from this idle time (to REST_GAP_MS) serving predicts a run at the cadence (gap_p50_ms)
 MAX_TABLE_ITEMS = 500_000  # JSON values (commas + brackets) a table may hold (~17k rows): bounds its parsed memory
 REGENERATE = {
     "latency": "re-run 'edgekit bench' to regenerate it",
@@ -118,6 +120,9 @@ class LatencyRow(LatencyTimes, _RowHead):
     # (edge.artifacts.images.resize_pixels). Its times above already include it, the input preparation and
     # setting the input, as serving pays them; 0 for a variant that takes the images as they are.
     resize_ms: float = 0.0
+    # Median invoke time at a request's cadence: single runs, each after GAP_MS idle, as a daemon's requests find
+    # the runtime between two round trips of their client (caches partly cold); 0 when not measured (older tables).
+    gap_p50_ms: float = 0.0
 
 
 _ROW_FIELDS = [f.name for f in dataclasses.fields(LatencyRow)]

@@ -82,6 +82,7 @@ def test_rows_record_the_latency_at_rest(measured):
     assert res.table.header.settings["rest_runs"] == FAST.rest_runs > 0
     for r in res.table.rows:
         assert r.rest_p50_ms > 0
+        assert r.gap_p50_ms > 0  # and after 0.5 ms idle each: a request's cadence through the daemon
 
 
 def test_header_records_a_host_the_profile_does_not_describe(bundle, tmp_path, monkeypatch, capsys):

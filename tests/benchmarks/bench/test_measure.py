@@ -74,7 +74,7 @@ def test_a_bench_table_and_a_serving_run_agree_on_the_same_machine_and_setting(b
     from edge.bundle.reader import open_bundle
     from edge.runtime.classifier import AdaptiveClassifier
     from edge.tables.selection import select_subset
-    from edge.tables.table import REST_GAP_MS
+    from edge.tables.table import GAP_MS, REST_GAP_MS
 
     opts = BenchOptions(min_runs=200, min_seconds=0.2, warmup=10, inputs=8, rest_runs=20)
     res = bench_bundle(bundle, tmp_path / "t.json", profile="desktop-cpu", opts=opts, only=["tiny-b.tflite-fp32"],
@@ -88,8 +88,14 @@ def test_a_bench_table_and_a_serving_run_agree_on_the_same_machine_and_setting(b
         for i in range(15):
             time.sleep(2 * REST_GAP_MS / 1000)
             rest.append(clf.classify(images[i % len(images)], 1e4))
+        cadence = []
+        for i in range(60):
+            time.sleep(GAP_MS / 1000)
+            cadence.append(clf.classify(images[i % len(images)], 1e4))
         factor = clf.slowdown_factor
-    assert not any(r.at_rest for r in hot) and all(r.at_rest for r in rest)
+    assert not any(r.at_rest for r in hot) and all(r.at_rest for r in rest) and not any(r.at_rest for r in cadence)
+    gap = statistics.median(r.inference_ms for r in cadence) / row.gap_p50_ms
+    assert 1 / 3 < gap < 3, f"serving at a request's cadence paid {gap:.2f}x the table's latency after 0.5 ms idle"
     back_to_back = statistics.median(r.inference_ms for r in hot) / row.p50_ms
     at_rest = statistics.median(r.inference_ms for r in rest) / row.rest_p50_ms
     assert 1 / 3 < back_to_back < 3, f"serving back to back paid {back_to_back:.2f}x the table's p50"

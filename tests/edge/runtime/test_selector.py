@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.runtime.selector import Policy, Selector, make_selector
+from edge.runtime.selector import HOT, IDLE, REST, Policy, Selector, idle_level, make_selector
 from edge.runtime.slowdown import KalmanSlowdown, NoSlowdown
 from tests.edge.tables.test_selection import row
 
@@ -141,21 +141,55 @@ def test_at_rest_adaptive_predicts_the_cold_start_and_the_factor_keeps_meaning_d
     s = Selector(rows, slowdown=KalmanSlowdown())
     assert s.rest_scale == pytest.approx((4.0, 1.5))
     assert s.select(2.5).variant == "b@litert-xnnpack-t1"  # back to back: b's p95 2.0 fits
-    d = s.select(2.5, at_rest=True)  # at rest: a 4.0, b 3.0: nothing fits, best effort runs the fastest
+    d = s.select(2.5, REST)  # at rest: a 4.0, b 3.0: nothing fits, best effort runs the fastest
     assert d.index == 0 and not d.fits and d.predicted_ms == pytest.approx(4.0)
-    assert s.select(3.0, at_rest=True).variant == "b@litert-xnnpack-t1"
+    assert s.select(3.0, REST).variant == "b@litert-xnnpack-t1"
     for _ in range(30):  # observed exactly at the table's medians, half at rest, half back to back
-        s.observe(0, 4 * 0.7, at_rest=True)
+        s.observe(0, 4 * 0.7, REST)
         s.observe(1, 1.4)
     assert s.factor == pytest.approx(1.0, abs=1e-6)
-    assert s.predict(0, at_rest=True) == pytest.approx(4.0) and s.predict(0) == pytest.approx(1.0)
+    assert s.predict(0, REST) == pytest.approx(4.0) and s.predict(0) == pytest.approx(1.0)
     # The baselines trust the table as it was: no cold start in their predictions.
     for policy in ("quantile-table", "mean-table"):
         base = Selector(rows, policy=policy, slowdown=NoSlowdown())
-        assert base.select(2.5, at_rest=True).variant == base.select(2.5).variant
+        assert base.select(2.5, REST).variant == base.select(2.5).variant
     # A table without the measurement (older tables, hand-made ones) behaves as before.
     plain = Selector(ROWS, slowdown=NoSlowdown())
-    assert plain.rest_scale == (1.0,) * len(ROWS) and plain.select(2.5, at_rest=True) == plain.select(2.5)
+    assert plain.rest_scale == (1.0,) * len(ROWS) and plain.select(2.5, REST) == plain.select(2.5)
+
+
+def test_at_a_requests_cadence_adaptive_predicts_each_variant_with_its_own_gap_latency():
+    """A daemon's requests find the runtime idle for their client's round trip: the microsecond net pays 5x its
+    median there, the long one 1.25x (gap_p50_ms). Adaptive predicts each with its own ratio and observes against
+    it, so runs exactly at those medians keep the factor at 1: one factor learnt from the fast net (5) would have
+    predicted the long one at 5x its table."""
+    import dataclasses
+
+    rows = [dataclasses.replace(row("a", 0.01, 0.6), gap_p50_ms=5 * 0.007, rest_p50_ms=10 * 0.007),
+            dataclasses.replace(row("b", 2.0, 0.9), gap_p50_ms=1.25 * 1.4, rest_p50_ms=1.5 * 1.4)]
+    s = Selector(rows, slowdown=KalmanSlowdown())
+    assert s.gap_scale == pytest.approx((5.0, 1.25))
+    assert s.select(2.2).index == 1 and s.select(2.2, IDLE).index == 0  # b: 2.0 back to back, 2.5 at the cadence
+    assert s.select(2.6, IDLE).index == 1
+    for _ in range(40):
+        s.observe(0, 5 * 0.007, IDLE)
+        s.observe(1, 1.25 * 1.4, IDLE)
+    assert s.factor == pytest.approx(1.0, abs=1e-6)
+    assert s.predict(1, IDLE) == pytest.approx(2.5) and s.predict(1, REST) == pytest.approx(3.0)
+    assert s.describe()["variants"][1]["predicted_at_cadence_ms"] == pytest.approx(2.5)
+    for policy in ("quantile-table", "mean-table"):  # the baselines keep the table
+        base = Selector(rows, policy=policy, slowdown=NoSlowdown())
+        assert base.select(2.2, IDLE).variant == base.select(2.2).variant
+    plain = Selector(ROWS, slowdown=NoSlowdown())  # a table without gap_p50_ms: as before
+    assert plain.gap_scale == (1.0,) * len(ROWS) and plain.select(2.5, IDLE) == plain.select(2.5)
+
+
+def test_idle_levels_from_the_slots_idle_time():
+    from edge.tables.table import IDLE_FROM_MS, REST_GAP_MS
+
+    assert idle_level(0.0) == HOT and idle_level(IDLE_FROM_MS / 1000 * 0.9) == HOT
+    assert idle_level(IDLE_FROM_MS / 1000) == IDLE and idle_level(REST_GAP_MS / 1000 * 0.99) == IDLE
+    assert idle_level(REST_GAP_MS / 1000) == REST and idle_level(1e9) == REST
 
 
 def test_adaptive_learns_what_a_switch_costs_and_predicts_it():
@@ -194,10 +228,10 @@ def test_predictions_agree_with_each_decision():
     for _ in range(50):
         s.observe(2, s.median[2] * 1.7, switched=True)
         s.observe(1, s.median[1] * 1.3)
-    for at_rest in (False, True):
+    for idle in (HOT, IDLE, REST):
         for last in (-1, 0, 2, 3):
-            assert s.predictions(3, at_rest, last) == pytest.approx(
-                [s.decision(i, at_rest, last).predicted_ms for i in range(4)])
+            assert s.predictions(3, idle, last) == pytest.approx(
+                [s.decision(i, idle, last).predicted_ms for i in range(4)])
 
 
 def test_adaptive_learns_an_additive_delay_and_predicts_with_it():
