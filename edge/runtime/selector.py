@@ -169,10 +169,9 @@ class Selector:
         self._excess_n = 0  # runs noted in all
         self.excess_q = 0.0
         self.add = [0.0] * len(rows)
-        self._suffix_min = _suffix_min(self.base)
         # Per idle level (HOT, IDLE, REST): the bases, their suffix minima, what a run is observed against.
         self._bases = (self.base, self.base_gap, self.base_rest)
-        self._suffix_mins = (self._suffix_min, _suffix_min(self.base_gap), _suffix_min(self.base_rest))
+        self._suffix_mins = tuple(_suffix_min(b) for b in self._bases)
         self._medians = (self.median, self.gap_median, self.rest_median)
         self.slowdown = slowdown if slowdown is not None else make_filter("kalman")
         # Adaptive also leaves the requests waiting behind this one time to meet their deadlines
@@ -255,17 +254,14 @@ class Selector:
     def observe(self, index: int, observed_ms: float, idle: int = HOT, switched: bool = False) -> float:
         """Feed the measured inference time of variant ``index`` (run after ``idle``: HOT, IDLE or REST;
         ``switched``: its slot ran another variant last); returns the new factor."""
-        if idle == REST:
-            expected = self.rest_median[index]
-        else:
-            expected = self._medians[idle][index]
-            if switched and self.corrects:
-                f = self.slowdown.factor
-                r = observed_ms / (expected * f) if f > 0 else 1.0
-                if r == r:  # not NaN
-                    sw = self.switch[index]
-                    self.switch[index] = min(SWITCH_MAX, max(1.0, sw + SWITCH_ALPHA * (r - sw)))
-                expected *= self.switch[index]
+        expected = self._medians[idle][index]
+        if switched and self.corrects and idle != REST:  # at rest the cold start is in rest_median already
+            f = self.slowdown.factor
+            r = observed_ms / (expected * f) if f > 0 else 1.0
+            if r == r:  # not NaN
+                sw = self.switch[index]
+                self.switch[index] = min(SWITCH_MAX, max(1.0, sw + SWITCH_ALPHA * (r - sw)))
+            expected *= self.switch[index]
         if self.corrects:
             self._note_excess(observed_ms - expected * self.slowdown.factor)
         return self.slowdown.update(observed_ms, expected)
