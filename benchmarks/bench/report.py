@@ -417,17 +417,18 @@ def build_report(devices: Sequence[Device], out: Path, quantile: str = "p95",
     doc.img(cdf_png.name, "latency CDF of the Pareto front")
 
     doc.h(2, "All variants")
-    doc.p("Times in ms; 'at rest' is '-' for a table benchmarked without --rest-runs; ★: on the Pareto front.")
+    doc.p("Times in ms; 'at 0.5 ms gaps' (a daemon's request cadence) and 'at rest' (after 10 ms idle) are '-' for a "
+          "table benchmarked without them (--rest-runs); ★: on the Pareto front.")
     for d in devices:
         doc.h(3, d.label)
         rows = sorted(d.table.rows, key=lambda r: (r.latency(quantile), -r.accuracy))
         doc.table(
-            ["variant", "provider", "threads", "n", "mean", "std", "p50", "p90", "p95", "p99", "max", "at rest",
-             "load ms", "first ms", "prep ms", "resize ms", "RSS MB", "accuracy", "params", "MACs", "front"],
+            ["variant", "provider", "threads", "n", "mean", "std", "p50", "p90", "p95", "p99", "max", "at 0.5 ms gaps",
+             "at rest", "load ms", "first ms", "prep ms", "resize ms", "RSS MB", "accuracy", "params", "MACs", "front"],
             [
                 [r.variant, r.provider, r.threads, r.samples, _ms(r.mean_ms), _ms(r.std_ms), _ms(r.p50_ms),
-                 _ms(r.p90_ms), _ms(r.p95_ms), _ms(r.p99_ms), _ms(r.max_ms), _ms(r.rest_p50_ms or math.nan),
-                 _ms(r.load_ms), _ms(r.first_inference_ms),
+                 _ms(r.p90_ms), _ms(r.p95_ms), _ms(r.p99_ms), _ms(r.max_ms), _ms(r.gap_p50_ms or math.nan),
+                 _ms(r.rest_p50_ms or math.nan), _ms(r.load_ms), _ms(r.first_inference_ms),
                  f"{r.preprocess_ms:.4f}", f"{r.resize_ms:.4f}" if r.resize_ms else "-", f"{r.peak_rss_mb:.1f}",
                  _acc(r.accuracy), r.params, r.macs,
                  "★" if r in d.front else ""]

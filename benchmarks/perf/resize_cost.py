@@ -36,7 +36,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -185,8 +186,18 @@ def side_by_side(bench: BenchSide, serve, rounds: int, per_round: int, bench_cpu
     return tuple(float(np.median(samples[side])) for side in ("serve", "bench", "idle") if samples[side])
 
 
-def inproc_server(bundle: str, table_path: str, profile: str | None, variant: str, images: np.ndarray):
-    """(serve(n) -> n inference_ms, close): ``variant`` served alone in process, back to back."""
+@dataclass(frozen=True)
+class Served:
+    """One variant served alone: ``serve(n)`` sends n requests and returns the inference_ms of each, ``close``
+    stops serving; ``gap_s`` is how long the server's core idles between two requests (0: back to back)."""
+
+    serve: Callable[[int], list[float]]
+    close: Callable[[], None]
+    gap_s: float = 0.0
+
+
+def inproc_server(bundle: str, table_path: str, profile: str | None, variant: str, images: np.ndarray) -> Served:
+    """``variant`` served alone in process, back to back."""
     from edge.runtime.classifier import AdaptiveClassifier
 
     clf = AdaptiveClassifier.open(bundle, table_path, profile, policy=f"static:{variant}")
@@ -200,13 +211,14 @@ def inproc_server(bundle: str, table_path: str, profile: str | None, variant: st
         return out
 
     serve(20)
-    return serve, lambda: clf.close(drain=False)
+    return Served(serve, lambda: clf.close(drain=False))
 
 
 def daemon_server(bundle: str, table_path: str, profile: str | None, variant: str, images: np.ndarray,
-                  server: set[int] | None):
-    """(serve(n) -> n inference_ms the daemon reports, close): ``variant`` (a static policy) behind
-    ``edgekit serve`` pinned to ``server``, one binary request at a time from this process."""
+                  server: set[int] | None) -> Served:
+    """``variant`` (a static policy) behind ``edgekit serve`` pinned to ``server``, one binary request at a time
+    from this process; the inference_ms are the daemon's, the gap the median of the warm-up requests' round trips
+    less their invoke."""
     import tempfile
     from pathlib import Path
 
@@ -248,8 +260,7 @@ def daemon_server(bundle: str, table_path: str, profile: str | None, variant: st
     except BaseException:
         close()
         raise
-    serve.gap_s = float(np.median(gaps))  # type: ignore[attr-defined]  # of the warm-up requests
-    return serve, close
+    return Served(serve, close, float(np.median(gaps)))
 
 
 def served_rows(a: argparse.Namespace, b, table, images: np.ndarray, via: str, server: set[int] | None
@@ -265,15 +276,15 @@ def served_rows(a: argparse.Namespace, b, table, images: np.ndarray, via: str, s
     for row in sorted(table.rows, key=lambda r: r.p50_ms):
         bench = BenchSide(b, a.profile, row, images)
         if via == "daemon":
-            serve, close = daemon_server(a.bundle, a.table, a.profile, row.variant, images, server)
+            served = daemon_server(a.bundle, a.table, a.profile, row.variant, images, server)
         else:
-            serve, close = inproc_server(a.bundle, a.table, a.profile, row.variant, images)
-        gap = getattr(serve, "gap_s", 0.0)
+            served = inproc_server(a.bundle, a.table, a.profile, row.variant, images)
+        gap = served.gap_s
         try:
-            got, ref, *idle = side_by_side(bench, serve, a.serve_rounds, per_round,
+            got, ref, *idle = side_by_side(bench, served.serve, a.serve_rounds, per_round,
                                            server if via == "daemon" else None, gap)
         finally:
-            close()
+            served.close()
             bench.close()
         resizes = row.resize_ms > 0
         cadence = via == "daemon" and row.gap_p50_ms > 0

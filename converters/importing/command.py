@@ -294,7 +294,7 @@ def import_models(opts: ImportOptions, out: TextIO | None = None) -> list[Import
             for src, _ in opened:  # every model checked before any is written
                 note = check_against_run(src, splits, run_dir)
                 if note is not None:
-                    src.notes = (*src.notes, note)
+                    src.note(note)
             return _import_all(opened, opts, models_dir, splits, out)
     finally:
         for src, _ in opened:

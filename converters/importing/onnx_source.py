@@ -181,7 +181,7 @@ class OnnxSource(Source):
             nchw = shape
             nchw_to_nhwc(proto, path)
             shape = _dims(proto.graph.input[0])
-            self.notes += (f"channels-first input {nchw} given an NHWC input {shape} (Transpose in front)",)
+            self.note(f"channels-first input {nchw} given an NHWC input {shape} (Transpose in front)")
         self.input_hwc = check_image_model(path, shape, "its")
         self.classes = check_scores(path, _dims(graph.output[0]), "its")
         self.batch = fixed_batch(proto)

@@ -41,6 +41,10 @@ class Source(abc.ABC):
         self.macs = 0  # 0 when unknown
         self.notes: tuple[str, ...] = ()  # what the import changed, e.g. a channels-first input transposed
 
+    def note(self, text: str) -> None:
+        """Record what the import changes about this model (printed and kept in its train.json)."""
+        self.notes = (*self.notes, text)
+
     @abc.abstractmethod
     def scores(self, images: np.ndarray, convention: InputConvention) -> np.ndarray:
         """float32 (N, classes) scores of the model for uint8 NHWC images, fed as ``convention`` says; images of

@@ -300,17 +300,18 @@ def resize_matrices(source_hw: tuple[int, int], size: tuple[int, int]) -> tuple[
         raise UsageError(f"cannot resize {ih}x{iw} images to {h}x{w}")
     cv2 = _CV[0] if _CV else _cv()[0]
     flag = _AREA if h * w < ih * iw else _LINEAR
-    rows = np.empty((h, ih), np.float32)
-    cols = np.empty((w, iw), np.float32)
-    for i in range(ih):
-        basis = np.zeros((ih, iw), np.float32)
-        basis[i, :] = 1.0
-        rows[:, i] = cv2.resize(basis, (w, h), None, 0, 0, flag)[:, 0]
-    for j in range(iw):
-        basis = np.zeros((ih, iw), np.float32)
-        basis[:, j] = 1.0
-        cols[:, j] = cv2.resize(basis, (w, h), None, 0, 0, flag)[0, :]
-    return rows, cols
+
+    def along(axis: int) -> np.ndarray:  # column k: the resize of the image that is 1 on line k of this axis
+        n = (ih, iw)[axis]
+        out = np.empty(((h, w)[axis], n), np.float32)
+        for k in range(n):
+            basis = np.zeros((ih, iw), np.float32)
+            basis[(k, slice(None)) if axis == 0 else (slice(None), k)] = 1.0
+            r = cv2.resize(basis, (w, h), None, 0, 0, flag)
+            out[:, k] = r[:, 0] if axis == 0 else r[0, :]
+        return out
+
+    return along(0), along(1)
 
 
 def _resize_any(images: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:

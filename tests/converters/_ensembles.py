@@ -59,5 +59,21 @@ def run_sweep(o: TrainOptions) -> tuple[list[tr.ModelResult], str]:
     return tr.train_sweep(o, out=buf), buf.getvalue()
 
 
+def sweep_family(root: Path, text: str, name: str) -> tuple[Path, Path | None, Path, list[tr.ModelResult], str]:
+    """Write the family ``text`` as ``root/NAME.toml`` and train it on the real Fashion-MNIST (a synthetic IDX set
+    where it is not installed): (family path, data dir or None, run folder, sweep results, output)."""
+    from tests.converters.data.test_datasets import REAL_FASHION, write_idx_set
+
+    family = root / f"{name}.toml"
+    family.write_text(text)
+    data_dir = None
+    if not (REAL_FASHION / "train-images-idx3-ubyte.gz").exists():
+        data_dir = root / "fm"
+        write_idx_set(data_dir, n_train=1500, n_test=300, gz=True)
+    run_dir = root / "run"
+    results, out = run_sweep(train_options(run_dir, family, data_dir))
+    return family, data_dir, run_dir, results, out
+
+
 def train_record(run_dir: Path, model_id: str) -> dict:
     return json.loads((run_dir / "models" / model_id / "train.json").read_text())

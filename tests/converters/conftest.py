@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.converters._ensembles import FAMILY, run_sweep, train_options
+from tests.converters._ensembles import FAMILY, sweep_family
 from tests.converters._fixtures import fashion_subset, tiny_model
-from tests.converters.data.test_datasets import REAL_FASHION, write_idx_set
+from tests.converters.data.test_datasets import write_idx_set
 from tests.converters.train.test_sweep import TINY_FAMILY
 
 
@@ -45,13 +45,4 @@ def family(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ensemble_run(tmp_path_factory):
     """(family path, data dir or None for the real Fashion-MNIST, trained run, sweep results, output)."""
-    root = tmp_path_factory.mktemp("ens")
-    family = root / "tinyens.toml"
-    family.write_text(FAMILY)
-    data_dir = None
-    if not (REAL_FASHION / "train-images-idx3-ubyte.gz").exists():
-        data_dir = root / "fm"
-        write_idx_set(data_dir, n_train=1500, n_test=300, gz=True)
-    run_dir = root / "run"
-    results, out = run_sweep(train_options(run_dir, family, data_dir))
-    return family, data_dir, run_dir, results, out
+    return sweep_family(tmp_path_factory.mktemp("ens"), FAMILY, "tinyens")

@@ -167,3 +167,19 @@ def test_an_older_table_without_the_field_is_judged_from_its_header(measured, tm
     arm = dataclasses.replace(header, machine="aarch64", cores=4, settings={"device": {"usable_cores": 4}})
     (d,) = report.load_devices([dataclasses.replace(t, header=arm).save(tmp_path / "pi.json")])
     assert d.mismatch == "" and "on the rpi4 itself" in d.measured_on
+
+
+def test_all_variants_show_the_latency_at_a_request_cadence_and_at_rest(measured, tmp_path):
+    t = LatencyTable.load(measured)
+    rows = tuple(dataclasses.replace(r, gap_p50_ms=0.0123 + i, rest_p50_ms=0.0456 + i) for i, r in enumerate(t.rows))
+    src = dataclasses.replace(t, rows=rows[:-1] + (dataclasses.replace(rows[-1], gap_p50_ms=0.0, rest_p50_ms=0.0),)
+                              ).save(tmp_path / "t.json")
+    md = report.build_report(report.load_devices([src]), tmp_path / "r")["markdown"].read_text()
+    head = next(line for line in md.splitlines() if line.startswith("| variant | provider"))
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    gap, rest = cols.index("at 0.5 ms gaps"), cols.index("at rest")
+    assert rest == gap + 1
+    lines = {r.variant: [c.strip() for c in line.strip("|").split("|")]
+             for r in rows for line in md.splitlines() if line.startswith(f"| {r.variant} |")}
+    assert lines[rows[0].variant][gap] == "0.0123" and lines[rows[0].variant][rest] == "0.0456"
+    assert lines[rows[-1].variant][gap] == "-" and lines[rows[-1].variant][rest] == "-"  # benched without them

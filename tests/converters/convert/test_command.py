@@ -388,17 +388,9 @@ def test_an_ensemble_of_members_at_two_resolutions_takes_the_runs_images_and_con
     from converters.data.datasets import splits_for_run
     from converters.family.keras_build import load_keras_model
     from edge.artifacts.images import resize_pixels
-    from tests.converters._ensembles import run_sweep, train_options
-    from tests.converters.data.test_datasets import REAL_FASHION, write_idx_set
+    from tests.converters._ensembles import sweep_family
 
-    family = tmp_path / "sizes.toml"
-    family.write_text(SIZES_FAMILY)
-    data_dir = None
-    if not (REAL_FASHION / "train-images-idx3-ubyte.gz").exists():
-        data_dir = tmp_path / "fm"
-        write_idx_set(data_dir, n_train=1500, n_test=300, gz=True)
-    run_dir = tmp_path / "run"
-    results, out = run_sweep(train_options(run_dir, family, data_dir))
+    _, _, run_dir, results, out = sweep_family(tmp_path, SIZES_FAMILY, "sizes")
     assert [r.status for r in results] == ["trained", "trained", "built"], out[-2000:]
     members, ens_id = [r.model_id for r in results[:2]], results[2].model_id
     sizes = {m: tuple(load_keras_model(run_dir / "models" / m / "model.keras").inputs[0].shape[1:3]) for m in members}
