@@ -79,6 +79,7 @@ from benchmarks.evaluate.workload import MAX_COUNT, Workload, WorkloadError, mak
 from edge.core.atomic import atomic_write_json, atomic_write_text
 from edge.core.errors import UsageError
 from edge.runtime.selector import POLICIES, POLICY_ALIASES, Policy
+from edge.serve.http.spin import MAX_SPIN_US
 from edge.tables.table import QUANTILES, LatencyRow, LatencyTable
 
 EVALUATE_ONLY = ("best-static", "oracle")  # computed here, not daemon policies (benchmarks.evaluate.oracle)
@@ -170,6 +171,7 @@ class EvaluateOptions:
     repeat: int = 1  # runs of the whole comparison, seeds seed .. seed+repeat-1
     transport: str = "daemon"  # one of TRANSPORTS (below)
     interleave: int = INTERLEAVE  # closed loop: requests per turn as the policies take turns (0: none)
+    spin_us: int = 0  # the daemons busy-poll this long after each answer (edgekit serve --spin-us; 0: off)
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
@@ -185,6 +187,11 @@ class EvaluateOptions:
             raise UsageError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if not 0 <= self.interleave <= MAX_COUNT:
             raise UsageError(f"--interleave must be in [0, {MAX_COUNT}] requests per turn, got {self.interleave}")
+        if not 0 <= self.spin_us <= MAX_SPIN_US:
+            raise UsageError(f"--spin-us must be 0 (off) to {MAX_SPIN_US} microseconds, got {self.spin_us}")
+        if self.spin_us and self.transport != "daemon":
+            raise UsageError("--spin-us is the daemon's busy polling; in process there is no transport to poll "
+                             "(drop it, or use --transport daemon)")
         if not 1 <= self.repeat <= MAX_REPEAT:
             raise UsageError(f"--repeat must be in [1, {MAX_REPEAT}], got {self.repeat}")
         overload_factor(self.arrival)
@@ -197,7 +204,7 @@ class EvaluateOptions:
             contention=ContentionSpec.parse(args.contention, quota=args.quota), seed=args.seed,
             duration_s=args.duration, warmup=args.warmup, miss=args.miss, quantile=args.quantile,
             plots=not args.no_plots, statics=args.statics, plane=args.plane, repeat=args.repeat,
-            transport=args.transport, interleave=args.interleave,
+            transport=args.transport, interleave=args.interleave, spin_us=args.spin_us,
         )
 
     @property
@@ -209,7 +216,7 @@ class EvaluateOptions:
         return {"policies": list(self.policies), "profile": self.profile, "arrival": self.arrival,
                 "miss": self.miss, "quantile": self.quantile, "duration_s": self.duration_s,
                 "statics": self.statics, "plane": self.plane, "transport": self.transport,
-                "interleave": self.interleave, "turns": TURNS_VERSION}
+                "interleave": self.interleave, "turns": TURNS_VERSION, "spin_us": self.spin_us}
 
     def takes_turns(self, wl: Workload) -> bool:
         """Whether the policies take turns (``benchmarks.evaluate.turns``): closed loop, ``interleave`` > 0, and
@@ -298,7 +305,7 @@ def make_plan(opts: EvaluateOptions) -> Plan:
 def _probe_daemon(plan: Plan, variant: str, log: Path, contention: ContentionSpec | None) -> ServingProbe:
     o = plan.opts
     return probe_serving(o.bundle, o.table, variant, o.profile, o.miss, plan.images, plan.labels, plan.placement,
-                         log, o.start_timeout_s, plan.token, contention=contention)
+                         log, o.start_timeout_s, plan.token, contention=contention, spin_us=o.spin_us)
 
 
 def _probe_inproc(plan: Plan, variant: str, log: Path, contention: ContentionSpec | None) -> ServingProbe:
@@ -540,8 +547,8 @@ def _daemons_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Wor
     with contextlib.ExitStack() as stack:
         clients = []
         for r in runs:
-            d = Daemon(serve_argv(o.bundle, o.table, r.served_as, o.profile, o.miss, r.quantile), plan.log(r.name),
-                       o.start_timeout_s, cpus=plan.placement.server)
+            d = Daemon(serve_argv(o.bundle, o.table, r.served_as, o.profile, o.miss, r.quantile, o.spin_us),
+                       plan.log(r.name), o.start_timeout_s, cpus=plan.placement.server)
             stack.callback(d.stop)
             url = _start_warm(plan, r.name, d, warm)
             clients.append(stack.enter_context(ClosedLoopClient(url, plan.images, plan.labels, wl, token=plan.token,
@@ -595,7 +602,7 @@ def _serve_daemon(plan: Plan, policy: str, served_as: str, quantile: str | None,
                   warm: Workload | None, schedule: ContentionSchedule, log: Path) -> Served:
     """A fresh daemon serving ``served_as``, the warm-up, then the workload under the schedule (on the daemon)."""
     o = plan.opts
-    d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, quantile), log, o.start_timeout_s,
+    d = Daemon(serve_argv(o.bundle, o.table, served_as, o.profile, o.miss, quantile, o.spin_us), log, o.start_timeout_s,
                cpus=plan.placement.server)
     try:
         url = _start_warm(plan, policy, d, warm)
@@ -863,6 +870,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="daemon", choices=tuple(TRANSPORTS),
                    help="how the policies are served: " + "; ".join(f"{k}: {t.what}" for k, t in TRANSPORTS.items())
                         + " (default daemon); the oracle is charged the transport's own serving floor")
+    p.add_argument("--spin-us", type=int, default=0, metavar="US",
+                   help="daemon transport: each daemon busy-polls US microseconds after every answer "
+                        "(edgekit serve --spin-us), the probe's too (default 0: off)")
     p.add_argument("--interleave", type=int, default=INTERLEAVE,
                    help=f"with closed-loop arrivals: the policies take turns of N requests each (default "
                         f"{INTERLEAVE}; the daemon transport then runs one daemon per policy, all up at once), so "

@@ -202,12 +202,15 @@ class Daemon:
         self.stop()
 
 
-def serve_argv(bundle: str, table: str, policy: str, profile: str | None, miss: str, quantile: str | None) -> list[str]:
-    """``edgekit serve`` on an ephemeral loopback port with this interpreter."""
+def serve_argv(bundle: str, table: str, policy: str, profile: str | None, miss: str, quantile: str | None,
+               spin_us: int = 0) -> list[str]:
+    """``edgekit serve`` on an ephemeral loopback port with this interpreter (busy polling ``spin_us``, if any)."""
     argv = [sys.executable, "-m", "edgekit.cli", "serve", str(bundle), "--table", str(table),
             "--policy", policy, "--host", "127.0.0.1", "--port", "0", "--miss", miss]
     if profile:
         argv += ["--profile", profile]
     if quantile:
         argv += ["--quantile", quantile]
+    if spin_us:
+        argv += ["--spin-us", str(int(spin_us))]
     return argv

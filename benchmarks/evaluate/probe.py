@@ -20,13 +20,13 @@ PROBE_COUNT = 300  # requests in the serving-floor probe
 def probe_serving(bundle: str, table: str, variant: str, profile: str | None, miss: str, images: np.ndarray,
                   labels: np.ndarray, placement: Placement, log: Path, start_timeout_s: float,
                   token: str | None, count: int = PROBE_COUNT,
-                  contention: ContentionSpec | None = None) -> ServingProbe:
+                  contention: ContentionSpec | None = None, spin_us: int = 0) -> ServingProbe:
     """Serve ``count`` closed-loop requests with ``static:variant`` and no deadline pressure, with the
     same client as the comparison (under ``contention`` for all of them when given). Returns the serving
     floor on the daemon's clock (p50 of total minus inference), the same on the end-to-end clock, and
     the closed-loop throughput (requests/s)."""
     wl = make_workload(images.shape[0], count, "fixed:60000", "closed", 104729)
-    d = Daemon(serve_argv(bundle, table, f"static:{variant}", profile, miss, None), log, start_timeout_s,
+    d = Daemon(serve_argv(bundle, table, f"static:{variant}", profile, miss, None, spin_us), log, start_timeout_s,
                cpus=placement.server)
     try:
         url = d.start()

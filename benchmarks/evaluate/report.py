@@ -104,6 +104,8 @@ def context_lines(ev: Evaluation) -> str:
     lines = []
     if ev.transport == "inproc":
         lines.append("transport: in process (AdaptiveClassifier.classify, as an application calls it)")
+    if ev.options.get("spin_us"):
+        lines.append(f"busy polling: each daemon polled {ev.options['spin_us']} us after every answer (--spin-us)")
     if ev.placement.server is not None:
         lines.append(f"placement: {ev.placement.describe()}")
     if ev.probes is not None:

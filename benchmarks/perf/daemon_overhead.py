@@ -13,7 +13,9 @@ interleaved in blocks of 100 so that drift hits all of them:
 - ``daemon binary`` / ``daemon json``: ``edgekit serve`` over loopback with ``edge.v2.client``
   (Python ``http.client``, one keep-alive connection), binary or JSON tensors;
 - ``reference``: ``benchmarks.perf.reference_server``, a few lines on the same stack (uvloop +
-  httptools) running the same model inline with no validation: the floor.
+  httptools) running the same model inline with no validation: the floor;
+- with ``--spin-us N`` also ``daemon spin`` and ``reference spin``: the two servers again, each busy-polling
+  N us after every answer (``edgekit serve --spin-us``), compared with each other.
 
 With two or more cores the servers run on one core and this process on another. "Inside"
 is the time inside the server from the first byte read to the response ready to write,
@@ -39,6 +41,7 @@ import numpy as np
 from benchmarks.evaluate.daemon_proc import Daemon
 from edge.core.errors import EdgekitError, StepFailed
 from edge.core.textable import format_table
+from edge.serve.http.spin import MAX_SPIN_US
 
 GOAL_INSIDE_RATIO = 4.0  # daemon inside overhead / reference's at p50 (issue 22: "at most 4x")
 GOAL_INSIDE_P99_RATIO = 1.5  # and at p99
@@ -138,7 +141,7 @@ def _q(xs, p: float) -> float:
 
 
 def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = None, variant: str | None = None,
-                  requests: int = 2000, say=print) -> dict:
+                  requests: int = 2000, say=print, spin_us: int = 0) -> dict:
     from device_profiles import load_profile
     from edge.bundle.reader import open_bundle
     from edge.tables.table import SelectedTable
@@ -152,10 +155,12 @@ def run_benchmark(bundle_path: str, table_path: str, profile_name: str | None = 
 
     with client_side(place()) as p:
         server_cpus = None if p.server is None else set(p.server)
-        return _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say)
+        return _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say,
+                        spin_us)
 
 
-def _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say) -> dict:
+def _measure(bundle, bundle_path, table, table_path, profile, row, setting, server_cpus, requests, say,
+             spin_us: int) -> dict:
     from edge.backends import get_backend
     from edge.runtime.classifier import AdaptiveClassifier
     from edge.runtime.scheduler import InputPreparer
@@ -179,16 +184,27 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
     import tempfile
 
     logs = Path(tempfile.mkdtemp(prefix="edgekit-overhead-"))
-    dproc = Daemon(daemon_argv, logs / "daemon.log", START_TIMEOUT_S, cpus=server_cpus)
-    rproc = Daemon(ref_argv, logs / "reference.log", START_TIMEOUT_S, cpus=server_cpus)
-    dproc.start()
+    spin = ["--spin-us", str(spin_us)] if spin_us else []
+    procs = {"daemon": Daemon(daemon_argv, logs / "daemon.log", START_TIMEOUT_S, cpus=server_cpus),
+             "reference": Daemon(ref_argv, logs / "reference.log", START_TIMEOUT_S, cpus=server_cpus)}
+    if spin:
+        procs["daemon spin"] = Daemon(daemon_argv + spin, logs / "daemon-spin.log", START_TIMEOUT_S, cpus=server_cpus)
+        procs["reference spin"] = Daemon(ref_argv + spin, logs / "reference-spin.log", START_TIMEOUT_S,
+                                         cpus=server_cpus)
+    started = []
     try:
-        rproc.start()
+        for proc in procs.values():
+            proc.start()
+            started.append(proc)
     except BaseException:
-        dproc.stop()
+        for proc in started:
+            proc.stop()
         raise
-    out: dict = {"variant": row.variant, "requests": requests, "placement": placement}
+    out: dict = {"variant": row.variant, "requests": requests, "placement": placement, "spin_us": spin_us}
+    daemons = ("daemon binary", "daemon json", "daemon spin") if spin else ("daemon binary", "daemon json")
+    refs = ("reference", "reference spin") if spin else ("reference",)
     try:
+        dproc = procs["daemon"]
         host, port = dproc.host, dproc.port
         from edge.v2.client import ClientConnection
         from edge.v2.client_codec import decode_infer_response
@@ -196,13 +212,15 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
         # Every HTTP path gets the same client work: a prepared body on one keep-alive
         # http.client connection; decoding the answer happens outside the timed span.
         conns = {"daemon binary": ClientConnection(host, port), "daemon json": ClientConnection(host, port),
-                 "reference": ClientConnection(rproc.host, rproc.port)}
+                 "reference": ClientConnection(procs["reference"].host, procs["reference"].port)}
+        for name in ("daemon spin", "reference spin") if spin else ():
+            conns[name] = ClientConnection(procs[name].host, procs[name].port)
         bodies = {m: [encode_infer_request(images[i: i + 1], 60_000, binary=(m != "daemon json"))
                       for i in range(len(images))] for m in conns}
         infer = "/v2/models/edgekit/infer"
         samples: dict[str, dict[str, list[float]]] = {
             k: {"e2e": [], "inside": [], "inside_kernel": [], "inference": []}
-            for k in ("bare", "classify", "daemon binary", "daemon json", "reference")}
+            for k in ("bare", "classify", *conns)}
         for i in range(200):  # warm every path
             j = i % len(images)
             model.set_input(xs[j]); model.invoke_prepared(); model.output()  # noqa: E702
@@ -227,7 +245,7 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
                 t = time.perf_counter()
                 clf.classify(img, 60_000)
                 s["e2e"].append((time.perf_counter() - t) * 1000.0)
-            for name in ("daemon binary", "daemon json"):
+            for name in daemons:
                 s, c, bs = samples[name], conns[name], bodies[name]
                 answers = []
                 for j in idx:
@@ -243,22 +261,21 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
                     s["inference"].append(float(p["inference_ms"]))
                     s["inside_kernel"].append(float(p["total_ms"]) - float(p["inference_ms"]))
                     s["inside"].append(float(p["total_ms"]) - float(p["read_delay_ms"]) - float(p["inference_ms"]))
-            ref = conns["reference"]
-            ref_bodies = bodies["reference"]
-            s = samples["reference"]
-            for j in idx:
-                t = time.perf_counter()
-                status, h, _ = ref.request("POST", infer, *ref_bodies[j])
-                s["e2e"].append((time.perf_counter() - t) * 1000.0)
-                s["inference"].append(float(h["x-inference-ms"]))
-                s["inside"].append(float(h["x-inside-ms"]) - float(h["x-inference-ms"]))
+            for name in refs:
+                ref, ref_bodies, s = conns[name], bodies[name], samples[name]
+                for j in idx:
+                    t = time.perf_counter()
+                    status, h, _ = ref.request("POST", infer, *ref_bodies[j])
+                    s["e2e"].append((time.perf_counter() - t) * 1000.0)
+                    s["inference"].append(float(h["x-inference-ms"]))
+                    s["inside"].append(float(h["x-inside-ms"]) - float(h["x-inference-ms"]))
             done += k
         for c in conns.values():
             c.close()
         out["stamp"] = _stamp_phase(host, port, images, min(requests, 1000))
     finally:
-        dproc.stop()
-        rproc.stop()
+        for proc in procs.values():
+            proc.stop()
         clf.close(drain=False)
     for name, s in samples.items():
         out[name] = {f"{m}_{q}": _q(v, p) for m, v in s.items() if v for q, p in (("p50", 50), ("p99", 99))}
@@ -306,7 +323,9 @@ def _stamp_phase(host: str, port: int, images: np.ndarray, n: int) -> dict:
 def format_results(r: dict) -> str:
     ref = r["reference"]
     body = []
-    for name in ("bare", "classify", "daemon binary", "daemon json", "reference"):
+    spin = r.get("spin_us", 0)
+    paths = ("bare", "classify", "daemon binary", "daemon json", "reference")
+    for name in paths + (("daemon spin", "reference spin") if spin else ()):
         x = r[name]
         ins50, ins99 = x.get("inside_p50"), x.get("inside_p99")
         e2e = f"{x['e2e_p50'] / ref['e2e_p50']:.2f} / {x['e2e_p99'] / ref['e2e_p99']:.2f}"
@@ -344,6 +363,18 @@ def format_results(r: dict) -> str:
         ("classify() overhead <= 0.25x reference inside (p50)", cl / ref["inside_p50"], GOAL_CLASSIFY_SHARE),
         ("selector decision < 5 us", d["select_us"], GOAL_DECISION_US),
     ]
+    if spin:
+        ds, rs = r["daemon spin"], r["reference spin"]
+        lines.append(f"busy polling {spin} us after each answer (--spin-us), both servers: daemon e2e p50 "
+                     f"{ds['e2e_p50']:.4f} ms = {ds['e2e_p50'] / db['e2e_p50']:.2f}x without, inference p50 "
+                     f"{ds['inference_p50']:.4f} ms (without {db['inference_p50']:.4f}); reference e2e p50 "
+                     f"{rs['e2e_p50']:.4f} ms = {rs['e2e_p50'] / ref['e2e_p50']:.2f}x without")
+        checks += [
+            (f"daemon spin inside p50 <= {GOAL_INSIDE_RATIO:g}x reference spin", ds["inside_p50"] / rs["inside_p50"],
+             GOAL_INSIDE_RATIO),
+            ("daemon spin e2e p50 <= 1.3x reference spin", ds["e2e_p50"] / rs["e2e_p50"], GOAL_E2E_RATIO),
+            ("daemon spin e2e p99 <= 1.3x reference spin", ds["e2e_p99"] / rs["e2e_p99"], GOAL_E2E_RATIO),
+        ]
     for name, val, goal in checks:
         lines.append(f"goal {name}: {val:.2f} -> {'met' if val <= goal else 'NOT met'}")
     return "\n".join(lines)
@@ -356,11 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None, help="device profile name or TOML path (default: the bundle's)")
     p.add_argument("--variant", default=None, help="variant to pin (default: the fastest selected one)")
     p.add_argument("--requests", type=int, default=2000, help="requests per path (default 2000)")
+    p.add_argument("--spin-us", type=int, default=0, metavar="US",
+                   help="also run both servers busy-polling US microseconds after each answer (default 0: not)")
     a = p.parse_args(argv)
     if a.requests < 100:
         p.error("--requests must be at least 100")
+    if not 0 <= a.spin_us <= MAX_SPIN_US:
+        p.error(f"--spin-us must be 0 to {MAX_SPIN_US}")
     try:
-        r = run_benchmark(a.bundle, a.table, a.profile, a.variant, a.requests)
+        r = run_benchmark(a.bundle, a.table, a.profile, a.variant, a.requests, spin_us=a.spin_us)
     except EdgekitError as exc:
         print(f"daemon_overhead: error: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,13 @@
 """The floor for `daemon_overhead`: a minimal uvloop + httptools server running one model inline, no validation.
 
-    python -m benchmarks.perf.reference_server BUNDLE ARTIFACT_ID SETTING --profile P [--port 0]
+    python -m benchmarks.perf.reference_server BUNDLE ARTIFACT_ID SETTING --profile P [--port 0] [--spin-us N]
 
 It is what a request must cost on this stack at the least: parse with httptools, take the
 last H*W*C bytes of the body as the image, invoke, answer with a small JSON body.  It
 reports its own inside time (first byte read to response ready) and the inference time in
-response headers so that the benchmark compares like with like.  Not for serving.
+response headers so that the benchmark compares like with like.  With ``--spin-us`` it busy-polls after each
+answer as ``edgekit serve --spin-us`` does (``edge.serve.http.spin``), so that the two compare like with like
+there too.  Not for serving.
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ import httptools
 import numpy as np
 
 
-def serve(model, hwc: tuple[int, ...], host: str, port: int) -> None:
+def serve(model, hwc: tuple[int, ...], host: str, port: int, spin_us: int = 0) -> None:
     from edge.runtime.scheduler import InputPreparer
     from edge.serve.http.listener import new_event_loop
+    from edge.serve.http.spin import SpinPoll
 
     n = int(np.prod(hwc))
     prep = InputPreparer(model.input_spec)
+    spin = SpinPoll(spin_us) if spin_us else None
 
     class Proto(asyncio.Protocol):
         def connection_made(self, transport):
             self.t = transport
+            self.fd = transport.get_extra_info("socket").fileno()
+            if spin is not None:
+                spin.watch(self.fd)
             self.p = httptools.HttpRequestParser(self)
             self.body: list[bytes] = []
             self.t0 = 0.0
@@ -56,9 +63,17 @@ def serve(model, hwc: tuple[int, ...], host: str, port: int) -> None:
                          % (len(out), inside, (t2 - t1) * 1000.0, out))
             self.body = []
             self.t0 = 0.0
+            if spin is not None:
+                loop.call_soon(loop.call_soon, spin.spin)
+
+        def connection_lost(self, exc):
+            if spin is not None:
+                spin.unwatch(self.fd)
 
     loop = new_event_loop()
     srv = loop.run_until_complete(loop.create_server(Proto, host, port))
+    if spin is not None:
+        spin.watch(srv.sockets[0].fileno())
     print(f"listening on http://{host}:{srv.sockets[0].getsockname()[1]}", flush=True)
     loop.run_forever()
 
@@ -75,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--spin-us", type=int, default=0, help="busy-poll this long after each answer (default 0: off)")
     a = p.parse_args(argv)
     bundle = open_bundle(a.bundle, verify=True)
     prof = load_profile(a.profile or bundle.profile)
@@ -84,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = get_backend(setting.backend).load(bundle.artifact_path(a.artifact_id), setting)
     hwc = tuple(int(s) for s in model.input_spec.shape[1:])
-    serve(model, hwc, a.host, a.port)
+    serve(model, hwc, a.host, a.port, a.spin_us)
     return 0
 
 

@@ -288,6 +288,11 @@ class AdaptiveClassifier:
         """The caller's serving time after the inference (encode, write): the selector leaves room for it."""
         self._scheduler.record_overhead(ms)
 
+    def kept_awake(self, until: float) -> None:
+        """The caller kept the core that runs inference busy until ``until`` (perf_counter), polling for work
+        instead of sleeping: the next run is predicted as one after that little idle (one slot only)."""
+        self._scheduler.kept_awake(until)
+
     def begin_drain(self) -> None:
         """Refuse new requests (``ShuttingDown``) without waiting: queued and running ones still finish."""
         self._scheduler.close(drain=True, timeout=0)

@@ -211,6 +211,7 @@ class Scheduler:
         self.inject_delay_ms = float(inject_delay_ms)
         self._prep: dict[int, InputPreparer] = {}
         self._last_end = [0.0] * self.workers  # perf_counter when each slot's last inference ended
+        self._awake = 0.0  # perf_counter until which the caller kept the core awake after it (busy polling)
         self.load = ArrivalLoad()  # the arrivals while busy and the recent deadlines (adaptive prices them)
         self._last_variant = [-1] * self.workers  # per slot: the selector index it ran last (-1: none yet)
 
@@ -266,6 +267,12 @@ class Scheduler:
         """Serving time after the inference (encode, write), subtracted from the time left."""
         self.overhead_ms = _ewma(self.overhead_ms, ms)
 
+    def kept_awake(self, until: float) -> None:
+        """The caller kept the serving core busy until ``until`` (perf_counter; busy polling): a run after it
+        has idled only since then, and one that finds the core still awake runs as back to back (HOT)."""
+        if until > self._awake:
+            self._awake = until
+
     # ------------------------------------------------------------------ admission
 
     def submit(self, req: InferenceRequest, wait: bool = False, defer: bool = False) -> str:
@@ -283,7 +290,7 @@ class Scheduler:
         if sel.reject_on_miss:
             now = time.perf_counter()
             # It would run after the slots' idle time if it found every slot free (the least it can pay).
-            idle = idle_level(now - max(self._last_end)) if not self._heap and self.busy == 0 else HOT
+            idle = idle_level(now - max(*self._last_end, self._awake)) if not self._heap and self.busy == 0 else HOT
             d = sel.select((req.abs_deadline - now) * 1000.0 - self.overhead_ms, idle)
             if d.reject:
                 self._reject(req, sel, d.predicted_ms, now)
@@ -422,7 +429,7 @@ class Scheduler:
         t_deq = time.perf_counter()
         state = self.state
         sel = state.selector
-        idle = idle_level(t_deq - self._last_end[req.slot])
+        idle = idle_level(t_deq - max(self._last_end[req.slot], self._awake))
         last = self._last_variant[req.slot]
         d = sel.select(self._budget_ms(req, sel, t_deq), idle, last)
         if d.reject:

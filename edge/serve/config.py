@@ -12,6 +12,7 @@ from edge.core.errors import UsageError
 from edge.runtime.classifier import RuntimeOptions
 from edge.runtime.selector import Policy
 from edge.serve.http.connection import TransportLimits
+from edge.serve.http.spin import MAX_SPIN_US
 from edge.serve.log import log
 from edge.v2.codec import MAX_DEADLINE_MS
 
@@ -115,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         raise UsageError("--drain-timeout must be in (0, 3600] seconds")
     if not (args.inject_delay_ms >= 0 and math.isfinite(args.inject_delay_ms)):
         raise UsageError("--inject-delay-ms must be >= 0")
+    if not 0 <= args.spin_us <= MAX_SPIN_US:
+        raise UsageError(f"--spin-us must be 0 (off) to {MAX_SPIN_US} microseconds, got {args.spin_us}")
     max_body = int(args.max_body_mb * MB)
     max_buffered = _max_buffered_bytes(args, max_body)
     token = _token(args)
@@ -127,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     limits = TransportLimits(max_connections=args.max_connections, max_body_bytes=max_body,
                              max_buffered_bytes=max_buffered,
                              header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-                             idle_timeout_s=args.idle_timeout)
+                             idle_timeout_s=args.idle_timeout, spin_us=args.spin_us)
     return ServeConfig(bundle=str(args.bundle), table=str(args.table), profile=args.profile, host=args.host,
                        port=args.port, model_name=args.model_name, token=token,
                        default_deadline_ms=args.default_deadline_ms, drain_timeout_s=float(args.drain_timeout),

@@ -87,6 +87,12 @@ class DataPlane:
         """No request waits for a slot and none is being served."""
         return self.clf.idle
 
+    def kept_awake(self, until: float) -> None:
+        """The transport busy-polled the loop's core until ``until``: inline inference runs on that core, so its
+        next run is predicted as after that little idle (worker threads sleep meanwhile: nothing changes)."""
+        if self.inline:
+            self.clf.kept_awake(until)
+
     def begin_drain(self) -> None:
         """Refuse new work (503); what is queued or running still finishes and is answered."""
         self.draining = True

@@ -88,7 +88,8 @@ class Server:
         self.plane = DataPlane(clf, loop, self.metrics, cfg.model_name, cfg.default_deadline_ms,
                                transport=self._transport_status)
         self.app = V2App(self.plane, self.metrics, token=cfg.token, access_log=cfg.access_log)
-        self.listener = Listener(self.app, loop, cfg.limits, on_event=self.metrics.transport_event)
+        self.listener = Listener(self.app, loop, cfg.limits, on_event=self.metrics.transport_event,
+                                 idle=lambda: self.plane.idle, awake=self.plane.kept_awake)
 
     def _transport_status(self) -> dict:
         return {"loop": loop_name(self.loop), "open_connections": self.listener.open_connections,
@@ -130,13 +131,15 @@ class Server:
         tf_loaded = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
         sel = clf.describe_selector()
         n = len(clf.serving_variants)
+        spin_us = self.config.limits.spin_us
+        spin = f", busy polling {spin_us} us after each answer" if spin_us else ""
         print(f"loaded {n} variant{'s' if n != 1 else ''} x {clf.workers} slot(s) in {clf.load_s:.2f} s; "
               f"policy {sel['policy']}, miss {sel['miss']}, quantile {sel['quantile']}", flush=True)
         print(f"resident memory with variants loaded: {rss_mb():.1f} MB", flush=True)
         print(f"tensorflow in sys.modules: {'YES (unexpected)' if tf_loaded else 'no'}", flush=True)
         print(f"transport: {loop_name(self.loop)} + httptools, inference "
               f"{'inline on the event loop' if self.plane.inline else f'on {clf.workers} threads'}, "
-              f"at most {self.listener.max_connections} connections", flush=True)
+              f"at most {self.listener.max_connections} connections{spin}", flush=True)
         print(f"ready {since_process_start():.2f} s after process start", flush=True)
         shown = f"[{host}]" if ":" in str(host) else host
         print(f"listening on http://{shown}:{port}", flush=True)

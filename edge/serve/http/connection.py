@@ -36,6 +36,7 @@ import httptools
 
 from edge.core.errors import UsageError
 from edge.serve.http.budget import ByteBudget
+from edge.serve.http.spin import MAX_SPIN_US, SpinPoll
 from edge.v2.errors import ProtocolError
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
@@ -95,6 +96,9 @@ class TransportLimits:
     # or being served); a body that would go past it gets a 503. 64 MiB suits a test or an
     # embedded listener; ``edgekit serve`` sets it from --max-buffered-mb (a share of the board's memory).
     max_buffered_bytes: int = 64 << 20
+    # Busy polling: after an answer, with nothing else to do, poll the sockets for up to this many
+    # microseconds instead of sleeping in epoll (edge.serve.http.spin; 0: off, the default).
+    spin_us: int = 0
 
     def __post_init__(self) -> None:
         for k in ("max_connections", "max_body_bytes", "max_header_bytes", "max_headers", "max_pipelined",
@@ -105,6 +109,8 @@ class TransportLimits:
             v = float(getattr(self, k))
             if not 0 < v < 1e6:
                 raise UsageError(f"{k} must be a positive number of seconds")
+        if not 0 <= int(self.spin_us) <= MAX_SPIN_US:
+            raise UsageError(f"spin_us must be 0 (off) to {MAX_SPIN_US} microseconds, got {self.spin_us}")
         if self.max_buffered_bytes < self.max_body_bytes:
             raise UsageError(f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least max_body_bytes "
                              f"({self.max_body_bytes}): one request of the largest size must fit")
@@ -125,8 +131,11 @@ class ConnectionOwner(Protocol):
     budget: ByteBudget
     draining: bool
     realtime_offset_ns: int
+    spin: SpinPoll | None  # busy polling's epoll set: the connection adds its socket while it reads
 
     def on_refused(self, status: int) -> None: ...
+
+    def answered(self) -> None: ...  # an answer went out on a connection that stays open
 
     def on_shed(self, reason: str) -> None: ...
 
@@ -481,11 +490,18 @@ class HttpConnection:
     def start(self) -> None:
         self.reading = True
         self.server.loop.add_reader(self.fd, self._on_read)
+        if self.server.spin is not None:
+            self.server.spin.watch(self.fd)
 
     def pause(self) -> None:
         if self.reading:
             self.reading = False
-            self.server.loop.remove_reader(self.fd)
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        self.server.loop.remove_reader(self.fd)
+        if self.server.spin is not None:
+            self.server.spin.unwatch(self.fd)
 
     def resume(self) -> None:
         """Read again, unless something still holds reading back: a pending refusal or close, the last
@@ -614,6 +630,8 @@ class HttpConnection:
                 if self._left:
                     self._write(CONTINUE, False)
             self.resume()
+            if not self.out:
+                self.server.answered()
 
     def _write(self, data: bytes, close: bool, linger: bool = False) -> None:
         if close:
@@ -668,19 +686,17 @@ class HttpConnection:
             self.close()
             return
         if not self.reading:
-            self.reading = True
-            self.server.loop.add_reader(self.fd, self._on_read)
+            self.start()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        loop = self.server.loop
         if self.reading:
-            loop.remove_reader(self.fd)
+            self._stop_reading()
             self.reading = False
         if self.out:
-            loop.remove_writer(self.fd)
+            self.server.loop.remove_writer(self.fd)
             self.out.clear()
         try:
             self.sock.close()

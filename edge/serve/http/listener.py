@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from edge.serve.http.budget import ByteBudget
 from edge.serve.http.connection import SO_TIMESTAMPNS, App, HttpConnection, TransportLimits
+from edge.serve.http.spin import SpinPoll
 
 FD_RESERVE = 64  # descriptors kept free for model files, table reloads and logs
 
@@ -53,7 +54,10 @@ class Listener:
     """Accepts connections on a listening socket and feeds complete requests to ``app``."""
 
     def __init__(self, app: App, loop: asyncio.AbstractEventLoop, limits: TransportLimits,
-                 on_event: Callable[[str, str], Any] | None = None):
+                 on_event: Callable[[str, str], Any] | None = None, idle: Callable[[], bool] | None = None,
+                 awake: Callable[[float], Any] | None = None):
+        """``idle``: whether the application has nothing waiting or running, when busy polling may start
+        (``limits.spin_us``); ``awake(t)``: told, after each spin, that the core was kept awake until t."""
         self.app = app
         self.loop = loop
         self.limits = limits
@@ -70,6 +74,10 @@ class Listener:
         # CLOCK_REALTIME - CLOCK_MONOTONIC, to turn kernel receive stamps into perf_counter time;
         # refreshed by the sweep, not per read (NTP slews it by well under a microsecond a second).
         self.realtime_offset_ns = _realtime_offset_ns()
+        self.spin = SpinPoll(limits.spin_us) if limits.spin_us else None
+        self._app_idle = idle or (lambda: True)
+        self._awake = awake or (lambda t: None)
+        self._spin_pending = False
 
     def listen(self, host: str, port: int, backlog: int = 1024) -> tuple[str, int]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -84,9 +92,39 @@ class Listener:
             s.close()
             raise
         self.listener = s
-        self.loop.add_reader(s.fileno(), self._on_accept)
+        self._read_listener()
         self._sweeper = self.loop.call_later(0.25, self._sweep)
         return s.getsockname()[:2]
+
+    def _read_listener(self) -> None:
+        assert self.listener is not None
+        self.loop.add_reader(self.listener.fileno(), self._on_accept)
+        if self.spin is not None:
+            self.spin.watch(self.listener.fileno())
+
+    def _stop_listener(self, close: bool) -> None:
+        assert self.listener is not None
+        self.loop.remove_reader(self.listener.fileno())
+        if self.spin is not None:
+            self.spin.unwatch(self.listener.fileno())
+        if close:
+            self.listener.close()
+            self.listener = None
+
+    # ------------------------------------------------------------ busy polling
+
+    def answered(self) -> None:
+        """An answer went out: poll for the next request for up to ``limits.spin_us`` before the loop sleeps,
+        once what this pass of the loop scheduled has run (two hops) and if the application is idle."""
+        if self.spin is not None and not self._spin_pending:
+            self._spin_pending = True
+            self.loop.call_soon(self.loop.call_soon, self._spin)
+
+    def _spin(self) -> None:
+        self._spin_pending = False
+        if self.spin is not None and not self.draining and self._app_idle():
+            self.spin.spin()
+            self._awake(time.perf_counter())
 
     @property
     def open_connections(self) -> int:
@@ -143,12 +181,12 @@ class Listener:
         if self._accept_paused or self.listener is None:
             return
         self._accept_paused = True
-        self.loop.remove_reader(self.listener.fileno())
+        self._stop_listener(close=False)
 
         def again() -> None:
             self._accept_paused = False
             if self.listener is not None:
-                self.loop.add_reader(self.listener.fileno(), self._on_accept)
+                self._read_listener()
         self.loop.call_later(seconds, again)
 
     def _shed(self, spare: HttpConnection | None = None, reason: str = "cap") -> None:
@@ -197,9 +235,7 @@ class Listener:
             for _ in range(100_000):
                 if not self._accept_one():
                     break
-            self.loop.remove_reader(self.listener.fileno())
-            self.listener.close()
-            self.listener = None
+            self._stop_listener(close=True)
         for c in list(self.conns):
             c.drain()
 
@@ -213,9 +249,9 @@ class Listener:
         for c in list(self.conns):
             c.close()
         if self.listener is not None:
-            self.loop.remove_reader(self.listener.fileno())
-            self.listener.close()
-            self.listener = None
+            self._stop_listener(close=True)
+        if self.spin is not None:
+            self.spin.close()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

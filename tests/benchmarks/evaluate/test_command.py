@@ -84,7 +84,9 @@ def test_options_come_from_the_real_command_line_and_are_checked(tmp_path):
                          (("--duration", "0"), "--duration must be in (0, 3600] seconds per policy, got 0"),
                          (("--warmup", "1001"), "--warmup must be in [0, 1000], got 1001"),
                          (("--arrival", "overload:x"), "bad --arrival 'overload:x': use overload[:FACTOR]"),
-                         (("--arrival", "overload:20"), "--arrival overload factor must be in [0.1, 10], got 20")):
+                         (("--arrival", "overload:20"), "--arrival overload factor must be in [0.1, 10], got 20"),
+                         (("--spin-us", "-1"), "--spin-us must be 0 (off) to 100000 microseconds, got -1"),
+                         (("--transport", "inproc", "--spin-us", "50"), "in process there is no transport to poll")):
         with pytest.raises(ValueError) as e:
             opts(*extra)
         assert words in str(e.value), (extra, str(e.value))
@@ -157,7 +159,8 @@ def test_daemons_take_turns_one_per_policy(evb, tmp_path):
     out = tmp_path / "turns"
     opts = EvaluateOptions(bundle=str(evb.bundle), table=str(evb.table), out=out,
                            policies=("adaptive", "most-accurate", "best-static", "oracle"), count=40, warmup=3,
-                           contention=ContentionSpec.parse("cpu:half"), interleave=7, plots=False, quiet=True)
+                           contention=ContentionSpec.parse("cpu:half"), interleave=7, plots=False, quiet=True,
+                           spin_us=300)
     closed = make_workload(10, 5, "fixed:50", "closed", 0)
     assert opts.transport == "daemon" and opts.takes_turns(closed)
     assert not EvaluateOptions(bundle="b", table="t", out=out, contention=ContentionSpec.parse("quota")
@@ -165,6 +168,8 @@ def test_daemons_take_turns_one_per_policy(evb, tmp_path):
     ev = evaluate(opts)
     res = json.loads((out / "results.json").read_text())
     assert ev.complete and res["options"]["interleave"] == 7 and res["options"]["turns"] == 2
+    assert res["options"]["spin_us"] == 300  # every daemon busy-polled, as asked
+    assert "busy polling 300 us after each answer" in (out / "daemon-adaptive.log").read_text()
     for name in ("adaptive", "most-accurate", "best-static"):
         pol = res["policies"][name]
         assert [r["index"] for r in pol["records"]] == list(range(40)), name

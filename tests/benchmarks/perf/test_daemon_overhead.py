@@ -8,14 +8,15 @@ from tests.edge._fixtures import edge_fixture
 
 def test_every_path_is_measured_and_compared_with_the_floor():
     fx = edge_fixture()
-    r = bo.run_benchmark(str(fx.bundle), str(fx.selected_table), str(fx.profile), requests=100, say=lambda *a: None)
-    for path in ("bare", "classify", "daemon binary", "daemon json", "reference"):
+    r = bo.run_benchmark(str(fx.bundle), str(fx.selected_table), str(fx.profile), requests=100, say=lambda *a: None,
+                         spin_us=500)
+    for path in ("bare", "classify", "daemon binary", "daemon json", "reference", "daemon spin", "reference spin"):
         assert r[path]["e2e_p50"] > 0, path
-    for path in ("daemon binary", "daemon json", "reference"):
+    for path in ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin"):
         assert r[path]["inside_p50"] >= 0 and r[path]["inference_p50"] > 0, path
     assert r["stamp"]["n"] == 200
     text = bo.format_results(r)
     assert {"select_us", "observe_us", "load_idle_us", "load_priced_us"} <= set(r["decision"])
     for word in ("reference", "classify() adds", "arrival stamp vs client send", "goal daemon e2e p50",
-                 "the load term:"):
+                 "the load term:", "busy polling 500 us after each answer", "goal daemon spin e2e p50"):
         assert word in text

@@ -317,6 +317,20 @@ def test_a_request_that_finds_its_slot_idle_runs_at_rest():
     assert serve(s, InferenceRequest(img(), deadline_ms=1000)).at_rest
 
 
+def test_a_core_kept_awake_meanwhile_is_not_at_rest():
+    """The transport busy-polled the core until just now (kept_awake): the gap since the last inference was
+    spent awake, so the run is not predicted as one at rest; a later kept_awake never moves the time back."""
+    from edge.tables.table import REST_GAP_MS
+
+    m = FakeModel()
+    s = make([{ROWS[0].variant: m, ROWS[1].variant: m}])
+    serve(s, InferenceRequest(img(), deadline_ms=1000))
+    time.sleep(REST_GAP_MS / 1000 * 1.5)
+    s.kept_awake(time.perf_counter())
+    s.kept_awake(0.0)
+    assert not serve(s, InferenceRequest(img(), deadline_ms=1000)).at_rest
+
+
 @pytest.mark.parametrize("policy, leaves", [("adaptive", "tail"), ("mean-table", "mean"), ("quantile-table", "mean")])
 def test_adaptive_leaves_room_for_the_tail_of_its_own_work(policy, leaves):
     """The runtime's own work around an invoke: its EWMA for the baselines, its quantile (the selector's, p95)

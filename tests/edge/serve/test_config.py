@@ -49,13 +49,14 @@ def test_options_reach_the_runtime_and_the_transport():
                                  "--workers", "2", "--filter", "ewma", "--max-body-mb", "0.5",
                                  "--header-timeout", "2", "--body-timeout", "3", "--idle-timeout", "4",
                                  "--max-connections", "9", "--drain-timeout", "5", "--default-deadline-ms", "40",
-                                 "--access-log", "--model-name", "m"))
+                                 "--access-log", "--model-name", "m", "--spin-us", "300"))
     rt = cfg.runtime
     assert (str(rt.policy), rt.miss, rt.queue_size, rt.workers, rt.slowdown_filter) == \
         ("static:small@x", "reject", 7, 2, "ewma")
     lim = cfg.limits
     assert (lim.max_body_bytes, lim.header_timeout_s, lim.body_timeout_s, lim.idle_timeout_s, lim.max_connections) \
         == (MB // 2, 2, 3, 4, 9)
+    assert lim.spin_us == 300 and config_from_args(parse()).limits.spin_us == 0  # off unless asked
     assert (cfg.drain_timeout_s, cfg.default_deadline_ms, cfg.access_log, cfg.model_name) == (5.0, 40.0, True, "m")
 
 
@@ -71,6 +72,8 @@ def test_options_reach_the_runtime_and_the_transport():
     (("--max-buffered-mb", "4"), "--max-buffered-mb (4) must be at least --max-body-mb (8)"),
     (("--policy", "fastest-please"), "unknown policy"),
     (("--queue-size", "0"), "queue size must be at least 1"),
+    (("--spin-us", "-1"), "--spin-us must be 0 (off) to 100000 microseconds, got -1"),
+    (("--spin-us", "200000"), "--spin-us must be 0 (off) to 100000 microseconds"),
 ])
 def test_bad_options_say_which(argv, words):
     with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):

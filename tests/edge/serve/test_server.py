@@ -111,6 +111,18 @@ def test_in_process_the_signal_handlers_are_put_back_after_the_drain(fx, capsys)
             signal.signal(s, h)
 
 
+def test_in_process_with_busy_polling_every_request_is_served_and_the_start_up_says_so(fx, capsys):
+    def drive(addr):
+        for deadline in (10_000, 5_000, 10_000):
+            status, _, doc = jcall(addr, "POST", INFER, infer_doc(deadline=deadline))
+            assert status == 200 and doc["parameters"]["deadline_met"], doc
+
+    rc, _ = _serve_in_process(fx, drive, "--spin-us", "2000")
+    captured = capsys.readouterr()
+    assert rc == 0 and "busy polling 2000 us after each answer" in captured.out
+    assert "stopped; requests: met=3" in captured.err
+
+
 def test_in_process_sighup_reloads_the_table(fx, tmp_path):
     table = tmp_path / "selected.json"
     _write_table(fx.selected_table, table, keep=[fx.variants[0]])
