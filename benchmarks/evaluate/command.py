@@ -79,7 +79,7 @@ from benchmarks.evaluate.workload import MAX_COUNT, Workload, WorkloadError, mak
 from edge.core.atomic import atomic_write_json, atomic_write_text
 from edge.core.errors import UsageError
 from edge.runtime.selector import POLICIES, POLICY_ALIASES, Policy
-from edge.serve.http.spin import MAX_SPIN_US
+from edge.serve.http.spin import check_spin_us
 from edge.tables.table import QUANTILES, LatencyRow, LatencyTable
 
 EVALUATE_ONLY = ("best-static", "oracle")  # computed here, not daemon policies (benchmarks.evaluate.oracle)
@@ -187,8 +187,7 @@ class EvaluateOptions:
             raise UsageError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if not 0 <= self.interleave <= MAX_COUNT:
             raise UsageError(f"--interleave must be in [0, {MAX_COUNT}] requests per turn, got {self.interleave}")
-        if not 0 <= self.spin_us <= MAX_SPIN_US:
-            raise UsageError(f"--spin-us must be 0 (off) to {MAX_SPIN_US} microseconds, got {self.spin_us}")
+        check_spin_us(self.spin_us, "--spin-us")
         if self.spin_us and self.transport != "daemon":
             raise UsageError("--spin-us is the daemon's busy polling; in process there is no transport to poll "
                              "(drop it, or use --transport daemon)")

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.evaluate.daemon_proc import Daemon
-from edge.core.errors import EdgekitError, StepFailed
+from edge.core.errors import EdgekitError, StepFailed, UsageError
 from edge.core.textable import format_table
-from edge.serve.http.spin import MAX_SPIN_US
+from edge.serve.http.spin import check_spin_us
 
 GOAL_INSIDE_RATIO = 4.0  # daemon inside overhead / reference's at p50 (issue 22: "at most 4x")
 GOAL_INSIDE_P99_RATIO = 1.5  # and at p99
@@ -392,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.requests < 100:
         p.error("--requests must be at least 100")
-    if not 0 <= a.spin_us <= MAX_SPIN_US:
-        p.error(f"--spin-us must be 0 to {MAX_SPIN_US}")
+    try:
+        check_spin_us(a.spin_us, "--spin-us")
+    except UsageError as exc:
+        p.error(str(exc))
     try:
         r = run_benchmark(a.bundle, a.table, a.profile, a.variant, a.requests, spin_us=a.spin_us)
     except EdgekitError as exc:

@@ -12,7 +12,7 @@ from edge.core.errors import UsageError
 from edge.runtime.classifier import RuntimeOptions
 from edge.runtime.selector import Policy
 from edge.serve.http.connection import TransportLimits
-from edge.serve.http.spin import MAX_SPIN_US
+from edge.serve.http.spin import check_spin_us
 from edge.serve.log import log
 from edge.v2.codec import MAX_DEADLINE_MS
 
@@ -116,8 +116,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         raise UsageError("--drain-timeout must be in (0, 3600] seconds")
     if not (args.inject_delay_ms >= 0 and math.isfinite(args.inject_delay_ms)):
         raise UsageError("--inject-delay-ms must be >= 0")
-    if not 0 <= args.spin_us <= MAX_SPIN_US:
-        raise UsageError(f"--spin-us must be 0 (off) to {MAX_SPIN_US} microseconds, got {args.spin_us}")
+    check_spin_us(args.spin_us, "--spin-us")
     max_body = int(args.max_body_mb * MB)
     max_buffered = _max_buffered_bytes(args, max_body)
     token = _token(args)

@@ -36,7 +36,7 @@ import httptools
 
 from edge.core.errors import UsageError
 from edge.serve.http.budget import ByteBudget
-from edge.serve.http.spin import MAX_SPIN_US, SpinPoll
+from edge.serve.http.spin import SpinPoll, check_spin_us
 from edge.v2.errors import ProtocolError
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
@@ -109,8 +109,7 @@ class TransportLimits:
             v = float(getattr(self, k))
             if not 0 < v < 1e6:
                 raise UsageError(f"{k} must be a positive number of seconds")
-        if not 0 <= int(self.spin_us) <= MAX_SPIN_US:
-            raise UsageError(f"spin_us must be 0 (off) to {MAX_SPIN_US} microseconds, got {self.spin_us}")
+        check_spin_us(self.spin_us)
         if self.max_buffered_bytes < self.max_body_bytes:
             raise UsageError(f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least max_body_bytes "
                              f"({self.max_body_bytes}): one request of the largest size must fit")
@@ -630,7 +629,7 @@ class HttpConnection:
                 if self._left:
                     self._write(CONTINUE, False)
             self.resume()
-            if not self.out:
+            if self.server.spin is not None and not self.out:
                 self.server.answered()
 
     def _write(self, data: bytes, close: bool, linger: bool = False) -> None:

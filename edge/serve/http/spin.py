@@ -15,7 +15,16 @@ from __future__ import annotations
 import select
 import time
 
+from edge.core.errors import UsageError
+
 MAX_SPIN_US = 100_000  # a window past 0.1 s is a misconfiguration, not busy polling
+
+
+def check_spin_us(us: int, what: str = "spin_us") -> int:
+    """``us`` when it is a busy-polling window an option may ask for (0: off); else UsageError naming ``what``."""
+    if not 0 <= int(us) <= MAX_SPIN_US:
+        raise UsageError(f"{what} must be 0 (off) to {MAX_SPIN_US} microseconds, got {us}")
+    return int(us)
 
 
 class SpinPoll:
