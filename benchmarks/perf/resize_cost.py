@@ -1,6 +1,7 @@
 """What resizing costs a variant at another input size than its bundle's images, measured side by side in one run.
 
     .venv/bin/python -m benchmarks.perf.resize_cost BUNDLE --table TABLE.json [--profile P] [--rounds 7]
+        [--daemon [--spin-us N]]
 
 For each input size of the table's variants that differs from the bundle's images (a family's
 ``resolution``), on the bundle's own evaluation images, pinned to one core:
@@ -25,8 +26,11 @@ queue), and its median inference time over bench's own loop (side by side) and o
 printed: a variant that resizes should stay within 1.1 of its table, because the table already counts the
 resize. For the daemon a third side runs bench's loop sleeping, before each run, as long as the daemon's
 core waits between two requests (the client's round trip less the invoke): an invoke after an idle gap
-pays cold caches, which the table's back-to-back p50 leaves out for every variant, resizing or not. The
-bare and kit loops alternate over ``--rounds`` rounds; medians are printed.
+pays cold caches, which the table's back-to-back p50 leaves out for every variant, resizing or not. With
+``--spin-us N`` a fourth side is a second daemon of the same variant busy polling N µs after each answer
+(``edgekit serve --spin-us``): its core stays awake between requests, as bench's back-to-back loop's does, so
+its served median is compared with that loop and with the table's p50, the latency the runtime predicts a
+request with after a spin. The bare and kit loops alternate over ``--rounds`` rounds; medians are printed.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import numpy as np
 from benchmarks.perf.image_decode import pin_one_core
 from edge.artifacts.images import resize_pixels, resizer
 from edge.core.errors import EdgekitError, UsageError
+from edge.serve.http.spin import check_spin_us
 
 GOAL_KIT = 1.2  # the kit's resize at most this many times a bare library call
 GOAL_SERVED = 1.1  # a resizing variant's served median over its table p50
@@ -163,18 +168,19 @@ class BenchSide:
         self.model.close()
 
 
-def side_by_side(bench: BenchSide, serve, rounds: int, per_round: int, bench_cpus: set[int] | None = None,
-                 idle_s: float = 0.0) -> tuple[float, ...]:
-    """(median served ms, median bench ms[, median bench ms idling ``idle_s`` before each run]): ``rounds``
-    rounds of ``per_round`` samples per side, the order rotated every round, bench rounds on ``bench_cpus``
-    when given (the daemon's core, idle meanwhile)."""
-    samples: dict[str, list[float]] = {"serve": [], "bench": [], "idle": []}
-    order = ["bench", "serve"] + (["idle"] if idle_s > 0 else [])
+def side_by_side(bench: BenchSide, serves: dict[str, Callable[[int], list[float]]], rounds: int, per_round: int,
+                 bench_cpus: set[int] | None = None, idle_s: float = 0.0) -> dict[str, float]:
+    """The median ms of each side: every one of ``serves`` (by name), ``bench`` (bench's back-to-back loop) and,
+    with ``idle_s``, ``idle`` (bench's loop idling ``idle_s`` before each run); ``rounds`` rounds of
+    ``per_round`` samples per side, the order rotated every round, bench rounds on ``bench_cpus`` when given
+    (the daemon's core, idle meanwhile)."""
+    samples: dict[str, list[float]] = {name: [] for name in [*serves, "bench", "idle"]}
+    order = ["bench", *serves] + (["idle"] if idle_s > 0 else [])
     own = os.sched_getaffinity(0) if bench_cpus else None
     for r in range(rounds):
         for side in order[r % len(order):] + order[:r % len(order)]:
-            if side == "serve":
-                samples["serve"] += serve(per_round)
+            if side in serves:
+                samples[side] += serves[side](per_round)
                 continue
             if bench_cpus:
                 os.sched_setaffinity(0, bench_cpus)
@@ -183,7 +189,7 @@ def side_by_side(bench: BenchSide, serve, rounds: int, per_round: int, bench_cpu
             finally:
                 if own is not None:
                     os.sched_setaffinity(0, own)
-    return tuple(float(np.median(samples[side])) for side in ("serve", "bench", "idle") if samples[side])
+    return {side: float(np.median(v)) for side, v in samples.items() if v}
 
 
 @dataclass(frozen=True)
@@ -215,10 +221,10 @@ def inproc_server(bundle: str, table_path: str, profile: str | None, variant: st
 
 
 def daemon_server(bundle: str, table_path: str, profile: str | None, variant: str, images: np.ndarray,
-                  server: set[int] | None) -> Served:
-    """``variant`` (a static policy) behind ``edgekit serve`` pinned to ``server``, one binary request at a time
-    from this process; the inference_ms are the daemon's, the gap the median of the warm-up requests' round trips
-    less their invoke."""
+                  server: set[int] | None, spin_us: int = 0) -> Served:
+    """``variant`` (a static policy) behind ``edgekit serve`` pinned to ``server`` (busy polling ``spin_us`` after
+    each answer, if any), one binary request at a time from this process; the inference_ms are the daemon's, the
+    gap the median of the warm-up requests' round trips less their invoke."""
     import tempfile
     from pathlib import Path
 
@@ -227,8 +233,8 @@ def daemon_server(bundle: str, table_path: str, profile: str | None, variant: st
     from edge.v2.client_codec import decode_infer_response, encode_infer_request
 
     logs = Path(tempfile.mkdtemp(prefix="edgekit-resize-"))
-    d = Daemon(serve_argv(bundle, table_path, f"static:{variant}", profile, "best-effort", None), logs / "daemon.log",
-               cpus=server)
+    argv = serve_argv(bundle, table_path, f"static:{variant}", profile, "best-effort", None, spin_us)
+    d = Daemon(argv, logs / "daemon.log", cpus=server)
     d.start()
     conn = ClientConnection(d.host, d.port)
     bodies = [encode_infer_request(images[i: i + 1], 60_000, binary=True) for i in range(len(images))]
@@ -263,42 +269,61 @@ def daemon_server(bundle: str, table_path: str, profile: str | None, variant: st
     return Served(serve, close, float(np.median(gaps)))
 
 
+@dataclass(frozen=True)
+class ServedRatios:
+    """Served over each reference, for the variants that resize: ``bench`` (bench's back-to-back loop, side by
+    side), ``idle`` (bench idling as the daemon's core does), ``gap`` (the table's ``gap_p50_ms``), ``spin`` (a
+    daemon busy polling, over bench's back-to-back loop: its core kept awake as that loop's is); [] where not run."""
+
+    bench: list[float]
+    idle: list[float]
+    gap: list[float]
+    spin: list[float]
+
+
 def served_rows(a: argparse.Namespace, b, table, images: np.ndarray, via: str, server: set[int] | None
-                ) -> tuple[list[float], list[float], list[float]]:
+                ) -> ServedRatios:
     """Print each variant's served median over its bench median (side by side) and over its table p50, and
     for the daemon over bench idling as long as the daemon's core does between requests and over the table's
-    latency at a request's cadence (``gap_p50_ms``, when the table has it); returns those ratios of the variants
-    that resize (over bench, over bench idling, over gap_p50_ms; the last two [] in process)."""
-    ratios: list[float] = []
-    idle_ratios: list[float] = []
-    gap_ratios: list[float] = []
+    latency at a request's cadence (``gap_p50_ms``, when the table has it), and with ``--spin-us`` a daemon busy
+    polling beside the sleeping one; returns those ratios of the variants that resize."""
+    out = ServedRatios([], [], [], [])
     per_round = max(1, a.requests // a.serve_rounds)
+    spin_us = a.spin_us if via == "daemon" else 0
     for row in sorted(table.rows, key=lambda r: r.p50_ms):
         bench = BenchSide(b, a.profile, row, images)
-        if via == "daemon":
-            served = daemon_server(a.bundle, a.table, a.profile, row.variant, images, server)
-        else:
-            served = inproc_server(a.bundle, a.table, a.profile, row.variant, images)
-        gap = served.gap_s
+        servers: list[Served] = []
         try:
-            got, ref, *idle = side_by_side(bench, served.serve, a.serve_rounds, per_round,
-                                           server if via == "daemon" else None, gap)
+            if via == "daemon":
+                servers.append(daemon_server(a.bundle, a.table, a.profile, row.variant, images, server))
+                if spin_us:
+                    servers.append(daemon_server(a.bundle, a.table, a.profile, row.variant, images, server, spin_us))
+            else:
+                servers.append(inproc_server(a.bundle, a.table, a.profile, row.variant, images))
+            gap = servers[0].gap_s
+            med = side_by_side(bench, dict(zip(("serve", "spin"), (s.serve for s in servers))), a.serve_rounds,
+                               per_round, server if via == "daemon" else None, gap)
         finally:
-            served.close()
+            for s in servers:
+                s.close()
             bench.close()
+        got, ref, idle, spun = med["serve"], med["bench"], med.get("idle"), med.get("spin")
         resizes = row.resize_ms > 0
         cadence = via == "daemon" and row.gap_p50_ms > 0
         if resizes:
-            ratios.append(got / ref)
-            idle_ratios += [got / v for v in idle]
-            gap_ratios += [got / row.gap_p50_ms] if cadence else []
-        also = "".join(f", bench idling {gap * 1e6:.0f} us before each run {v * 1e3:.1f} us: {got / v:.2f}"
-                       for v in idle)
+            out.bench.append(got / ref)
+            out.idle.extend([got / idle] if idle else [])
+            out.gap.extend([got / row.gap_p50_ms] if cadence else [])
+            out.spin.extend([spun / ref] if spun else [])
+        also = (f", bench idling {gap * 1e6:.0f} us before each run {idle * 1e3:.1f} us: {got / idle:.2f}"
+                if idle else "")
         at_gap = f"; at 0.5 ms gaps {row.gap_p50_ms * 1e3:.1f} us: {got / row.gap_p50_ms:.2f}" if cadence else ""
+        busy = (f"; busy polling {spin_us} us: served {spun * 1e3:.1f} us, over bench {spun / ref:.2f}, over table "
+                f"p50 {spun / row.p50_ms:.2f}") if spun else ""
         print(f"  {row.variant}: served {got * 1e3:.1f} us, bench {ref * 1e3:.1f} us: {got / ref:.2f}{also}  "
-              f"(table p50 {row.p50_ms * 1e3:.1f} us: {got / row.p50_ms:.2f}{at_gap})"
+              f"(table p50 {row.p50_ms * 1e3:.1f} us: {got / row.p50_ms:.2f}{at_gap}){busy}"
               f"{'  resizes' if resizes else ''}")
-    return ratios, idle_ratios, gap_ratios
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,10 +338,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve-rounds", type=int, default=8,
                    help="alternating rounds of serving and bench's timed loop per variant (default 8)")
     p.add_argument("--daemon", action="store_true", help="also serve each variant through edgekit serve")
+    p.add_argument("--spin-us", type=int, default=0,
+                   help="with --daemon, also serve each variant through a daemon busy polling this many us after "
+                        "each answer (edgekit serve --spin-us), side by side with the sleeping one (default 0: not)")
     a = p.parse_args(argv)
     for name in ("images", "rounds", "requests", "serve_rounds"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    try:
+        check_spin_us(a.spin_us, "--spin-us")
+    except UsageError as exc:
+        p.error(str(exc))
+    if a.spin_us and not a.daemon:
+        p.error("--spin-us busy-polls the daemon: add --daemon")
     try:
         return run(a)
     except EdgekitError as exc:
@@ -362,7 +396,7 @@ def run(a: argparse.Namespace) -> int:
           f"{worst:.2f} -> {'met' if worst <= GOAL_KIT else 'NOT met'}")
     print(f"served in process, back to back, beside bench's own timed loop on the same core: {a.serve_rounds} "
           f"alternating rounds, {a.requests} requests each side; median served / median bench (and / table p50)")
-    served, _, _ = served_rows(a, b, table, images, "inproc", None)
+    served = served_rows(a, b, table, images, "inproc", None).bench
     if served:
         print(f"goal served/table <= {GOAL_SERVED} for the variants that resize (side by side): worst "
               f"{max(served):.2f} -> {'met' if max(served) <= GOAL_SERVED else 'NOT met'}")
@@ -374,7 +408,8 @@ def run(a: argparse.Namespace) -> int:
               f"{sorted(os.sched_getaffinity(0)) if server else 'the same'}, bench rounds on the daemon's cpu while "
               f"it idles), one request at a time; median inference_ms / median bench, / bench idling before "
               f"each run as long as the daemon's core between requests (and / table p50)")
-        via, idle, at_gap = served_rows(a, b, table, images, "daemon", server)
+        r = served_rows(a, b, table, images, "daemon", server)
+        via, idle, at_gap = r.bench, r.idle, r.gap
         if via:
             print(f"goal daemon served/table <= {GOAL_SERVED} for the variants that resize (side by side): worst "
                   f"{max(via):.2f} -> {'met' if max(via) <= GOAL_SERVED else 'NOT met'}")
@@ -386,6 +421,10 @@ def run(a: argparse.Namespace) -> int:
             print(f"goal daemon served/table at a request's cadence (the table's gap_p50_ms, which the runtime "
                   f"predicts a daemon's requests with) <= {GOAL_SERVED} for the variants that resize: worst "
                   f"{max(at_gap):.2f} -> {'met' if max(at_gap) <= GOAL_SERVED else 'NOT met'}")
+        if r.spin:
+            print(f"goal daemon served/table <= {GOAL_SERVED} for the variants that resize, the daemon busy polling "
+                  f"{a.spin_us} us (its core kept awake between requests, as bench's back-to-back loop; side by "
+                  f"side): worst {max(r.spin):.2f} -> {'met' if max(r.spin) <= GOAL_SERVED else 'NOT met'}")
     return 0
 
 
