@@ -129,6 +129,17 @@ def list_families() -> list[str]:
     return sorted(p.stem for p in FAMILY_DIR.glob("*.toml"))
 
 
+def family_descriptions() -> dict[str, str]:
+    """Each built-in family's name and its file's own ``description`` (for help texts: one home for what each holds)."""
+    out = {}
+    for name in list_families():
+        try:
+            out[name] = str(tomllib.loads((FAMILY_DIR / f"{name}.toml").read_text()).get("description", ""))
+        except (OSError, tomllib.TOMLDecodeError):
+            out[name] = ""
+    return out
+
+
 def load_family(name_or_path: str | Path) -> FamilySpec:
     """A built-in family by name ("default", "demo") or a TOML file path; FamilyError if invalid."""
     p = Path(name_or_path)

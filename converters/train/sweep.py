@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from converters.cluster import ray_sweep
 from converters.cluster.tensorflow_import import import_tensorflow_quietly
 from converters.data.images import ImageOptions
-from converters.family.toml_file import load_family
+from converters.family.toml_file import family_descriptions, load_family
 from converters.train.ensembles import build_ensemble_one, ensemble_finished, resolve_ensembles
 from converters.train.model import train_one, train_task
 from converters.train.options import FULL, FULL_SPLITS, QUICK, QUICK_SPLITS, Schedule, SplitOptions, TrainOptions
@@ -328,12 +328,11 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", type=Path, help="run folder (created; rerun to resume)")
+    builtin = "; ".join(f"{name} ({text})" if text else name for name, text in family_descriptions().items())
     parser.add_argument("--family", default="demo",
-                        help="a built-in family or a family .toml file. Built in: demo (the default when "
-                             "--family is left out: 10 quick CNNs, 3 batch-norm CNNs on a longer recipe and 3 "
-                             "ensembles of them; what `make demo` trains), default (300+ plain, ViP and pSConv "
-                             "CNNs, tiny to tens of MMACs; pick some with --sample or --limit) and mobile (21 "
-                             "depthwise-separable, inverted-residual and residual CNNs at three widths)")
+                        help=f"a built-in family or a family .toml file (default: demo, what `make demo` trains; "
+                             f"pick some specs of a large one with --sample or --limit). Built in: "
+                             f"{builtin.replace('%', '%%')}")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--dataset", default=None, choices=["fashion_mnist", "mnist", "cifar10"],
                       help="a named dataset (default: the run's own when RUN exists, else fashion_mnist)")

@@ -9,7 +9,7 @@ import pytest
 
 from converters.family.family import EnsembleDecl, FamilySpec
 from converters.family.specs import FamilyError
-from converters.family.toml_file import list_families, load_family, parse_family
+from converters.family.toml_file import family_descriptions, list_families, load_family, parse_family
 from tests.converters._ensembles import CUSTOM, FAMILY, PLAIN, WIDE, family_data
 
 ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -26,6 +26,19 @@ def write_family(tmp_path, body: str, name: str = "fam.toml"):
 
 def test_builtin_families_listed():
     assert {"default", "demo"} <= set(list_families())
+
+
+def test_every_builtin_family_describes_itself_and_train_help_shows_it(capsys):
+    from edgekit.cli import main
+
+    texts = family_descriptions()
+    assert set(texts) == set(list_families()) and all(texts.values()), texts
+    assert texts["mobile"] == load_family("mobile").description
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = "".join(capsys.readouterr().out.split())  # argparse wraps lines (and at hyphens)
+    for name, text in texts.items():
+        assert "".join(f"{name} ({text})".split()) in help_text, (name, help_text)
 
 
 def test_default_family_size_and_range():
