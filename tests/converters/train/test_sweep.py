@@ -361,11 +361,14 @@ def test_cli_image_options():
 
 
 def test_help_tells_the_truth_about_the_families(capsys):
-    from converters.family.toml_file import load_family
+    from converters.family.toml_file import family_descriptions, load_family
 
     p = argparse.ArgumentParser()
     tr.add_arguments(p)
     text = " ".join(p.format_help().split())
-    assert "demo (the default when --family is left out" in text and "default (300+" in text
+    assert "(default: demo, what `make demo` trains;" in text and "default (300+" in text
+    flat = "".join(text.split())  # argparse wraps lines (and at hyphens)
+    for name, description in family_descriptions().items():  # each built-in family as its own file says
+        assert "".join(f"{name} ({description})".split()) in flat, name
     assert p.parse_args(["RUN"]).family == "demo"
     assert len(load_family("default").expand()) >= 300 and load_family("demo").name == "demo"
