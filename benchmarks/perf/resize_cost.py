@@ -292,20 +292,20 @@ def served_rows(a: argparse.Namespace, b, table, images: np.ndarray, via: str, s
     spin_us = a.spin_us if via == "daemon" else 0
     for row in sorted(table.rows, key=lambda r: r.p50_ms):
         bench = BenchSide(b, a.profile, row, images)
-        servers: list[Served] = []
+        servers: dict[str, Served] = {}  # "serve" (sleeping between requests) and, with --spin-us, "spin"
         try:
             if via == "daemon":
-                servers.append(daemon_server(a.bundle, a.table, a.profile, row.variant, images, server))
+                servers["serve"] = daemon_server(a.bundle, a.table, a.profile, row.variant, images, server)
                 if spin_us:
-                    servers.append(daemon_server(a.bundle, a.table, a.profile, row.variant, images, server, spin_us))
+                    servers["spin"] = daemon_server(a.bundle, a.table, a.profile, row.variant, images, server, spin_us)
             else:
-                servers.append(inproc_server(a.bundle, a.table, a.profile, row.variant, images))
-            gap = servers[0].gap_s
-            med = side_by_side(bench, dict(zip(("serve", "spin"), (s.serve for s in servers))), a.serve_rounds,
+                servers["serve"] = inproc_server(a.bundle, a.table, a.profile, row.variant, images)
+            gap = servers["serve"].gap_s
+            med = side_by_side(bench, {name: srv.serve for name, srv in servers.items()}, a.serve_rounds,
                                per_round, server if via == "daemon" else None, gap)
         finally:
-            for s in servers:
-                s.close()
+            for srv in servers.values():
+                srv.close()
             bench.close()
         got, ref, idle, spun = med["serve"], med["bench"], med.get("idle"), med.get("spin")
         resizes = row.resize_ms > 0
@@ -409,18 +409,17 @@ def run(a: argparse.Namespace) -> int:
               f"it idles), one request at a time; median inference_ms / median bench, / bench idling before "
               f"each run as long as the daemon's core between requests (and / table p50)")
         r = served_rows(a, b, table, images, "daemon", server)
-        via, idle, at_gap = r.bench, r.idle, r.gap
-        if via:
+        if r.bench:
             print(f"goal daemon served/table <= {GOAL_SERVED} for the variants that resize (side by side): worst "
-                  f"{max(via):.2f} -> {'met' if max(via) <= GOAL_SERVED else 'NOT met'}")
-        if idle:
+                  f"{max(r.bench):.2f} -> {'met' if max(r.bench) <= GOAL_SERVED else 'NOT met'}")
+        if r.idle:
             print(f"  the same with bench idling as the daemon's core does between requests (what the table's "
-                  f"back-to-back p50 leaves out, for every variant): worst {max(idle):.2f} "
-                  f"({'within' if max(idle) <= GOAL_SERVED else 'above'} {GOAL_SERVED})")
-        if at_gap:
+                  f"back-to-back p50 leaves out, for every variant): worst {max(r.idle):.2f} "
+                  f"({'within' if max(r.idle) <= GOAL_SERVED else 'above'} {GOAL_SERVED})")
+        if r.gap:
             print(f"goal daemon served/table at a request's cadence (the table's gap_p50_ms, which the runtime "
                   f"predicts a daemon's requests with) <= {GOAL_SERVED} for the variants that resize: worst "
-                  f"{max(at_gap):.2f} -> {'met' if max(at_gap) <= GOAL_SERVED else 'NOT met'}")
+                  f"{max(r.gap):.2f} -> {'met' if max(r.gap) <= GOAL_SERVED else 'NOT met'}")
         if r.spin:
             print(f"goal daemon served/table <= {GOAL_SERVED} for the variants that resize, the daemon busy polling "
                   f"{a.spin_us} us (its core kept awake between requests, as bench's back-to-back loop; side by "

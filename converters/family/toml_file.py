@@ -130,14 +130,8 @@ def list_families() -> list[str]:
 
 
 def family_descriptions() -> dict[str, str]:
-    """Each built-in family's name and its file's own ``description`` (for help texts: one home for what each holds)."""
-    out = {}
-    for name in list_families():
-        try:
-            out[name] = str(tomllib.loads((FAMILY_DIR / f"{name}.toml").read_text()).get("description", ""))
-        except (OSError, tomllib.TOMLDecodeError):
-            out[name] = ""
-    return out
+    """Each built-in family's name and its own ``description`` (for help texts: one home for what each holds)."""
+    return {name: load_family(name).description for name in list_families()}
 
 
 def load_family(name_or_path: str | Path) -> FamilySpec:
