@@ -23,6 +23,12 @@ minus the inference; for the daemon it comes from the response's ``total_ms`` (w
 at the kernel's receive stamp) less ``read_delay_ms`` and ``inference_ms``, and the kernel-
 stamped figure is printed beside it. A last phase sends from two connections at once and
 measures the arrival stamp against the client's send time (both CLOCK_MONOTONIC).
+
+Beside the latencies, each server's **CPU time per request**: the time its threads ran on a core over
+that path's timed blocks (the kernel's ``/proc/PID/task/*/schedstat``, in nanoseconds), divided by the
+requests. Unlike a latency it leaves out the waits (the core waking, the client's turn), so two runs of the
+same code agree to about a per cent, and it says what the server's own path costs: its parsing, checks,
+runtime step and answer, and its system calls.
 """
 
 from __future__ import annotations
@@ -136,6 +142,18 @@ def _raw_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
     return f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n{h}\r\n".encode() + body
 
 
+def cpu_ns(pid: int) -> int | None:
+    """Nanoseconds the process's threads have run on a core (``/proc/PID/task/*/schedstat``); None off Linux."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 def _q(xs, p: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), p)) if len(xs) else float("nan")
 
@@ -221,6 +239,14 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
         samples: dict[str, dict[str, list[float]]] = {
             k: {"e2e": [], "inside": [], "inside_kernel": [], "inference": []}
             for k in ("bare", "classify", *conns)}
+        pids = {"daemon binary": procs["daemon"], "daemon json": procs["daemon"], **{n: procs[n] for n in refs}}
+        if spin:
+            pids["daemon spin"] = procs["daemon spin"]
+        cpu: dict[str, list[int]] = {name: [] for name in pids}  # server CPU ns over each timed block
+
+        def server_cpu(name: str) -> int | None:
+            proc = pids[name].proc
+            return None if proc is None else cpu_ns(proc.pid)
         for i in range(200):  # warm every path
             j = i % len(images)
             model.set_input(xs[j]); model.invoke_prepared(); model.output()  # noqa: E702
@@ -248,11 +274,15 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
             for name in daemons:
                 s, c, bs = samples[name], conns[name], bodies[name]
                 answers = []
+                c0 = server_cpu(name)
                 for j in idx:
                     body, hdrs = bs[j]
                     t = time.perf_counter()
                     answers.append(c.request("POST", infer, body, hdrs))
                     s["e2e"].append((time.perf_counter() - t) * 1000.0)
+                c1 = server_cpu(name)
+                if c0 is not None and c1 is not None:
+                    cpu[name].append((c1 - c0) // k)
                 for status, rh, data in answers:
                     r = decode_infer_response(status, rh, data)
                     if not r.ok:
@@ -263,12 +293,16 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
                     s["inside"].append(float(p["total_ms"]) - float(p["read_delay_ms"]) - float(p["inference_ms"]))
             for name in refs:
                 ref, ref_bodies, s = conns[name], bodies[name], samples[name]
+                c0 = server_cpu(name)
                 for j in idx:
                     t = time.perf_counter()
                     status, h, _ = ref.request("POST", infer, *ref_bodies[j])
                     s["e2e"].append((time.perf_counter() - t) * 1000.0)
                     s["inference"].append(float(h["x-inference-ms"]))
                     s["inside"].append(float(h["x-inside-ms"]) - float(h["x-inference-ms"]))
+                c1 = server_cpu(name)
+                if c0 is not None and c1 is not None:
+                    cpu[name].append((c1 - c0) // k)
             done += k
         for c in conns.values():
             c.close()
@@ -279,6 +313,9 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
         clf.close(drain=False)
     for name, s in samples.items():
         out[name] = {f"{m}_{q}": _q(v, p) for m, v in s.items() if v for q, p in (("p50", 50), ("p99", 99))}
+    for name, per_block in cpu.items():
+        if per_block:  # blocks of one size but the last: the mean of the blocks is the mean per request
+            out[name]["cpu_us"] = float(np.mean(per_block)) / 1000.0
     out["decision"] = decision_time_us(table.rows)
     return out
 
@@ -340,6 +377,12 @@ def format_results(r: dict) -> str:
                  f"kernel receive stamp: p50 {db['inside_kernel_p50']:.4f}, p99 {db['inside_kernel_p99']:.4f}; "
                  f"daemon inference p50 {db['inference_p50']:.4f}, reference {ref['inference_p50']:.4f}, "
                  f"bare {r['bare']['e2e_p50']:.4f})")
+    if "cpu_us" in db and "cpu_us" in ref:
+        shown = [f"{name} {r[name]['cpu_us']:.1f} us ({r[name]['cpu_us'] / ref['cpu_us']:.2f}x)"
+                 for name in ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin")
+                 if name in r and "cpu_us" in r[name]]
+        lines.append("server CPU time per request (its threads on a core over the timed blocks; x the "
+                     f"reference's): {', '.join(shown)}")
     cl = r["classify"]["e2e_p50"] - r["bare"]["e2e_p50"]
     st = r["stamp"]
     d = r["decision"]

@@ -14,9 +14,11 @@ def test_every_path_is_measured_and_compared_with_the_floor():
         assert r[path]["e2e_p50"] > 0, path
     for path in ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin"):
         assert r[path]["inside_p50"] >= 0 and r[path]["inference_p50"] > 0, path
+    for path in ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin"):
+        assert r[path]["cpu_us"] > 0, path  # each server's own CPU time per request (Linux: schedstat)
     assert r["stamp"]["n"] == 200
     text = bo.format_results(r)
     assert {"select_us", "observe_us", "load_idle_us", "load_priced_us"} <= set(r["decision"])
     for word in ("reference", "classify() adds", "arrival stamp vs client send", "goal daemon e2e p50",
-                 "the load term:", "busy polling 500 us after each answer", "goal daemon spin e2e p50"):
+                 "the load term:", "server CPU time per request", "busy polling 500 us after each answer", "goal daemon spin e2e p50"):
         assert word in text
