@@ -62,9 +62,12 @@ def test_bundle_with_a_predictive_test_stores_and_reports_it(built):
     res, bundle_dir, said = built
     assert {r.artifact_id for r in res.predictive} == {a for a in res.included if a.endswith("int8")} != set()
     assert "error on held-out degraded copies" in said and "random test images" in said
+    assert "a bound on choosing the images" in said
     for r in res.predictive:
         # 5 copies per kind and the undegraded one (less any copy the runtime refused to load)
         assert 0 <= r.heldout_mae <= 1 and 0 <= r.random_mae <= 1 and 8 <= r.fit_copies <= TINY.fit_copies + 1
+        # the bound is the best of many random sets judged on the held-out copies: no worse than their mean
+        assert 0 <= r.bound_mae <= r.random_mae
         assert r.kinds == ("noise", "bitflip", "qparams")
     b = open_bundle(bundle_dir)
     assert b.has_predictive_test
