@@ -26,9 +26,9 @@ measures the arrival stamp against the client's send time (both CLOCK_MONOTONIC)
 
 Beside the latencies, each server's **CPU time per request**: the time its threads ran on a core over
 that path's timed blocks (the kernel's ``/proc/PID/task/*/schedstat``, in nanoseconds), divided by the
-requests. Unlike a latency it leaves out the waits (the core waking, the client's turn), so two runs of the
-same code agree to about a per cent, and it says what the server's own path costs: its parsing, checks,
-runtime step and answer, and its system calls.
+requests. Unlike a latency it leaves out the waits (the core waking, the client's turn): it says what the
+server's own path costs (its parsing, checks, runtime step and answer, and its system calls), and its ratio to
+the reference's moves less from run to run than the latencies' ratios do.
 """
 
 from __future__ import annotations

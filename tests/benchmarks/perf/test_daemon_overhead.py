@@ -20,5 +20,6 @@ def test_every_path_is_measured_and_compared_with_the_floor():
     text = bo.format_results(r)
     assert {"select_us", "observe_us", "load_idle_us", "load_priced_us"} <= set(r["decision"])
     for word in ("reference", "classify() adds", "arrival stamp vs client send", "goal daemon e2e p50",
-                 "the load term:", "server CPU time per request", "busy polling 500 us after each answer", "goal daemon spin e2e p50"):
+                 "the load term:", "server CPU time per request", "busy polling 500 us after each answer",
+                 "goal daemon spin e2e p50"):
         assert word in text
