@@ -360,28 +360,21 @@ def build_test(rec: ArtifactRecord, data: bytes, truth_x: np.ndarray, truth_y: n
 
     heldout_mae = float(np.mean(np.abs(capped(reg, Fh) - yh)[mask]))
 
+    def random_set_error(k: int) -> float:
+        """The held-out error of the same regressor fitted on ``k`` random candidates (drawn from ``rng``)."""
+        idx = sorted(int(i) for i in rng.choice(len(candidates), k, replace=False))
+        r, _ = fit_ridge(_features(fit_scores, clean_cand, idx, probabilities), y)
+        return float(np.mean(np.abs(capped(r, _features(held_scores, clean_cand, idx, probabilities)) - yh)[mask]))
+
     rng = np.random.default_rng(opts.seed + 31)
-    random_errs = []
-    for _ in range(RANDOM_DRAWS):
-        idx = sorted(int(i) for i in rng.choice(len(candidates), opts.images, replace=False))
-        r, _ = fit_ridge(_features(fit_scores, clean_cand, idx, probabilities), y)
-        pred = capped(r, _features(held_scores, clean_cand, idx, probabilities))
-        random_errs.append(float(np.mean(np.abs(pred - yh)[mask])))
-    random_mae = float(np.mean(random_errs))
-    wide = sorted(int(i) for i in rng.choice(len(candidates), min(WIDE_IMAGES, len(candidates)), replace=False))
-    r, _ = fit_ridge(_features(fit_scores, clean_cand, wide, probabilities), y)
-    wide_mae = float(np.mean(np.abs(capped(r, _features(held_scores, clean_cand, wide, probabilities)) - yh)[mask]))
-    bound_mae = np.inf
-    for _ in range(BOUND_DRAWS):
-        idx = sorted(int(i) for i in rng.choice(len(candidates), opts.images, replace=False))
-        r, _ = fit_ridge(_features(fit_scores, clean_cand, idx, probabilities), y)
-        err = float(np.mean(np.abs(capped(r, _features(held_scores, clean_cand, idx, probabilities)) - yh)[mask]))
-        bound_mae = min(bound_mae, err)
+    random_mae = float(np.mean([random_set_error(opts.images) for _ in range(RANDOM_DRAWS)]))
+    wide_mae = random_set_error(min(WIDE_IMAGES, len(candidates)))
+    bound_mae = min(random_set_error(opts.images) for _ in range(BOUND_DRAWS))
 
     test = ArtifactTest(rec.artifact_id, np.ascontiguousarray(images, np.uint8), reference.astype(np.float32), reg,
                         rec.sha256, probabilities,
                         heldout_mae, random_mae, clean_acc)
-    report = TestReport(rec.artifact_id, clean_acc, heldout_mae, random_mae, wide_mae, float(bound_mae), len(fit),
+    report = TestReport(rec.artifact_id, clean_acc, heldout_mae, random_mae, wide_mae, bound_mae, len(fit),
                         int(mask.sum()), kinds, refined, time.perf_counter() - t0)
     return test, report
 
