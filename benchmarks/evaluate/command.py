@@ -679,9 +679,14 @@ def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult],
 def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.ndarray, np.ndarray],
                   source: str = "probe") -> tuple[PolicyResult, OracleResult]:
     """The oracle's choice per request from the timing pass, with the serving floors ``floors`` added."""
-    recs, wall = oracle_records(op, plan.rows, wl, plan.labels, *floors)
+    recs, wall, how = oracle_records(op, plan.rows, wl, plan.labels, *floors)
     run = PolicyResult(summary=summarize(recs, wall), records=tuple(recs), truncated=False,
                        contention_s=tuple((on, off) for on, off in op.intervals))
+    greedy = None
+    if not wl.closed:  # what choosing request by request reaches, beside the plan
+        g_recs, g_wall, _ = oracle_records(op, plan.rows, wl, plan.labels, *floors, choice="greedy")
+        g = summarize(g_recs, g_wall)
+        greedy = {"on_time_accuracy": g["on_time_accuracy"], "goodput_rps": g["goodput_rps"]}
     oracle = OracleResult(
         method=ORACLE_METHOD,
         overhead_ms=round(float(np.median(floors[0])), 4),
@@ -693,6 +698,8 @@ def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.nda
         preds=op.preds,
         variant_accuracy_on_workload={v: round(float(np.mean(op.preds[:, j] == plan.labels[wl.image_indices])), 4)
                                       for j, v in enumerate(op.variants)},
+        choice=how,
+        greedy=greedy,
     )
     return run, oracle
 

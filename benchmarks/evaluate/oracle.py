@@ -19,6 +19,8 @@ from edge.core.errors import UsageError
 from edge.tables.table import LatencyRow
 
 BEST_STATIC_MAX_MISS = 0.02  # the paper's non-adaptive baseline: the most accurate CNN that misses at most this
+ORACLE_CHOICES = ("planned", "greedy")  # open loop: the whole queue planned (a bound), or request by request
+MAX_FRONTIER = 50_000  # states the planned choice keeps per request; past it the set is thinned (no longer exact)
 
 ORACLE_METHOD = (
     "In-process pass on the daemon's cores: for each request, in workload order and under the same contention "
@@ -31,8 +33,14 @@ ORACLE_METHOD = (
     "would see different contention phases; back to back, they all see the same one. With Poisson arrivals the "
     "oracle also waits for its own earlier requests (a single-server FIFO queue simulated from the measured "
     "times, each request keeping the server busy for its inference and its serving floor, which is work on the "
-    "same core). It picks the most accurate variant by table accuracy whose latency on the daemon's clock (the "
-    "primary one, as for the daemon's policies) meets the deadline, else the fastest on that request (a miss). "
+    "same core). In closed loop it picks, request by request, the most accurate variant by table accuracy whose "
+    "latency on the daemon's clock (the primary one, as for the daemon's policies) meets the deadline, else the "
+    "fastest on that request (a miss); one request's choice does not change another's time there, so this is the "
+    "best choice. With Poisson arrivals a long variant delays the requests queued behind it, and the request-by-"
+    "request choice is no bound (it ran below the live policies under overload), so the oracle plans the whole "
+    "queue: of every sequence of variants, the one with the largest sum of table accuracy over the requests that "
+    "meet their deadline, found exactly by dynamic programming over the server's free time (the Pareto set of "
+    "free time against accuracy so far, after each request). "
     "In closed loop each request is charged its own serving floor, as adaptive's run measured it for that "
     "same request (its total and its end-to-end latency, minus its inference), so the oracle meets the same "
     "noise of the serving path on the same requests as the policy it bounds; with open-loop arrivals (where a "
@@ -161,6 +169,60 @@ def per_request(overhead_ms: float | np.ndarray, count: int) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class PlannedChoice:
+    """The planned oracle's variant per request, and whether the plan is exact."""
+
+    picks: np.ndarray  # (count,) index of the variant chosen for each request
+    value: float  # the plan's sum of table accuracy over the requests that meet their deadline
+    thinned: int  # requests after which the state set was thinned to MAX_FRONTIER (0: the plan is optimal)
+    largest_frontier: int
+
+
+def planned_choice(latency_ms: np.ndarray, arrivals_s: np.ndarray, deadlines_ms: np.ndarray, floor_ms: np.ndarray,
+                   accuracy: np.ndarray, max_frontier: int = MAX_FRONTIER) -> PlannedChoice:
+    """The sequence of variants, one per request of a single FIFO server, with the largest sum of ``accuracy`` over
+    the requests that meet their deadline (``wait + floor + latency <= deadline``), every request served.
+
+    Dynamic programming over the requests in arrival order: after each one, every reachable (time the server is
+    next free, accuracy so far) pair that no other beats on both (a later free time is worth no more), with a
+    back-pointer. A request the server reaches idle collapses the set to one pair. Exact unless the set passes
+    ``max_frontier`` pairs, when it is thinned to that many, evenly over free time (``thinned`` counts when)."""
+    n, k = latency_ms.shape
+    arr = np.asarray(arrivals_s, dtype=np.float64) * 1000.0
+    free = np.zeros(1)
+    value = np.zeros(1)
+    parents: list[np.ndarray] = []
+    choices: list[np.ndarray] = []
+    thinned = largest = 0
+    acc = np.asarray(accuracy, dtype=np.float64)
+    for i in range(n):
+        start = np.maximum(free, arr[i])
+        fin = (start[:, None] + (float(floor_ms[i]) + latency_ms[i])[None, :]).ravel()
+        met = fin - arr[i] <= float(deadlines_ms[i])
+        val = (value[:, None] + np.where(met.reshape(-1, k), acc[None, :], 0.0)).ravel()
+        order = np.lexsort((-val, fin))  # by free time, the most accurate first among equal times
+        v = val[order]
+        keep = np.empty(len(order), dtype=bool)
+        keep[0] = True
+        keep[1:] = v[1:] > np.maximum.accumulate(v)[:-1]  # strictly more accurate than every earlier-free pair
+        sel = order[keep]
+        if len(sel) > max_frontier:
+            sel = sel[np.unique(np.linspace(0, len(sel) - 1, max_frontier).round().astype(np.int64))]
+            thinned += 1
+        largest = max(largest, len(sel))
+        free, value = fin[sel], val[sel]
+        parents.append(sel // k)
+        choices.append(sel % k)
+    s = int(np.argmax(value))
+    best = float(value[s])
+    picks = np.empty(n, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        picks[i] = choices[i][s]
+        s = int(parents[i][s])
+    return PlannedChoice(picks, best, thinned, largest)
+
+
 def oracle_records(
     op: OraclePass,
     rows: tuple[LatencyRow, ...],
@@ -168,22 +230,37 @@ def oracle_records(
     labels: np.ndarray,
     overhead_ms: float | np.ndarray,
     daemon_overhead_ms: float | np.ndarray | None = None,
-) -> tuple[list[RequestRecord], float]:
-    """The oracle's choice per request (most accurate by table accuracy that meets the deadline).
+    choice: str = "planned",
+) -> tuple[list[RequestRecord], float, str]:
+    """The oracle's choice per request, its records, its wall time, and how it chose.
 
-    It chooses on the daemon's clock, the primary one (``daemon_overhead_ms``, the daemon's own total
-    minus inference, added), as the daemon's policies do; ``overhead_ms`` (end to end) gives the same
-    choice's end-to-end latency, reported beside it.
+    In closed loop, and with ``choice="greedy"``, request by request: the most accurate by table accuracy
+    that meets the deadline. With open-loop arrivals and ``choice="planned"``: the whole queue planned
+    (``planned_choice``). It chooses on the daemon's clock, the primary one (``daemon_overhead_ms``, the
+    daemon's own total minus inference, added), as the daemon's policies do; ``overhead_ms`` (end to end)
+    gives the same choice's end-to-end latency, reported beside it.
     """
+    if choice not in ORACLE_CHOICES:
+        raise UsageError(f"unknown oracle choice {choice!r}; one of {list(ORACLE_CHOICES)}")
     e2e_over = per_request(overhead_ms, workload.count)
     daemon_over = e2e_over if daemon_overhead_ms is None else per_request(daemon_overhead_ms, workload.count)
     acc = np.asarray([r.accuracy for r in rows])
     # Most accurate first; among equals, the faster by table.
     order = sorted(range(len(rows)), key=lambda j: (-acc[j], rows[j].p95_ms))
+    arrivals = workload.arrivals_s
+    planned: np.ndarray | None = None
+    how = "request by request (closed loop: each request's best choice)"
+    if arrivals is not None and choice == "planned":
+        plan = planned_choice(op.latency_ms, arrivals, workload.deadlines_ms, daemon_over, acc)
+        planned = plan.picks
+        how = ("the whole queue planned (exact)" if not plan.thinned else
+               f"the whole queue planned (thinned to {MAX_FRONTIER} states after {plan.thinned} requests: "
+               "a lower bound on the optimum)")
+    elif arrivals is not None:
+        how = "request by request (open loop: no bound)"
     recs: list[RequestRecord] = []
     free_at = 0.0  # seconds: when the simulated single server is next idle (Poisson only)
     clock = 0.0  # closed loop: requests follow each other
-    arrivals = workload.arrivals_s
     for i in range(workload.count):
         lat = op.latency_ms[i]
         if arrivals is None:
@@ -193,12 +270,13 @@ def oracle_records(
             arrive = float(arrivals[i])
             wait_ms = max(0.0, free_at - arrive) * 1000.0
         deadline = float(workload.deadlines_ms[i])
-        pick = None
+        pick = None if planned is None else int(planned[i])
         over_d, over_e = float(daemon_over[i]), float(e2e_over[i])
-        for j in order:
-            if wait_ms + over_d + lat[j] <= deadline:
-                pick = j
-                break
+        if pick is None:
+            for j in order:
+                if wait_ms + over_d + lat[j] <= deadline:
+                    pick = j
+                    break
         if pick is None:
             pick = int(np.argmin(lat))
         e2e = wait_ms + over_e + float(lat[pick])
@@ -221,7 +299,7 @@ def oracle_records(
             # simulated server busy as long as the inference does.
             free_at = arrive + (wait_ms + over_d + float(lat[pick])) / 1000.0
     wall = clock if arrivals is None else max((r.arrival_s + r.e2e_ms / 1000.0) for r in recs)
-    return recs, wall
+    return recs, wall, how
 
 
 def static_miss_rates(op: OraclePass, workload: Workload, overhead_ms: float | np.ndarray) -> np.ndarray:

@@ -213,6 +213,9 @@ class OracleResult:
     latency_ms: np.ndarray  # (count, K)
     preds: np.ndarray  # (count, K)
     variant_accuracy_on_workload: Mapping[str, float]
+    choice: str = ""  # how it chose (benchmarks.evaluate.oracle.oracle_records)
+    # Open loop: the request-by-request choice's on-time accuracy and goodput, beside the planned one's
+    greedy: Mapping[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -225,6 +228,8 @@ class OracleResult:
             "latency_ms": np.round(self.latency_ms, 4).tolist(),
             "preds": self.preds.tolist(),
             "variant_accuracy_on_workload": dict(self.variant_accuracy_on_workload),
+            "choice": self.choice,
+            "greedy": None if self.greedy is None else dict(self.greedy),
         }
 
 

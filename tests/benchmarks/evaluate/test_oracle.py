@@ -59,7 +59,8 @@ def test_oracle_pass_and_choice(evb):
     op.latency_ms[:] = np.arange(1, 4)[None, :]
     wl2 = make_workload(len(images), 12, "fixed:1", seed=0)
     object.__setattr__(wl2, "deadlines_ms", np.asarray([1.0, 1.6, 2.5, 3.6, 9.0, 0.1] * 2))
-    recs, wall = oracle.oracle_records(op, rows, wl2, labels, overhead_ms=0.5)
+    recs, wall, how = oracle.oracle_records(op, rows, wl2, labels, overhead_ms=0.5)
+    assert how.startswith("request by request (closed loop")
     picks = [rows.index(next(r for r in rows if r.variant == rec.variant)) for rec in recs[:6]]
     assert picks == [0, 0, 1, 2, 2, 0]
     assert [rec.deadline_met for rec in recs[:6]] == [False, True, True, True, True, False]
@@ -76,10 +77,83 @@ def test_oracle_waits_for_itself_under_poisson(evb):
     op = OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 30.0], (n, 1)), np.zeros((n, 3), np.int64), [], 0)
     wl = make_workload(10, n, "fixed:30.5", "poisson:1", seed=0)
     object.__setattr__(wl, "arrivals_s", np.asarray([0.0, 0.001, 0.002]))
-    recs, _ = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=0.0)
+    recs, _, how = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=0.0, choice="greedy")
+    assert how == "request by request (open loop: no bound)"
     assert recs[0].variant == rows[2].variant and recs[0].deadline_met
     # The second request waits 29 ms for the first: only the fastest fits in the 1.5 ms left.
     assert recs[1].queue_ms == pytest.approx(29.0) and recs[1].variant == rows[0].variant and recs[1].deadline_met
+
+
+def _poisson(n, deadlines_ms, arrivals_s):
+    wl = make_workload(10, n, "fixed:1", "poisson:1", seed=0)
+    object.__setattr__(wl, "deadlines_ms", np.asarray(deadlines_ms, dtype=np.float64))
+    object.__setattr__(wl, "arrivals_s", np.asarray(arrivals_s, dtype=np.float64))
+    return wl
+
+
+def test_planned_oracle_does_not_block_the_queue(evb):
+    """Request by request, the first request takes the 30 ms variant and the two behind it miss; planned, all
+    three take the 2 ms one and meet their deadlines (3 x 0.68 against 0.82 of table accuracy)."""
+    rows = _rows(evb)
+    op = OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 30.0], (3, 1)), np.zeros((3, 3), np.int64), [], 0)
+    wl = _poisson(3, [30.5, 5.0, 5.0], [0.0, 0.001, 0.002])
+    greedy, _, _ = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=0.0, choice="greedy")
+    assert [r.variant for r in greedy] == [rows[2].variant, rows[0].variant, rows[0].variant]
+    assert [r.server_deadline_met for r in greedy] == [True, False, False]
+    planned, wall, how = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=0.0)
+    assert how == "the whole queue planned (exact)"
+    assert [r.variant for r in planned] == [rows[1].variant] * 3
+    assert [r.server_deadline_met for r in planned] == [True, True, True]
+    assert [r.queue_ms for r in planned] == pytest.approx([0.0, 1.0, 2.0])
+    assert wall == pytest.approx(0.006)
+
+
+def _value(picks, lat, arr_ms, dl, floor, acc):
+    """Forward simulation of one FIFO server: the sum of accuracy over the requests on time."""
+    free, total = 0.0, 0.0
+    for i, j in enumerate(picks):
+        fin = max(free, arr_ms[i]) + floor[i] + lat[i, j]
+        total += acc[j] if fin - arr_ms[i] <= dl[i] else 0.0
+        free = fin
+    return total
+
+
+def test_planned_choice_is_the_best_sequence():
+    """On small random queues the plan's value equals the best of every sequence of variants (brute force), its
+    picks reach that value, and it is never below choosing request by request."""
+    import itertools
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n, k = 6, 3
+        lat = np.sort(rng.uniform(0.1, 3.0, (n, k)), axis=1)
+        acc = np.sort(rng.uniform(0.5, 0.95, k))
+        arr = np.cumsum(rng.exponential(1.0, n)) / 1000.0
+        dl = rng.uniform(0.5, 4.0, n)
+        floor = rng.uniform(0.0, 0.3, n)
+        plan = oracle.planned_choice(lat, arr, dl, floor, acc)
+        best = max(_value(p, lat, arr * 1000, dl, floor, acc) for p in itertools.product(range(k), repeat=n))
+        assert plan.value == pytest.approx(best) and plan.thinned == 0
+        assert _value(plan.picks, lat, arr * 1000, dl, floor, acc) == pytest.approx(best)
+        greedy, free = [], 0.0
+        for i in range(n):
+            wait = max(0.0, free - arr[i] * 1000)
+            ok = [j for j in range(k) if wait + floor[i] + lat[i, j] <= dl[i]]
+            j = max(ok) if ok else 0
+            greedy.append(j)
+            free = arr[i] * 1000 + wait + floor[i] + lat[i, j]
+        assert plan.value >= _value(greedy, lat, arr * 1000, dl, floor, acc) - 1e-12
+
+
+def test_planned_choice_thins_a_large_state_set():
+    """Past ``max_frontier`` states the set is thinned, and the plan says so (a lower bound on the optimum)."""
+    rng = np.random.default_rng(3)
+    n, k = 40, 4
+    lat = np.sort(rng.uniform(0.5, 3.0, (n, k)), axis=1)
+    plan = oracle.planned_choice(lat, np.arange(n) * 0.0005, np.full(n, 50.0), np.zeros(n), np.linspace(0.6, 0.9, k),
+                                 max_frontier=8)
+    assert plan.thinned > 0 and plan.largest_frontier <= 8
+    assert plan.picks.shape == (n,) and set(plan.picks.tolist()) <= set(range(k))
 
 
 def test_serving_overhead():
@@ -97,7 +171,8 @@ def test_oracle_daemon_clock_view(evb):
     rows = _rows(evb)
     op = OraclePass([r.variant for r in rows], np.tile([1.0, 2.0, 3.0], (2, 1)), np.zeros((2, 3), np.int64), [], 0)
     wl = make_workload(10, 2, "fixed:3.2", seed=0)
-    recs, _ = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=1.0, daemon_overhead_ms=0.1)
+    recs, _, _ = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=1.0,
+                                       daemon_overhead_ms=0.1)
     # Chosen on the daemon's clock, the primary one (3 + 0.1 <= 3.2), as the daemon's policies choose;
     # end to end the same choice takes 3 + 1 = 4 ms and misses.
     assert recs[0].variant == rows[2].variant and recs[0].server_deadline_met

@@ -29,7 +29,9 @@ def test_text_table_has_every_policy_the_legend_and_the_context():
                  "inferences (median observed/table inside vs outside the window): 1.50x",
                  "served minus table accuracy per variant (held-out images): V0 -1.00, V1 +2.00, V2 -3.00 points "
                  "(mean -0.67)",
-                 f"best static CNN: V1 ({ROWS[1].variant})"):
+                 f"best static CNN: V1 ({ROWS[1].variant})",
+                 "oracle: the whole queue planned (exact); request by request it would read 60.00% on time, "
+                 "250.0/s"):
         assert line in lines, line
 
 
@@ -39,7 +41,10 @@ def test_context_leaves_out_what_did_not_run():
     ctx = report.context_lines(ev)
     assert ctx.strip().splitlines()[0] == "deadlines: uniform:1:6 ms; arrivals: closed"
     assert "(median observed/table inside vs outside the window): -" in ctx
-    for word in ("placement", "serving floor", "overload", "held-out", "best static"):
+    assert "oracle: the whole queue planned" in ctx  # what ran is still said
+    ev = dataclasses.replace(ev, oracle=None)
+    ctx = report.context_lines(ev)
+    for word in ("placement", "serving floor", "overload", "held-out", "best static", "oracle"):
         assert word not in ctx, word
 
 
@@ -62,7 +67,8 @@ def test_report_writes_the_plots_and_the_markdown(tmp_path):
     assert "![Timeline](timeline.png)" in md and "![Accuracy and miss rate per policy](policies.png)" in md
     assert f"| V0 | `{ROWS[0].variant}` | 61.00% | 0.200 | 0.260 |" in md
     assert "## Oracle\n\nthe oracle's method\n\nServing overhead added: 0.610 ms end to end, 0.250 ms on the " \
-           "daemon's clock (medians; from the probe)." in md
+           "daemon's clock (medians; from the probe).\n\nChoice: the whole queue planned (exact). Choosing request " \
+           "by request instead, on the same times and floors: on-time accuracy 60.00%, goodput 250.0/s." in md
     assert md.rstrip().endswith("Stopped early by the duration limit: adaptive.")
 
 

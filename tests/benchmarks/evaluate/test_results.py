@@ -41,7 +41,10 @@ def test_a_finished_evaluation_writes_every_key_in_order():
         "table": 0.72, "served": 0.74, "gap": 0.02}
     assert list(d["best_static"]) == ["variant", "label", "max_miss", "predicted_miss_rates"]
     assert list(d["oracle"]) == ["method", "overhead_ms", "daemon_overhead_ms", "overhead_source", "pass_wall_s",
-                                 "variants", "latency_ms", "preds", "variant_accuracy_on_workload"]
+                                 "variants", "latency_ms", "preds", "variant_accuracy_on_workload", "choice",
+                                 "greedy"]
+    assert d["oracle"]["choice"] == "the whole queue planned (exact)"
+    assert d["oracle"]["greedy"] == {"on_time_accuracy": 0.6, "goodput_rps": 250.0}
     assert np.asarray(d["oracle"]["latency_ms"]).shape == (COUNT, 3)
     assert d["oracle"]["latency_ms"][7] == [round(x, 4) for x in ev.oracle.latency_ms[7]]  # 4 decimals in the file
     assert d["oracle"]["preds"] == ev.oracle.preds.tolist()
