@@ -281,7 +281,30 @@ class ServedRatios:
     spin: list[float]
 
 
-def served_rows(a: argparse.Namespace, b, table, images: np.ndarray, via: str, server: set[int] | None
+@dataclass(frozen=True)
+class ResizeCostOptions:
+    """What one run of the benchmark measures (its command line, checked)."""
+
+    bundle: str
+    table: str
+    profile: str | None = None
+    images: int = 256  # evaluation images per round
+    rounds: int = 15  # alternating rounds of bare and kit resizes
+    requests: int = 400  # requests per variant served (and bench runs beside them)
+    serve_rounds: int = 8  # alternating rounds of serving and bench's timed loop per variant
+    daemon: bool = False  # also serve each variant through edgekit serve
+    spin_us: int = 0  # with daemon: also through a daemon busy polling this long after each answer
+
+    def __post_init__(self) -> None:
+        for name in ("images", "rounds", "requests", "serve_rounds"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_spin_us(self.spin_us, "--spin-us")
+        if self.spin_us and not self.daemon:
+            raise UsageError("--spin-us busy-polls the daemon: add --daemon")
+
+
+def served_rows(a: ResizeCostOptions, b, table, images: np.ndarray, via: str, server: set[int] | None
                 ) -> ServedRatios:
     """Print each variant's served median over its bench median (side by side) and over its table p50, and
     for the daemon over bench idling as long as the daemon's core does between requests and over the table's
@@ -341,16 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spin-us", type=int, default=0,
                    help="with --daemon, also serve each variant through a daemon busy polling this many us after "
                         "each answer (edgekit serve --spin-us), side by side with the sleeping one (default 0: not)")
-    a = p.parse_args(argv)
-    for name in ("images", "rounds", "requests", "serve_rounds"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    args = p.parse_args(argv)
     try:
-        check_spin_us(a.spin_us, "--spin-us")
+        a = ResizeCostOptions(args.bundle, args.table, args.profile, args.images, args.rounds, args.requests,
+                              args.serve_rounds, args.daemon, args.spin_us)
     except UsageError as exc:
         p.error(str(exc))
-    if a.spin_us and not a.daemon:
-        p.error("--spin-us busy-polls the daemon: add --daemon")
     try:
         return run(a)
     except EdgekitError as exc:
@@ -358,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run(a: argparse.Namespace) -> int:
+def run(a: ResizeCostOptions) -> int:
     from edge.bundle.reader import open_bundle
     from edge.tables.table import SelectedTable
 

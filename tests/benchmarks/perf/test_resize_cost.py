@@ -64,3 +64,15 @@ def test_a_busy_polling_window_out_of_range_or_without_the_daemon_is_refused(cap
     with pytest.raises(SystemExit) as e:
         resize_cost.main(["bundle", "--table", "t.json", "--spin-us", "200"])
     assert e.value.code == 2 and "--spin-us busy-polls the daemon: add --daemon" in capsys.readouterr().err
+
+
+def test_the_options_check_themselves_where_they_are_made():
+    import pytest
+
+    from edge.core.errors import UsageError
+
+    assert resize_cost.ResizeCostOptions("b", "t.json").requests == 400
+    with pytest.raises(UsageError, match="--requests must be at least 1, got 0"):
+        resize_cost.ResizeCostOptions("b", "t.json", requests=0)
+    with pytest.raises(UsageError, match="add --daemon"):
+        resize_cost.ResizeCostOptions("b", "t.json", spin_us=100)
