@@ -28,7 +28,10 @@ Beside the latencies, each server's **CPU time per request**: the time its threa
 that path's timed blocks (the kernel's ``/proc/PID/task/*/schedstat``, in nanoseconds), divided by the
 requests. Unlike a latency it leaves out the waits (the core waking, the client's turn): it says what the
 server's own path costs (its parsing, checks, runtime step and answer, and its system calls), and its ratio to
-the reference's moves less from run to run than the latencies' ratios do.
+the reference's moves less from run to run than the latencies' ratios do. How much of it the kernel ran (system
+calls, wake-ups) is read from the same threads' tick counts (``/proc/PID/task/*/stat``: user and system time, in
+ticks of 10 ms, summed over the blocks, so only the share is used): on this project's VM the daemon and the
+reference spent about the same time in the kernel per request, and the daemon's extra CPU was all in user space.
 """
 
 from __future__ import annotations
@@ -154,6 +157,20 @@ def cpu_ns(pid: int) -> int | None:
     return total
 
 
+def cpu_ticks(pid: int) -> tuple[int, int] | None:
+    """(user, system) clock ticks the process's threads have run (``/proc/PID/task/*/stat``); None off Linux."""
+    user = system = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            user += int(fields[11])
+            system += int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+    return user, system
+
+
 def _q(xs, p: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), p)) if len(xs) else float("nan")
 
@@ -243,10 +260,18 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
         if spin:
             pids["daemon spin"] = procs["daemon spin"]
         cpu: dict[str, list[int]] = {name: [] for name in pids}  # server CPU ns over each timed block
+        ticks = {name: [0, 0] for name in pids}  # server (user, system) ticks over all its timed blocks
 
-        def server_cpu(name: str) -> int | None:
+        def server_cpu(name: str) -> tuple[int | None, tuple[int, int] | None]:
             proc = pids[name].proc
-            return None if proc is None else cpu_ns(proc.pid)
+            return (None, None) if proc is None else (cpu_ns(proc.pid), cpu_ticks(proc.pid))
+
+        def count(name: str, c0: tuple, c1: tuple, k: int) -> None:
+            if c0[0] is not None and c1[0] is not None:
+                cpu[name].append((c1[0] - c0[0]) // k)
+            if c0[1] is not None and c1[1] is not None:
+                ticks[name][0] += c1[1][0] - c0[1][0]
+                ticks[name][1] += c1[1][1] - c0[1][1]
         for i in range(200):  # warm every path
             j = i % len(images)
             model.set_input(xs[j]); model.invoke_prepared(); model.output()  # noqa: E702
@@ -280,9 +305,7 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
                     t = time.perf_counter()
                     answers.append(c.request("POST", infer, body, hdrs))
                     s["e2e"].append((time.perf_counter() - t) * 1000.0)
-                c1 = server_cpu(name)
-                if c0 is not None and c1 is not None:
-                    cpu[name].append((c1 - c0) // k)
+                count(name, c0, server_cpu(name), k)
                 for status, rh, data in answers:
                     r = decode_infer_response(status, rh, data)
                     if not r.ok:
@@ -300,9 +323,7 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
                     s["e2e"].append((time.perf_counter() - t) * 1000.0)
                     s["inference"].append(float(h["x-inference-ms"]))
                     s["inside"].append(float(h["x-inside-ms"]) - float(h["x-inference-ms"]))
-                c1 = server_cpu(name)
-                if c0 is not None and c1 is not None:
-                    cpu[name].append((c1 - c0) // k)
+                count(name, c0, server_cpu(name), k)
             done += k
         for c in conns.values():
             c.close()
@@ -316,6 +337,9 @@ def _measure(bundle, bundle_path, table, table_path, profile, row, setting, serv
     for name, per_block in cpu.items():
         if per_block:  # blocks of one size but the last: the mean of the blocks is the mean per request
             out[name]["cpu_us"] = float(np.mean(per_block)) / 1000.0
+            user, system = ticks[name]
+            if user + system > 0:
+                out[name]["kernel_share"] = system / (user + system)
     out["decision"] = decision_time_us(table.rows)
     return out
 
@@ -383,6 +407,13 @@ def format_results(r: dict) -> str:
                  if name in r and "cpu_us" in r[name]]
         lines.append("server CPU time per request (its threads on a core over the timed blocks; x the "
                      f"reference's): {', '.join(shown)}")
+        split = [f"{name} {r[name]['cpu_us'] * (1 - r[name]['kernel_share']):.1f} / "
+                 f"{r[name]['cpu_us'] * r[name]['kernel_share']:.1f} us"
+                 for name in ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin")
+                 if name in r and "kernel_share" in r[name]]
+        if split:
+            lines.append("  of it in user space / in the kernel (the threads' tick counts' shares, 10 ms ticks): "
+                         + ", ".join(split))
     cl = r["classify"]["e2e_p50"] - r["bare"]["e2e_p50"]
     st = r["stamp"]
     d = r["decision"]

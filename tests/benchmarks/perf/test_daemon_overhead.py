@@ -16,6 +16,8 @@ def test_every_path_is_measured_and_compared_with_the_floor():
         assert r[path]["inside_p50"] >= 0 and r[path]["inference_p50"] > 0, path
     for path in ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin"):
         assert r[path]["cpu_us"] > 0, path  # each server's own CPU time per request (Linux: schedstat)
+        # Of it in the kernel, from tick counts: only when the run lasted a tick (10 ms) or more.
+        assert 0 <= r[path].get("kernel_share", 0) <= 1, path
     assert r["stamp"]["n"] == 200
     text = bo.format_results(r)
     assert {"select_us", "observe_us", "load_idle_us", "load_priced_us"} <= set(r["decision"])
@@ -23,3 +25,16 @@ def test_every_path_is_measured_and_compared_with_the_floor():
                  "the load term:", "server CPU time per request", "busy polling 500 us after each answer",
                  "goal daemon spin e2e p50"):
         assert word in text
+
+
+def test_tick_counts_follow_the_threads_time_on_a_core():
+    import os
+    import time
+
+    user0, system0 = bo.cpu_ticks(os.getpid())
+    end = time.monotonic() + 5.0
+    while bo.cpu_ticks(os.getpid())[0] == user0 and time.monotonic() < end:
+        sum(range(10_000))  # user-space work until a tick is counted
+    user1, system1 = bo.cpu_ticks(os.getpid())
+    assert user1 > user0 and system1 >= system0
+    assert bo.cpu_ticks(2 ** 22 + 12345) is None  # no such process
