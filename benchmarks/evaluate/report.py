@@ -132,12 +132,17 @@ def context_lines(ev: Evaluation) -> str:
     bs = ev.best_static
     if bs is not None:
         lines.append(f"best static CNN: {bs.label} ({bs.variant})")
-    o = ev.oracle
-    if o is not None and o.choice:
-        lines.append(f"oracle: {o.choice}" + ("" if not o.greedy else (
-            f"; request by request it would read {pct(o.greedy.get('on_time_accuracy'))} on time, "
-            f"{rate(o.greedy.get('goodput_rps'))}/s")))
+    if ev.oracle is not None and ev.oracle.choice:
+        lines.append(f"oracle: {oracle_choice(ev.oracle)}")
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def oracle_choice(o) -> str:
+    """How the oracle chose, and (open loop) what choosing request by request reads on the same times."""
+    if not o.greedy:
+        return o.choice
+    return (f"{o.choice}; request by request it would read {pct(o.greedy.get('on_time_accuracy'))} on time, "
+            f"{rate(o.greedy.get('goodput_rps'))}/s")
 
 
 def render_text(ev: Evaluation) -> str:
@@ -386,9 +391,7 @@ def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
                   f"{o.daemon_overhead_ms:.3f} ms on the {ev.clock} clock "
                   f"(medians; from the {o.overhead_source or 'no run'}).", ""]
         if o.choice:
-            lines += [f"Choice: {o.choice}." + ("" if not o.greedy else (
-                f" Choosing request by request instead, on the same times and floors: on-time accuracy "
-                f"{pct(o.greedy.get('on_time_accuracy'))}, goodput {rate(o.greedy.get('goodput_rps'))}/s.")), ""]
+            lines += [f"Choice: {oracle_choice(o)}.", ""]
     if ev.truncated:
         lines += [f"Stopped early by the duration limit: {', '.join(ev.truncated)}.", ""]
     return "\n".join(lines)

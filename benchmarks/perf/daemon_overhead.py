@@ -30,8 +30,7 @@ requests. Unlike a latency it leaves out the waits (the core waking, the client'
 server's own path costs (its parsing, checks, runtime step and answer, and its system calls), and its ratio to
 the reference's moves less from run to run than the latencies' ratios do. How much of it the kernel ran (system
 calls, wake-ups) is read from the same threads' tick counts (``/proc/PID/task/*/stat``: user and system time, in
-ticks of 10 ms, summed over the blocks, so only the share is used): on this project's VM the daemon and the
-reference spent about the same time in the kernel per request, and the daemon's extra CPU was all in user space.
+ticks of 10 ms, summed over the blocks, so only the share is used; docs/serving-path.md has what it read).
 """
 
 from __future__ import annotations

@@ -67,8 +67,8 @@ def test_report_writes_the_plots_and_the_markdown(tmp_path):
     assert "![Timeline](timeline.png)" in md and "![Accuracy and miss rate per policy](policies.png)" in md
     assert f"| V0 | `{ROWS[0].variant}` | 61.00% | 0.200 | 0.260 |" in md
     assert "## Oracle\n\nthe oracle's method\n\nServing overhead added: 0.610 ms end to end, 0.250 ms on the " \
-           "daemon's clock (medians; from the probe).\n\nChoice: the whole queue planned (exact). Choosing request " \
-           "by request instead, on the same times and floors: on-time accuracy 60.00%, goodput 250.0/s." in md
+           "daemon's clock (medians; from the probe).\n\nChoice: the whole queue planned (exact); request by " \
+           "request it would read 60.00% on time, 250.0/s." in md
     assert md.rstrip().endswith("Stopped early by the duration limit: adaptive.")
 
 
