@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -144,30 +145,38 @@ def _raw_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
     return f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n{h}\r\n".encode() + body
 
 
-def cpu_ns(pid: int) -> int | None:
-    """Nanoseconds the process's threads have run on a core (``/proc/PID/task/*/schedstat``); None off Linux."""
-    total = 0
+SERVERS = ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin")  # the paths a server runs
+
+
+def _per_task(pid: int, name: str, read: Callable[[str], tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The sums over the process's threads of what ``read`` takes from each one's ``/proc/PID/task/TID/<name>``;
+    None off Linux or when the process is gone."""
+    total: tuple[int, ...] | None = None
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
-                total += int(fh.read().split()[0])
+            with open(f"/proc/{pid}/task/{task}/{name}") as fh:
+                got = read(fh.read())
+            total = got if total is None else tuple(a + b for a, b in zip(total, got))
     except (OSError, ValueError, IndexError):
         return None
     return total
 
 
+def cpu_ns(pid: int) -> int | None:
+    """Nanoseconds the process's threads have run on a core (``/proc/PID/task/*/schedstat``); None off Linux."""
+    got = _per_task(pid, "schedstat", lambda text: (int(text.split()[0]),))
+    return None if got is None else got[0]
+
+
+def _user_system(stat: str) -> tuple[int, int]:
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_ticks(pid: int) -> tuple[int, int] | None:
     """(user, system) clock ticks the process's threads have run (``/proc/PID/task/*/stat``); None off Linux."""
-    user = system = 0
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-            user += int(fields[11])
-            system += int(fields[12])
-    except (OSError, ValueError, IndexError):
-        return None
-    return user, system
+    got = _per_task(pid, "stat", _user_system)
+    return None if got is None else (got[0], got[1])
 
 
 def _q(xs, p: float) -> float:
@@ -402,14 +411,12 @@ def format_results(r: dict) -> str:
                  f"bare {r['bare']['e2e_p50']:.4f})")
     if "cpu_us" in db and "cpu_us" in ref:
         shown = [f"{name} {r[name]['cpu_us']:.1f} us ({r[name]['cpu_us'] / ref['cpu_us']:.2f}x)"
-                 for name in ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin")
-                 if name in r and "cpu_us" in r[name]]
+                 for name in SERVERS if name in r and "cpu_us" in r[name]]
         lines.append("server CPU time per request (its threads on a core over the timed blocks; x the "
                      f"reference's): {', '.join(shown)}")
         split = [f"{name} {r[name]['cpu_us'] * (1 - r[name]['kernel_share']):.1f} / "
                  f"{r[name]['cpu_us'] * r[name]['kernel_share']:.1f} us"
-                 for name in ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin")
-                 if name in r and "kernel_share" in r[name]]
+                 for name in SERVERS if name in r and "kernel_share" in r[name]]
         if split:
             lines.append("  of it in user space / in the kernel (the threads' tick counts' shares, 10 ms ticks): "
                          + ", ".join(split))
