@@ -29,20 +29,34 @@ GOAL = 1.3
 
 
 @dataclass(frozen=True)
+class SweepOptions:
+    """What each of the two sweeps trains (the command line's options)."""
+
+    family: str = "default"
+    limit: int = 20
+    epochs: int = 2
+    limit_train: int = 6000
+    limit_test: int = 2000
+    seed: int = 0
+    data_dir: str | None = None
+    cpus_per_task: float = 1.0
+
+
+@dataclass(frozen=True)
 class SweepTime:
     mode: str
     wall_s: float
     models: int
 
 
-def train_argv(run_dir: Path, args: argparse.Namespace, ray: bool) -> list[str]:
-    argv = [sys.executable, "-m", "edgekit.cli", "train", str(run_dir), "--family", args.family,
-            "--limit", str(args.limit), "--epochs", str(args.epochs), "--limit-train", str(args.limit_train),
-            "--limit-test", str(args.limit_test), "--seed", str(args.seed), "--no-progress"]
-    if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
+def train_argv(run_dir: Path, opts: SweepOptions, ray: bool) -> list[str]:
+    argv = [sys.executable, "-m", "edgekit.cli", "train", str(run_dir), "--family", opts.family,
+            "--limit", str(opts.limit), "--epochs", str(opts.epochs), "--limit-train", str(opts.limit_train),
+            "--limit-test", str(opts.limit_test), "--seed", str(opts.seed), "--no-progress"]
+    if opts.data_dir:
+        argv += ["--data-dir", opts.data_dir]
     if ray:
-        argv += ["--ray", "--cpus-per-task", str(args.cpus_per_task)]
+        argv += ["--ray", "--cpus-per-task", str(opts.cpus_per_task)]
     return argv
 
 
@@ -93,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 1 or args.epochs < 1:
         p.error("--limit and --epochs must be >= 1")
 
+    opts = SweepOptions(args.family, args.limit, args.epochs, args.limit_train, args.limit_test, args.seed,
+                        args.data_dir, args.cpus_per_task)
     root = args.keep or Path(tempfile.mkdtemp(prefix="edgekit-throughput-"))
     root.mkdir(parents=True, exist_ok=True)
     for name in ("sequential", "ray"):
@@ -103,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         times = []
         for mode in ("sequential", "ray"):
-            t = time_sweep(mode, train_argv(root / mode, args, ray=mode == "ray"), root / f"{mode}.log")
+            t = time_sweep(mode, train_argv(root / mode, opts, ray=mode == "ray"), root / f"{mode}.log")
             print(f"  {mode}: {t.models} models in {t.wall_s:.1f}s", flush=True)
             times.append(t)
     except RuntimeError as exc:

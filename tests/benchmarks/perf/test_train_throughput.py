@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +20,7 @@ def test_imports_no_tensorflow():
 
 
 def test_the_two_sweeps_differ_only_by_ray(tmp_path):
-    args = argparse.Namespace(family="default", limit=20, epochs=2, limit_train=6000, limit_test=1000, seed=0,
-                              data_dir=None, cpus_per_task=1.0)
+    args = tt.SweepOptions(limit_test=1000)
     seq = tt.train_argv(tmp_path / "a", args, ray=False)
     ray = tt.train_argv(tmp_path / "a", args, ray=True)
     assert seq[1:5] == ["-m", "edgekit.cli", "train", str(tmp_path / "a")] and "--ray" not in seq
