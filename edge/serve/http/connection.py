@@ -36,6 +36,7 @@ import httptools
 
 from edge.core.errors import UsageError
 from edge.serve.http.budget import ByteBudget
+from edge.serve.http.heads import CheckedHead, HeadCache
 from edge.serve.http.spin import SpinPoll, check_spin_us
 from edge.v2.errors import ProtocolError
 
@@ -128,6 +129,7 @@ class ConnectionOwner(Protocol):
     loop: asyncio.AbstractEventLoop
     limits: TransportLimits
     budget: ByteBudget
+    heads: HeadCache  # the heads checked so far, by their bytes
     draining: bool
     realtime_offset_ns: int
     spin: SpinPoll | None  # busy polling's epoll set: the connection adds its socket while it reads
@@ -201,7 +203,7 @@ class HttpConnection:
                  "writing_since", "last_active", "req_start", "req_read_at", "head_at", "body_at", "close_after",
                  "last_request", "refusal", "held", "linger_until", "linger_left",
                  "_url", "_headers", "_hbytes", "_body", "_keep", "_method", "_left", "_raw", "_size", "_expect",
-                 "_continue", "_head", "_head_len", "_line_ok", "_blank", "_stamp", "_stamp_read")
+                 "_continue", "_head", "_head_len", "_line_ok", "_blank", "_stamp", "_stamp_read", "_checked")
 
     def __init__(self, server: ConnectionOwner, sock: socket.socket):
         self.server = server
@@ -236,6 +238,8 @@ class HttpConnection:
         self._size = 0  # bytes charged for the request being read, from when its headers end
         self._expect = False  # it asked for 100 Continue
         self._continue = False  # a 100 Continue is owed once the answers before it are out
+        # What the head just parsed gave, when it may be cached: url, headers, method, keep-alive, body length.
+        self._checked: tuple[bytes, dict[str, str], str, bool, int] | None = None
         self._reset_message()
 
     # ------------------------------------------------------------ parser callbacks
@@ -303,6 +307,14 @@ class HttpConnection:
             if expect.strip().lower() != "100-continue":
                 raise ProtocolError(417, f"Expect {expect[:40]!r} is not supported; only 100-continue is")
             self._expect = n > 0
+        keep = p.should_keep_alive()
+        raw = n > 0 and p.should_upgrade()
+        self._admit(n, keep, raw)
+        if not raw and expect is None and not p.should_upgrade():
+            self._checked = (self._url, h, method, keep, n)
+
+    def _admit(self, n: int, keep: bool, raw: bool) -> None:
+        """Take a head whose checks passed and whose body is ``n`` bytes: reserve its bytes in the budget."""
         size = self._head_len + n
         budget = self.server.budget
         if not budget.reserve(size, refusable=n > 0):
@@ -310,11 +322,27 @@ class HttpConnection:
                                   f"{budget.cap} (max_buffered_bytes); retry later", {"Retry-After": "1"})
         self.held += size
         self._size = size
-        self._keep = p.should_keep_alive()
+        self._keep = keep
         self._left = n
-        self._raw = n > 0 and p.should_upgrade()
+        self._raw = raw
         self.head_at = None
         self.body_at = time.perf_counter() if n else None
+
+    def _replay(self, checked: CheckedHead) -> None:
+        """Take a head seen before as parsing it would (``on_url`` to ``on_headers_complete``, then
+        ``on_message_complete`` when it has no body), with its body cut here, not by the parser; what
+        depends on the moment (the application's authorization, the byte budget) is checked again."""
+        headers = dict(checked.headers)
+        self._url = checked.url
+        self._headers = headers
+        self._method = checked.method
+        err = self.server.app.authorize(checked.method, checked.target, headers)
+        if err is not None:
+            raise err
+        n = checked.length
+        self._admit(n, checked.keep_alive, n > 0)
+        if not n:
+            self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -412,22 +440,31 @@ class HttpConnection:
                 end += 4
                 head = data if (pos == 0 and end == n) else data[pos:end]
                 pos = end
-            # httptools takes several spaces for one between the parts of the request line; a line
-            # with a space where a part should start, or two in a row, is checked in full here.
-            if (head[0] == 32 or b"  " in head) and _REQUEST_LINE.match(head) is None:
-                raise ProtocolError(400, _line_error(head, after))
             self._head_len = len(head)
             self._blank = 0
-            try:
-                p.feed_data(head)
-            except httptools.HttpParserUpgrade:
-                pass  # this daemon speaks HTTP/1.1 only: a request asking to upgrade is served as it is
-            except httptools.HttpParserInvalidMethodError:
-                if _REQUEST_LINE.match(head) is None:
-                    raise ProtocolError(400, _line_error(head, after)) from None
-                method = head.split(b" ", 1)[0].decode("latin-1")  # a well-formed line, a method nobody serves
-                raise ProtocolError(405, f"method {method} is not allowed; use GET or POST",
-                                    {"Allow": "GET, HEAD, POST"}) from None
+            heads = self.server.heads
+            checked = heads.get(head)
+            if checked is not None:  # the same bytes as a head checked before: the same result
+                self._replay(checked)
+            else:
+                # httptools takes several spaces for one between the parts of the request line; a line
+                # with a space where a part should start, or two in a row, is checked in full here.
+                if (head[0] == 32 or b"  " in head) and _REQUEST_LINE.match(head) is None:
+                    raise ProtocolError(400, _line_error(head, after))
+                self._checked = None
+                try:
+                    p.feed_data(head)
+                except httptools.HttpParserUpgrade:
+                    pass  # this daemon speaks HTTP/1.1 only: a request asking to upgrade is served as it is
+                except httptools.HttpParserInvalidMethodError:
+                    if _REQUEST_LINE.match(head) is None:
+                        raise ProtocolError(400, _line_error(head, after)) from None
+                    method = head.split(b" ", 1)[0].decode("latin-1")  # a well-formed line, a method nobody serves
+                    raise ProtocolError(405, f"method {method} is not allowed; use GET or POST",
+                                        {"Allow": "GET, HEAD, POST"}) from None
+                if self._checked is not None:
+                    heads.put(head, *self._checked)
+                    self._checked = None
             after = False if not self._left else None
             if self._expect:
                 self._expect = False

@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from edge.serve.http.budget import ByteBudget
 from edge.serve.http.connection import SO_TIMESTAMPNS, App, HttpConnection, TransportLimits
+from edge.serve.http.heads import HeadCache
 from edge.serve.http.spin import SpinPoll
 
 FD_RESERVE = 64  # descriptors kept free for model files, table reloads and logs
@@ -62,6 +63,7 @@ class Listener:
         self.loop = loop
         self.limits = limits
         self.budget = ByteBudget(limits.max_buffered_bytes)
+        self.heads = HeadCache()
         self.conns: set[HttpConnection] = set()
         self.draining = False
         self.listener: socket.socket | None = None
