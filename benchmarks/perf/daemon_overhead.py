@@ -43,10 +43,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from benchmarks.bench.proc_cpu import cpu_ns, cpu_ticks
 from benchmarks.evaluate.daemon_proc import Daemon
 from edge.core.errors import EdgekitError, StepFailed, UsageError
 from edge.core.textable import format_table
@@ -146,37 +146,6 @@ def _raw_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
 
 
 SERVERS = ("daemon binary", "daemon json", "reference", "daemon spin", "reference spin")  # the paths a server runs
-
-
-def _per_task(pid: int, name: str, read: Callable[[str], tuple[int, ...]]) -> tuple[int, ...] | None:
-    """The sums over the process's threads of what ``read`` takes from each one's ``/proc/PID/task/TID/<name>``;
-    None off Linux or when the process is gone."""
-    total: tuple[int, ...] | None = None
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/{name}") as fh:
-                got = read(fh.read())
-            total = got if total is None else tuple(a + b for a, b in zip(total, got))
-    except (OSError, ValueError, IndexError):
-        return None
-    return total
-
-
-def cpu_ns(pid: int) -> int | None:
-    """Nanoseconds the process's threads have run on a core (``/proc/PID/task/*/schedstat``); None off Linux."""
-    got = _per_task(pid, "schedstat", lambda text: (int(text.split()[0]),))
-    return None if got is None else got[0]
-
-
-def _user_system(stat: str) -> tuple[int, int]:
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return int(fields[11]), int(fields[12])
-
-
-def cpu_ticks(pid: int) -> tuple[int, int] | None:
-    """(user, system) clock ticks the process's threads have run (``/proc/PID/task/*/stat``); None off Linux."""
-    got = _per_task(pid, "stat", _user_system)
-    return None if got is None else (got[0], got[1])
 
 
 def _q(xs, p: float) -> float:
