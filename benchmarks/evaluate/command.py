@@ -325,8 +325,10 @@ def probe_floors(plan: Plan) -> Probes | None:
         return None
     plan.say(f"evaluate: probing the serving floor with the fastest variant ({PROBE_COUNT} requests)")
     fastest = _probe(plan, plan.rows[0].variant, "probe-fastest")
+    busy = "" if fastest.busy_ms is None else (f"; the daemon's own work per request besides the inference "
+                                               f"{fastest.busy_ms:.3f} ms on its core")
     plan.say(f"evaluate: serving floor {fastest.floor_ms:.3f} ms on the {clock_name(o.transport)} clock "
-             f"({fastest.e2e_overhead_ms:.3f} ms end to end)")
+             f"({fastest.e2e_overhead_ms:.3f} ms end to end){busy}")
     contended = None
     # The floor inside the contention window, for the oracle and the best static CNN.
     if o.contention.active and o.needs_oracle_pass:
@@ -424,10 +426,12 @@ def held_out(plan: Plan, wl: Workload, op: OraclePass) -> HeldOut:
                     for r, a in zip(plan.rows, served)})
 
 
-def pick_best_static(plan: Plan, wl: Workload, op: OraclePass, daemon_floor: np.ndarray) -> BestStatic:
-    """The most accurate variant that would have missed at most BEST_STATIC_MAX_MISS serving every request."""
+def pick_best_static(plan: Plan, wl: Workload, op: OraclePass, daemon_floor: np.ndarray,
+                     busy_ms: float | None = None) -> BestStatic:
+    """The most accurate variant that would have missed at most BEST_STATIC_MAX_MISS serving every request
+    (``busy_ms``: the server's measured work per request, which holds up the requests behind it)."""
     labels = variant_labels(plan.rows)
-    miss_rates = static_miss_rates(op, wl, daemon_floor)  # on the daemon's clock
+    miss_rates = static_miss_rates(op, wl, daemon_floor, busy_ms or 0.0)  # on the daemon's clock
     pick = plan.rows[best_static(plan.rows, miss_rates)]
     plan.say(f"evaluate: best static CNN (most accurate with at most {BEST_STATIC_MAX_MISS:.0%} misses in the "
              f"oracle pass): {labels[pick.variant]} {pick.variant}")
@@ -677,14 +681,16 @@ def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult],
 
 
 def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.ndarray, np.ndarray],
-                  source: str = "probe") -> tuple[PolicyResult, OracleResult]:
-    """The oracle's choice per request from the timing pass, with the serving floors ``floors`` added."""
-    recs, wall, how = oracle_records(op, plan.rows, wl, plan.labels, *floors)
+                  source: str = "probe", busy_ms: float | None = None) -> tuple[PolicyResult, OracleResult]:
+    """The oracle's choice per request from the timing pass, with the serving floors ``floors`` added (and, open
+    loop, each request holding the simulated server for at least ``busy_ms`` besides its inference)."""
+    busy = busy_ms or 0.0
+    recs, wall, how = oracle_records(op, plan.rows, wl, plan.labels, *floors, busy_ms=busy)
     run = PolicyResult(summary=summarize(recs, wall), records=tuple(recs), truncated=False,
                        contention_s=tuple((on, off) for on, off in op.intervals))
     greedy = None
     if not wl.closed:  # what choosing request by request reaches, beside the plan
-        g_recs, g_wall, _ = oracle_records(op, plan.rows, wl, plan.labels, *floors, choice="greedy")
+        g_recs, g_wall, _ = oracle_records(op, plan.rows, wl, plan.labels, *floors, choice="greedy", busy_ms=busy)
         g = summarize(g_recs, g_wall)
         greedy = {"on_time_accuracy": g["on_time_accuracy"], "goodput_rps": g["goodput_rps"]}
     oracle = OracleResult(
@@ -699,6 +705,7 @@ def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.nda
         variant_accuracy_on_workload={v: round(float(np.mean(op.preds[:, j] == plan.labels[wl.image_indices])), 4)
                                       for j, v in enumerate(op.variants)},
         choice=how,
+        busy_ms=None if wl.closed or busy_ms is None else busy_ms,
         greedy=greedy,
     )
     return run, oracle
@@ -753,7 +760,8 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                 floors = _floors(probes.fastest, probes.fastest_under_contention, wl.count, opts.contention,
                                  opts.seed)
                 ev = dataclasses.replace(ev, held_out=held_out(plan, wl, op),
-                                         best_static=pick_best_static(plan, wl, op, floors[1]))
+                                         best_static=pick_best_static(plan, wl, op, floors[1],
+                                                                      probes.fastest.busy_ms))
             # --- every daemon policy, the same requests (and the plane's runs after them)
             runs = daemon_runs(plan, ev.best_static)
             if opts.takes_turns(wl):
@@ -766,7 +774,7 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                     atomic_write_json(opts.out / "results.partial.json", ev.to_json())
             if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
                 charged, source = oracle_floors(wl, ev.policies, floors)
-                run, oracle = oracle_policy(plan, wl, op, charged, source)
+                run, oracle = oracle_policy(plan, wl, op, charged, source, probes.fastest.busy_ms)
                 ev = dataclasses.replace(ev, policies={**ev.policies, "oracle": run}, oracle=oracle)
             # The asked policies in their order, the oracle among them, then the plane's runs.
             asked = [p for p in opts.policies if p in ev.policies]

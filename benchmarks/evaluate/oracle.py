@@ -182,9 +182,11 @@ class PlannedChoice:
 
 
 def planned_choice(latency_ms: np.ndarray, arrivals_s: np.ndarray, deadlines_ms: np.ndarray, floor_ms: np.ndarray,
-                   accuracy: np.ndarray, max_frontier: int = MAX_FRONTIER) -> PlannedChoice:
+                   accuracy: np.ndarray, max_frontier: int = MAX_FRONTIER, busy_ms: float = 0.0) -> PlannedChoice:
     """The sequence of variants, one per request of a single FIFO server, with the largest sum of ``accuracy`` over
-    the requests that meet their deadline (``wait + floor + latency <= deadline``), every request served.
+    the requests that meet their deadline (``wait + floor + latency <= deadline``), every request served. Each
+    request keeps the server busy for ``max(floor, busy_ms) + latency`` (``busy_ms``: the server's own work per
+    request, which can outlast the floor: what follows the answer).
 
     Dynamic programming over the requests in arrival order: after each one, every reachable (time the server is
     next free, accuracy so far) pair that no other beats on both (a later free time is worth no more), with a
@@ -200,9 +202,10 @@ def planned_choice(latency_ms: np.ndarray, arrivals_s: np.ndarray, deadlines_ms:
     acc = np.asarray(accuracy, dtype=np.float64)
     for i in range(n):
         start = np.maximum(free, arr[i])
-        fin = (start[:, None] + (float(floor_ms[i]) + latency_ms[i])[None, :]).ravel()
-        met = fin - arr[i] <= float(deadlines_ms[i])
-        val = (value[:, None] + np.where(met.reshape(-1, k), acc[None, :], 0.0)).ravel()
+        done = start[:, None] + (float(floor_ms[i]) + latency_ms[i])[None, :]
+        fin = (done + max(0.0, busy_ms - float(floor_ms[i]))).ravel()  # when the server is next free
+        met = done - arr[i] <= float(deadlines_ms[i])
+        val = (value[:, None] + np.where(met, acc[None, :], 0.0)).ravel()
         order = np.lexsort((-val, fin))  # by free time, the most accurate first among equal times
         v = val[order]
         keep = np.empty(len(order), dtype=bool)
@@ -233,6 +236,7 @@ def oracle_records(
     overhead_ms: float | np.ndarray,
     daemon_overhead_ms: float | np.ndarray | None = None,
     choice: str = "planned",
+    busy_ms: float = 0.0,
 ) -> tuple[list[RequestRecord], float, str]:
     """The oracle's choice per request, its records, its wall time, and how it chose.
 
@@ -240,7 +244,9 @@ def oracle_records(
     that meets the deadline. With open-loop arrivals and ``choice="planned"``: the whole queue planned
     (``planned_choice``). It chooses on the daemon's clock, the primary one (``daemon_overhead_ms``, the
     daemon's own total minus inference, added), as the daemon's policies do; ``overhead_ms`` (end to end)
-    gives the same choice's end-to-end latency, reported beside it.
+    gives the same choice's end-to-end latency, reported beside it. With open-loop arrivals a request keeps the
+    simulated server busy for ``max(floor, busy_ms)`` besides its inference (``busy_ms``: the server's measured
+    time on a core per request, ``ServingProbe.busy_ms``), so the oracle's server is no faster than the real one.
     """
     if choice not in ORACLE_CHOICES:
         raise UsageError(f"unknown oracle choice {choice!r}; one of {list(ORACLE_CHOICES)}")
@@ -253,7 +259,7 @@ def oracle_records(
     planned: np.ndarray | None = None
     how = "request by request (closed loop: each request's best choice)"
     if arrivals is not None and choice == "planned":
-        plan = planned_choice(op.latency_ms, arrivals, workload.deadlines_ms, daemon_over, acc)
+        plan = planned_choice(op.latency_ms, arrivals, workload.deadlines_ms, daemon_over, acc, busy_ms=busy_ms)
         planned = plan.picks
         how = ("the whole queue planned (exact)" if not plan.thinned else
                f"the whole queue planned (thinned to {MAX_FRONTIER} states after {plan.thinned} requests: "
@@ -298,15 +304,18 @@ def oracle_records(
             clock = arrive + e2e / 1000.0
         else:
             # The serving floor is work on the server's core (reading, checking, answering), so it keeps the
-            # simulated server busy as long as the inference does.
-            free_at = arrive + (wait_ms + over_d + float(lat[pick])) / 1000.0
+            # simulated server busy as long as the inference does, and longer where the server's measured
+            # work per request (busy_ms) is longer.
+            free_at = arrive + (wait_ms + max(over_d, busy_ms) + float(lat[pick])) / 1000.0
     wall = clock if arrivals is None else max((r.arrival_s + r.e2e_ms / 1000.0) for r in recs)
     return recs, wall, how
 
 
-def static_miss_rates(op: OraclePass, workload: Workload, overhead_ms: float | np.ndarray) -> np.ndarray:
+def static_miss_rates(op: OraclePass, workload: Workload, overhead_ms: float | np.ndarray,
+                      busy_ms: float = 0.0) -> np.ndarray:
     """Each variant's miss rate had it served every request alone (the oracle pass's measured times,
-    the serving overhead added, a single-server queue simulated for Poisson arrivals)."""
+    the serving overhead added, a single-server queue simulated for Poisson arrivals, each request keeping
+    the server busy for ``max(overhead, busy_ms)`` besides its inference)."""
     n, k = op.latency_ms.shape
     over = per_request(overhead_ms, n)
     miss = np.zeros(k)
@@ -321,7 +330,7 @@ def static_miss_rates(op: OraclePass, workload: Workload, overhead_ms: float | n
             a = float(arrivals[i])
             wait = max(0.0, free_at - a) * 1000.0
             missed += wait + over[i] + lat[i] > workload.deadlines_ms[i]
-            free_at = a + (wait + over[i] + lat[i]) / 1000.0  # the floor keeps the server busy too
+            free_at = a + (wait + max(over[i], busy_ms) + lat[i]) / 1000.0  # the floor keeps the server busy too
         miss[j] = missed / n
     return miss
 

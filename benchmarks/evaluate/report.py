@@ -139,9 +139,11 @@ def context_lines(ev: Evaluation) -> str:
 
 def oracle_choice(o) -> str:
     """How the oracle chose, and (open loop) what choosing request by request reads on the same times."""
+    busy = "" if o.busy_ms is None else (f"; each request holds its server {o.busy_ms:.3f} ms or its floor, the "
+                                         "longer, besides its inference (the daemon's measured work per request)")
     if not o.greedy:
-        return o.choice
-    return (f"{o.choice}; request by request it would read {pct(o.greedy.get('on_time_accuracy'))} on time, "
+        return o.choice + busy
+    return (f"{o.choice}{busy}; request by request it would read {pct(o.greedy.get('on_time_accuracy'))} on time, "
             f"{rate(o.greedy.get('goodput_rps'))}/s")
 
 

@@ -76,6 +76,10 @@ class ServingProbe:
     e2e_overhead_ms: float  # p50 of end to end minus inference
     inference_p50_ms: float
     throughput_rps: float  # closed loop: the variant's capacity with this client
+    # The server's threads' time on a core per answered request, less the mean inference (ms): how long a request
+    # keeps the server busy besides its inference, the wake-up, reading, checking, answering and what follows
+    # the answer. None in process (the floor is that time there) or where /proc does not say.
+    busy_ms: float | None = None
     # Every answered request's (daemon floor, end-to-end overhead), ms: the distribution the oracle's
     # floors are drawn from (benchmarks.evaluate.command.draw_floors). Not written to results.json.
     samples_ms: tuple[tuple[float, float], ...] = dataclasses.field(default=(), repr=False)
@@ -216,6 +220,8 @@ class OracleResult:
     choice: str = ""  # how it chose (benchmarks.evaluate.oracle.oracle_records)
     # Open loop: the request-by-request choice's on-time accuracy and goodput, beside the planned one's
     greedy: Mapping[str, float] | None = None
+    # Open loop: the least time a request kept the simulated server busy besides its inference (the probe's busy_ms)
+    busy_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -230,6 +236,7 @@ class OracleResult:
             "variant_accuracy_on_workload": dict(self.variant_accuracy_on_workload),
             "choice": self.choice,
             "greedy": None if self.greedy is None else dict(self.greedy),
+            "busy_ms": self.busy_ms,
         }
 
 

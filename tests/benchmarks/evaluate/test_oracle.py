@@ -108,13 +108,15 @@ def test_planned_oracle_does_not_block_the_queue(evb):
     assert wall == pytest.approx(0.006)
 
 
-def _value(picks, lat, arr_ms, dl, floor, acc):
-    """Forward simulation of one FIFO server: the sum of accuracy over the requests on time."""
+def _value(picks, lat, arr_ms, dl, floor, acc, busy=0.0):
+    """Forward simulation of one FIFO server: the sum of accuracy over the requests on time; each request holds
+    the server for max(floor, busy) besides its inference."""
     free, total = 0.0, 0.0
     for i, j in enumerate(picks):
-        fin = max(free, arr_ms[i]) + floor[i] + lat[i, j]
+        start = max(free, arr_ms[i])
+        fin = start + floor[i] + lat[i, j]
         total += acc[j] if fin - arr_ms[i] <= dl[i] else 0.0
-        free = fin
+        free = start + max(floor[i], busy) + lat[i, j]
     return total
 
 
@@ -131,10 +133,13 @@ def test_planned_choice_is_the_best_sequence():
         arr = np.cumsum(rng.exponential(1.0, n)) / 1000.0
         dl = rng.uniform(0.5, 4.0, n)
         floor = rng.uniform(0.0, 0.3, n)
-        plan = oracle.planned_choice(lat, arr, dl, floor, acc)
-        best = max(_value(p, lat, arr * 1000, dl, floor, acc) for p in itertools.product(range(k), repeat=n))
+        busy = float(rng.choice([0.0, 0.2, 0.8]))  # the server's own work per request, beyond the floor or not
+        plan = oracle.planned_choice(lat, arr, dl, floor, acc, busy_ms=busy)
+        best = max(_value(p, lat, arr * 1000, dl, floor, acc, busy) for p in itertools.product(range(k), repeat=n))
         assert plan.value == pytest.approx(best) and plan.thinned == 0
-        assert _value(plan.picks, lat, arr * 1000, dl, floor, acc) == pytest.approx(best)
+        assert _value(plan.picks, lat, arr * 1000, dl, floor, acc, busy) == pytest.approx(best)
+        if busy:
+            continue
         greedy, free = [], 0.0
         for i in range(n):
             wait = max(0.0, free - arr[i] * 1000)
@@ -143,6 +148,25 @@ def test_planned_choice_is_the_best_sequence():
             greedy.append(j)
             free = arr[i] * 1000 + wait + floor[i] + lat[i, j]
         assert plan.value >= _value(greedy, lat, arr * 1000, dl, floor, acc) - 1e-12
+
+
+def test_the_servers_own_work_holds_up_the_requests_behind(evb):
+    """Two requests 1 ms apart, a 0.5 ms floor: with the server busy 0.5 ms a request (the floor) both meet a
+    1.5 ms deadline on the fastest variant; busy 2 ms a request (what the daemon's core measured), the second
+    waits 1.5 ms and misses, in the plan, request by request and for the static variant alike."""
+    rows = _rows(evb)
+    op = OraclePass([r.variant for r in rows], np.tile([0.5, 2.0, 30.0], (2, 1)), np.zeros((2, 3), np.int64), [], 0)
+    wl = _poisson(2, [1.5, 1.5], [0.0, 0.001])
+    labels = np.zeros(10, np.int64)
+    for choice in ("planned", "greedy"):
+        fast, _, _ = oracle.oracle_records(op, rows, wl, labels, overhead_ms=0.5, choice=choice)
+        slow, _, _ = oracle.oracle_records(op, rows, wl, labels, overhead_ms=0.5, choice=choice, busy_ms=2.0)
+        assert [r.server_deadline_met for r in fast] == [True, True], choice
+        assert [r.server_deadline_met for r in slow] == [True, False], choice
+        assert slow[1].queue_ms == pytest.approx(1.5)
+    assert oracle.static_miss_rates(op, wl, 0.5)[0] == 0.0
+    assert oracle.static_miss_rates(op, wl, 0.5, busy_ms=2.0)[0] == 0.5
+    assert oracle.static_miss_rates(op, wl, 0.5, busy_ms=0.3)[0] == 0.0  # below the floor: the floor holds it
 
 
 def test_planned_choice_thins_a_large_state_set():

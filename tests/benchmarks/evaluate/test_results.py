@@ -30,7 +30,8 @@ def test_a_finished_evaluation_writes_every_key_in_order():
                                                   "mean_ms"]] * 3
     assert d["variants"][2]["p95_ms"] == ROWS[2].p95_ms and d["variants"][0]["label"] == "V0"
     assert list(d["probe"]) == ["fastest", "fastest_under_contention"]
-    assert list(d["probe"]["fastest"]) == ["floor_ms", "e2e_overhead_ms", "inference_p50_ms", "throughput_rps"]
+    assert list(d["probe"]["fastest"]) == ["floor_ms", "e2e_overhead_ms", "inference_p50_ms", "throughput_rps",
+                                           "busy_ms"]
     assert d["overload"] == {"factor": 1.2, "capacity_rps": 400.0, "rate_rps": 480.0}
     assert d["workload"] == ev.workload.to_dict()
     c = d["contention"]
@@ -42,7 +43,7 @@ def test_a_finished_evaluation_writes_every_key_in_order():
     assert list(d["best_static"]) == ["variant", "label", "max_miss", "predicted_miss_rates"]
     assert list(d["oracle"]) == ["method", "overhead_ms", "daemon_overhead_ms", "overhead_source", "pass_wall_s",
                                  "variants", "latency_ms", "preds", "variant_accuracy_on_workload", "choice",
-                                 "greedy"]
+                                 "greedy", "busy_ms"]
     assert d["oracle"]["choice"] == "the whole queue planned (exact)"
     assert d["oracle"]["greedy"] == {"on_time_accuracy": 0.6, "goodput_rps": 250.0}
     assert np.asarray(d["oracle"]["latency_ms"]).shape == (COUNT, 3)
