@@ -667,30 +667,55 @@ def own_floors(run: PolicyResult, drawn: tuple[np.ndarray, np.ndarray]) -> tuple
     return e2e, daemon, n
 
 
-def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult],
-                  drawn: tuple[np.ndarray, np.ndarray]) -> tuple[tuple[np.ndarray, np.ndarray], str]:
-    """The floors the oracle is charged, and where they came from: in closed loop each request's own floor from
-    adaptive's run (the same requests under the same noise of the serving path), else one drawn from the probe."""
+def received_times(wl: Workload, run: PolicyResult) -> tuple[np.ndarray, int]:
+    """When each request of ``run`` reached the daemon (its client's send time, s on the workload's clock), the
+    scheduled arrival for a request it did not send; and how many it sent."""
+    assert wl.arrivals_s is not None
+    at = np.asarray(wl.arrivals_s, dtype=np.float64).copy()
+    n = 0
+    for r in run.records:
+        if 0 <= r.index < len(at) and r.sent_s >= r.arrival_s:
+            at[r.index] = r.sent_s
+            n += 1
+    return at, n
+
+
+def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult], drawn: tuple[np.ndarray, np.ndarray],
+                  transport: str = "daemon") -> tuple[tuple[np.ndarray, np.ndarray], str, np.ndarray | None]:
+    """The floors the oracle is charged, where they came from, and (open loop through the daemon) when its
+    requests reach its server: in closed loop each request's own floor from adaptive's run (the same requests
+    under the same noise of the serving path), else one drawn from the probe; open loop through the daemon, the
+    requests arrive as they reached adaptive's daemon (its client's send times: late and bunched where the client
+    fell behind, as every policy's daemon sees them), since the daemon's clock starts then."""
     run = policies.get(OWN_FLOORS_FROM)
     if wl.closed and run is not None:
         e2e, daemon, n = own_floors(run, drawn)
         if n:
             return (e2e, daemon), (f"{OWN_FLOORS_FROM} run: each request's own measured floor ({n} of {wl.count}; "
-                                   "the rest drawn from the probe)")
-    return drawn, "probe: each request's floor drawn from the probe's measured requests"
+                                   "the rest drawn from the probe)"), None
+    source = "probe: each request's floor drawn from the probe's measured requests"
+    if not wl.closed and run is not None and transport == "daemon":
+        received, n = received_times(wl, run)
+        if n:
+            return drawn, (f"{source}; the requests reach its server when they reached {OWN_FLOORS_FROM}'s daemon "
+                           f"({n} of {wl.count}; the rest at their scheduled arrival)"), received
+    return drawn, source, None
 
 
 def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.ndarray, np.ndarray],
-                  source: str = "probe", busy_ms: float | None = None) -> tuple[PolicyResult, OracleResult]:
+                  source: str = "probe", busy_ms: float | None = None,
+                  received_s: np.ndarray | None = None) -> tuple[PolicyResult, OracleResult]:
     """The oracle's choice per request from the timing pass, with the serving floors ``floors`` added (and, open
-    loop, each request holding the simulated server for at least ``busy_ms`` besides its inference)."""
+    loop, each request holding the simulated server for at least ``busy_ms`` besides its inference, reaching it
+    at ``received_s`` where given)."""
     busy = busy_ms or 0.0
-    recs, wall, how = oracle_records(op, plan.rows, wl, plan.labels, *floors, busy_ms=busy)
+    recs, wall, how = oracle_records(op, plan.rows, wl, plan.labels, *floors, busy_ms=busy, received_s=received_s)
     run = PolicyResult(summary=summarize(recs, wall), records=tuple(recs), truncated=False,
                        contention_s=tuple((on, off) for on, off in op.intervals))
     greedy = None
     if not wl.closed:  # what choosing request by request reaches, beside the plan
-        g_recs, g_wall, _ = oracle_records(op, plan.rows, wl, plan.labels, *floors, choice="greedy", busy_ms=busy)
+        g_recs, g_wall, _ = oracle_records(op, plan.rows, wl, plan.labels, *floors, choice="greedy", busy_ms=busy,
+                                           received_s=received_s)
         g = summarize(g_recs, g_wall)
         greedy = {"on_time_accuracy": g["on_time_accuracy"], "goodput_rps": g["goodput_rps"]}
     oracle = OracleResult(
@@ -773,8 +798,8 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                     # A partial file beside the final one, so an interrupted run leaves its finished policies.
                     atomic_write_json(opts.out / "results.partial.json", ev.to_json())
             if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
-                charged, source = oracle_floors(wl, ev.policies, floors)
-                run, oracle = oracle_policy(plan, wl, op, charged, source, probes.fastest.busy_ms)
+                charged, source, received = oracle_floors(wl, ev.policies, floors, opts.transport)
+                run, oracle = oracle_policy(plan, wl, op, charged, source, probes.fastest.busy_ms, received)
                 ev = dataclasses.replace(ev, policies={**ev.policies, "oracle": run}, oracle=oracle)
             # The asked policies in their order, the oracle among them, then the plane's runs.
             asked = [p for p in opts.policies if p in ev.policies]

@@ -237,6 +237,7 @@ def oracle_records(
     daemon_overhead_ms: float | np.ndarray | None = None,
     choice: str = "planned",
     busy_ms: float = 0.0,
+    received_s: np.ndarray | None = None,
 ) -> tuple[list[RequestRecord], float, str]:
     """The oracle's choice per request, its records, its wall time, and how it chose.
 
@@ -247,6 +248,10 @@ def oracle_records(
     gives the same choice's end-to-end latency, reported beside it. With open-loop arrivals a request keeps the
     simulated server busy for ``max(floor, busy_ms)`` besides its inference (``busy_ms``: the server's measured
     time on a core per request, ``ServingProbe.busy_ms``), so the oracle's server is no faster than the real one.
+    ``received_s`` (open loop): when each request reached the server, seconds on the workload's clock, where that
+    is not its scheduled arrival (a daemon's clock starts when the client's bytes arrive, and a client sends late
+    and in bursts); the simulated server sees the requests then, and the end-to-end clock still counts from the
+    scheduled arrival.
     """
     if choice not in ORACLE_CHOICES:
         raise UsageError(f"unknown oracle choice {choice!r}; one of {list(ORACLE_CHOICES)}")
@@ -256,10 +261,11 @@ def oracle_records(
     # Most accurate first; among equals, the faster by table.
     order = sorted(range(len(rows)), key=lambda j: (-acc[j], rows[j].p95_ms))
     arrivals = workload.arrivals_s
+    at_server = arrivals if received_s is None or arrivals is None else np.asarray(received_s, dtype=np.float64)
     planned: np.ndarray | None = None
     how = "request by request (closed loop: each request's best choice)"
     if arrivals is not None and choice == "planned":
-        plan = planned_choice(op.latency_ms, arrivals, workload.deadlines_ms, daemon_over, acc, busy_ms=busy_ms)
+        plan = planned_choice(op.latency_ms, at_server, workload.deadlines_ms, daemon_over, acc, busy_ms=busy_ms)
         planned = plan.picks
         how = ("the whole queue planned (exact)" if not plan.thinned else
                f"the whole queue planned (thinned to {MAX_FRONTIER} states after {plan.thinned} requests: "
@@ -271,12 +277,14 @@ def oracle_records(
     clock = 0.0  # closed loop: requests follow each other
     for i in range(workload.count):
         lat = op.latency_ms[i]
+        late_ms = 0.0  # from the scheduled arrival to the server's
         if arrivals is None:
-            arrive = clock
+            arrive = reached = clock
             wait_ms = 0.0
         else:
-            arrive = float(arrivals[i])
-            wait_ms = max(0.0, free_at - arrive) * 1000.0
+            arrive, reached = float(arrivals[i]), float(at_server[i])
+            late_ms = max(0.0, reached - arrive) * 1000.0
+            wait_ms = max(0.0, free_at - reached) * 1000.0
         deadline = float(workload.deadlines_ms[i])
         pick = None if planned is None else int(planned[i])
         over_d, over_e = float(daemon_over[i]), float(e2e_over[i])
@@ -287,7 +295,7 @@ def oracle_records(
                     break
         if pick is None:
             pick = int(np.argmin(lat))
-        e2e = wait_ms + over_e + float(lat[pick])
+        e2e = late_ms + wait_ms + over_e + float(lat[pick])
         total = wait_ms + over_d + float(lat[pick])
         met = e2e <= deadline
         img = int(workload.image_indices[i])
@@ -295,7 +303,7 @@ def oracle_records(
         pred = int(op.preds[i, pick])
         recs.append(RequestRecord(
             index=i, image_index=img, label=label, deadline_ms=deadline,
-            arrival_s=arrive, sent_s=arrive, e2e_ms=e2e, status=200, pred=pred,
+            arrival_s=arrive, sent_s=reached, e2e_ms=e2e, status=200, pred=pred,
             correct=pred == label, deadline_met=met, server_deadline_met=total <= deadline,
             variant=rows[pick].variant, inference_ms=float(lat[pick]), queue_ms=wait_ms,
             total_ms=total, policy="oracle",
@@ -306,7 +314,7 @@ def oracle_records(
             # The serving floor is work on the server's core (reading, checking, answering), so it keeps the
             # simulated server busy as long as the inference does, and longer where the server's measured
             # work per request (busy_ms) is longer.
-            free_at = arrive + (wait_ms + max(over_d, busy_ms) + float(lat[pick])) / 1000.0
+            free_at = reached + (wait_ms + max(over_d, busy_ms) + float(lat[pick])) / 1000.0
     wall = clock if arrivals is None else max((r.arrival_s + r.e2e_ms / 1000.0) for r in recs)
     return recs, wall, how
 

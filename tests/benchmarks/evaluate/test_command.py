@@ -345,3 +345,23 @@ def test_the_oracle_is_charged_each_requests_own_floor_in_closed_loop():
     assert daemon.tolist() == pytest.approx([0.2, 1.2, 8.0, 3.2]) and e2e.tolist() == pytest.approx([0.4, 1.4, 9.0, 3.4])
     assert drawn[1].tolist() == [8.0] * 4  # the drawn floors are not changed in place
 
+
+
+def test_open_loop_through_the_daemon_the_oracles_requests_arrive_as_adaptives_did():
+    """Open loop through the daemon, the oracle's server receives each request when adaptive's daemon did (its
+    client's send time), the rest at their scheduled arrival; in process, or in closed loop, it does not."""
+    from benchmarks.evaluate.results import PolicyResult
+    from benchmarks.evaluate.workload import make_workload
+
+    wl = make_workload(10, 4, "fixed:1", "poisson:1000", seed=0)
+    sched = wl.arrivals_s
+    recs = [RequestRecord(index=i, image_index=0, label=0, deadline_ms=1.0, arrival_s=float(sched[i]),
+                          sent_s=float(sched[i]) + 0.001 * i, e2e_ms=0.5, status=200, inference_ms=0.1, total_ms=0.3)
+            for i in (0, 1, 3)]
+    runs = {"adaptive": PolicyResult(summary={}, records=tuple(recs), truncated=False, contention_s=())}
+    drawn = (np.full(4, 0.4), np.full(4, 0.2))
+    floors, source, received = ev.oracle_floors(wl, runs, drawn, "daemon")
+    assert floors is drawn and "reached adaptive's daemon (3 of 4" in source
+    assert received.tolist() == pytest.approx([sched[0], sched[1] + 0.001, sched[2], sched[3] + 0.003])
+    assert ev.oracle_floors(wl, runs, drawn, "inproc")[2] is None
+    assert ev.oracle_floors(wl, {}, drawn, "daemon")[2] is None

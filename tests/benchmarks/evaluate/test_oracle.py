@@ -169,6 +169,24 @@ def test_the_servers_own_work_holds_up_the_requests_behind(evb):
     assert oracle.static_miss_rates(op, wl, 0.5, busy_ms=0.3)[0] == 0.0  # below the floor: the floor holds it
 
 
+def test_requests_reach_the_oracles_server_when_they_reached_the_daemon(evb):
+    """The second request reached the daemon 0.8 ms after its scheduled arrival, the third 0.6 ms after: bunched by
+    a late client, the third waits behind the second on the server's clock, and their end-to-end latencies hold
+    the lateness."""
+    rows = _rows(evb)
+    op = OraclePass([r.variant for r in rows], np.tile([0.5, 2.0, 30.0], (3, 1)), np.zeros((3, 3), np.int64), [], 0)
+    wl = _poisson(3, [1.5, 1.5, 1.5], [0.0, 0.001, 0.0012])
+    labels = np.zeros(10, np.int64)
+    for choice in ("planned", "greedy"):
+        recs, wall, _ = oracle.oracle_records(op, rows, wl, labels, overhead_ms=0.0, choice=choice,
+                                              received_s=np.asarray([0.0, 0.0018, 0.0018]))
+        assert [r.variant for r in recs] == [rows[0].variant] * 3, choice
+        assert [r.queue_ms for r in recs] == pytest.approx([0.0, 0.0, 0.5]), choice
+        assert [r.total_ms for r in recs] == pytest.approx([0.5, 0.5, 1.0]), choice  # the server's clock: all on time
+        assert [r.e2e_ms for r in recs] == pytest.approx([0.5, 0.8 + 0.5, 0.6 + 1.0]), choice
+        assert [r.sent_s for r in recs] == pytest.approx([0.0, 0.0018, 0.0018]) and wall == pytest.approx(0.0028)
+
+
 def test_planned_choice_thins_a_large_state_set():
     """Past ``max_frontier`` states the set is thinned, and the plan says so (a lower bound on the optimum)."""
     rng = np.random.default_rng(3)
