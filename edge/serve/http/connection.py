@@ -13,9 +13,11 @@ checked when the headers end, before any of it is read, and so is the applicatio
 authorization (``Expect: 100-continue`` is answered only then). Content-Length is digits only
 and given once, no chunked bodies, exactly one Host on HTTP/1.1; ``Upgrade`` is ignored (this
 daemon speaks HTTP/1.1 only). Every byte a connection holds is charged to the listener's
-``ByteBudget`` (``edge.serve.http.budget``) and given back when it is answered or closed. The
-listener that owns the connections, and the limits and deadlines it applies, are
-``edge.serve.http.listener``.
+``ByteBudget`` (``edge.serve.http.budget``) and given back when it is answered or closed. A head
+whose exact bytes were parsed and checked before is taken from the listener's cache of checked heads
+(``edge.serve.http.heads``) instead of being parsed again, its body cut here; the budget and the
+application's authorization are still checked for every request. The listener that owns the
+connections, and the limits and deadlines it applies, are ``edge.serve.http.listener``.
 """
 
 from __future__ import annotations
