@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.artifacts.manifest import TensorSpec
-from edge.artifacts.tensors import prepare_input
+from edge.artifacts.tensors import dequantize_output, prepare_input
 from edge.backends.base import LoadedModel
 from edge.runtime.scheduler import (
     DONE,
@@ -17,6 +17,7 @@ from edge.runtime.scheduler import (
     RUN,
     InferenceRequest,
     InputPreparer,
+    OutputReader,
     QueueFull,
     Scheduler,
     ServingState,
@@ -267,6 +268,21 @@ def test_input_preparer_matches_prepare_input(dtype, scale, zp):
     got = InputPreparer(spec)(x)
     want = prepare_input(x, spec)
     assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype,scale,zp", [("int8", 0.5, -3), ("uint8", 0.0039, 0), ("int8", 0.1, 127),
+                                             ("float32", None, None), ("int16", 0.5, 1)])
+def test_output_reader_matches_dequantize_output_on_every_code(dtype, scale, zp):
+    spec = TensorSpec("y", (-1, 256), dtype, scale, zp)
+    info = np.iinfo(dtype) if dtype != "float32" else None
+    y = (np.arange(256) + (info.min if info is not None and info.min < 0 else 0)).astype(dtype).reshape(1, 256)
+    read = OutputReader(spec)
+    assert (read.lut is not None) == (dtype in ("int8", "uint8"))
+    got, want = read(y), dequantize_output(y, spec)
+    assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+    assert np.array_equal(read(y[:, ::-1]), dequantize_output(y[:, ::-1], spec))  # a strided view too
+    if dtype == "int8":  # an output of another dtype than the spec's takes the arithmetic, not the table
+        assert np.array_equal(read(y.astype(np.int16)), dequantize_output(y.astype(np.int16), spec))
 
 
 @pytest.mark.parametrize("dtype,scale,zp", [("int8", 2.0, -3), ("float32", None, None), ("uint8", None, None)])
