@@ -218,6 +218,7 @@ class Scheduler:
         self._heap: list[tuple[float, int, InferenceRequest]] = []
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._idle_waiters = 0  # callers in wait_idle: release notifies only when there is one (under the lock)
         self._free = list(range(self.workers - 1, -1, -1))  # pop() gives slot 0 first
         self._seq = itertools.count()
         self._dispatch = 0
@@ -266,11 +267,15 @@ class Scheduler:
     def wait_idle(self, timeout: float | None = None) -> bool:
         end = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._heap or len(self._free) < self.workers:
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._idle.wait(left if left is None else min(left, 0.1))
+            self._idle_waiters += 1
+            try:
+                while self._heap or len(self._free) < self.workers:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._idle.wait(left if left is None else min(left, 0.1))
+            finally:
+                self._idle_waiters -= 1
         return True
 
     @property
@@ -369,7 +374,8 @@ class Scheduler:
             else:
                 self._free.append(slot)
                 notify = head is not None
-            self._idle.notify_all()
+            if self._idle_waiters:
+                self._idle.notify_all()
         if notify and self.on_free is not None:
             self.on_free()
 

@@ -202,6 +202,28 @@ def test_close_drains_the_queue_and_refuses_new_work():
         s.submit(InferenceRequest(img(), deadline_ms=10_000))
 
 
+def test_wait_idle_waits_for_the_last_slot_and_counts_its_waiters():
+    gate = threading.Event()
+    m = FakeModel(gate=gate)
+    s = make([{ROWS[0].variant: m, ROWS[1].variant: m}], policy="fastest")
+    out: list = []
+    t = serve_async(s, InferenceRequest(img(), deadline_ms=10_000), out)
+    end = time.monotonic() + 10
+    while s.busy == 0 and time.monotonic() < end:
+        time.sleep(0.005)
+    assert s.wait_idle(timeout=0.2) is False and s._idle_waiters == 0  # busy: times out, and stops counting itself
+    woke: list = []
+    w = threading.Thread(target=lambda: woke.append(s.wait_idle(timeout=30)))
+    w.start()
+    while s._idle_waiters == 0 and time.monotonic() < end:
+        time.sleep(0.005)
+    assert s._idle_waiters == 1 and not woke
+    gate.set()  # the run ends and its release notifies the waiter
+    t.join(5)
+    w.join(5)
+    assert woke == [True] and s._idle_waiters == 0 and out[0][1].outcome == "ok"
+
+
 def test_close_without_drain_answers_the_waiting_at_once():
     gate = threading.Event()
     m = FakeModel(gate=gate)
