@@ -230,8 +230,8 @@ class Scheduler:
         self.own_q_ms = OWN_INITIAL_MS  # its quantile (the selector's), which adaptive leaves room for
         self.on_free = on_free
         self.inject_delay_ms = float(inject_delay_ms)
-        self._prep: dict[int, InputPreparer] = {}
-        self._read: dict[int, OutputReader] = {}
+        # Per model instance: its input's preparer and its output's reader, made once (one lookup a request).
+        self._io: dict[int, tuple[InputPreparer, OutputReader]] = {}
         self._last_end = [0.0] * self.workers  # perf_counter when each slot's last inference ended
         self._awake = 0.0  # perf_counter until which the caller kept the core awake after it (busy polling)
         self.load = ArrivalLoad()  # the arrivals while busy and the recent deadlines (adaptive prices them)
@@ -244,8 +244,7 @@ class Scheduler:
         if len(state.models) < self.workers:
             raise UsageError(f"the new state has {len(state.models)} model sets for {self.workers} slots")
         self.state = state
-        self._prep = {}
-        self._read = {}
+        self._io = {}
         self._last_variant = [-1] * self.workers  # the new selector's indices
 
     def close(self, drain: bool = True, timeout: float | None = None) -> int:
@@ -471,9 +470,10 @@ class Scheduler:
                 d = sel.decision(j, idle, last)
         assert d.variant is not None  # a decision that does not reject names its variant
         model = state.models[req.slot][d.variant]
-        prep = self._prep.get(id(model))
-        if prep is None or prep.spec is not model.input_spec:
-            prep = self._prep[id(model)] = InputPreparer(model.input_spec)
+        io = self._io.get(id(model))
+        if io is None or io[0].spec is not model.input_spec or io[1].spec is not model.output_spec:
+            io = self._io[id(model)] = (InputPreparer(model.input_spec), OutputReader(model.output_spec))
+        prep, read = io
         image = req.image
         # Time the invoke alone, the span the latency table measured, so that the
         # observed/expected ratio is ~1 on a healthy board even for microsecond models; a variant
@@ -491,9 +491,6 @@ class Scheduler:
         inf_ms = (t1 - t0) * 1000.0 + self.inject_delay_ms
         factor = sel.observe(d.index, inf_ms, idle, switched=last != d.index)
         self._last_variant[req.slot] = d.index
-        read = self._read.get(id(model))
-        if read is None or read.spec is not model.output_spec:
-            read = self._read[id(model)] = OutputReader(model.output_spec)
         scores = read(raw)
         t_end = time.perf_counter()
         busy_ms = (t_end - t_deq) * 1000.0

@@ -309,10 +309,9 @@ class HttpConnection:
             if expect.strip().lower() != "100-continue":
                 raise ProtocolError(417, f"Expect {expect[:40]!r} is not supported; only 100-continue is")
             self._expect = n > 0
-        keep = p.should_keep_alive()
-        raw = n > 0 and p.should_upgrade()
-        self._admit(n, keep, raw)
-        if not raw and expect is None and not p.should_upgrade():
+        keep, upgrade = p.should_keep_alive(), p.should_upgrade()
+        self._admit(n, keep, n > 0 and upgrade)
+        if not upgrade and expect is None:
             self._checked = (self._url, h, method, keep, n)
 
     def _admit(self, n: int, keep: bool, raw: bool) -> None:
