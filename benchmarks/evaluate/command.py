@@ -170,7 +170,7 @@ class EvaluateOptions:
     plane: bool = False  # the whole plane: statics all, and adaptive at each of PLANE_QUANTILES
     repeat: int = 1  # runs of the whole comparison, seeds seed .. seed+repeat-1
     transport: str = "daemon"  # one of TRANSPORTS (below)
-    interleave: int = INTERLEAVE  # closed loop: requests per turn as the policies take turns (0: none)
+    interleave: int = INTERLEAVE  # requests per turn as the policies take turns (0: none; daemon: closed loop)
     spin_us: int = 0  # the daemons busy-poll this long after each answer (edgekit serve --spin-us; 0: off)
 
     def __post_init__(self) -> None:
@@ -218,12 +218,16 @@ class EvaluateOptions:
                 "interleave": self.interleave, "turns": TURNS_VERSION, "spin_us": self.spin_us}
 
     def takes_turns(self, wl: Workload) -> bool:
-        """Whether the policies take turns (``benchmarks.evaluate.turns``): closed loop, ``interleave`` > 0, and
-        for the daemon transport a contention kind that acts on cores, not on one process (a CPU quota is put on
-        one daemon's process: those runs go one after another)."""
-        if not (self.interleave > 0 and wl.closed):
+        """Whether the policies take turns (``benchmarks.evaluate.turns``): ``interleave`` > 0, and in process
+        always (one application thread, each policy on its own clock, a backlog carried over); through the daemon
+        in closed loop only, with a contention kind that acts on cores, not on one process (a CPU quota is put on
+        one daemon's process; and under open-loop arrivals a turn's end would drain a daemon's queue: those runs go
+        one after another)."""
+        if self.interleave <= 0:
             return False
-        return self.transport == "inproc" or self.contention.kind != "quota"
+        if self.transport == "inproc":
+            return True
+        return wl.closed and self.contention.kind != "quota"
 
     @property
     def serves_statics(self) -> bool:
@@ -515,7 +519,7 @@ def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Work
     return policy_result(plan, PolicyRun(policy, served_as, quantile), served, wl, schedule)
 
 
-TURNS_VERSION = 2  # 2: the daemon transport takes turns too (results without it were sequential there)
+TURNS_VERSION = 3  # 2: the daemon transport takes turns too; 3: in process under open-loop arrivals too
 
 
 def run_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Workload | None,
@@ -651,18 +655,23 @@ TRANSPORTS = {
 OWN_FLOORS_FROM = "adaptive"  # the policy whose run charges the oracle each request's own floor (closed loop)
 
 
-def own_floors(run: PolicyResult, drawn: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+def own_floors(run: PolicyResult, drawn: tuple[np.ndarray, np.ndarray],
+               waited: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """Each request's own serving floor as ``run`` measured it (end to end and on the serving clock: the request's
     latency minus its inference), where it was answered; ``drawn`` (from the probe) for the rest. Returns the two
-    arrays and how many requests had their own. For closed loop only: there a request's time before its inference
-    is its reading and admission, not a wait behind others that the oracle simulates itself."""
+    arrays and how many requests had their own. In closed loop a request's time before its inference is its
+    reading and admission, not a wait behind others that the oracle simulates itself. ``waited`` (open loop in
+    process): the time a request waited before the application thread called ``classify`` for it (its send time
+    minus its scheduled arrival, the wait behind the requests before it) is left out too, so that what remains is
+    the call's own work besides the inference; the oracle's simulated server adds its own waits."""
     e2e, daemon = drawn[0].copy(), drawn[1].copy()
     n = 0
     for r in run.records:
         if r.status != 200 or r.inference_ms is None or r.total_ms is None or not 0 <= r.index < len(e2e):
             continue
-        daemon[r.index] = max(0.0, r.total_ms - r.inference_ms)
-        e2e[r.index] = max(0.0, r.e2e_ms - r.inference_ms)
+        wait_ms = max(0.0, r.sent_s - r.arrival_s) * 1000.0 if waited else 0.0
+        daemon[r.index] = max(0.0, r.total_ms - wait_ms - r.inference_ms)
+        e2e[r.index] = max(0.0, r.e2e_ms - wait_ms - r.inference_ms)
         n += 1
     return e2e, daemon, n
 
@@ -683,13 +692,20 @@ def received_times(wl: Workload, run: PolicyResult) -> tuple[np.ndarray, int]:
 def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult], drawn: tuple[np.ndarray, np.ndarray],
                   transport: str = "daemon") -> tuple[tuple[np.ndarray, np.ndarray], str, np.ndarray | None]:
     """The floors the oracle is charged, where they came from, and (open loop through the daemon) when its
-    requests reach its server: in closed loop each request's own floor from adaptive's run (the same requests
-    under the same noise of the serving path), else one drawn from the probe; open loop through the daemon, the
-    requests arrive as they reached adaptive's daemon (its client's send times: late and bunched where the client
-    fell behind, as every policy's daemon sees them), since the daemon's clock starts then."""
+    requests reach its server: in closed loop, and in process under open-loop arrivals too, each request's own
+    floor from adaptive's run (the same requests under the same noise of the serving path: in process the call's
+    own work is measured apart from the wait before it), else one drawn from the probe; open loop through the
+    daemon, where a request's floor cannot be told from its wait in the daemon's queue, one drawn from the probe,
+    and the requests arrive as they reached adaptive's daemon (its client's send times: late and bunched where
+    the client fell behind, as every policy's daemon sees them), since the daemon's clock starts then.
+
+    Drawn floors are unbiased but, in open loop, fragile: one host stall among the probe's 300 requests is drawn
+    about ten times into 3,000, and each holds the oracle's simulated server as long (on one in-process run of
+    2026-12-07 the oracle read 285 goodput/s, adaptive 3,522/s); adaptive's run meets the stalls the host actually
+    had."""
     run = policies.get(OWN_FLOORS_FROM)
-    if wl.closed and run is not None:
-        e2e, daemon, n = own_floors(run, drawn)
+    if run is not None and (wl.closed or transport == "inproc"):
+        e2e, daemon, n = own_floors(run, drawn, waited=not wl.closed)
         if n:
             return (e2e, daemon), (f"{OWN_FLOORS_FROM} run: each request's own measured floor ({n} of {wl.count}; "
                                    "the rest drawn from the probe)"), None
@@ -913,10 +929,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="daemon transport: each daemon busy-polls US microseconds after every answer "
                         "(edgekit serve --spin-us), the probe's too (default 0: off)")
     p.add_argument("--interleave", type=int, default=INTERLEAVE,
-                   help=f"with closed-loop arrivals: the policies take turns of N requests each (default "
-                        f"{INTERLEAVE}; the daemon transport then runs one daemon per policy, all up at once), so "
-                        "that all of them meet the host's fast and slow phases alike; 0: one policy after another, "
-                        "as open-loop arrivals (and the daemon under --contention quota) run")
+                   help=f"the policies take turns of N requests each (default {INTERLEAVE}), so that all of them "
+                        "meet the host's fast and slow phases alike: in process always (under open-loop arrivals "
+                        "each policy's clock stops between its turns, so its backlog carries over), through the "
+                        "daemon in closed loop (one daemon per policy, all up at once); 0: one policy after "
+                        "another, as the daemon transport runs open-loop arrivals and --contention quota")
     p.add_argument("--out", default="evaluation", help="output folder for results.json, report.md and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the report")
 

@@ -14,14 +14,18 @@ then serves the workload:
   to a thread on another core costs 115 us at p50, more than most of the front's inferences: a harness of
   threads would measure the host's wake-up latency, not the runtime (the daemon pays it, in its floor).
 
-In closed loop the policies take **turns** (``run_inproc_turns``, by ``benchmarks.evaluate.turns``): all opened
-and warmed first, then one application thread serves requests [0, 100) with each policy in turn, then [100, 200)
-starting with the next policy, and so on (``--interleave``; a turn never straddles the contention window's edge).
+The policies take **turns** (``run_inproc_turns``, by ``benchmarks.evaluate.turns``): all opened and warmed
+first, then one application thread serves requests [0, 100) with each policy in turn, then [100, 200) starting
+with the next policy, and so on (``--interleave``; a turn never straddles the contention window's edge).
 This project's VM runs in phases: the same 2 us of numpy work took 2.6 us in some seconds and 4.2-5.0 us in
 others, alternating about once a second (``python -m benchmarks.perf.host_phases``), while one policy's 3,000
 requests take 0.05-0.5 s; served one after another, a policy's figure said which phase it fell in. Taking turns
 gives every policy the same mix of phases. The first request of a turn meets its classifier's models cold in
-cache; that is one request in a hundred, for every policy alike.
+cache; that is one request in a hundred, for every policy alike. Under open-loop arrivals each policy's clock
+stops between its turns and resumes where it stopped, so a backlog carries over: a policy that ended its turn
+behind its arrivals starts the next one as far behind (its next requests arrived while the other policies ran,
+on its clock), and one that ended ahead waits for its next arrival. Its queue is what it would have been served
+without a break; only the caches are not.
 
 The classifier and the application thread run on the daemon's cores (``Placement.server``: the thread
 pins itself, and the runtime's own threads are made by a pinned thread). In process the
@@ -243,14 +247,12 @@ def run_inproc_turns(app: InProcess, policies: list[TurnPolicy], images: np.ndar
                      wl: Workload, warm: Workload | None, schedule: ContentionSchedule | None, duration_s: float,
                      block: int = INTERLEAVE,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, InProcessRun]:
-    """Every policy in process, closed loop, taking turns of ``block`` requests (module docstring): all classifiers
-    opened and warmed, then from one application thread requests [0, block) with each policy, [block, 2 block)
-    starting with the next one, and so on. Each policy's records keep its own clock (its arrival offsets and wall
-    time count only its own turns). The turns stop when ``duration_s`` x the number of policies has passed, every
-    policy then cut at the same request."""
-    if not wl.closed:
-        raise UsageError("policies take turns only in closed loop: under open-loop arrivals a turn's end would drop "
-                         "the queue that built up; pass --interleave 0")
+    """Every policy in process taking turns of ``block`` requests (module docstring): all classifiers opened and
+    warmed, then from one application thread requests [0, block) with each policy, [block, 2 block) starting with
+    the next one, and so on. Each policy's records keep its own clock (its arrival offsets and wall time count only
+    its own turns); under open-loop arrivals each request is taken at its scheduled arrival on that clock, as
+    ``serve_workload`` takes it, so a backlog at a turn's end carries over to the policy's next turn. The turns
+    stop when ``duration_s`` x the number of policies has passed, every policy then cut at the same request."""
     if not policies:
         return {}
     names = [p.name for p in policies]
@@ -265,8 +267,14 @@ def run_inproc_turns(app: InProcess, policies: list[TurnPolicy], images: np.ndar
                 serve_workload(clf, images, labels, warm, duration_s=min(duration_s, 60.0), pin=app.pin)
         box: dict[str, Any] = {}
 
+        arrivals = wl.arrivals_s
+
         def send(m: int, i: int, t0: float) -> RequestRecord:
-            return _call(clfs[m], images, labels, wl, i, time.perf_counter(), t0)
+            if arrivals is None:  # closed loop: now
+                return _call(clfs[m], images, labels, wl, i, time.perf_counter(), t0)
+            at = t0 + float(arrivals[i])  # open loop: the scheduled arrival on the policy's own clock
+            _wait_until(at)
+            return _call(clfs[m], images, labels, wl, i, at, t0)
 
         def body() -> None:
             box["out"] = take_turns(spans, len(policies), send, duration_s * len(policies), on_request=schedule,

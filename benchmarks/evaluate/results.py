@@ -18,9 +18,10 @@ from benchmarks.evaluate.workload import Workload
 from edge.tables.table import LatencyRow
 
 KIND = "policy-comparison"
-VERSION = 4  # 3: the headline (on-time accuracy), answer accuracy, the accuracy-miss plane, each run's quantile;
+VERSION = 5  # 3: the headline (on-time accuracy), answer accuracy, the accuracy-miss plane, each run's quantile;
 # 4: open loop through the daemon, the oracle's server held for the daemon's measured work per request and fed
-# the requests as adaptive's daemon received them (so --repeat does not reuse a run of the looser oracle)
+# the requests as adaptive's daemon received them (so --repeat does not reuse a run of the looser oracle);
+# 5: in process under open-loop arrivals, the oracle is charged each request's own floor from adaptive's run
 HEADLINE = "on_time_accuracy"
 HEADLINE_NOTE = ("on-time accuracy: the share of all requests answered correctly and within their deadline (on the "
                  "daemon's clock); a late, rejected or failed request counts against it. Goodput, the same answers "

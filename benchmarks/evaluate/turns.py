@@ -3,9 +3,10 @@
 This project's VM runs in phases (``python -m benchmarks.perf.host_phases``): the same work took 2x as long in
 some seconds as in others. Served one after another, a policy's figure said which phase it fell in. Taking turns
 of ``--interleave`` requests (requests [0, 100) with every policy, then [100, 200) starting with the next one, and
-so on) gives every policy the same mix of phases. Closed loop only: under open-loop arrivals a turn's end would
-drop the queue that built up. Both transports use it: in process (``benchmarks.evaluate.inproc``) and through
-one daemon per policy, all up at once (``benchmarks.evaluate.command``).
+so on) gives every policy the same mix of phases. Both transports use it: in process (``benchmarks.evaluate.inproc``,
+closed loop and open loop: each policy's clock stops between its turns, so a backlog carries over) and, in closed
+loop only, through one daemon per policy, all up at once (``benchmarks.evaluate.command``: under open-loop
+arrivals a turn's end would drain a daemon's queue).
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def test_daemons_take_turns_one_per_policy(evb, tmp_path):
                                ).takes_turns(closed)
     ev = evaluate(opts)
     res = json.loads((out / "results.json").read_text())
-    assert ev.complete and res["options"]["interleave"] == 7 and res["options"]["turns"] == 2
+    assert ev.complete and res["options"]["interleave"] == 7 and res["options"]["turns"] == 3
     assert res["options"]["spin_us"] == 300  # every daemon busy-polled, as asked
     assert "busy polling 300 us after each answer" in (out / "daemon-adaptive.log").read_text()
     for name in ("adaptive", "most-accurate", "best-static"):
@@ -346,6 +346,28 @@ def test_the_oracle_is_charged_each_requests_own_floor_in_closed_loop():
     assert drawn[1].tolist() == [8.0] * 4  # the drawn floors are not changed in place
 
 
+def test_in_process_open_loop_the_oracle_is_charged_each_requests_own_call_without_its_wait():
+    """Open loop in process, each request's own floor is its classify call's work besides the inference: the wait
+    before the application thread called it (send time minus scheduled arrival) is left out, as the oracle's server
+    simulates its own waits. Through the daemon the floors stay drawn from the probe."""
+    from benchmarks.evaluate.results import PolicyResult
+    from benchmarks.evaluate.workload import make_workload
+
+    wl = make_workload(10, 3, "fixed:1", "poisson:1000", seed=0)
+    sched = wl.arrivals_s
+    # request i waited 2 ms x i before its call; its call took 0.05 ms besides a 0.01 ms inference
+    recs = [RequestRecord(index=i, image_index=0, label=0, deadline_ms=1.0, arrival_s=float(sched[i]),
+                          sent_s=float(sched[i]) + 0.002 * i, e2e_ms=2.0 * i + 0.06, status=200, inference_ms=0.01,
+                          total_ms=2.0 * i + 0.06) for i in range(3)]
+    runs = {"adaptive": PolicyResult(summary={}, records=tuple(recs), truncated=False, contention_s=())}
+    drawn = (np.full(3, 9.0), np.full(3, 8.0))
+    (e2e, daemon), source, received = ev.oracle_floors(wl, runs, drawn, "inproc")
+    assert received is None and "each request's own measured floor (3 of 3" in source
+    assert e2e.tolist() == pytest.approx([0.05] * 3) and daemon.tolist() == pytest.approx([0.05] * 3)
+    floors, source, _ = ev.oracle_floors(wl, runs, drawn, "daemon")
+    assert floors is drawn and source.startswith("probe")
+
+
 
 def test_open_loop_through_the_daemon_the_oracles_requests_arrive_as_adaptives_did():
     """Open loop through the daemon, the oracle's server receives each request when adaptive's daemon did (its
@@ -363,5 +385,5 @@ def test_open_loop_through_the_daemon_the_oracles_requests_arrive_as_adaptives_d
     floors, source, received = ev.oracle_floors(wl, runs, drawn, "daemon")
     assert floors is drawn and "reached adaptive's daemon (3 of 4" in source
     assert received.tolist() == pytest.approx([sched[0], sched[1] + 0.001, sched[2], sched[3] + 0.003])
-    assert ev.oracle_floors(wl, runs, drawn, "inproc")[2] is None
+    assert ev.oracle_floors(wl, runs, drawn, "inproc")[2] is None  # in process: its own floors, no send times
     assert ev.oracle_floors(wl, {}, drawn, "daemon")[2] is None

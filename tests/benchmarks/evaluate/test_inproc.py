@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from benchmarks.evaluate import inproc
@@ -125,7 +127,7 @@ def test_evaluate_inproc_end_to_end(evb, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     text = proc.stdout
-    assert "starting the daemon" not in text and "opening the classifier in process" in text
+    assert "starting the daemon" not in text and "4 policies in process, taking turns of 100 requests" in text
     for word in ("transport: in process", "miss (app clock)", "goodput/s", "serving floor"):
         assert word in text, word
     res = json.loads((out / "results.json").read_text())
@@ -172,12 +174,33 @@ def test_policies_take_turns_each_on_its_own_clock(evb, tmp_path, monkeypatch):
     assert "in process: most-accurate" in (tmp_path / "b.log").read_text()
 
 
-def test_turns_refuse_open_loop_arrivals(evb, tmp_path):
+def test_open_loop_turns_carry_a_backlog_over_each_on_its_own_clock(evb, tmp_path, monkeypatch):
+    """Open loop in turns: 25 requests arriving in a burst, turns of 10. Each policy takes each request at its
+    scheduled arrival on its own clock: the backlog it had at a turn's end is still there when its next turn
+    starts (latency keeps growing from the scheduled arrival), and the other policy's slow turns are not on it."""
     images, labels, _ = load_eval_set(str(evb.bundle))
-    wl = make_workload(images.shape[0], 10, "fixed:50", "poisson:1000", 1)
-    with pytest.raises(ValueError, match="only in closed loop"):
-        run_inproc_turns(app_of(evb), [TurnPolicy("fastest", "fastest", None, tmp_path / "a.log")], images, labels,
-                         wl, None, None, 10.0)
+    wl = make_workload(images.shape[0], 25, "fixed:50", "poisson:100000", 4)
+    wl = dataclasses.replace(wl, arrivals_s=np.zeros(25))  # all at once
+    call = inproc._call
+
+    def slow_b(clf, images, labels, wl, i, arrival, t0):
+        if clf.policy.kind == "most-accurate":
+            time.sleep(0.01)  # policy B takes 10 ms a request: 100 ms a turn, none of it on A's clock
+        return call(clf, images, labels, wl, i, arrival, t0)
+
+    monkeypatch.setattr(inproc, "_call", slow_b)
+    pols = [TurnPolicy("fastest", "fastest", None, tmp_path / "a.log"),
+            TurnPolicy("most-accurate", "most-accurate", None, tmp_path / "b.log")]
+    runs = run_inproc_turns(app_of(evb), pols, images, labels, wl, None, None, 60.0, block=10)
+    a, b = runs["fastest"].records, runs["most-accurate"].records
+    for recs in (a, b):
+        assert [r.index for r in recs] == list(range(25)) and all(r.status == 200 for r in recs)
+        for r, at in zip(recs, wl.arrivals_s):
+            assert r.arrival_s == pytest.approx(float(at), abs=1e-9) and r.sent_s >= r.arrival_s - 1e-6
+        e2e = [r.e2e_ms for r in recs]
+        assert e2e == sorted(e2e)  # a burst: each waits for all before it, across the turns' breaks too
+    assert b[-1].e2e_ms >= 250.0  # B's own 25 x 10 ms backlog
+    assert a[-1].e2e_ms < 100.0 and runs["fastest"].wall_s < 0.1  # B's turns are not on A's clock
 
 
 def test_evaluate_inproc_closed_loop_takes_turns_under_contention(evb, tmp_path):

@@ -22,7 +22,7 @@ def test_a_finished_evaluation_writes_every_key_in_order():
     ev = evaluation()
     d = json.loads(json.dumps(ev.to_json(), allow_nan=False))
     assert list(d) == TOP
-    assert (d["kind"], d["version"], d["complete"]) == ("policy-comparison", 4, True)
+    assert (d["kind"], d["version"], d["complete"]) == ("policy-comparison", 5, True)
     assert list(d["host"]) == ["machine", "os", "cores", "python", "cpu_model"]
     assert d["placement"] == {"server_cpus": [0], "client_cpus": [1]}
     assert d["variant_labels"] == {r.variant: f"V{j}" for j, r in enumerate(ROWS)} == variant_labels(ROWS)
