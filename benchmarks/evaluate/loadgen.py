@@ -356,72 +356,120 @@ def run_load(
                     progress(i + 1, n)
         return LoadResult(records, time.perf_counter() - t0, truncated, workload.head(len(records)))
 
-    host, port, path, headers, enc = _target(url, images, workload, model, token, allow_remote, binary)
-    labels = np.asarray(labels)
+    with OpenLoopClient(url, images, labels, workload, model=model, token=token, allow_remote=allow_remote,
+                        timeout_s=timeout_s, binary=binary, workers=workers, progress=progress) as client:
+        t0 = time.perf_counter()
+        records, issued = client.serve(0, n, t0, end=t0 + duration_s, on_request=on_request)
+    return LoadResult(records, time.perf_counter() - t0, issued < n, workload.head(issued))
 
-    # Poisson: a dispatcher releases requests at their arrival times to a pool of senders.
-    nworkers = max(1, min(int(workers), MAX_WORKERS, n))
-    work: queue.Queue = queue.Queue()
-    lock = threading.Lock()
-    done_count = [0]
-    ready = threading.Barrier(nworkers + 1)
-    t0 = 0.0  # set once every sender is connected
 
-    def sender() -> None:
-        conn = ClientConnection(host, port, timeout_s)
-        conn.connect()
+class OpenLoopClient:
+    """A pool of ``workers`` keep-alive connections to a daemon, each on its own sender thread, all connected
+    before the first request: ``serve(start, stop, t0)`` issues requests [start, stop) of the Poisson
+    ``workload`` at their scheduled arrivals (``t0`` + arrival, perf_counter seconds; at once when already past),
+    waits for every answer and returns their records, latencies counted from the scheduled arrival (as LoadGen's
+    Server scenario does), so a late client or a full daemon queue shows up in the latency, not hidden.
+    ``run_load``'s open loop (one span, the whole workload), and one daemon's side when the policies take turns
+    under open-loop arrivals (``benchmarks.evaluate.turns``: one span per turn, each policy on its own clock)."""
+
+    def __init__(self, url: str, images: np.ndarray, labels: np.ndarray, workload: Workload, *,
+                 model: str = "edgekit", token: str | None = None, allow_remote: bool = False, timeout_s: float = 30.0,
+                 binary: bool = False, workers: int = 16, progress: Callable[[int, int], None] | None = None):
+        if workload.arrivals_s is None:
+            raise UsageError("an open-loop client needs a workload with arrival times (poisson:RATE), got closed")
+        host, port, path, headers, enc = _target(url, images, workload, model, token, allow_remote, binary)
+        self.workload, self.timeout_s, self.progress = workload, timeout_s, progress
+        self._arrivals = workload.arrivals_s
+        labels = np.asarray(labels)
+        n = workload.count
+        self._work: queue.Queue = queue.Queue()
+        self._cond = threading.Condition()
+        self._records: list[RequestRecord] = []
+        self._done = 0  # answers in all, for progress
+        nworkers = max(1, min(int(workers), MAX_WORKERS, n))
+        ready = threading.Barrier(nworkers + 1)
+
+        def sender() -> None:
+            conn = ClientConnection(host, port, timeout_s)
+            conn.connect()
+            try:
+                ready.wait(timeout=timeout_s)
+            except threading.BrokenBarrierError:
+                pass
+            try:
+                while True:
+                    item = self._work.get()
+                    if item is None:
+                        return
+                    i, sched, t0 = item
+                    try:
+                        rec = _one(conn, path, headers, enc, workload, labels, i, t0, sched)
+                    except Exception as exc:  # noqa: BLE001 - an answer it cannot read is recorded, not lost
+                        img = int(workload.image_indices[i])
+                        rec = RequestRecord(index=i, image_index=img, label=int(labels[img]),
+                                            deadline_ms=float(workload.deadlines_ms[i]), arrival_s=sched,
+                                            sent_s=time.perf_counter() - t0, e2e_ms=0.0, status=0,
+                                            error=f"{type(exc).__name__}: {exc}")
+                    with self._cond:
+                        self._records.append(rec)
+                        self._done += 1
+                        done = self._done
+                        self._cond.notify_all()
+                    if self.progress is not None:
+                        self.progress(done, n)
+            finally:
+                conn.close()
+
+        self._threads = [threading.Thread(target=sender, name=f"loadgen-{k}", daemon=True) for k in range(nworkers)]
+        for t in self._threads:
+            t.start()
         try:
             ready.wait(timeout=timeout_s)
         except threading.BrokenBarrierError:
             pass
-        try:
-            while True:
-                item = work.get()
-                if item is None:
-                    return
-                i, sched = item
-                rec = _one(conn, path, headers, enc, workload, labels, i, t0, sched)
-                with lock:
-                    records.append(rec)
-                    done_count[0] += 1
-                    if progress is not None:
-                        progress(done_count[0], n)
-        finally:
-            conn.close()
 
-    threads = [threading.Thread(target=sender, name=f"loadgen-{k}", daemon=True) for k in range(nworkers)]
-    for t in threads:
-        t.start()
-    try:
-        ready.wait(timeout=timeout_s)
-    except threading.BrokenBarrierError:
-        pass
-    t0 = time.perf_counter()
-    deadline_t = t0 + duration_s
-    arrivals = workload.arrivals_s
-    assert arrivals is not None
-    issued = 0
-    try:
+    def serve(self, start: int, stop: int, t0: float, end: float | None = None,
+              on_request: Callable[[int], None] | None = None) -> tuple[list[RequestRecord], int]:
+        """Issue requests [start, stop) at ``t0`` + their arrival, none scheduled at or after ``end``; wait for
+        their answers. Returns their records in request order and how many were issued. ``on_request(i)`` runs just
+        before request ``i`` is issued (used to switch contention)."""
+        arrivals = self._arrivals
+        assert arrivals is not None
+        with self._cond:
+            self._records = []
+        issued = 0
         with fine_timer_slack():
-            for i in range(n):
+            for i in range(start, stop):
                 at = t0 + float(arrivals[i])
-                if at >= deadline_t:
-                    truncated = True
+                if end is not None and at >= end:
                     break
                 wait = at - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
                 if on_request is not None:
                     on_request(i)
-                work.put((i, float(arrivals[i])))
+                self._work.put((i, float(arrivals[i]), t0))
                 issued += 1
-    finally:
-        for _ in threads:
-            work.put(None)
-        for t in threads:
-            t.join(timeout=timeout_s + 5)
-    records.sort(key=lambda r: r.index)
-    return LoadResult(records, time.perf_counter() - t0, truncated, workload.head(issued))
+        # Every request is answered or fails by its connection's timeout; a sender that died cannot answer.
+        with self._cond:
+            while not self._cond.wait_for(lambda: len(self._records) >= issued, timeout=1.0):
+                if not any(t.is_alive() for t in self._threads):
+                    break
+            records, self._records = self._records, []
+        records.sort(key=lambda r: r.index)
+        return records, issued
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+        for t in self._threads:
+            t.join(timeout=self.timeout_s + 5)
+
+    def __enter__(self) -> "OpenLoopClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ----------------------------------------------------------------------------- bundle eval set

@@ -72,6 +72,35 @@ def test_poisson_against_the_daemon(evb, daemon):
     assert res.summary()["answered"] >= 30
 
 
+def test_an_open_loop_client_serves_spans_each_answered_before_it_returns(evb, daemon):
+    """``OpenLoopClient.serve`` issues a span at its arrivals on the clock it is given and returns when every answer
+    is back; a second span on a clock that stopped in between starts where the first ended: requests whose arrival
+    has passed on that clock go at once, their latency counted from the scheduled arrival."""
+    import dataclasses
+    import time
+
+    images, labels, _ = loadgen.load_eval_set(str(evb.bundle))
+    wl = make_workload(len(images), 20, "fixed:50", "poisson:500", seed=4)
+    wl = dataclasses.replace(wl, arrivals_s=np.linspace(0.0, 0.038, 20))  # one every 2 ms
+    with loadgen.OpenLoopClient(daemon.url, images, labels, wl, workers=3) as client:
+        t0 = time.perf_counter()
+        first, n1 = client.serve(0, 10, t0)
+        own = time.perf_counter() - t0
+        time.sleep(0.1)  # another policy's turn: not on this clock
+        t1 = time.perf_counter() - own
+        client_late = 0.015  # the clock resumes 15 ms late for the second span: request 10 was due at 20 ms
+        second, n2 = client.serve(10, 20, t1 - client_late)
+    assert (n1, n2) == (10, 10)
+    assert [r.index for r in first] == list(range(10)) and [r.index for r in second] == list(range(10, 20))
+    assert all(r.status in (200, 503) for r in first + second)
+    for r in first + second:
+        assert r.arrival_s == pytest.approx(float(wl.arrivals_s[r.index])) and r.sent_s >= r.arrival_s - 1e-3
+    # The second span's first requests were already due: sent at once, each late by what it waited.
+    assert second[0].sent_s - second[0].arrival_s > 0.005 and second[0].e2e_ms > 5.0
+    with pytest.raises(ValueError, match="arrival times"):
+        loadgen.OpenLoopClient(daemon.url, images, labels, make_workload(len(images), 3, "fixed:5", "closed", 0))
+
+
 def test_duration_bound(evb, daemon):
     images, labels, _ = loadgen.load_eval_set(str(evb.bundle))
     wl = make_workload(len(images), 5000, "fixed:50", "poisson:20", seed=3)  # ~250 s of arrivals
