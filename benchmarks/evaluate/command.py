@@ -36,7 +36,6 @@ from benchmarks.evaluate.loadgen import (
     DEFAULT_DURATION_S,
     MAX_DURATION_S,
     ClosedLoopClient,
-    OpenLoopClient,
     RequestRecord,
     load_eval_set,
     run_load,
@@ -75,7 +74,7 @@ from benchmarks.evaluate.results import (
     clock_name,
     variant_labels,
 )
-from benchmarks.evaluate.turns import INTERLEAVE, take_span_turns, take_turns, turns
+from benchmarks.evaluate.turns import INTERLEAVE, take_turns, turns
 from benchmarks.evaluate.workload import MAX_COUNT, Workload, WorkloadError, make_workload
 from edge.core.atomic import atomic_write_json, atomic_write_text
 from edge.core.errors import UsageError
@@ -171,7 +170,7 @@ class EvaluateOptions:
     plane: bool = False  # the whole plane: statics all, and adaptive at each of PLANE_QUANTILES
     repeat: int = 1  # runs of the whole comparison, seeds seed .. seed+repeat-1
     transport: str = "daemon"  # one of TRANSPORTS (below)
-    interleave: int = INTERLEAVE  # requests per turn as the policies take turns (0: none)
+    interleave: int = INTERLEAVE  # requests per turn as the policies take turns (0: none; daemon: closed loop)
     spin_us: int = 0  # the daemons busy-poll this long after each answer (edgekit serve --spin-us; 0: off)
 
     def __post_init__(self) -> None:
@@ -219,13 +218,16 @@ class EvaluateOptions:
                 "interleave": self.interleave, "turns": TURNS_VERSION, "spin_us": self.spin_us}
 
     def takes_turns(self, wl: Workload) -> bool:
-        """Whether the policies take turns (``benchmarks.evaluate.turns``, each policy on its own clock, so under
-        open-loop arrivals a backlog carries over): ``interleave`` > 0, and for the daemon transport a contention
-        kind that acts on cores, not on one process (a CPU quota is put on one daemon's process: those runs go one
-        after another)."""
+        """Whether the policies take turns (``benchmarks.evaluate.turns``, each policy on its own clock):
+        ``interleave`` > 0, and in process always (under open-loop arrivals a backlog carries over); through the
+        daemon in closed loop, with a contention kind that acts on cores, not on one process (a CPU quota is put on
+        one daemon's process; and under open-loop arrivals a daemon woken at its turn's start misses the turn's
+        first requests, ``benchmarks.evaluate.turns``: those runs go one after another)."""
         if self.interleave <= 0:
             return False
-        return self.transport == "inproc" or self.contention.kind != "quota"
+        if self.transport == "inproc":
+            return True
+        return wl.closed and self.contention.kind != "quota"
 
     @property
     def serves_statics(self) -> bool:
@@ -517,7 +519,7 @@ def run_policy(plan: Plan, policy: str, served_as: str, wl: Workload, warm: Work
     return policy_result(plan, PolicyRun(policy, served_as, quantile), served, wl, schedule)
 
 
-TURNS_VERSION = 3  # 2: the daemon transport takes turns too; 3: under open-loop arrivals too
+TURNS_VERSION = 3  # 2: the daemon transport takes turns too; 3: in process under open-loop arrivals too
 
 
 def run_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Workload | None,
@@ -544,32 +546,25 @@ def run_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Workload
 def _daemons_in_turns(plan: Plan, runs: list[PolicyRun], wl: Workload, warm: Workload | None,
                       schedule: ContentionSchedule) -> dict[str, Served]:
     """One daemon per run, all started (on the serving cores) and warmed first, each with its own keep-alive
-    connection (closed loop) or pool of them (open loop); then the turns, from this process on the client cores.
-    An idle daemon waits in its event loop, so only the daemon whose turn it is runs. Under open-loop arrivals a
-    turn issues its requests at their arrivals on the policy's own clock and ends when all are answered."""
+    connection; then the turns, closed loop, from this process on the client cores. An idle daemon waits in
+    its event loop, so only the daemon whose turn it is runs."""
     o = plan.opts
     window = (schedule.start, schedule.stop) if schedule.spec.active else (0, 0)
     spans = turns(wl.count, o.interleave, window)
-    budget, progress = o.duration_s * len(runs), plan.progress("turns")
     with contextlib.ExitStack() as stack:
-        clients: list[Any] = []
+        clients = []
         for r in runs:
             d = Daemon(serve_argv(o.bundle, o.table, r.served_as, o.profile, o.miss, r.quantile, o.spin_us),
                        plan.log(r.name), o.start_timeout_s, cpus=plan.placement.server)
             stack.callback(d.stop)
             url = _start_warm(plan, r.name, d, warm)
-            client = ClosedLoopClient if wl.closed else OpenLoopClient
-            clients.append(stack.enter_context(client(url, plan.images, plan.labels, wl, token=plan.token,
-                                                      binary=True)))
+            clients.append(stack.enter_context(ClosedLoopClient(url, plan.images, plan.labels, wl, token=plan.token,
+                                                                binary=True)))
         schedule.reset()
         try:
-            if wl.closed:
-                records, own, cut = take_turns(spans, len(runs), lambda m, i, t0: clients[m].send(i, t0), budget,
-                                               on_request=schedule, progress=progress, count=wl.count)
-            else:
-                records, own, cut = take_span_turns(
-                    spans, len(runs), lambda m, a, z, t0: clients[m].serve(a, z, t0, on_request=schedule)[0],
-                    budget, progress=progress, count=wl.count)
+            records, own, cut = take_turns(spans, len(runs), lambda m, i, t0: clients[m].send(i, t0),
+                                           o.duration_s * len(runs), on_request=schedule,
+                                           progress=plan.progress("turns"), count=wl.count)
         finally:
             schedule.halt()
     return {r.name: (recs, wall, cut) for r, recs, wall in zip(runs, records, own)}
@@ -935,9 +930,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(edgekit serve --spin-us), the probe's too (default 0: off)")
     p.add_argument("--interleave", type=int, default=INTERLEAVE,
                    help=f"the policies take turns of N requests each (default {INTERLEAVE}), so that all of them "
-                        "meet the host's fast and slow phases alike, each on its own clock (under open-loop "
-                        "arrivals its backlog carries over); the daemon transport then runs one daemon per policy, "
-                        "all up at once; 0: one policy after another, as the daemon under --contention quota runs")
+                        "meet the host's fast and slow phases alike: in process always (under open-loop arrivals "
+                        "each policy's clock stops between its turns, so its backlog carries over), through the "
+                        "daemon in closed loop (one daemon per policy, all up at once); 0: one policy after "
+                        "another, as the daemon transport runs open-loop arrivals and --contention quota")
     p.add_argument("--out", default="evaluation", help="output folder for results.json, report.md and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the report")
 

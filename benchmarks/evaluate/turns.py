@@ -3,11 +3,13 @@
 This project's VM runs in phases (``python -m benchmarks.perf.host_phases``): the same work took 2x as long in
 some seconds as in others. Served one after another, a policy's figure said which phase it fell in. Taking turns
 of ``--interleave`` requests (requests [0, 100) with every policy, then [100, 200) starting with the next one, and
-so on) gives every policy the same mix of phases. Each policy's clock stops between its turns, so under open-loop
-arrivals a backlog carries over. Both transports use it: in process (``benchmarks.evaluate.inproc``) and through
-one daemon per policy, all up at once (``benchmarks.evaluate.command``; under open-loop arrivals a turn ends when
-its daemon has answered the turn's requests, so the daemon's queue drains at each turn's end: what the next turn's
-first requests, sent at once when their arrival has passed on the policy's clock, find instead of the queue).
+so on) gives every policy the same mix of phases. Both transports use it: in process (``benchmarks.evaluate.inproc``,
+closed loop and open loop: each policy's clock stops between its turns, so a backlog carries over) and, in closed
+loop only, through one daemon per policy, all up at once (``benchmarks.evaluate.command``). Open loop through the
+daemon was tried (2026-12-07, docs/policy-comparison.md) and dropped: a turn has to end when its daemon has answered
+its requests, and a daemon that idled through the other policies' turns answered its next turn's first requests
+after a 0.3 ms wake-up, so they missed (0-16 % on time against 51-60 % for the rest), with no narrower spread to
+show for it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ INTERLEAVE = 100  # requests per turn when the policies of a closed-loop compari
 
 # send(policy index, request index, t0) -> its record: t0 is the policy's own clock origin (perf_counter seconds)
 Send = Callable[[int, int, float], RequestRecord]
-# serve_span(policy index, start, stop, t0) -> the records of requests [start, stop), all answered
-ServeSpan = Callable[[int, int, int, float], list[RequestRecord]]
 
 
 def turns(count: int, block: int, window: tuple[int, int] = (0, 0)) -> list[tuple[int, int]]:
@@ -37,15 +37,14 @@ def turns(count: int, block: int, window: tuple[int, int] = (0, 0)) -> list[tupl
     return list(zip(e[:-1], e[1:]))
 
 
-def take_span_turns(spans: Sequence[tuple[int, int]], policies: int, serve_span: ServeSpan, budget_s: float,
-                    progress: Callable[[int, int], None] | None = None, count: int = 0
-                    ) -> tuple[list[list[RequestRecord]], list[float], bool]:
+def take_turns(spans: Sequence[tuple[int, int]], policies: int, send: Send, budget_s: float,
+               on_request: Callable[[int], None] | None = None,
+               progress: Callable[[int, int], None] | None = None, count: int = 0
+               ) -> tuple[list[list[RequestRecord]], list[float], bool]:
     """Serve every span with every policy, turn k starting with policy k mod ``policies``: (each policy's records,
     each policy's own wall time, whether ``budget_s`` cut the turns). Each policy keeps its own clock: its records'
-    arrival offsets and its wall time count only its own turns, and a turn starts where the policy's last one
-    ended on that clock (under open-loop arrivals a policy that ended behind its arrivals starts the next turn as
-    far behind). ``serve_span(m, start, stop, t0)`` serves requests [start, stop) with policy ``m`` on the clock
-    that started at ``t0`` and returns their records once all are answered."""
+    arrival offsets and its wall time count only its own turns. ``on_request(i)`` runs before each request is sent
+    and before its clock starts (the contention schedule: starting a hog takes milliseconds)."""
     records: list[list[RequestRecord]] = [[] for _ in range(policies)]
     own = [0.0] * policies
     end = time.perf_counter() + budget_s
@@ -54,28 +53,13 @@ def take_span_turns(spans: Sequence[tuple[int, int]], policies: int, serve_span:
             return records, own, True
         for j in range(policies):
             m = (k + j) % policies
+            recs = records[m]
             t0 = time.perf_counter() - own[m]
-            records[m].extend(serve_span(m, s, e, t0))
+            for i in range(s, e):
+                if on_request is not None:
+                    on_request(i)
+                recs.append(send(m, i, t0))
             own[m] = time.perf_counter() - t0
         if progress is not None:
             progress(e, count)
     return records, own, False
-
-
-def take_turns(spans: Sequence[tuple[int, int]], policies: int, send: Send, budget_s: float,
-               on_request: Callable[[int], None] | None = None,
-               progress: Callable[[int, int], None] | None = None, count: int = 0
-               ) -> tuple[list[list[RequestRecord]], list[float], bool]:
-    """``take_span_turns`` one request at a time: each turn sends its requests in order, ``send(m, i, t0)`` returning
-    each one's record. ``on_request(i)`` runs before each request is sent and before its clock starts (the
-    contention schedule: starting a hog takes milliseconds)."""
-
-    def serve_span(m: int, start: int, stop: int, t0: float) -> list[RequestRecord]:
-        out = []
-        for i in range(start, stop):
-            if on_request is not None:
-                on_request(i)
-            out.append(send(m, i, t0))
-        return out
-
-    return take_span_turns(spans, policies, serve_span, budget_s, progress, count)
