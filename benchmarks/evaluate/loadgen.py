@@ -369,8 +369,8 @@ class OpenLoopClient:
     ``workload`` at their scheduled arrivals (``t0`` + arrival, perf_counter seconds; at once when already past),
     waits for every answer and returns their records, latencies counted from the scheduled arrival (as LoadGen's
     Server scenario does), so a late client or a full daemon queue shows up in the latency, not hidden.
-    ``run_load``'s open loop (one span, the whole workload), and one daemon's side when the policies take turns
-    under open-loop arrivals (``benchmarks.evaluate.turns``: one span per turn, each policy on its own clock)."""
+    ``run_load``'s open loop serves one span, the whole workload; a trial of open-loop turns through the daemon
+    served one span per turn (``benchmarks.evaluate.turns`` says why it was dropped)."""
 
     def __init__(self, url: str, images: np.ndarray, labels: np.ndarray, workload: Workload, *,
                  model: str = "edgekit", token: str | None = None, allow_remote: bool = False, timeout_s: float = 30.0,
