@@ -16,12 +16,12 @@ mobile: setup
 pruning: setup
 	.venv/bin/edgekit demo --family pruning --out pruning
 
+# pytest: one worker per core (at most 4: each holds TensorFlow), each test file on one worker, so a module's
+# fixtures are built once. On 2 cores this takes the suite from about 10 to about 6 minutes.
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 	.venv/bin/lint-imports --no-cache  # the contracts in pyproject.toml's [tool.importlinter]
-	# One worker per core (at most 4: each holds TensorFlow), each test file on one worker, so a module's fixtures
-	# are built once. On 2 cores this takes the suite from about 10 to about 6 minutes.
 	.venv/bin/python -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile
 
 # What a board installs: the runtime extra only, no TensorFlow.
