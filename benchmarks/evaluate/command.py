@@ -47,6 +47,7 @@ from benchmarks.evaluate.oracle import (
     ORACLE_METHOD,
     OraclePass,
     best_static,
+    floors_behind_queue,
     oracle_pass,
     oracle_records,
     static_miss_rates,
@@ -69,6 +70,7 @@ from benchmarks.evaluate.results import (
     Overload,
     PolicyResult,
     Probes,
+    ServerCheck,
     ServingProbe,
     Slowdown,
     clock_name,
@@ -676,6 +678,30 @@ def own_floors(run: PolicyResult, drawn: tuple[np.ndarray, np.ndarray],
     return e2e, daemon, n
 
 
+def own_floors_behind_queue(wl: Workload, run: PolicyResult, drawn: tuple[np.ndarray, np.ndarray],
+                            received: np.ndarray, busy_ms: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Open loop through the daemon: each request's own floor as ``run`` measured it, less its wait behind the
+    requests before it, that wait computed by the oracle's own server model (``floors_behind_queue``: the requests
+    reaching the server at ``received``, each holding it ``max(floor, busy_ms)`` besides its inference); on the end
+    to end clock also less the time from its scheduled arrival to its send. So the oracle's simulated server, making
+    ``run``'s choices, gives back ``run``'s times; it meets the daemon's floor as it was under this load, not the
+    idle probe's. ``drawn`` (from the probe) for the requests ``run`` did not answer. Returns the two arrays (end to
+    end, the daemon's clock) and how many requests had their own."""
+    n = len(drawn[0])
+    total, inference, e2e = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    for r in run.records:
+        if r.status != 200 or r.inference_ms is None or r.total_ms is None or not 0 <= r.index < n:
+            continue
+        total[r.index], inference[r.index], e2e[r.index] = r.total_ms, r.inference_ms, r.e2e_ms
+    floors, waits = floors_behind_queue(received, total, inference, busy_ms)
+    own = np.isfinite(floors)
+    assert wl.arrivals_s is not None
+    late = np.maximum(0.0, np.asarray(received, dtype=np.float64) - np.asarray(wl.arrivals_s)) * 1000.0
+    daemon = np.where(own, floors, drawn[1])
+    e2e_floor = np.where(own, np.maximum(0.0, np.nan_to_num(e2e) - late - waits - np.nan_to_num(inference)), drawn[0])
+    return e2e_floor, daemon, int(own.sum())
+
+
 def received_times(wl: Workload, run: PolicyResult) -> tuple[np.ndarray, int]:
     """When each request of ``run`` reached the daemon (its client's send time, s on the workload's clock), the
     scheduled arrival for a request it did not send; and how many it sent."""
@@ -690,19 +716,25 @@ def received_times(wl: Workload, run: PolicyResult) -> tuple[np.ndarray, int]:
 
 
 def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult], drawn: tuple[np.ndarray, np.ndarray],
-                  transport: str = "daemon") -> tuple[tuple[np.ndarray, np.ndarray], str, np.ndarray | None]:
+                  transport: str = "daemon", busy_ms: float | None = None,
+                  ) -> tuple[tuple[np.ndarray, np.ndarray], str, np.ndarray | None]:
     """The floors the oracle is charged, where they came from, and (open loop through the daemon) when its
-    requests reach its server: in closed loop, and in process under open-loop arrivals too, each request's own
-    floor from adaptive's run (the same requests under the same noise of the serving path: in process the call's
-    own work is measured apart from the wait before it), else one drawn from the probe; open loop through the
-    daemon, where a request's floor cannot be told from its wait in the daemon's queue, one drawn from the probe,
+    requests reach its server: each request's own floor from adaptive's run (the same requests under the same
+    noise of the serving path), else one drawn from the probe. In closed loop that is the request's time besides
+    its inference; in process under open-loop arrivals, less the wait before the application thread called it
+    (measured); open loop through the daemon, less its wait behind the requests before it in the daemon, which
+    the daemon does not measure apart, so it is computed by the oracle's own server model
+    (``own_floors_behind_queue``, each request holding the server ``max(floor, busy_ms)`` besides its inference),
     and the requests arrive as they reached adaptive's daemon (its client's send times: late and bunched where
     the client fell behind, as every policy's daemon sees them), since the daemon's clock starts then.
 
     Drawn floors are unbiased but, in open loop, fragile: one host stall among the probe's 300 requests is drawn
     about ten times into 3,000, and each holds the oracle's simulated server as long (on one in-process run of
     2026-12-07 the oracle read 285 goodput/s, adaptive 3,522/s); adaptive's run meets the stalls the host actually
-    had."""
+    had. Through the daemon they were also too low: the idle probe's floor (0.127 ms at the median, on 2026-12-07)
+    is not the floor under open-loop load (0.148 ms in adaptive's run, its waits taken out), so the oracle's server
+    serving V0 alone, on V0's own send times, missed 14 % of the deadlines where the daemon serving V0 missed 27 %
+    (docs/policy-comparison.md)."""
     run = policies.get(OWN_FLOORS_FROM)
     if run is not None and (wl.closed or transport == "inproc"):
         e2e, daemon, n = own_floors(run, drawn, waited=not wl.closed)
@@ -713,8 +745,12 @@ def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult], drawn: tup
     if not wl.closed and run is not None and transport == "daemon":
         received, n = received_times(wl, run)
         if n:
-            return drawn, (f"{source}; the requests reach its server when they reached {OWN_FLOORS_FROM}'s daemon "
-                           f"({n} of {wl.count}; the rest at their scheduled arrival)"), received
+            e2e, daemon, own = own_floors_behind_queue(wl, run, drawn, received, busy_ms or 0.0)
+            return (e2e, daemon), (f"{OWN_FLOORS_FROM} run: each request's own measured floor less its wait behind "
+                                   f"the requests before it in the oracle's server model ({own} of {wl.count}; the "
+                                   f"rest drawn from the probe); the requests reach its server when they reached "
+                                   f"{OWN_FLOORS_FROM}'s daemon ({n} of {wl.count}; the rest at their scheduled "
+                                   "arrival)"), received
     return drawn, source, None
 
 
@@ -750,6 +786,21 @@ def oracle_policy(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.nda
         greedy=greedy,
     )
     return run, oracle
+
+
+def server_check(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.ndarray, np.ndarray],
+                 busy_ms: float | None, received: np.ndarray | None, best: BestStatic | None,
+                 policies: Mapping[str, PolicyResult]) -> ServerCheck | None:
+    """The best static CNN served alone by the oracle's server model (the floors it is charged, its arrivals, its
+    hold), beside that CNN's real run, both on the serving clock: how near the oracle's server is to the real one
+    (None without a best-static run)."""
+    run = policies.get("best-static")
+    measured = None if run is None else run.summary.get("server_miss_rate")
+    if best is None or measured is None:
+        return None
+    j = [r.variant for r in plan.rows].index(best.variant)
+    simulated = static_miss_rates(op, wl, floors[1], busy_ms or 0.0, received)[j]
+    return ServerCheck(best.label, round(float(simulated), 4), float(measured))
 
 
 def median_slowdown(policies: Mapping[str, PolicyResult]) -> float | None:
@@ -814,8 +865,11 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                     # A partial file beside the final one, so an interrupted run leaves its finished policies.
                     atomic_write_json(opts.out / "results.partial.json", ev.to_json())
             if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
-                charged, source, received = oracle_floors(wl, ev.policies, floors, opts.transport)
+                charged, source, received = oracle_floors(wl, ev.policies, floors, opts.transport,
+                                                          probes.fastest.busy_ms)
                 run, oracle = oracle_policy(plan, wl, op, charged, source, probes.fastest.busy_ms, received)
+                oracle = dataclasses.replace(oracle, server_check=server_check(
+                    plan, wl, op, charged, probes.fastest.busy_ms, received, ev.best_static, ev.policies))
                 ev = dataclasses.replace(ev, policies={**ev.policies, "oracle": run}, oracle=oracle)
             # The asked policies in their order, the oracle among them, then the plane's runs.
             asked = [p for p in opts.policies if p in ev.policies]

@@ -47,9 +47,10 @@ ORACLE_METHOD = (
     "same request (its total and its end-to-end latency, minus its inference), so the oracle meets the same "
     "noise of the serving path on the same requests as the policy it bounds; in process under open-loop arrivals "
     "too, less the time the request waited before its call (its send time minus its scheduled arrival, a wait "
-    "the oracle simulates itself); open loop through the daemon (where a request's time before its inference "
-    "includes waiting in the daemon's queue, which cannot be told apart), "
-    "and for requests adaptive did not answer, a floor drawn at random from the probe's measured requests (the "
+    "the oracle simulates itself); open loop through the daemon too, less its wait behind the requests before it, "
+    "which the daemon does not measure apart: computed by this same server model from adaptive's own requests, so "
+    "that the oracle's server, making adaptive's choices, gives back adaptive's times. For requests adaptive did "
+    "not answer, a floor drawn at random from the probe's measured requests (the "
     "serving-clock floor and the end-to-end overhead of one request, kept together; inside a contention window, "
     "of a second probe's, measured under that contention). Charging the probe's median "
     "(as at first) made it miss less than any replay could; charging only floors drawn from the probe, a "
@@ -321,15 +322,44 @@ def oracle_records(
     return recs, wall, how
 
 
+def floors_behind_queue(received_s: np.ndarray, total_ms: np.ndarray, inference_ms: np.ndarray,
+                        busy_ms: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's own serving floor in a real open-loop run, with its wait behind the requests before it
+    taken out: the floor the oracle's simulated server (``oracle_records``) must charge so that, making the run's
+    own choices, it gives back the run's own times. Returns the floors and the waits (ms).
+
+    The requests in index order, each reaching the server at ``received_s`` (seconds), waiting until it is free,
+    then taking ``floor + inference`` on the server's clock and holding it ``max(floor, busy_ms) + inference``, as
+    the simulated server does; so a request's floor is its measured ``total_ms`` less its inference and its wait.
+    A request with a NaN total (not answered in the run) neither holds the server nor gets a floor (NaN)."""
+    n = len(total_ms)
+    floors = np.full(n, np.nan)
+    waits = np.zeros(n)
+    free_at = -np.inf
+    for i in range(n):
+        total, inf = float(total_ms[i]), float(inference_ms[i])
+        if not (np.isfinite(total) and np.isfinite(inf)):
+            continue
+        reached = float(received_s[i])
+        wait = max(0.0, free_at - reached) * 1000.0
+        floor = max(0.0, total - inf - wait)
+        floors[i], waits[i] = floor, wait
+        free_at = reached + (wait + max(floor, busy_ms) + inf) / 1000.0
+    return floors, waits
+
+
 def static_miss_rates(op: OraclePass, workload: Workload, overhead_ms: float | np.ndarray,
-                      busy_ms: float = 0.0) -> np.ndarray:
+                      busy_ms: float = 0.0, received_s: np.ndarray | None = None) -> np.ndarray:
     """Each variant's miss rate had it served every request alone (the oracle pass's measured times,
     the serving overhead added, a single-server queue simulated for Poisson arrivals, each request keeping
-    the server busy for ``max(overhead, busy_ms)`` besides its inference)."""
+    the server busy for ``max(overhead, busy_ms)`` besides its inference, and reaching it at ``received_s``
+    where given, as in ``oracle_records``)."""
     n, k = op.latency_ms.shape
     over = per_request(overhead_ms, n)
     miss = np.zeros(k)
     arrivals = workload.arrivals_s
+    if arrivals is not None and received_s is not None:
+        arrivals = np.asarray(received_s, dtype=np.float64)
     for j in range(k):
         lat = op.latency_ms[:, j]
         if arrivals is None:

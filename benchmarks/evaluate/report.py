@@ -134,6 +134,8 @@ def context_lines(ev: Evaluation) -> str:
         lines.append(f"best static CNN: {bs.label} ({bs.variant})")
     if ev.oracle is not None and ev.oracle.choice:
         lines.append(f"oracle: {oracle_choice(ev.oracle)}")
+    if ev.oracle is not None and ev.oracle.server_check is not None:
+        lines.append(f"oracle's server: {server_check_line(ev.oracle.server_check, ev.clock)}")
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
@@ -145,6 +147,12 @@ def oracle_choice(o) -> str:
         return o.choice + busy
     return (f"{o.choice}{busy}; request by request it would read {pct(o.greedy.get('on_time_accuracy'))} on time, "
             f"{rate(o.greedy.get('goodput_rps'))}/s")
+
+
+def server_check_line(c, clock: str) -> str:
+    """The best static CNN on the oracle's server model beside its real run."""
+    return (f"{c.label} served alone by it misses {pct(c.simulated_miss)} on the {clock} clock; "
+            f"{c.label}'s own run missed {pct(c.measured_miss)}")
 
 
 def render_text(ev: Evaluation) -> str:
@@ -394,6 +402,8 @@ def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
                   f"(medians; from the {o.overhead_source or 'no run'}).", ""]
         if o.choice:
             lines += [f"Choice: {oracle_choice(o)}.", ""]
+        if o.server_check is not None:
+            lines += [f"Its server model checked: {server_check_line(o.server_check, ev.clock)}.", ""]
     if ev.truncated:
         lines += [f"Stopped early by the duration limit: {', '.join(ev.truncated)}.", ""]
     return "\n".join(lines)

@@ -18,10 +18,11 @@ from benchmarks.evaluate.workload import Workload
 from edge.tables.table import LatencyRow
 
 KIND = "policy-comparison"
-VERSION = 5  # 3: the headline (on-time accuracy), answer accuracy, the accuracy-miss plane, each run's quantile;
+VERSION = 6  # 3: the headline (on-time accuracy), answer accuracy, the accuracy-miss plane, each run's quantile;
 # 4: open loop through the daemon, the oracle's server held for the daemon's measured work per request and fed
 # the requests as adaptive's daemon received them (so --repeat does not reuse a run of the looser oracle);
-# 5: in process under open-loop arrivals, the oracle is charged each request's own floor from adaptive's run
+# 5: in process under open-loop arrivals, the oracle is charged each request's own floor from adaptive's run;
+# 6: open loop through the daemon too (its wait behind the requests before it taken out by the server model)
 HEADLINE = "on_time_accuracy"
 HEADLINE_NOTE = ("on-time accuracy: the share of all requests answered correctly and within their deadline (on the "
                  "daemon's clock); a late, rejected or failed request counts against it. Goodput, the same answers "
@@ -207,6 +208,19 @@ class BestStatic:
                 "predicted_miss_rates": dict(self.predicted_miss_rates)}
 
 
+@dataclass(frozen=True)
+class ServerCheck:
+    """The oracle's simulated server checked against a real one: the best static CNN served alone by the oracle's
+    server model (its floors, its arrivals, its hold) beside the same CNN's real run, both on the serving clock."""
+
+    label: str  # the best static CNN's short label
+    simulated_miss: float  # its miss rate on the oracle's server
+    measured_miss: float  # its miss rate in its own run
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "simulated_miss": self.simulated_miss, "measured_miss": self.measured_miss}
+
+
 @dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
 class OracleResult:
     """The oracle's inputs: every variant's measured time and answer on every request, and the overhead added."""
@@ -225,6 +239,7 @@ class OracleResult:
     greedy: Mapping[str, float] | None = None
     # Open loop: the least time a request kept the simulated server busy besides its inference (the probe's busy_ms)
     busy_ms: float | None = None
+    server_check: ServerCheck | None = None  # its server model serving the best static CNN alone, against its run
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -240,6 +255,7 @@ class OracleResult:
             "choice": self.choice,
             "greedy": None if self.greedy is None else dict(self.greedy),
             "busy_ms": self.busy_ms,
+            "server_check": None if self.server_check is None else self.server_check.to_json(),
         }
 
 

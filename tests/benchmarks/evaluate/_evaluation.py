@@ -18,6 +18,7 @@ from benchmarks.evaluate.results import (
     Overload,
     PolicyResult,
     Probes,
+    ServerCheck,
     ServingProbe,
     Slowdown,
 )
@@ -92,7 +93,8 @@ def evaluation(complete: bool = True, truncated: bool = False) -> Evaluation:
         best_static=BestStatic(ROWS[1].variant, "V1", 0.02, {"V0": 0.0, "V1": 0.015, "V2": 0.4}),
         oracle=OracleResult("the oracle's method", 0.61, 0.25, "probe", 1.234, tuple(r.variant for r in ROWS),
                             lat, preds, {r.variant: 0.5 for r in ROWS}, "the whole queue planned (exact)",
-                            {"on_time_accuracy": 0.6, "goodput_rps": 250.0}) if complete else None,
+                            {"on_time_accuracy": 0.6, "goodput_rps": 250.0},
+                            server_check=ServerCheck("V0", 0.25, 0.2)) if complete else None,
         achieved_slowdown=1.5 if complete else None,
         complete=complete,
     )

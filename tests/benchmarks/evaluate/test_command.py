@@ -140,6 +140,12 @@ def test_evaluate_end_to_end(evb, tmp_path):
     assert o["overhead_source"].startswith("adaptive run: each request's own measured floor (30 of 30")
     assert o["overhead_ms"] > 0
     assert np.asarray(o["latency_ms"]).shape == (30, 3)
+    # Its server model checked: the best static CNN served alone on it, beside that CNN's own run.
+    check = o["server_check"]
+    assert check["label"] == res["best_static"]["label"]
+    assert check["measured_miss"] == res["policies"]["best-static"]["summary"]["server_miss_rate"]
+    assert 0 <= check["simulated_miss"] <= 1
+    assert f"oracle's server: {check['label']} served alone by it misses" in text
     assert not (out / "results.partial.json").exists()
     assert "variants used" in (out / "table.txt").read_text()
     for f in ("report.md", "plane.png", "policies.png", "timeline.png", "daemon-adaptive.log"):
@@ -362,7 +368,8 @@ def test_the_oracle_is_charged_each_requests_own_floor_in_closed_loop():
 def test_in_process_open_loop_the_oracle_is_charged_each_requests_own_call_without_its_wait():
     """Open loop in process, each request's own floor is its classify call's work besides the inference: the wait
     before the application thread called it (send time minus scheduled arrival) is left out, as the oracle's server
-    simulates its own waits. Through the daemon the floors stay drawn from the probe."""
+    simulates its own waits. Through the daemon a request's total counts from when the daemon received it (its
+    send), so the same records charge their whole time there (nothing queued on the server model's clock)."""
     from benchmarks.evaluate.results import PolicyResult
     from benchmarks.evaluate.workload import make_workload
 
@@ -377,8 +384,9 @@ def test_in_process_open_loop_the_oracle_is_charged_each_requests_own_call_witho
     (e2e, daemon), source, received = ev.oracle_floors(wl, runs, drawn, "inproc")
     assert received is None and "each request's own measured floor (3 of 3" in source
     assert e2e.tolist() == pytest.approx([0.05] * 3) and daemon.tolist() == pytest.approx([0.05] * 3)
-    floors, source, _ = ev.oracle_floors(wl, runs, drawn, "daemon")
-    assert floors is drawn and source.startswith("probe")
+    (e2e, daemon), source, _ = ev.oracle_floors(wl, runs, drawn, "daemon")
+    assert "less its wait behind the requests before it" in source and "(3 of 3" in source
+    assert daemon.tolist() == pytest.approx([0.05, 2.05, 4.05]) and e2e.tolist() == pytest.approx([0.05] * 3)
 
 
 
@@ -395,8 +403,9 @@ def test_open_loop_through_the_daemon_the_oracles_requests_arrive_as_adaptives_d
             for i in (0, 1, 3)]
     runs = {"adaptive": PolicyResult(summary={}, records=tuple(recs), truncated=False, contention_s=())}
     drawn = (np.full(4, 0.4), np.full(4, 0.2))
-    floors, source, received = ev.oracle_floors(wl, runs, drawn, "daemon")
-    assert floors is drawn and "reached adaptive's daemon (3 of 4" in source
+    (e2e, daemon), source, received = ev.oracle_floors(wl, runs, drawn, "daemon")
+    assert "reached adaptive's daemon (3 of 4" in source
     assert received.tolist() == pytest.approx([sched[0], sched[1] + 0.001, sched[2], sched[3] + 0.003])
+    assert daemon[2] == 0.2 and e2e[2] == 0.4  # not answered: drawn from the probe
     assert ev.oracle_floors(wl, runs, drawn, "inproc")[2] is None  # in process: its own floors, no send times
     assert ev.oracle_floors(wl, {}, drawn, "daemon")[2] is None

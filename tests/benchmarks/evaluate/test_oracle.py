@@ -220,3 +220,45 @@ def test_oracle_daemon_clock_view(evb):
     assert recs[0].variant == rows[2].variant and recs[0].server_deadline_met
     assert recs[0].total_ms == pytest.approx(3.1)
     assert recs[0].e2e_ms == pytest.approx(4.0) and not recs[0].deadline_met
+
+
+def test_floors_behind_queue_take_each_requests_wait_out_by_the_servers_own_model():
+    """Three answered requests and one not answered: the second reached the server 0.1 ms after the first, which
+    held it 0.35 ms (its 0.2 ms floor is under the 0.3 ms hold, plus 0.05 ms of inference), so it waited 0.25 ms and
+    its floor is its 0.6 ms total less that and its inference; the one not answered holds nothing; the last found
+    the server idle."""
+    received = np.asarray([0.0, 0.0001, 0.0002, 0.001])
+    total = np.asarray([0.25, 0.6, np.nan, 0.2])
+    inference = np.asarray([0.05, 0.05, np.nan, 0.1])
+    floors, waits = oracle.floors_behind_queue(received, total, inference, busy_ms=0.3)
+    assert waits.tolist() == pytest.approx([0.0, 0.25, 0.0, 0.0])
+    assert floors[[0, 1, 3]].tolist() == pytest.approx([0.2, 0.3, 0.1]) and np.isnan(floors[2])
+    # A wait the model puts above the measured total leaves a floor of zero, never a negative one.
+    floors, _ = oracle.floors_behind_queue(np.zeros(2), np.asarray([0.5, 0.1]), np.asarray([0.1, 0.05]), 0.0)
+    assert floors.tolist() == pytest.approx([0.4, 0.0])
+
+
+def test_the_oracles_server_on_floors_behind_queue_gives_back_the_runs_own_times(evb):
+    """Served with one variant, on the floors taken from a run of that variant under Poisson arrivals (its waits
+    taken out by the same model), the oracle's simulated server gives back the run's own totals, waits and misses:
+    its server is the run's server, not the idle probe's."""
+    rows = _rows(evb)[:1]
+    rng = np.random.default_rng(3)
+    n = 200
+    inference = rng.uniform(0.01, 0.05, n)
+    op = OraclePass([rows[0].variant], inference[:, None], np.zeros((n, 1), np.int64), [], 0)
+    arrivals = np.cumsum(rng.exponential(0.0002, n))
+    wl = _poisson(n, rng.uniform(0.1, 0.6, n).tolist(), arrivals.tolist())
+    # The "run": a FIFO server whose floors vary (0.05-0.3 ms) and that holds each request at least 0.15 ms.
+    true_floor = rng.uniform(0.05, 0.3, n)
+    total, free = np.empty(n), 0.0
+    for i in range(n):
+        wait = max(0.0, free - arrivals[i]) * 1000.0
+        total[i] = wait + true_floor[i] + inference[i]
+        free = arrivals[i] + (wait + max(true_floor[i], 0.15) + inference[i]) / 1000.0
+    floors, waits = oracle.floors_behind_queue(arrivals, total, inference, busy_ms=0.15)
+    assert floors.tolist() == pytest.approx(true_floor.tolist()) and waits.max() > 0.1  # some did queue
+    recs, _, _ = oracle.oracle_records(op, rows, wl, np.zeros(10, np.int64), overhead_ms=floors, busy_ms=0.15)
+    assert [r.total_ms for r in recs] == pytest.approx(total.tolist())
+    met = total <= np.asarray(wl.deadlines_ms)
+    assert oracle.static_miss_rates(op, wl, floors, busy_ms=0.15)[0] == pytest.approx(1.0 - met.mean())
