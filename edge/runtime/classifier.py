@@ -251,10 +251,11 @@ class AdaptiveClassifier:
                 time.sleep(res.hold_ms / 1000.0)
             if res.outcome == "ok":
                 ran = res.total_ms
+                warm = s.rewarm(req)  # after a longer variant, the fastest once (counted: the answer waits for it)
                 res.total_ms = (time.perf_counter() - req.arrival) * 1000.0
                 res.deadline_met = res.total_ms <= req.deadline_ms
                 if res.hold_ms <= 0:  # what classify adds after the run: the selector leaves room for it
-                    s.record_overhead(res.total_ms - ran)
+                    s.record_overhead(res.total_ms - ran - warm)
         finally:
             s.release(req)
         return res
@@ -275,6 +276,11 @@ class AdaptiveClassifier:
     def run(self, req: InferenceRequest) -> InferenceResult:
         """Serve ``req`` on the slot it holds (select, infer, correct the slowdown); ``release`` it after."""
         return self._named(self._scheduler.run(req))
+
+    def rewarm(self, req: InferenceRequest) -> float:
+        """Once ``req``'s answer is out and before its slot is released: after a longer variant, run the fastest one
+        once so that it is not cold for a tight request next (``Scheduler.rewarm``); returns the ms it took."""
+        return self._scheduler.rewarm(req, answered=True)
 
     def release(self, req: InferenceRequest) -> None:
         """Give ``req``'s slot back; ``on_slot_free``'s callback hears of it when requests wait."""

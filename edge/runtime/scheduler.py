@@ -42,7 +42,7 @@ from edge.artifacts.manifest import TensorSpec
 from edge.artifacts.tensors import dequantize_output, fit_size, pixel_values, prepare_input
 from edge.backends.base import LoadedModel
 from edge.core.errors import UsageError
-from edge.runtime.load import ArrivalLoad
+from edge.runtime.load import MIN_ARRIVALS, ArrivalLoad
 from edge.runtime.selector import HOT, REST, Selector, idle_level, recent_quantile
 
 OVERHEAD_ALPHA = 0.1  # EWMA weight of the measured serving overhead
@@ -232,7 +232,8 @@ class Scheduler:
         self.inject_delay_ms = float(inject_delay_ms)
         # Per model instance: its input's preparer and its output's reader, made once (one lookup a request).
         self._io: dict[int, tuple[InputPreparer, OutputReader]] = {}
-        self._last_end = [0.0] * self.workers  # perf_counter when each slot's last inference ended
+        self._last_end = [0.0] * self.workers  # perf_counter when each slot's last inference (or re-warm) ended
+        self._infer_end = [0.0] * self.workers  # ... its last inference for a request, re-warms left out
         self._awake = 0.0  # perf_counter until which the caller kept the core awake after it (busy polling)
         self.load = ArrivalLoad()  # the arrivals while busy and the recent deadlines (adaptive prices them)
         self._last_variant = [-1] * self.workers  # per slot: the selector index it ran last (-1: none yet)
@@ -312,7 +313,7 @@ class Scheduler:
         # It arrived while busy: others wait or run, or it arrived before the last inference ended (a transport
         # that reads it only after an inline inference stamps it earlier: the daemon's kernel receive stamp).
         self.load.arrived(req.deadline_ms, bool(self._heap) or len(self._free) < self.workers
-                          or req.arrival < max(self._last_end))
+                          or req.arrival < max(self._infer_end))
         if sel.reject_on_miss:
             now = time.perf_counter()
             # It would run after the slots' idle time if it found every slot free (the least it can pay).
@@ -452,6 +453,56 @@ class Scheduler:
         if n % OWN_EVERY == 0:
             self.own_q_ms = recent_quantile(self._own, quantile)
 
+    def _io_for(self, model: LoadedModel) -> tuple[InputPreparer, OutputReader]:
+        """The model instance's input preparer and output reader, made once."""
+        io = self._io.get(id(model))
+        if io is None or io[0].spec is not model.input_spec or io[1].spec is not model.output_spec:
+            io = self._io[id(model)] = (InputPreparer(model.input_spec), OutputReader(model.output_spec))
+        return io
+
+    def rewarm(self, req: InferenceRequest, answered: bool = False) -> float:
+        """After ``req`` ran a longer variant on its slot, which it still holds, run the fastest variant once on the
+        same image (prepare, invoke, read; the result is dropped), so that the next request, if only the fastest fits
+        it, does not find it cold; returns the ms it took (0 when it did not run).
+
+        Why: the table times each variant back to back. After a longer one has filled the caches, the fastest one's
+        whole call runs cold, and it is the one the tightest deadlines get: on the demo's front in process, 14.9 % of
+        the requests served by it right after another variant missed, against 6.9 % after itself (docs/policy-
+        comparison.md, "Re-warming the fastest variant"). Run here, that cost falls on a request that had room.
+
+        Only for a policy that re-warms (adaptive, adaptive-greedy), when ``req`` was served by another variant than
+        the fastest, nobody waits and no request is likely to arrive meanwhile (``ArrivalLoad``: under open-loop load
+        they would pay for it, and a daemon's next requests may be in its sockets already), and either ``answered``
+        (the daemon: its answer is written already) or ``req`` has room left for it (in process: the caller gets its
+        answer after it). Under a task that takes the core in bursts (``evaluate --contention rt``) it does not pay:
+        the task evicts the caches between requests anyway (docs/policy-comparison.md)."""
+        res, state = req.result, self.state
+        sel = state.selector
+        if (not sel.rewarms or res is None or res.outcome != "ok" or req.slot < 0 or self._heap
+                or res.variant == sel.variants[0] or self._last_variant[req.slot] == 0):
+            return 0.0
+        cost = sel.predict(0) * sel.switch[0] + self.own_q_ms  # a cold run of the fastest and the own work around it
+        if self.load.rate * cost >= MIN_ARRIVALS:  # open-loop load: requests likely to arrive meanwhile would wait
+            return 0.0
+        t = time.perf_counter()
+        if not answered and (req.abs_deadline - t) * 1000.0 - self.overhead_ms < 2.0 * cost:  # room for twice that
+            return 0.0
+        model = state.models[req.slot].get(sel.variants[0])
+        if model is None:
+            return 0.0
+        prep, read = self._io_for(model)
+        try:
+            model.set_input(prep(req.image))
+            model.invoke_prepared()
+            read(model.output())
+        except Exception:  # a failing model fails its own requests, with their reason; this one has its answer
+            return 0.0
+        self._last_variant[req.slot] = 0
+        # The slot's next run follows this one (its idle level), but a request that arrived meanwhile did not arrive
+        # during an inference: a closed-loop client's next request, sent on the answer, is no open-loop load.
+        self._last_end[req.slot] = end = time.perf_counter()
+        return (end - t) * 1000.0
+
     def _run(self, req: InferenceRequest) -> InferenceResult:
         t_deq = time.perf_counter()
         state = self.state
@@ -470,10 +521,7 @@ class Scheduler:
                 d = sel.decision(j, idle, last)
         assert d.variant is not None  # a decision that does not reject names its variant
         model = state.models[req.slot][d.variant]
-        io = self._io.get(id(model))
-        if io is None or io[0].spec is not model.input_spec or io[1].spec is not model.output_spec:
-            io = self._io[id(model)] = (InputPreparer(model.input_spec), OutputReader(model.output_spec))
-        prep, read = io
+        prep, read = self._io_for(model)
         image = req.image
         # Time the invoke alone, the span the latency table measured, so that the
         # observed/expected ratio is ~1 on a healthy board even for microsecond models; a variant
@@ -486,7 +534,8 @@ class Scheduler:
         t1 = time.perf_counter()
         if resizes:
             t0 = t_set
-        self._last_end[req.slot] = t1 + self.inject_delay_ms / 1000.0  # an injected delay holds the slot busy
+        # An injected delay holds the slot busy.
+        self._last_end[req.slot] = self._infer_end[req.slot] = t1 + self.inject_delay_ms / 1000.0
         raw = model.output()
         inf_ms = (t1 - t0) * 1000.0 + self.inject_delay_ms
         factor = sel.observe(d.index, inf_ms, idle, switched=last != d.index)

@@ -13,6 +13,8 @@ Policies (``--policy``):
                       without time for the fastest variant; under open-loop load it also prices
                       the requests likely to arrive while a long variant runs (``edge.runtime.load``).
 - ``adaptive-greedy`` the same without pricing the arrivals (ablation of the load term).
+- ``adaptive-cold``   the same without re-warming the fastest variant after a longer one (ablation;
+                      ``edge.runtime.scheduler``, ``Scheduler.rewarm``).
 - ``quantile-table``  quantile latency, no online correction (ablation of the filter);
                       ``oracle-free`` is accepted as an alias.
 - ``mean-table``      the paper's baseline: mean latency, no correction.
@@ -70,8 +72,8 @@ from edge.tables.table import IDLE_FROM_MS, QUANTILES, REST_GAP_MS, LatencyRow
 
 QUANTILE_SHARE = {"mean": 0.50, "p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99, "max": 1.0}
 
-POLICIES = ("adaptive", "adaptive-greedy", "quantile-table", "mean-table", "fastest", "most-accurate",
-            "static:<variant>")
+POLICIES = ("adaptive", "adaptive-greedy", "adaptive-cold", "quantile-table", "mean-table", "fastest",
+            "most-accurate", "static:<variant>")
 POLICY_ALIASES = {"oracle-free": "quantile-table"}
 MISS_POLICIES = ("best-effort", "reject")
 SWITCH_ALPHA = 0.1  # EWMA weight of a switched-to run in its variant's switch scale
@@ -157,7 +159,7 @@ class Selector:
         kind = self.policy.kind
         self.base = tuple(float(r.mean_ms if kind == "mean-table" else r.latency(quantile)) for r in rows)
         # Baselines that trust the table do not correct; the filter still runs for metrics.
-        self.corrects = kind in ("adaptive", "adaptive-greedy")
+        self.corrects = kind in ("adaptive", "adaptive-greedy", "adaptive-cold")
         # Only adaptive predicts the cold start; the baselines keep the table as the paper does.
         self.base_rest = tuple(b * k for b, k in zip(self.base, self.rest_scale)) if self.corrects else self.base
         self.base_gap = tuple(b * k for b, k in zip(self.base, self.gap_scale)) if self.corrects else self.base
@@ -178,7 +180,10 @@ class Selector:
         # (edge.runtime.scheduler); the paper's policy and the other baselines look at one request alone.
         self.plans_queue = self.corrects
         # ... and, adaptive alone, the requests likely to arrive while a long variant runs (edge.runtime.load).
-        self.prices_load = kind == "adaptive"
+        self.prices_load = kind in ("adaptive", "adaptive-cold")
+        # ... and (not adaptive-cold) after a longer variant runs the fastest once, so that a tight request next
+        # does not find it cold (``Scheduler.rewarm``).
+        self.rewarms = kind in ("adaptive", "adaptive-greedy")
         self._fixed: int | None = None
         if kind == "fastest":
             self._fixed = 0

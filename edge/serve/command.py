@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000,
                    help="port (0: pick a free one; the 'listening on' line says which)")
     p.add_argument("--policy", default="adaptive",
-                   help="adaptive | adaptive-greedy (adaptive without pricing open-loop arrivals) | quantile-table "
+                   help="adaptive | adaptive-greedy (adaptive without pricing open-loop arrivals) | adaptive-cold "
+                        "(adaptive without re-warming the fastest variant after a longer one) | quantile-table "
                         "(alias oracle-free) | mean-table | most-accurate | fastest | static:<variant>")
     p.add_argument("--miss", default="best-effort", choices=MISS_POLICIES,
                    help="when no variant fits: run the fastest and flag the miss, or answer 408 at once")

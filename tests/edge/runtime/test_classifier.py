@@ -313,3 +313,23 @@ def test_variants_at_another_input_size_are_served_from_the_bundles_images(resol
             c.classify(np.zeros((size, size, 1), np.uint8), 10_000)
     finally:
         c.close(drain=False)
+
+
+@pytest.mark.parametrize("policy, rewarmed", [("adaptive", True), ("adaptive-cold", False)])
+def test_after_a_longer_variant_classify_rewarms_the_fastest_before_it_returns(fx, policy, rewarmed):
+    """A loose deadline gets the most accurate variant; before classify returns, adaptive runs the fastest once on
+    the same image (so a tight request next does not find it cold), adaptive-cold does not; the answer is the long
+    variant's either way, and its total counts the re-warm (the caller waited for it)."""
+    c = AdaptiveClassifier.open(str(fx.bundle), str(fx.selected_table), str(fx.profile),
+                                RuntimeOptions(policy=policy))
+    try:
+        img, host = canary(fx)
+        t0 = time.perf_counter()
+        r = c.classify(img, deadline_ms=10_000)
+        waited = (time.perf_counter() - t0) * 1000.0
+        assert r.variant == fx.variants[-1] and r.label == int(np.argmax(host[r.variant.split("@")[0]]))
+        last = c._scheduler._last_variant[0]
+        assert last == (0 if rewarmed else len(fx.variants) - 1)
+        assert r.inference_ms < r.total_ms <= waited
+    finally:
+        c.close(drain=False)

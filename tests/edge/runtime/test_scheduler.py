@@ -389,3 +389,75 @@ def test_adaptive_leaves_room_for_the_tail_of_its_own_work(policy, leaves):
     s._note_own(-1.0, "p95")  # a clock step backwards is no sample
     s._note_own(1e9, "p95")
     assert len(s._own) == OWN_N and s.own_q_ms == pytest.approx(5.0)
+
+
+def _ran_slow(s: Scheduler, deadline_ms: float = 1000.0) -> InferenceRequest:
+    """A request served by the slow variant, still holding its slot (as classify and the daemon hold it)."""
+    req = InferenceRequest(img(), deadline_ms=deadline_ms)
+    assert s.acquire(req) == RUN
+    assert s.run(req).variant == ROWS[1].variant
+    return req
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "adaptive-greedy"])
+def test_after_a_longer_variant_the_fastest_is_rewarmed_once_on_the_same_image(policy):
+    fast, slow = FakeModel(), FakeModel()
+    s = make([{ROWS[0].variant: fast, ROWS[1].variant: slow}], policy=policy)
+    req = _ran_slow(s)
+    ms = s.rewarm(req)
+    assert ms > 0 and len(fast.calls) == 1 and fast.calls[0][1] == 0.0  # the request's own image
+    assert s._last_variant[0] == 0  # the next run of the fastest is not a switch
+    assert s.rewarm(req) == 0.0 and len(fast.calls) == 1  # once: it is warm now
+    s.release(req)
+    # After the fastest itself, nothing to re-warm.
+    fast_req = InferenceRequest(img(), deadline_ms=1.0)
+    assert serve(s, fast_req).variant == ROWS[0].variant
+    assert s.rewarm(fast_req) == 0.0 and len(fast.calls) == 2
+
+
+def test_no_rewarm_for_the_ablation_and_the_baselines_nor_when_others_wait_or_arrive_or_time_is_short():
+    for policy in ("adaptive-cold", "quantile-table", "mean-table"):
+        fast, slow = FakeModel(), FakeModel()
+        s = make([{ROWS[0].variant: fast, ROWS[1].variant: slow}], policy=policy)
+        req = _ran_slow(s)
+        assert s.rewarm(req) == 0.0 and fast.calls == [], policy
+        s.release(req)
+    fast, slow = FakeModel(), FakeModel()
+    s = make([{ROWS[0].variant: fast, ROWS[1].variant: slow}])
+    req = _ran_slow(s)
+    waiting = InferenceRequest(img(), deadline_ms=1000)
+    assert s.submit(waiting) == QUEUED  # the slot is held: it waits, and would pay for a re-warm
+    assert s.rewarm(req) == 0.0 and fast.calls == []
+    s.release(req)
+    assert s.take() is waiting
+    s.run(waiting)
+    # It arrived while the slot was busy: an open-loop load, whose next arrivals would wait for a re-warm.
+    assert s.load.rate > 0 and s.rewarm(waiting, answered=True) == 0.0 and fast.calls == []
+    s.release(waiting)
+    fast, slow = FakeModel(), FakeModel()
+    s = make([{ROWS[0].variant: fast, ROWS[1].variant: slow}])
+    req = _ran_slow(s)
+    # No room left in the request's deadline (in process the caller waits for it) ...
+    req.arrival -= 0.9999  # its deadline all but spent
+    assert s.rewarm(req) == 0.0 and fast.calls == []
+    # ... unless its answer is out already (the daemon): then only the others' waiting and arriving counts.
+    assert s.rewarm(req, answered=True) > 0 and len(fast.calls) == 1
+    s.release(req)
+
+
+def test_a_request_sent_on_the_answer_during_a_rewarm_is_no_open_loop_load():
+    """The daemon re-warms after the answer is written, so a closed-loop client's next request may arrive during the
+    re-warm: that is no arrival during an inference, and the load term must not price it (it would pick shorter
+    variants for a client that sends one request at a time); one that arrived during the inference still counts."""
+    fast, slow = FakeModel(ms=5.0), FakeModel()
+    s = make([{ROWS[0].variant: fast, ROWS[1].variant: slow}])
+    req = _ran_slow(s)
+    before = time.perf_counter()
+    assert s.rewarm(req, answered=True) >= 4.0
+    s.release(req)
+    during = InferenceRequest(img(), deadline_ms=1000, arrival=before + 0.002)
+    assert s.submit(during) == RUN and s.load.busy_arrivals == 0
+    s.run(during)
+    s.release(during)
+    late = InferenceRequest(img(), deadline_ms=1000, arrival=s._infer_end[0] - 0.001)  # before that inference ended
+    assert s.submit(late) == RUN and s.load.busy_arrivals == 1
