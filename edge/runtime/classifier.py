@@ -236,7 +236,9 @@ class AdaptiveClassifier:
         earlier than the call (for example when the camera delivered the frame). Raises
         ``QueueFull`` when more than ``queue_size`` calls wait, ``ShuttingDown`` after ``close``.
         The result's ``outcome`` is ``ok``, ``rejected`` (``miss="reject"`` and nothing fits)
-        or ``error`` (the runtime failed; ``message`` says why)."""
+        or ``error`` (the runtime failed; ``message`` says why). After an answer by a longer variant, adaptive
+        runs the fastest one once before returning when the deadline leaves room for it, so that a tight
+        request next does not find it cold (``Scheduler.rewarm``); the result's ``total_ms`` counts it."""
         if not (deadline_ms > 0 and deadline_ms < float("inf")):
             raise UsageError(f"deadline_ms must be a finite number > 0, got {deadline_ms}")
         req = InferenceRequest(self.check_image(image), float(deadline_ms),
