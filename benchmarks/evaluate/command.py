@@ -654,7 +654,13 @@ TRANSPORTS = {
 }
 
 
-OWN_FLOORS_FROM = "adaptive"  # the policy whose run charges the oracle each request's own floor (closed loop)
+# The runs whose floors the oracle may be charged, each request its own floor as that run measured it: adaptive's
+# (the serving path after switches between variants) and the best static CNN's (one variant, no switches). The
+# oracle is charged each in turn and keeps the better figure (``charge_oracle``), so that it stays a bound: charged
+# adaptive's floors alone, its server serving the best static CNN alone missed 4.4-5.9 % of the deadlines in
+# process where that CNN's own run missed 1.4-2.0 % (stop 44, 2026-12-08), and under overload it read below the
+# best static CNN.
+OWN_FLOORS_FROM = ("adaptive", "best-static")
 
 
 def own_floors(run: PolicyResult, drawn: tuple[np.ndarray, np.ndarray],
@@ -716,12 +722,12 @@ def received_times(wl: Workload, run: PolicyResult) -> tuple[np.ndarray, int]:
 
 
 def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult], drawn: tuple[np.ndarray, np.ndarray],
-                  transport: str = "daemon", busy_ms: float | None = None,
+                  transport: str = "daemon", busy_ms: float | None = None, floors_from: str = OWN_FLOORS_FROM[0],
                   ) -> tuple[tuple[np.ndarray, np.ndarray], str, np.ndarray | None]:
     """The floors the oracle is charged, where they came from, and (open loop through the daemon) when its
-    requests reach its server: each request's own floor from adaptive's run (the same requests under the same
-    noise of the serving path), else one drawn from the probe. In closed loop that is the request's time besides
-    its inference; in process under open-loop arrivals, less the wait before the application thread called it
+    requests reach its server: each request's own floor from the run of ``floors_from`` (the same requests under
+    the same noise of the serving path), else one drawn from the probe. In closed loop that is the request's time
+    besides its inference; in process under open-loop arrivals, less the wait before the application thread called it
     (measured); open loop through the daemon, less its wait behind the requests before it in the daemon, which
     the daemon does not measure apart, so it is computed by the oracle's own server model
     (``own_floors_behind_queue``, each request holding the server ``max(floor, busy_ms)`` besides its inference),
@@ -735,21 +741,21 @@ def oracle_floors(wl: Workload, policies: Mapping[str, PolicyResult], drawn: tup
     is not the floor under open-loop load (0.148 ms in adaptive's run, its waits taken out), so the oracle's server
     serving V0 alone, on V0's own send times, missed 14 % of the deadlines where the daemon serving V0 missed 27 %
     (docs/policy-comparison.md)."""
-    run = policies.get(OWN_FLOORS_FROM)
+    run = policies.get(floors_from)
     if run is not None and (wl.closed or transport == "inproc"):
         e2e, daemon, n = own_floors(run, drawn, waited=not wl.closed)
         if n:
-            return (e2e, daemon), (f"{OWN_FLOORS_FROM} run: each request's own measured floor ({n} of {wl.count}; "
+            return (e2e, daemon), (f"{floors_from} run: each request's own measured floor ({n} of {wl.count}; "
                                    "the rest drawn from the probe)"), None
     source = "probe: each request's floor drawn from the probe's measured requests"
     if not wl.closed and run is not None and transport == "daemon":
         received, n = received_times(wl, run)
         if n:
             e2e, daemon, own = own_floors_behind_queue(wl, run, drawn, received, busy_ms or 0.0)
-            return (e2e, daemon), (f"{OWN_FLOORS_FROM} run: each request's own measured floor less its wait behind "
+            return (e2e, daemon), (f"{floors_from} run: each request's own measured floor less its wait behind "
                                    f"the requests before it in the oracle's server model ({own} of {wl.count}; the "
                                    f"rest drawn from the probe); the requests reach its server when they reached "
-                                   f"{OWN_FLOORS_FROM}'s daemon ({n} of {wl.count}; the rest at their scheduled "
+                                   f"{floors_from}'s daemon ({n} of {wl.count}; the rest at their scheduled "
                                    "arrival)"), received
     return drawn, source, None
 
@@ -801,6 +807,35 @@ def server_check(plan: Plan, wl: Workload, op: OraclePass, floors: tuple[np.ndar
     j = [r.variant for r in plan.rows].index(best.variant)
     simulated = static_miss_rates(op, wl, floors[1], busy_ms or 0.0, received)[j]
     return ServerCheck(best.label, round(float(simulated), 4), float(measured))
+
+
+def oracle_figure(run: PolicyResult, closed: bool) -> float:
+    """What the oracle's charges are judged by: on-time accuracy in closed loop, goodput under open-loop arrivals."""
+    v = run.summary.get("on_time_accuracy" if closed else "goodput_rps")
+    return -1.0 if v is None else float(v)
+
+
+def charge_oracle(plan: Plan, wl: Workload, op: OraclePass, drawn: tuple[np.ndarray, np.ndarray],
+                  policies: Mapping[str, PolicyResult], transport: str, busy_ms: float | None,
+                  best: BestStatic | None) -> tuple[PolicyResult, OracleResult]:
+    """The oracle charged the floors of each run of ``OWN_FLOORS_FROM`` that the comparison has (the probe's drawn
+    floors where it has none), the better figure kept (``oracle_figure``; the first on a tie), with its server
+    check and every charge's figures (``by_floors``). Both runs are real: the floors after switches between
+    variants (adaptive's) and those of one variant served alone (the best static CNN's) are each what the serving
+    path gave on these requests; keeping the better keeps the oracle a bound on what the choice of variant alone
+    can reach, whether it switches often or seldom."""
+    names = [n for n in OWN_FLOORS_FROM if n in policies] or [OWN_FLOORS_FROM[0]]
+    tried: list[tuple[str, PolicyResult, OracleResult]] = []
+    for name in names:
+        charged, source, received = oracle_floors(wl, policies, drawn, transport, busy_ms, name)
+        run, oracle = oracle_policy(plan, wl, op, charged, source, busy_ms, received)
+        oracle = dataclasses.replace(oracle, floors_from=name if name in policies else "probe", server_check=(
+            server_check(plan, wl, op, charged, busy_ms, received, best, policies)))
+        tried.append((name, run, oracle))
+    by_floors = {o.floors_from: {"on_time_accuracy": r.summary.get("on_time_accuracy"),
+                                 "goodput_rps": r.summary.get("goodput_rps")} for _, r, o in tried}
+    _, run, oracle = max(tried, key=lambda t: (oracle_figure(t[1], wl.closed), -names.index(t[0])))
+    return run, dataclasses.replace(oracle, by_floors=by_floors)
 
 
 def median_slowdown(policies: Mapping[str, PolicyResult]) -> float | None:
@@ -865,11 +900,8 @@ def evaluate(opts: EvaluateOptions) -> Evaluation:
                     # A partial file beside the final one, so an interrupted run leaves its finished policies.
                     atomic_write_json(opts.out / "results.partial.json", ev.to_json())
             if "oracle" in opts.policies and op is not None and floors is not None and probes is not None:
-                charged, source, received = oracle_floors(wl, ev.policies, floors, opts.transport,
-                                                          probes.fastest.busy_ms)
-                run, oracle = oracle_policy(plan, wl, op, charged, source, probes.fastest.busy_ms, received)
-                oracle = dataclasses.replace(oracle, server_check=server_check(
-                    plan, wl, op, charged, probes.fastest.busy_ms, received, ev.best_static, ev.policies))
+                run, oracle = charge_oracle(plan, wl, op, floors, ev.policies, opts.transport,
+                                            probes.fastest.busy_ms, ev.best_static)
                 ev = dataclasses.replace(ev, policies={**ev.policies, "oracle": run}, oracle=oracle)
             # The asked policies in their order, the oracle among them, then the plane's runs.
             asked = [p for p in opts.policies if p in ev.policies]

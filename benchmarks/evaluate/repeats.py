@@ -83,6 +83,7 @@ class Repeats:
     policies: Mapping[str, Mapping[str, Spread | None]]  # policy -> figure -> spread, in the first run's order
     achieved_slowdown: Spread | None
     best_static: tuple[str | None, ...]  # the label each run picked
+    oracle_floors: tuple[str | None, ...]  # whose run's floors each run's oracle was charged (results' floors_from)
     plane: Mapping[str, Mapping[str, Any]]  # plane_key -> {name, group, source, miss_rate: Spread, accuracy: Spread}
     truncated: Mapping[str, list[str]]  # run -> the policies --duration stopped early
 
@@ -126,6 +127,7 @@ class Repeats:
             "policies": {name: spreads(figs) for name, figs in self.policies.items()},
             "achieved_slowdown": None if self.achieved_slowdown is None else self.achieved_slowdown.to_json(),
             "best_static": list(self.best_static),
+            "oracle_floors_from": list(self.oracle_floors),
             "plane": {key: {"group": p["group"], "name": p["name"], "source": p["source"],
                             "miss_rate": p["miss_rate"].to_json(), "accuracy": p["accuracy"].to_json()}
                       for key, p in self.plane.items()},
@@ -182,6 +184,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Repeat
         policies=policies,
         achieved_slowdown=slow,
         best_static=tuple((d.get("best_static") or {}).get("label") for d in runs),
+        oracle_floors=tuple((d.get("oracle") or {}).get("floors_from") or None for d in runs),
         plane={k: v for k, v in plane_out.items() if v["miss_rate"] is not None and v["accuracy"] is not None},
         truncated={n: [p for p, r in d["policies"].items() if r.get("truncated")] for n, d in zip(names, runs)},
     )
@@ -244,6 +247,8 @@ def context_text(rep: Repeats) -> str:
                      + ("-" if sd is None else f"{sd.median:.2f}x [{sd.min:.2f}-{sd.max:.2f}]"))
     if any(b is not None for b in rep.best_static):
         lines.append("best static CNN per run: " + ", ".join(b or "-" for b in rep.best_static))
+    if any(f is not None for f in rep.oracle_floors):
+        lines.append("oracle charged the floors of, per run: " + ", ".join(f or "-" for f in rep.oracle_floors))
     return "\n".join(lines)
 
 

@@ -3,7 +3,9 @@ accuracy-miss plane, accuracy/miss per policy, request timelines)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,6 +136,8 @@ def context_lines(ev: Evaluation) -> str:
         lines.append(f"best static CNN: {bs.label} ({bs.variant})")
     if ev.oracle is not None and ev.oracle.choice:
         lines.append(f"oracle: {oracle_choice(ev.oracle)}")
+    if ev.oracle is not None and ev.oracle.by_floors:
+        lines.append(f"oracle's floors: {floors_line(ev.oracle, ev.workload.closed)}")
     if ev.oracle is not None and ev.oracle.server_check is not None:
         lines.append(f"oracle's server: {server_check_line(ev.oracle.server_check, ev.clock)}")
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
@@ -147,6 +151,14 @@ def oracle_choice(o) -> str:
         return o.choice + busy
     return (f"{o.choice}{busy}; request by request it would read {pct(o.greedy.get('on_time_accuracy'))} on time, "
             f"{rate(o.greedy.get('goodput_rps'))}/s")
+
+
+def floors_line(o, closed: bool) -> str:
+    """Whose run's floors the oracle was charged, and what each charge read (it keeps the better)."""
+    def figure(v: Mapping[str, Any]) -> str:
+        return pct(v.get("on_time_accuracy")) + ("" if closed else f", {rate(v.get('goodput_rps'))}/s")
+    return (f"{o.floors_from or 'probe'}'s run (the better of: "
+            + "; ".join(f"{k}'s {figure(v)}" for k, v in o.by_floors.items()) + ")")
 
 
 def server_check_line(c, clock: str) -> str:
@@ -402,6 +414,8 @@ def render_markdown(ev: Evaluation, images: dict[str, str]) -> str:
                   f"(medians; from the {o.overhead_source or 'no run'}).", ""]
         if o.choice:
             lines += [f"Choice: {oracle_choice(o)}.", ""]
+        if o.by_floors:
+            lines += [f"Charged the floors of {floors_line(o, ev.workload.closed)}.", ""]
         if o.server_check is not None:
             lines += [f"Its server model checked: {server_check_line(o.server_check, ev.clock)}.", ""]
     if ev.truncated:

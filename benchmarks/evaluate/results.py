@@ -18,11 +18,12 @@ from benchmarks.evaluate.workload import Workload
 from edge.tables.table import LatencyRow
 
 KIND = "policy-comparison"
-VERSION = 6  # 3: the headline (on-time accuracy), answer accuracy, the accuracy-miss plane, each run's quantile;
+VERSION = 7  # 3: the headline (on-time accuracy), answer accuracy, the accuracy-miss plane, each run's quantile;
 # 4: open loop through the daemon, the oracle's server held for the daemon's measured work per request and fed
 # the requests as adaptive's daemon received them (so --repeat does not reuse a run of the looser oracle);
 # 5: in process under open-loop arrivals, the oracle is charged each request's own floor from adaptive's run;
-# 6: open loop through the daemon too (its wait behind the requests before it taken out by the server model)
+# 6: open loop through the daemon too (its wait behind the requests before it taken out by the server model);
+# 7: charged adaptive's floors and the best static CNN's in turn, the oracle keeps the better (floors_from, by_floors)
 HEADLINE = "on_time_accuracy"
 HEADLINE_NOTE = ("on-time accuracy: the share of all requests answered correctly and within their deadline (on the "
                  "daemon's clock); a late, rejected or failed request counts against it. Goodput, the same answers "
@@ -240,6 +241,9 @@ class OracleResult:
     # Open loop: the least time a request kept the simulated server busy besides its inference (the probe's busy_ms)
     busy_ms: float | None = None
     server_check: ServerCheck | None = None  # its server model serving the best static CNN alone, against its run
+    floors_from: str = ""  # the run whose floors it was charged (command.OWN_FLOORS_FROM), or "probe"
+    # Its on-time accuracy and goodput charged each run's floors ({run: {on_time_accuracy, goodput_rps}})
+    by_floors: Mapping[str, Mapping[str, float | None]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -256,6 +260,8 @@ class OracleResult:
             "greedy": None if self.greedy is None else dict(self.greedy),
             "busy_ms": self.busy_ms,
             "server_check": None if self.server_check is None else self.server_check.to_json(),
+            "floors_from": self.floors_from,
+            "by_floors": None if self.by_floors is None else {k: dict(v) for k, v in self.by_floors.items()},
         }
 
 

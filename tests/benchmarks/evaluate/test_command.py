@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -136,8 +137,14 @@ def test_evaluate_end_to_end(evb, tmp_path):
     assert set(res["policies"]["fastest"]["summary"]["variants"]) == {v[0]}
     assert set(res["policies"]["most-accurate"]["summary"]["variants"]) == {v[-1]}
     o = res["oracle"]
-    # Closed loop: the oracle is charged each request's own floor from adaptive's run.
-    assert o["overhead_source"].startswith("adaptive run: each request's own measured floor (30 of 30")
+    # Closed loop: the oracle is charged each request's own floor from adaptive's run and from the best static
+    # CNN's in turn, and keeps the better.
+    assert set(o["by_floors"]) == {"adaptive", "best-static"}
+    assert o["overhead_source"].startswith(f"{o['floors_from']} run: each request's own measured floor (30 of 30")
+    kept = res["policies"]["oracle"]["summary"]["on_time_accuracy"]
+    assert o["by_floors"][o["floors_from"]]["on_time_accuracy"] == kept
+    assert kept == max(v["on_time_accuracy"] for v in o["by_floors"].values())
+    assert f"oracle's floors: {o['floors_from']}'s run (the better of: adaptive's" in text
     assert o["overhead_ms"] > 0
     assert np.asarray(o["latency_ms"]).shape == (30, 3)
     # Its server model checked: the best static CNN served alone on it, beside that CNN's own run.
@@ -272,13 +279,16 @@ def test_the_plane_adds_each_variant_alone_and_adaptive_per_quantile(tmp_path):
     assert runs() == asked  # the default: the plane's statics come from the oracle pass, no extra run
     # most-accurate serves V2 alone and best-static V1: only V0 is left to serve alone.
     assert runs(statics="all") == [*asked, (f"static:{v[0]}", f"static:{v[0]}", None)]
-    # 'adaptive' runs at the table's p95 already: the curve adds p50, p90 and p99.
+    # 'adaptive' runs at the table's p95 already: the curve adds p50, p90, p99 and max.
     assert runs(plane=True) == [*asked, (f"static:{v[0]}", f"static:{v[0]}", None), ("adaptive@p50", "adaptive", "p50"),
-                                ("adaptive@p90", "adaptive", "p90"), ("adaptive@p99", "adaptive", "p99")]
-    # Asked for p99, the other three are added, p95 among them; without adaptive asked, all four.
-    assert [r[0] for r in runs(quantile="p99", plane=True)][-3:] == ["adaptive@p50", "adaptive@p90", "adaptive@p95"]
+                                ("adaptive@p90", "adaptive", "p90"), ("adaptive@p99", "adaptive", "p99"),
+                                ("adaptive@max", "adaptive", "max")]
+    # Asked for p99, the other four are added, p95 among them; without adaptive asked, all five.
+    assert [r[0] for r in runs(quantile="p99", plane=True)][-4:] == ["adaptive@p50", "adaptive@p90", "adaptive@p95",
+                                                                     "adaptive@max"]
     assert [r[0] for r in runs(plane=True, policies=("mean-table", "oracle"))] == [
-        "mean-table", *(f"static:{x}" for x in v), "adaptive@p50", "adaptive@p90", "adaptive@p95", "adaptive@p99"]
+        "mean-table", *(f"static:{x}" for x in v), "adaptive@p50", "adaptive@p90", "adaptive@p95", "adaptive@p99",
+        "adaptive@max"]
     with pytest.raises(ValueError, match="--repeat must be in"):
         ev.EvaluateOptions(bundle="b", table="t.json", out=tmp_path, repeat=0)
     with pytest.raises(ValueError, match="--statics must be one of pass, all"):
@@ -387,6 +397,12 @@ def test_in_process_open_loop_the_oracle_is_charged_each_requests_own_call_witho
     (e2e, daemon), source, _ = ev.oracle_floors(wl, runs, drawn, "daemon")
     assert "less its wait behind the requests before it" in source and "(3 of 3" in source
     assert daemon.tolist() == pytest.approx([0.05, 2.05, 4.05]) and e2e.tolist() == pytest.approx([0.05] * 3)
+    # Charged the best static CNN's run instead: its own records, named as the source.
+    slow = [dataclasses.replace(r, e2e_ms=r.e2e_ms + 0.1, total_ms=r.total_ms + 0.1) for r in recs]
+    runs["best-static"] = PolicyResult(summary={}, records=tuple(slow), truncated=False, contention_s=())
+    (e2e, daemon), source, _ = ev.oracle_floors(wl, runs, drawn, "inproc", floors_from="best-static")
+    assert source.startswith("best-static run: each request's own measured floor (3 of 3")
+    assert daemon.tolist() == pytest.approx([0.15] * 3)
 
 
 

@@ -50,6 +50,7 @@ def test_median_and_range_of_every_figure():
     assert rep.policies["fastest"]["on_time_accuracy"].values == (0.75, 0.75, 0.75)
     assert (rep.achieved_slowdown.median, rep.achieved_slowdown.min, rep.achieved_slowdown.max) == (1.5, 1.2, 2.0)
     assert rep.best_static == ("V1", "V1", "V1")
+    assert rep.oracle_floors == ("best-static", "best-static", "best-static")
 
 
 def test_a_policy_missing_from_a_run_is_aggregated_over_the_others():
@@ -80,6 +81,7 @@ def test_the_text_json_and_report_carry_the_median_and_the_range(tmp_path):
     assert text[2].split()[:4] == ["policy", "on-time", "acc", "accuracy"]
     assert text[4].split()[:3] == ["adaptive", "75.00%", "[70.00-75.00]"]
     assert "best static CNN per run: V1, V1, V1" in text
+    assert "oracle charged the floors of, per run: best-static, best-static, best-static" in text
     d = json.loads((tmp_path / "results.json").read_text())
     assert (d["kind"], d["repeat"], d["seeds"], d["runs"]) == ("policy-comparison-repeats", 3, [3, 4, 5], NAMES)
     assert d["headline"]["policies"]["adaptive"] == {"on_time_accuracy": {"median": 0.75, "min": 0.7, "max": 0.75,

@@ -32,6 +32,7 @@ def test_text_table_has_every_policy_the_legend_and_the_context():
                  f"best static CNN: V1 ({ROWS[1].variant})",
                  "oracle: the whole queue planned (exact); request by request it would read 60.00% on time, "
                  "250.0/s",
+                 "oracle's floors: best-static's run (the better of: adaptive's 55.00%; best-static's 60.00%)",
                  "oracle's server: V0 served alone by it misses 25.00% on the daemon's clock; V0's own run missed "
                  "20.00%"):
         assert line in lines, line
@@ -70,7 +71,8 @@ def test_report_writes_the_plots_and_the_markdown(tmp_path):
     assert f"| V0 | `{ROWS[0].variant}` | 61.00% | 0.200 | 0.260 |" in md
     assert "## Oracle\n\nthe oracle's method\n\nServing overhead added: 0.610 ms end to end, 0.250 ms on the " \
            "daemon's clock (medians; from the probe).\n\nChoice: the whole queue planned (exact); request by " \
-           "request it would read 60.00% on time, 250.0/s.\n\nIts server model checked: V0 served alone by it " \
+           "request it would read 60.00% on time, 250.0/s.\n\nCharged the floors of best-static's run (the better " \
+           "of: adaptive's 55.00%; best-static's 60.00%).\n\nIts server model checked: V0 served alone by it " \
            "misses 25.00% on the daemon's clock; V0's own run missed 20.00%." in md
     assert md.rstrip().endswith("Stopped early by the duration limit: adaptive.")
 

@@ -22,7 +22,7 @@ def test_a_finished_evaluation_writes_every_key_in_order():
     ev = evaluation()
     d = json.loads(json.dumps(ev.to_json(), allow_nan=False))
     assert list(d) == TOP
-    assert (d["kind"], d["version"], d["complete"]) == ("policy-comparison", 6, True)
+    assert (d["kind"], d["version"], d["complete"]) == ("policy-comparison", 7, True)
     assert list(d["host"]) == ["machine", "os", "cores", "python", "cpu_model"]
     assert d["placement"] == {"server_cpus": [0], "client_cpus": [1]}
     assert d["variant_labels"] == {r.variant: f"V{j}" for j, r in enumerate(ROWS)} == variant_labels(ROWS)
@@ -43,8 +43,11 @@ def test_a_finished_evaluation_writes_every_key_in_order():
     assert list(d["best_static"]) == ["variant", "label", "max_miss", "predicted_miss_rates"]
     assert list(d["oracle"]) == ["method", "overhead_ms", "daemon_overhead_ms", "overhead_source", "pass_wall_s",
                                  "variants", "latency_ms", "preds", "variant_accuracy_on_workload", "choice",
-                                 "greedy", "busy_ms", "server_check"]
+                                 "greedy", "busy_ms", "server_check", "floors_from", "by_floors"]
     assert d["oracle"]["server_check"] == {"label": "V0", "simulated_miss": 0.25, "measured_miss": 0.2}
+    assert d["oracle"]["floors_from"] == "best-static" and d["oracle"]["by_floors"] == {
+        "adaptive": {"on_time_accuracy": 0.55, "goodput_rps": 240.0},
+        "best-static": {"on_time_accuracy": 0.6, "goodput_rps": 250.0}}
     assert d["oracle"]["choice"] == "the whole queue planned (exact)"
     assert d["oracle"]["greedy"] == {"on_time_accuracy": 0.6, "goodput_rps": 250.0}
     assert np.asarray(d["oracle"]["latency_ms"]).shape == (COUNT, 3)
