@@ -1003,7 +1003,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plane", action="store_true",
                    help="the whole accuracy-miss plane: --statics all, and adaptive once per latency quantile "
                         f"({', '.join(PLANE_QUANTILES)}) as its curve (policies adaptive@p50 ...): about "
-                        "len(variants) + 3 more daemon runs")
+                        f"len(variants) + {len(PLANE_QUANTILES) - 1} more daemon runs")
     p.add_argument("--repeat", type=int, default=1,
                    help=f"run the whole comparison N times (at most {MAX_REPEAT}) with workload seeds SEED, SEED+1, "
                         "...; each run in OUT/seed-<seed>/, and OUT/results.json with the median and range (min-max) "
