@@ -15,7 +15,8 @@ requests behind it, in the spirit of SuperServe's SlackFit (NSDI'25) and of accu
 - the **deadlines** of the last ``DEADLINE_SAMPLE`` requests, as an empirical distribution F.
 
 A variant of predicted latency L then costs ``rate * integral_0^L F(w + need) dw`` lost requests, where
-``need`` is what a request needs at the least (the serving overhead and the fastest variant): a request
+``need`` is what a request needs at the least (the serving overhead, the runtime's own work around its invoke
+and the fastest variant: ``Scheduler.need_ms``): a request
 arriving w ms into the run waits L - w, and is lost if its deadline is under that plus ``need``. The choice
 maximizes ``accuracy - value * cost`` over the variants that fit (``value``: the fastest variant's accuracy,
 the least a served request is worth). With ``sorted deadlines`` and prefix sums the integral is two bisects.
@@ -84,7 +85,8 @@ class ArrivalLoad:
 
     def lost(self, latency_ms: float, need_ms: float) -> float:
         """Expected requests lost to a run of ``latency_ms``: arrivals during it that can no longer make their
-        deadline with ``need_ms`` (the serving overhead and the fastest variant) after waiting for it."""
+        deadline with ``need_ms`` (the serving overhead, the runtime's own work and the fastest variant) after
+        waiting for it."""
         self._refresh()
         return self.rate * (self._g(latency_ms + need_ms) - self._g(need_ms))
 

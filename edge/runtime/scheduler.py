@@ -428,18 +428,27 @@ class Scheduler:
         for a policy that plans the queue (adaptive), no more than leaves each waiting request (in
         EDF order, the first QUEUE_PLAN of them) time for the overhead and the fastest variant. A
         waiting request that would miss even so does not hold the head back: nothing saves it."""
-        left = (req.abs_deadline - now) * 1000.0 - self.overhead_ms - (self.own_q_ms if sel.corrects else self.own_ms)
+        own = self.own_q_ms if sel.corrects else self.own_ms
+        left = (req.abs_deadline - now) * 1000.0 - self.overhead_ms - own
         if not sel.plans_queue or not self._heap:
             return left
         with self._lock:
             waiting = heapq.nsmallest(QUEUE_PLAN, self._heap)
         floor = sel.predict(0)
-        per = self.overhead_ms + floor  # what each waiting request needs at the least
+        per = self.need_ms(sel, floor)  # what each waiting request needs at the least
         for k, (deadline, _, _) in enumerate(waiting, 1):
-            room = (deadline - now) * 1000.0 - self.overhead_ms - math.ceil(k / self.workers) * per
+            room = (deadline - now) * 1000.0 - self.overhead_ms - own - math.ceil(k / self.workers) * per
             if floor <= room < left:
                 left = room
         return left
+
+    def need_ms(self, sel: Selector, fastest_ms: float) -> float:
+        """What a request needs at the least once its turn comes: the serving overhead after its result, the
+        runtime's own work around its invoke (adaptive: that work's quantile, which its own budget leaves room
+        for) and the fastest variant's ``fastest_ms``. Until stop 44 the own work was left out here though each
+        request's own budget counted it: in process, where it is most of a request's floor, the load price then
+        saw a request behind a long variant as needing about half of what it did."""
+        return self.overhead_ms + (self.own_q_ms if sel.corrects else self.own_ms) + fastest_ms
 
     def _note_own(self, ms: float, quantile: str) -> None:
         """One run's own work besides the invoke: into its EWMA (what the baselines leave room for) and, every
@@ -516,7 +525,7 @@ class Scheduler:
         if d.index > 0 and d.fits and sel.prices_load and load.priced(d.predicted_ms):
             # Open-loop load: weigh what a longer variant costs the requests likely to arrive meanwhile.
             preds = sel.predictions(d.index, idle, last)
-            j = load.choose(preds, sel.accuracy, d.index, self.overhead_ms + preds[0])
+            j = load.choose(preds, sel.accuracy, d.index, self.need_ms(sel, preds[0]))
             if j != d.index:
                 d = sel.decision(j, idle, last)
         assert d.variant is not None  # a decision that does not reject names its variant

@@ -95,3 +95,20 @@ def test_an_idle_scheduler_learns_no_load():
         assert s.run(req).variant == "slow@litert-xnnpack-t1"
         s.release(req)
     assert s.load.rate == 0.0
+
+
+def test_the_price_counts_the_runtime_work_a_request_behind_still_needs():
+    """A request that waits behind a run needs the serving overhead, the runtime's own work around its invoke and
+    the fastest variant. Here every deadline is 2 ms: behind the 1 ms variant it has 1 ms left, which the fastest
+    variant fits alone (so that run costs nothing) but not with 1 ms of own work (then it costs arrivals, and
+    adaptive keeps to the fastest variant)."""
+    rows = [row("fast", 0.1, 0.80), row("mid", 1.0, 0.85), row("slow", 5.0, 0.90)]
+    models = [{r.variant: FakeModel() for r in rows}]
+    for own_ms, want in ((0.0, "mid"), (1.0, "fast")):
+        s = make(models, policy="adaptive", rows=rows)
+        s.load = loaded(1.0, [2.0])
+        s.own_q_ms = own_ms
+        req = InferenceRequest(np.zeros((1, 2, 2, 1), np.float32), 50.0)
+        assert s.submit(req) == "run"
+        assert s.run(req).variant == f"{want}@litert-xnnpack-t1", own_ms
+        s.release(req)
