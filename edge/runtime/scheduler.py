@@ -426,7 +426,7 @@ class Scheduler:
         after the result, and the runtime's own around the invoke: its mean for the baselines, its quantile for
         adaptive, which read 0.45-1.4 points more on-time accuracy in process, docs/policy-comparison.md), and,
         for a policy that plans the queue (adaptive), no more than leaves each waiting request (in
-        EDF order, the first QUEUE_PLAN of them) time for the overhead and the fastest variant. A
+        EDF order, the first QUEUE_PLAN of them) time for what it needs at the least (``need_ms``). A
         waiting request that would miss even so does not hold the head back: nothing saves it."""
         own = self.own_q_ms if sel.corrects else self.own_ms
         left = (req.abs_deadline - now) * 1000.0 - self.overhead_ms - own
