@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -76,28 +77,43 @@ def test_a_bench_table_and_a_serving_run_agree_on_the_same_machine_and_setting(b
     from edge.tables.selection import select_subset
     from edge.tables.table import GAP_MS, REST_GAP_MS
 
-    opts = BenchOptions(min_runs=200, min_seconds=0.2, warmup=10, inputs=8, rest_runs=20)
-    res = bench_bundle(bundle, tmp_path / "t.json", profile="desktop-cpu", opts=opts, only=["tiny-b.tflite-fp32"],
-                       progress=False, log=lambda m: None)
-    (row,) = res.table.rows
-    select_subset(res.table, significance=0).save(tmp_path / "sel.json")
-    images, _ = open_bundle(bundle).eval_set(part="serve")
-    with AdaptiveClassifier.open(str(bundle), str(tmp_path / "sel.json"), "desktop-cpu", log=lambda m: None) as clf:
-        hot = [clf.classify(images[i % len(images)], 1e4) for i in range(250)][50:]
-        rest = []
-        for i in range(15):
-            time.sleep(2 * REST_GAP_MS / 1000)
-            rest.append(clf.classify(images[i % len(images)], 1e4))
-        cadence = []
-        for i in range(60):
-            time.sleep(GAP_MS / 1000)
-            cadence.append(clf.classify(images[i % len(images)], 1e4))
-        factor = clf.slowdown_factor
-    assert not any(r.at_rest for r in hot) and all(r.at_rest for r in rest) and not any(r.at_rest for r in cadence)
-    gap = statistics.median(r.inference_ms for r in cadence) / row.gap_p50_ms
-    assert 1 / 3 < gap < 3, f"serving at a request's cadence paid {gap:.2f}x the table's latency after 0.5 ms idle"
-    back_to_back = statistics.median(r.inference_ms for r in hot) / row.p50_ms
-    at_rest = statistics.median(r.inference_ms for r in rest) / row.rest_p50_ms
-    assert 1 / 3 < back_to_back < 3, f"serving back to back paid {back_to_back:.2f}x the table's p50"
-    assert 1 / 3 < at_rest < 3, f"serving at rest paid {at_rest:.2f}x the table's latency at rest"
-    assert 1 / 3 < factor < 3, f"the slowdown factor of an idle board read {factor:.2f}"
+    def measure(out: Path) -> tuple[bool, dict[str, float]]:
+        """One bench of the variant and one serving run of it: whether every reading was in its state (hot, at
+        rest, at the cadence), and each ratio to the table."""
+        opts = BenchOptions(min_runs=200, min_seconds=0.2, warmup=10, inputs=8, rest_runs=20)
+        res = bench_bundle(bundle, out / "t.json", profile="desktop-cpu", opts=opts, only=["tiny-b.tflite-fp32"],
+                           progress=False, log=lambda m: None)
+        (row,) = res.table.rows
+        select_subset(res.table, significance=0).save(out / "sel.json")
+        images, _ = open_bundle(bundle).eval_set(part="serve")
+        with AdaptiveClassifier.open(str(bundle), str(out / "sel.json"), "desktop-cpu", log=lambda m: None) as clf:
+            hot = [clf.classify(images[i % len(images)], 1e4) for i in range(250)][50:]
+            rest = []
+            for i in range(15):
+                time.sleep(2 * REST_GAP_MS / 1000)
+                rest.append(clf.classify(images[i % len(images)], 1e4))
+            cadence = []
+            for i in range(60):
+                time.sleep(GAP_MS / 1000)
+                cadence.append(clf.classify(images[i % len(images)], 1e4))
+            factor = clf.slowdown_factor
+        states = not any(r.at_rest for r in hot) and all(r.at_rest for r in rest) and not any(r.at_rest for r in cadence)
+        return states, {
+            "at a request's cadence": statistics.median(r.inference_ms for r in cadence) / row.gap_p50_ms,
+            "back to back": statistics.median(r.inference_ms for r in hot) / row.p50_ms,
+            "at rest": statistics.median(r.inference_ms for r in rest) / row.rest_p50_ms,
+            "the slowdown factor of an idle board": factor,
+        }
+
+    # A reading out of bounds is measured once more, bench and serving both: another test on the other core can
+    # evict the shared caches during one side's cold starts only (at rest it once read 4.06x in a full parallel
+    # run), while a table that does not hold what serving pays is off by 4x to 20x every time.
+    for attempt in (1, 2):
+        out = tmp_path / f"attempt-{attempt}"
+        out.mkdir()
+        states, ratios = measure(out)
+        assert states, "hot, at-rest and cadence requests were not each served in their state"
+        off = {k: v for k, v in ratios.items() if not 1 / 3 < v < 3}
+        if not off:
+            return
+    assert not off, f"serving paid {off} times the table's latency (twice in a row; bounds 1/3 to 3)"
