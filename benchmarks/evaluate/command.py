@@ -825,17 +825,18 @@ def charge_oracle(plan: Plan, wl: Workload, op: OraclePass, drawn: tuple[np.ndar
     path gave on these requests; keeping the better keeps the oracle a bound on what the choice of variant alone
     can reach, whether it switches often or seldom."""
     names = [n for n in OWN_FLOORS_FROM if n in policies] or [OWN_FLOORS_FROM[0]]
-    tried: list[tuple[str, PolicyResult, OracleResult]] = []
+    tried = []
     for name in names:
         charged, source, received = oracle_floors(wl, policies, drawn, transport, busy_ms, name)
         run, oracle = oracle_policy(plan, wl, op, charged, source, busy_ms, received)
-        oracle = dataclasses.replace(oracle, floors_from=name if name in policies else "probe", server_check=(
-            server_check(plan, wl, op, charged, busy_ms, received, best, policies)))
-        tried.append((name, run, oracle))
-    by_floors = {o.floors_from: {"on_time_accuracy": r.summary.get("on_time_accuracy"),
-                                 "goodput_rps": r.summary.get("goodput_rps")} for _, r, o in tried}
-    _, run, oracle = max(tried, key=lambda t: (oracle_figure(t[1], wl.closed), -names.index(t[0])))
-    return run, dataclasses.replace(oracle, by_floors=by_floors)
+        tried.append((name if name in policies else "probe", run, oracle, charged, received))
+    by_floors = {k: {"on_time_accuracy": r.summary.get("on_time_accuracy"), "goodput_rps": r.summary.get("goodput_rps")}
+                 for k, r, *_ in tried}
+    # The kept charge (the first on a tie), and its server check alone.
+    _, (kept, run, oracle, charged, received) = max(enumerate(tried),
+                                                    key=lambda it: (oracle_figure(it[1][1], wl.closed), -it[0]))
+    return run, dataclasses.replace(oracle, floors_from=kept, by_floors=by_floors,
+                                    server_check=server_check(plan, wl, op, charged, busy_ms, received, best, policies))
 
 
 def median_slowdown(policies: Mapping[str, PolicyResult]) -> float | None:
